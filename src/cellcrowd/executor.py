@@ -1,0 +1,100 @@
+"""Run independent tasks (one per montage, frame or tile) serially, on processes, or on dask.
+
+Stages hand a picklable function and a list of task arguments to
+:meth:`Executor.map`; results come back in task order, whichever backend ran them,
+so outputs do not depend on the executor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Executor(Protocol):
+    """Something that maps a function over tasks and yields results in task order."""
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Serial (``workers=1``) or a local process pool (``workers>1``).
+
+    >>> ex = LocalExecutor(workers=1)
+    >>> list(ex.map(abs, [-1, 2, -3]))
+    [1, 2, 3]
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        task_list = list(tasks)
+        if self.workers == 1 or len(task_list) <= 1:
+            yield from map(fn, task_list)
+            return
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+        # Bounded look-ahead keeps memory at a few tasks' worth of results.
+        yield from self._pool.map(fn, task_list, chunksize=1)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
+class DaskExecutor:
+    """Tasks on a dask.distributed cluster (``scheduler`` address, or a given ``Client``)."""
+
+    def __init__(self, scheduler: str | None = None, client: Any = None) -> None:
+        try:
+            from distributed import Client
+        except ImportError:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "dask.distributed is not installed: pip install 'cellcrowd[distributed]'"
+            ) from None
+        self._own = client is None
+        self.client = client if client is not None else Client(scheduler)
+
+    def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        from distributed import as_completed
+
+        task_list = list(tasks)
+        futures = self.client.map(fn, task_list, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        done: dict[int, R] = {}
+        nxt = 0
+        for fut in as_completed(futures):
+            done[index[fut.key]] = fut.result()
+            fut.release()
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+
+    def close(self) -> None:
+        if self._own:
+            self.client.close()
+
+
+def make_executor(workers: int | None = None, scheduler: str | None = None) -> Executor:
+    """A dask executor when ``scheduler`` is given, else a local one."""
+    if scheduler:
+        logger.info("running tasks on the dask scheduler at %s", scheduler)
+        return DaskExecutor(scheduler)
+    return LocalExecutor(workers)

@@ -1,0 +1,159 @@
+"""Reading and writing files safely: atomic writes, images, natural sort, hashes.
+
+Every file cellcrowd writes goes through :func:`atomic_path` (or a helper built
+on it): the data is written to a temporary file in the target folder, flushed,
+then renamed into place, so an interrupted run never leaves a half-written file
+under a real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from numpy.typing import NDArray
+from PIL import Image
+
+from .errors import InputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "list_images",
+    "natural_key",
+    "read_image",
+    "sha256_file",
+    "write_image",
+]
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+_TMP_MARK = ".cellcrowd-tmp-"
+
+
+def natural_key(name: str | Path) -> tuple[object, ...]:
+    """Sort key that orders ``frame_2`` before ``frame_10``.
+
+    >>> sorted(["f10.tif", "f2.tif", "f1.tif"], key=natural_key)
+    ['f1.tif', 'f2.tif', 'f10.tif']
+    """
+    text = Path(name).name if isinstance(name, Path) else name
+    return tuple(int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", text))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files (PNG/TIFF) directly in ``folder``, in natural order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError("folder not found or not a folder", path=folder)
+    return sorted(
+        (p for p in folder.iterdir()
+         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _TMP_MARK not in p.name),
+        key=natural_key,
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    On error the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent,
+                                    suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_image(path: str | Path) -> NDArray[np.generic]:
+    """Read a PNG or TIFF into a numpy array, with a clear error if it cannot be read."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path))
+        with Image.open(path) as img:
+            img.load()
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            return np.asarray(img)
+    except FileNotFoundError:
+        raise InputError("image not found", path=path) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(
+            f"cannot read this image ({exc}); it may be truncated or not an image: "
+            "delete it and download or regenerate it",
+            path=path,
+        ) from None
+
+
+def _encode_png(array: NDArray[np.generic]) -> bytes:
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.ndim == 2 and array.dtype not in (np.uint8, np.uint16):
+        if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint16).max):
+            raise ValueError(
+                f"values from {array.min()} to {array.max()} do not fit a 16-bit PNG; "
+                "write a TIFF instead"
+            )
+        array = array.astype(np.uint16)
+    if array.ndim == 3 and array.dtype != np.uint8:
+        raise ValueError(f"colour PNGs must be uint8, got {array.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_image(path: str | Path, array: NDArray[np.generic]) -> Path:
+    """Write ``array`` atomically as PNG (uint8/uint16, grey or colour) or TIFF (any dtype).
+
+    The format follows the suffix. Integer images that do not fit a 16-bit PNG
+    raise ``ValueError`` rather than wrapping.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        buf = io.BytesIO()
+        tifffile.imwrite(buf, np.ascontiguousarray(array), compression="zlib")
+        return atomic_write_bytes(path, buf.getvalue())
+    if path.suffix.lower() == ".png":
+        return atomic_write_bytes(path, _encode_png(array))
+    raise ValueError(f"cannot write {path.name}: use a .png, .tif or .tiff name")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,353 @@
+"""Every folder and file name of a working folder, in one place.
+
+The defaults follow the original notebook, so existing folders keep working::
+
+    base/
+      json_logs/{id}_overlapping_chopper_log.json, {id}_montage_maker_log.json
+      raw/                                      full-size raw frames (natural sort)
+      montages/{id}_x_XX_y_YY_montage_MM.png    what ``prepare`` made for upload
+      truth/{montage}_truth.png                 ground-truth label montages (synthetic data)
+      CSV/{id}_upload.csv                       identifier,image_url (uploaded rows)
+      CSV/job_{job}_{type}_report.csv           the report, unzipped and renamed
+      CSV/job_{job}_{type}_report_broken_links.csv, CSV/job_{job}_reupload.csv
+      CSV/job_{job}_download_failures.csv
+      {id}_annotations/{montage}_annotation.png               one judgment per unit
+      {id}_annotations/judgments/{montage}_unit_{U}_judgment_{J}.png   every judgment
+      {id}_labels/{montage}_labels.png          cleaned labels (uint16); downloads untouched
+      movies/part{N}/x_XX_y_YY/annotated/{id}_x_XX_y_YY_frame_FFF.png
+      movies/part{N}/x_XX_y_YY/raw/{id}_raw_x_XX_y_YY_frame_FFF.tif
+      npz/{id}_part{N}.npz, npz/{id}_full_movie.npz
+      stitched/{annotated,raw}/{id}_frame_FFF.{png,tif}
+      trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
+      qc/index.html    .cellcrowd/manifest.json
+
+Parts are numbered from 1 (``part1`` holds montage 0), as in the seed notebook.
+Numbers are zero-padded (positions 2, frames 3, montages 2 digits) and the padding
+widens, never wraps, for larger counts. Montage names are parsed in both the
+padded (``x_01_y_00_montage_03``) and the older unpadded (``x_1_y_0_montage_3``) forms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+from .errors import InputError
+from .geometry import Position
+
+__all__ = [
+    "MontageKey",
+    "Padding",
+    "WorkingFolder",
+    "montage_name",
+    "parse_montage_name",
+    "part_name",
+    "position_name",
+]
+
+_MONTAGE_RE = re.compile(r"^(?P<identifier>.+)_x_(?P<x>\d+)_y_(?P<y>\d+)_montage_(?P<m>\d+)$")
+
+
+def _width(count: int, minimum: int) -> int:
+    return max(minimum, len(str(max(count - 1, 0))))
+
+
+@dataclass(frozen=True)
+class Padding:
+    """Zero-padding widths for positions, frames and montage numbers.
+
+    >>> Padding.for_counts(num_x=4, num_y=120, frames=1500, montages=3)
+    Padding(position=3, frame=4, montage=2)
+    """
+
+    position: int = 2
+    frame: int = 3
+    montage: int = 2
+
+    @classmethod
+    def for_counts(
+        cls, *, num_x: int = 1, num_y: int = 1, frames: int = 1, montages: int = 1
+    ) -> Padding:
+        """The narrowest widths (never below the defaults) that fit these counts."""
+        return cls(
+            position=_width(max(num_x, num_y), 2),
+            frame=_width(frames, 3),
+            montage=_width(montages, 2),
+        )
+
+
+@dataclass(frozen=True, order=True)
+class MontageKey:
+    """What a montage's name says: identifier, tile position, montage number (0-based)."""
+
+    identifier: str
+    x: int
+    y: int
+    montage: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.x, self.y)
+
+    @property
+    def part(self) -> int:
+        """The 1-based part this montage becomes in ``movies/``."""
+        return self.montage + 1
+
+
+def position_name(pos: Position, padding: Padding = Padding()) -> str:
+    """``x_01_y_02``."""
+    w = padding.position
+    return f"x_{pos.x:0{w}d}_y_{pos.y:0{w}d}"
+
+
+def part_name(part: int) -> str:
+    """``part1`` (parts count from 1)."""
+    return f"part{part}"
+
+
+def montage_name(key: MontageKey, padding: Padding = Padding()) -> str:
+    """``{identifier}_x_XX_y_YY_montage_MM`` (no suffix).
+
+    >>> montage_name(MontageKey("exp", 1, 0, 3))
+    'exp_x_01_y_00_montage_03'
+    """
+    return (
+        f"{key.identifier}_{position_name(key.position, padding)}"
+        f"_montage_{key.montage:0{padding.montage}d}"
+    )
+
+
+def parse_montage_name(name: str) -> MontageKey:
+    """Parse a montage name, file name or URL (padded or unpadded numbers).
+
+    >>> parse_montage_name("https://host/bucket/exp_x_1_y_0_montage_3.png")
+    MontageKey(identifier='exp', x=1, y=0, montage=3)
+    >>> parse_montage_name("exp_x_01_y_00_montage_03_annotation.png").montage
+    3
+    """
+    stem = _stem(name)
+    for suffix in ("_annotation", "_labels"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    match = _MONTAGE_RE.match(stem)
+    if match is None:
+        raise InputError(
+            f"{name!r} is not a montage name: expected "
+            "'{identifier}_x_{X}_y_{Y}_montage_{M}' (as written by prepare)"
+        )
+    return MontageKey(match["identifier"], int(match["x"]), int(match["y"]), int(match["m"]))
+
+
+def _stem(name: str) -> str:
+    if "://" in name:
+        name = unquote(urlparse(name).path)
+    base = PurePosixPath(name.replace("\\", "/")).name
+    for suffix in (".png", ".tif", ".tiff", ".jpg", ".jpeg"):
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+@dataclass(frozen=True)
+class WorkingFolder:
+    """The names of everything in one working folder.
+
+    Parameters
+    ----------
+    base : Path
+        The working folder (``base_dir`` in the notebook).
+    identifier : str
+        The identifier given when the montages were prepared.
+    raw : Path, optional
+        Folder of full-size raw frames; default ``base/raw``.
+    padding : Padding
+        Zero-padding widths; see :meth:`with_counts`.
+
+    Examples
+    --------
+    >>> wf = WorkingFolder(Path("/data"), "exp")
+    >>> wf.annotated_frame(1, Position(0, 2), 7).as_posix()
+    '/data/movies/part1/x_00_y_02/annotated/exp_x_00_y_02_frame_007.png'
+    """
+
+    base: Path
+    identifier: str
+    raw: Path = field(default=None)  # type: ignore[assignment]
+    padding: Padding = Padding()
+    annotations: Path = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if not self.identifier or "/" in self.identifier or "\\" in self.identifier:
+            raise InputError(
+                f"identifier {self.identifier!r} cannot be used in file names: use letters, "
+                "digits, '-' and '_'"
+            )
+        object.__setattr__(self, "base", Path(self.base))
+        if self.raw is None:
+            object.__setattr__(self, "raw", self.base / "raw")
+        if self.annotations is None:
+            object.__setattr__(self, "annotations", self.base / f"{self.identifier}_annotations")
+
+    def with_counts(
+        self, *, num_x: int = 1, num_y: int = 1, frames: int = 1, montages: int = 1
+    ) -> WorkingFolder:
+        """The same folder with padding widened to fit these counts."""
+        padding = Padding.for_counts(num_x=num_x, num_y=num_y, frames=frames, montages=montages)
+        return replace(self, padding=padding)
+
+    # -- logs and CSVs ------------------------------------------------------------------
+
+    @property
+    def json_logs(self) -> Path:
+        return self.base / "json_logs"
+
+    @property
+    def chopper_log(self) -> Path:
+        return self.json_logs / f"{self.identifier}_overlapping_chopper_log.json"
+
+    @property
+    def montage_log(self) -> Path:
+        """The montage-maker log; the older ``{id}_montage_maker.json`` name is found too."""
+        new = self.json_logs / f"{self.identifier}_montage_maker_log.json"
+        old = self.json_logs / f"{self.identifier}_montage_maker.json"
+        return old if not new.exists() and old.exists() else new
+
+    @property
+    def csv(self) -> Path:
+        return self.base / "CSV"
+
+    @property
+    def upload_csv(self) -> Path:
+        return self.csv / f"{self.identifier}_upload.csv"
+
+    def report_csv(self, job_id: int | str, report_type: str = "full") -> Path:
+        return self.csv / f"job_{job_id}_{report_type}_report.csv"
+
+    def report_zip(self, job_id: int | str, report_type: str = "full") -> Path:
+        return self.csv / f"job_{job_id}_{report_type}_report.zip"
+
+    def broken_links_csv(self, job_id: int | str, report_type: str = "full") -> Path:
+        return self.csv / f"job_{job_id}_{report_type}_report_broken_links.csv"
+
+    def reupload_csv(self, job_id: int | str) -> Path:
+        return self.csv / f"job_{job_id}_reupload.csv"
+
+    def failures_csv(self, job_id: int | str) -> Path:
+        return self.csv / f"job_{job_id}_download_failures.csv"
+
+    # -- montages, annotations, labels --------------------------------------------------
+
+    @property
+    def montages(self) -> Path:
+        return self.base / "montages"
+
+    def montage_name(self, key: MontageKey) -> str:
+        return montage_name(key, self.padding)
+
+    def montage_path(self, key: MontageKey) -> Path:
+        return self.montages / f"{self.montage_name(key)}.png"
+
+    @property
+    def truth(self) -> Path:
+        """Ground-truth label montages (synthetic data and the emulator only)."""
+        return self.base / "truth"
+
+    def truth_path(self, montage: str) -> Path:
+        return self.truth / f"{montage}_truth.png"
+
+    def annotation_path(self, montage: str) -> Path:
+        """The seed's single annotation of a montage: ``{montage}_annotation.png``."""
+        return self.annotations / f"{montage}_annotation.png"
+
+    @property
+    def judgments(self) -> Path:
+        return self.annotations / "judgments"
+
+    def judgment_path(self, montage: str, unit: str | int, judgment: str | int) -> Path:
+        """One file per judgment, so several annotators never overwrite each other."""
+        return self.judgments / f"{montage}_unit_{unit}_judgment_{judgment}.png"
+
+    @property
+    def labels(self) -> Path:
+        return self.base / f"{self.identifier}_labels"
+
+    def label_path(self, montage: str) -> Path:
+        """Cleaned labels of a montage (uint16 PNG); the download is never overwritten."""
+        return self.labels / f"{montage}_labels.png"
+
+    # -- movies ---------------------------------------------------------------------------
+
+    @property
+    def movies(self) -> Path:
+        return self.base / "movies"
+
+    def part_dir(self, part: int) -> Path:
+        return self.movies / part_name(part)
+
+    def position_dir(self, part: int, pos: Position) -> Path:
+        return self.part_dir(part) / position_name(pos, self.padding)
+
+    def annotated_dir(self, part: int, pos: Position) -> Path:
+        return self.position_dir(part, pos) / "annotated"
+
+    def raw_tile_dir(self, part: int, pos: Position) -> Path:
+        return self.position_dir(part, pos) / "raw"
+
+    def annotated_frame(self, part: int, pos: Position, frame: int) -> Path:
+        name = position_name(pos, self.padding)
+        return (self.annotated_dir(part, pos)
+                / f"{self.identifier}_{name}_frame_{frame:0{self.padding.frame}d}.png")
+
+    def raw_tile_frame(self, part: int, pos: Position, frame: int) -> Path:
+        name = position_name(pos, self.padding)
+        return (self.raw_tile_dir(part, pos)
+                / f"{self.identifier}_raw_{name}_frame_{frame:0{self.padding.frame}d}.tif")
+
+    # -- exports --------------------------------------------------------------------------
+
+    @property
+    def npz(self) -> Path:
+        return self.base / "npz"
+
+    def npz_part(self, part: int) -> Path:
+        return self.npz / f"{self.identifier}_{part_name(part)}.npz"
+
+    @property
+    def npz_full_movie(self) -> Path:
+        return self.npz / f"{self.identifier}_full_movie.npz"
+
+    @property
+    def stitched(self) -> Path:
+        return self.base / "stitched"
+
+    def stitched_frame(self, kind: str, frame: int) -> Path:
+        """``stitched/annotated/{id}_frame_FFF.png`` or ``stitched/raw/{id}_frame_FFF.tif``."""
+        if kind not in ("annotated", "raw"):
+            raise ValueError(f"kind must be 'annotated' or 'raw', got {kind!r}")
+        suffix = ".png" if kind == "annotated" else ".tif"
+        return (self.stitched / kind
+                / f"{self.identifier}_frame_{frame:0{self.padding.frame}d}{suffix}")
+
+    @property
+    def trk(self) -> Path:
+        return self.base / "trk" / f"{self.identifier}.trk"
+
+    @property
+    def ctc(self) -> Path:
+        return self.base / "ctc"
+
+    @property
+    def qc(self) -> Path:
+        return self.base / "qc"
+
+    @property
+    def state(self) -> Path:
+        """Folder for cellcrowd's own bookkeeping (manifest)."""
+        return self.base / ".cellcrowd"
+
+    @property
+    def manifest(self) -> Path:
+        return self.state / "manifest.json"
