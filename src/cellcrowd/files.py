@@ -105,7 +105,7 @@ def read_image(path: str | Path) -> NDArray[np.generic]:
         with Image.open(path) as img:
             img.load()
             if img.mode == "P":
-                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+                return np.asarray(img.convert("RGBA" if "transparency" in img.info else "RGB"))
             return np.asarray(img)
     except FileNotFoundError:
         raise InputError("image not found", path=path) from None

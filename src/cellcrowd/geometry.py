@@ -70,7 +70,7 @@ class TileGrid:
 
     Examples
     --------
-    >>> grid = TileGrid.for_frame((4, 6), num_x=2, num_y=2, overlap_perc=34)
+    >>> grid = TileGrid.for_frame((4, 6), num_x=2, num_y=2, overlap_perc=50)
     >>> grid.tile_shape
     (4, 5)
     >>> frame = np.arange(24).reshape(4, 6)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import cast
 from urllib.parse import unquote, urlparse
 
 from .errors import InputError
@@ -186,9 +187,11 @@ class WorkingFolder:
                 "digits, '-' and '_'"
             )
         object.__setattr__(self, "base", Path(self.base))
-        if self.raw is None:
+        if cast("Path | None", self.raw) is None:
             object.__setattr__(self, "raw", self.base / "raw")
-        if self.annotations is None:
+        else:
+            object.__setattr__(self, "raw", Path(self.raw))
+        if cast("Path | None", self.annotations) is None:
             object.__setattr__(self, "annotations", self.base / f"{self.identifier}_annotations")
 
     def with_counts(

@@ -16,6 +16,7 @@ Old montage-maker logs were sometimes named ``{identifier}_montage_maker.json``
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -192,7 +193,7 @@ def _core_from_starts(
     if count == 1:
         return default
     step = starts[1] - starts[0]
-    if step < 1 or any(b - a != step for a, b in zip(starts, starts[1:], strict=False)):
+    if step < 1 or any(b - a != step for a, b in itertools.pairwise(starts)):
         raise LogError(
             f"{key} must be evenly spaced increasing pixel offsets, got {starts}",
             path=source, column=key,
