@@ -1,0 +1,409 @@
+"""DeepCell training data: one ``.npz`` per part (seed notebook step 5).
+
+Each file (``npz/{id}_part{N}.npz``, written by :func:`write_part_npz`) holds
+the movies of one part, one entry per tile position:
+
+``X`` : float32, ``(positions, frames, rows, cols, channels)``
+    The raw tiles (``movies/part{N}/x_XX_y_YY/raw``), values unchanged.
+``y`` : int32, ``(positions, frames, rows, cols, 1)``
+    The label tiles (``movies/part{N}/x_XX_y_YY/annotated``); 0 is background.
+``positions`` : str, ``(positions,)``
+    The position folder of each entry along the first axis, e.g. ``"x_00_y_01"``.
+``missing_positions`` : str
+    Positions left out because they had no annotated frames.
+``part`` : int
+    The part number (1-based; part N holds montage N-1).
+``identifier`` : str
+    The movie's identifier (empty when unknown).
+``frame_offset`` : int
+    The movie frame of the part's first frame, ``(part - 1) * montage_len``;
+    -1 when no montage log is available to tell.
+
+Files are compressed (``np.savez_compressed``, what the DeepCell maintainers
+recommend) unless asked otherwise, and written atomically. Read them with
+``np.load(path)`` (no pickle needed) or :func:`load_npz`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InputError, LogError
+from ..files import atomic_path, list_images, read_image
+from ..geometry import Position
+from ..layout import WorkingFolder
+from ..logs import read_montage_log
+
+__all__ = [
+    "NpzData",
+    "TrainingArrays",
+    "build_training_arrays",
+    "load_npz",
+    "load_part",
+    "position_dirs",
+    "save_npz",
+    "write_part_npz",
+    "write_parts_npz",
+]
+
+logger = logging.getLogger(__name__)
+
+_POSITION_RE = re.compile(r"^x_(\d+)_y_(\d+)$")
+_PART_RE = re.compile(r"^part(\d+)$")
+
+
+def _parse_position(name: str) -> Position | None:
+    match = _POSITION_RE.match(name)
+    return Position(int(match[1]), int(match[2])) if match else None
+
+
+def position_dirs(part_dir: str | Path) -> dict[Position, Path]:
+    """Position folders (``x_XX_y_YY``) of a part folder, x-major as the original notebook."""
+    part_dir = Path(part_dir)
+    if not part_dir.is_dir():
+        raise InputError(
+            "part folder not found: make the movies first (montages_to_movies, raw_to_movies)",
+            path=part_dir,
+        )
+    found = {}
+    for child in part_dir.iterdir():
+        pos = _parse_position(child.name)
+        if pos is not None and child.is_dir():
+            found[pos] = child
+    return dict(sorted(found.items()))
+
+
+def _resolve_positions(
+    available: dict[Position, Path], names: Iterable[str | Position], part_dir: Path
+) -> dict[Position, Path]:
+    chosen = {}
+    for name in names:
+        pos = name if isinstance(name, Position) else _parse_position(str(name))
+        if pos is None:
+            raise InputError(f"{name!r} is not a position name like 'x_00_y_01'", path=part_dir)
+        if pos not in available:
+            raise InputError(f"position folder {name!r} not found", path=part_dir)
+        chosen[pos] = available[pos]
+    return chosen
+
+
+@dataclass(frozen=True)
+class TrainingArrays:
+    """``X``, ``y`` and the positions they hold (see the module docstring)."""
+
+    X: NDArray[np.float32]
+    y: NDArray[np.int32]
+    positions: list[str]
+    missing_positions: list[str]
+
+
+def _frames(folder: Path, name_filter: str = "") -> list[Path]:
+    return [p for p in list_images(folder) if name_filter in p.name]
+
+
+def _stack(paths: Sequence[Path], folder: Path) -> NDArray[np.generic]:
+    first = read_image(paths[0])
+    out = np.empty((len(paths), *first.shape), dtype=first.dtype)
+    out[0] = first
+    for i, path in enumerate(paths[1:], start=1):
+        image = read_image(path)
+        if image.shape != first.shape:
+            raise InputError(
+                f"frame {path.name} is {image.shape} but {paths[0].name} is {first.shape}: "
+                "every frame of a position must have the same size; remake the movies",
+                path=folder,
+            )
+        out[i] = image
+    return out
+
+
+def _read_position(
+    pos_dir: Path,
+    *,
+    raw_dirname: str,
+    annotation_dirname: str,
+    channel_filters: Sequence[str],
+    channels: Sequence[int] | None,
+    num_frames: int | None,
+) -> tuple[NDArray[np.float32], NDArray[np.int32]] | None:
+    """``(X, y)`` of one position: ``(frames, rows, cols, C)``, ``(…, 1)``; None if unannotated."""
+    ann_dir = pos_dir / annotation_dirname
+    ann_paths = _frames(ann_dir) if ann_dir.is_dir() else []
+    if not ann_paths:
+        return None
+    raw_dir = pos_dir / raw_dirname
+    if not raw_dir.is_dir():
+        raise InputError(
+            "no raw frames for this annotated position: run raw_to_movies (raw_movie_maker) "
+            "first", path=raw_dir,
+        )
+    if num_frames is not None:
+        ann_paths = ann_paths[:num_frames]
+    labels = _stack(ann_paths, ann_dir)
+    if labels.ndim != 3 or labels.dtype.kind not in "ui":
+        raise InputError(f"annotated frames must be 2-D integer labels, got "
+                         f"{labels.shape[1:]} {labels.dtype}", path=ann_dir)
+    raw_channels = []
+    for name_filter in channel_filters:
+        raw_paths = _frames(raw_dir, name_filter)
+        if num_frames is not None:
+            raw_paths = raw_paths[:num_frames]
+        if len(raw_paths) != len(ann_paths):
+            raise InputError(
+                f"{len(raw_paths)} raw frames{_filter_note(name_filter)} but "
+                f"{len(ann_paths)} annotated frames in {ann_dir}: remake the movies of this "
+                "position so both have the same frames", path=raw_dir,
+            )
+        raw = _stack(raw_paths, raw_dir)
+        raw_channels.append(raw[..., None] if raw.ndim == 3 else raw)
+    x = np.concatenate(raw_channels, axis=-1)
+    if x.shape[1:3] != labels.shape[1:3]:
+        raise InputError(
+            f"raw frames are {x.shape[1]}x{x.shape[2]} but annotated frames in {ann_dir} are "
+            f"{labels.shape[1]}x{labels.shape[2]}: remake the movies from the same logs",
+            path=raw_dir,
+        )
+    if channels is not None:
+        bad = [c for c in channels if not -x.shape[-1] <= c < x.shape[-1]]
+        if bad or not channels:
+            raise InputError(f"channels {list(channels)} do not select from the "
+                             f"{x.shape[-1]} raw channels (0 to {x.shape[-1] - 1})",
+                             path=raw_dir)
+        x = x[..., list(channels)]
+    return x.astype(np.float32), labels.astype(np.int32)[..., None]
+
+
+def _filter_note(name_filter: str) -> str:
+    return f" matching {name_filter!r}" if name_filter else ""
+
+
+def build_training_arrays(
+    part_dir: str | Path,
+    *,
+    positions: Iterable[str | Position] | None = None,
+    samples_to_drop: Collection[str] = (),
+    raw_dirname: str = "raw",
+    annotation_dirname: str = "annotated",
+    channel_filters: Sequence[str] = ("",),
+    channels: Sequence[int] | None = None,
+    num_frames: int | None = None,
+) -> TrainingArrays:
+    """Stack the raw and annotated frames of a part's positions into ``X`` and ``y``.
+
+    Parameters
+    ----------
+    part_dir : Path
+        ``movies/part{N}``.
+    positions : iterable, optional
+        Position folder names (``"x_00_y_01"``, any zero padding) or positions to
+        use; default every ``x_*_y_*`` folder, x-major.
+    samples_to_drop : collection of str
+        Position names to leave out.
+    raw_dirname, annotation_dirname : str
+        Sub-folder names of a position.
+    channel_filters : sequence of str
+        One channel per entry: raw files whose name contains it (``""`` = all).
+    channels : sequence of int, optional
+        Channel indices to keep (after the filters), for multi-channel raw tiles.
+    num_frames : int, optional
+        Use at most this many frames of each position.
+
+    Raises
+    ------
+    InputError
+        A folder is missing, no position is annotated, frame counts or sizes of
+        raw and annotated frames disagree (the message names the folder), or
+        ``channels`` selects nothing that exists.
+    """
+    part_dir = Path(part_dir)
+    available = position_dirs(part_dir)
+    chosen = (available if positions is None
+              else _resolve_positions(available, positions, part_dir))
+    drop = {_parse_position(str(name)) or str(name) for name in samples_to_drop}
+    unknown = sorted(str(d) for d in drop if d not in available)
+    if unknown:
+        logger.warning("%s: samples_to_drop %s match no position folder", part_dir, unknown)
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.int32]] = []
+    kept: list[str] = []
+    missing: list[str] = []
+    for pos, pos_dir in chosen.items():
+        if pos in drop:
+            continue
+        pair = _read_position(pos_dir, raw_dirname=raw_dirname,
+                              annotation_dirname=annotation_dirname,
+                              channel_filters=channel_filters, channels=channels,
+                              num_frames=num_frames)
+        if pair is None:
+            logger.warning("%s: no annotated frames; position left out", pos_dir)
+            missing.append(pos_dir.name)
+            continue
+        if xs and (pair[0].shape != xs[0].shape or pair[1].shape != ys[0].shape):
+            raise InputError(
+                f"this position's movie is {pair[0].shape[:-1]} (frames, rows, cols) with "
+                f"{pair[0].shape[-1]} channels but {kept[0]} is {xs[0].shape[:-1]} with "
+                f"{xs[0].shape[-1]}: all positions of a part must match", path=pos_dir,
+            )
+        xs.append(pair[0])
+        ys.append(pair[1])
+        kept.append(pos_dir.name)
+    if not xs:
+        raise InputError(
+            "no position of this part has annotated frames: run montages_to_movies "
+            "(all_montages_chopper) first, or check samples_to_drop", path=part_dir,
+        )
+    return TrainingArrays(np.stack(xs), np.stack(ys), kept, missing)
+
+
+def save_npz(
+    path: str | Path,
+    arrays: TrainingArrays,
+    *,
+    part: int,
+    identifier: str,
+    frame_offset: int,
+    compressed: bool = True,
+) -> Path:
+    """Write ``arrays`` and the metadata keys of the module docstring atomically."""
+    path = Path(path)
+    save = np.savez_compressed if compressed else np.savez
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        save(
+            fh,
+            X=arrays.X,
+            y=arrays.y,
+            positions=np.array(arrays.positions, dtype=str),
+            missing_positions=np.array(arrays.missing_positions, dtype=str),
+            part=np.int64(part),
+            identifier=np.str_(identifier),
+            frame_offset=np.int64(frame_offset),
+        )
+    logger.info("wrote %s: X %s, y %s", path, arrays.X.shape, arrays.y.shape)
+    return path
+
+
+def _frame_offset(wf: WorkingFolder, part: int) -> int:
+    try:
+        return (part - 1) * read_montage_log(wf.montage_log).montage_len
+    except LogError as exc:
+        logger.warning("frame_offset of part %d unknown (-1): %s", part, exc)
+        return -1
+
+
+def write_part_npz(
+    wf: WorkingFolder,
+    part: int,
+    *,
+    samples_to_drop: Collection[str] = (),
+    channels: Sequence[int] | None = None,
+    compressed: bool = True,
+    positions: Iterable[str | Position] | None = None,
+) -> Path:
+    """Write ``npz/{id}_part{N}.npz`` from ``movies/part{N}``.
+
+    Keys (see the module docstring): ``X`` float32 ``(positions, frames, rows, cols,
+    channels)``, ``y`` int32 ``(positions, frames, rows, cols, 1)``, ``positions``
+    (``"x_00_y_01"``, …), ``missing_positions``, ``part``, ``identifier``,
+    ``frame_offset`` (first movie frame of the part; -1 if unknown).
+
+    Parameters
+    ----------
+    wf : WorkingFolder
+        The working folder.
+    part : int
+        Part number (1-based).
+    samples_to_drop : collection of str
+        Position names (``"x_00_y_01"``) to leave out.
+    channels : sequence of int, optional
+        Raw channel indices to keep (multi-channel raw); default all.
+    compressed : bool
+        ``np.savez_compressed`` (default) or ``np.savez``.
+    positions : iterable, optional
+        Only these positions (default every position folder).
+
+    Raises
+    ------
+    InputError
+        See :func:`build_training_arrays`.
+    """
+    arrays = build_training_arrays(wf.part_dir(part), positions=positions,
+                                   samples_to_drop=samples_to_drop, channels=channels)
+    return save_npz(wf.npz_part(part), arrays, part=part, identifier=wf.identifier,
+                    frame_offset=_frame_offset(wf, part), compressed=compressed)
+
+
+def write_parts_npz(
+    wf: WorkingFolder, parts: Iterable[int] | None = None, **kw: Any
+) -> list[Path]:
+    """:func:`write_part_npz` for several parts (default: every ``movies/part{N}`` folder).
+
+    Raises
+    ------
+    InputError
+        ``parts`` is None and there are no part folders.
+    """
+    if parts is None:
+        found = ([int(m[1]) for p in wf.movies.iterdir()
+                  if p.is_dir() and (m := _PART_RE.match(p.name))]
+                 if wf.movies.is_dir() else [])
+        if not found:
+            raise InputError("no part folders: make the movies first", path=wf.movies)
+        parts = sorted(found)
+    return [write_part_npz(wf, part, **kw) for part in parts]
+
+
+@dataclass(frozen=True)
+class NpzData:
+    """The arrays and metadata of one training ``.npz``."""
+
+    X: NDArray[np.float32]
+    y: NDArray[np.int32]
+    positions: list[str]
+    missing_positions: list[str]
+    part: int
+    identifier: str
+    frame_offset: int
+
+
+def load_npz(path: str | Path) -> NpzData:
+    """Read a file written by :func:`write_part_npz` (no pickle).
+
+    Raises
+    ------
+    InputError
+        The file lacks ``X`` or ``y``.
+    """
+    with np.load(Path(path), allow_pickle=False) as data:
+        if "X" not in data or "y" not in data:
+            raise InputError(f"not a training file: keys are {sorted(data.files)}, "
+                             "expected X and y", path=path)
+
+        def meta(key: str, default: Any) -> Any:
+            return data[key].item() if key in data else default
+
+        return NpzData(
+            X=data["X"],
+            y=data["y"],
+            positions=[str(p) for p in data["positions"]] if "positions" in data else [],
+            missing_positions=([str(p) for p in data["missing_positions"]]
+                               if "missing_positions" in data else []),
+            part=int(meta("part", -1)),
+            identifier=str(meta("identifier", "")),
+            frame_offset=int(meta("frame_offset", -1)),
+        )
+
+
+def load_part(
+    wf: WorkingFolder, part: int
+) -> tuple[NDArray[np.float32], NDArray[np.int32], list[str]]:
+    """``(X, y, positions)`` of ``npz/{id}_part{N}.npz``."""
+    data = load_npz(wf.npz_part(part))
+    return data.X, data.y, data.positions

@@ -1,0 +1,419 @@
+"""Montages back into movies (seed notebook step 4), and raw frames cut to match.
+
+:func:`montages_to_movies` chops every cleaned label montage
+(``{id}_labels/{montage}_labels.png``) into its frames and writes them as::
+
+    movies/part{N}/x_XX_y_YY/annotated/{id}_x_XX_y_YY_frame_FFF.png   (uint16)
+
+where montage ``m`` becomes part ``N = m + 1`` and frame numbers restart at 0 in
+each part. :func:`raw_to_movies` cuts the full-size raw frames with the same
+tile grid, so each annotated frame has its raw tile beside it::
+
+    movies/part{N}/x_XX_y_YY/raw/{id}_raw_x_XX_y_YY_frame_FFF.tif     (raw dtype)
+
+Both read the two JSON logs. The frame size of the tile grid comes from the
+chopper log (``original_y/original_x``) or, for old logs, from the first raw
+frame. The number of real frames (the last part may be partial) comes from the
+chopper log's ``num_images``, else from the raw folder, else every montage is
+taken as full.
+
+Work is one task per montage (or per raw frame); one bad montage is recorded
+in the result and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import AnnotationError, GeometryError, InputError, LogError
+from .executor import Executor
+from .files import list_images, read_image, write_image
+from .geometry import Position, TileGrid, montage_frame_range, num_montages
+from .layout import MontageKey, WorkingFolder, parse_montage_name
+from .logs import ChopperLog, MontageLog, read_logs
+
+__all__ = [
+    "ItemResult",
+    "MissingMontage",
+    "MoviesResult",
+    "montages_to_movies",
+    "raw_to_movies",
+    "read_label_montage",
+]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """One montage (or raw frame) processed: the files written, or why it failed."""
+
+    name: str
+    files: tuple[Path, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class MissingMontage:
+    """A montage the logs promise whose frames were not written, and why."""
+
+    montage: str
+    part: int
+    position: Position
+    reason: str
+
+
+@dataclass(frozen=True)
+class MoviesResult:
+    """What :func:`montages_to_movies` or :func:`raw_to_movies` did.
+
+    Attributes
+    ----------
+    wf : WorkingFolder
+        The working folder with padding widened for the logged counts.
+    kind : "annotated" or "raw"
+        Which movies were written.
+    items : tuple of ItemResult
+        One per montage (annotated) or raw frame (raw), in task order.
+    missing : tuple of MissingMontage
+        Expected montages (every position x montage number in the logs) that were
+        missing, skipped or failed (annotated only).
+    """
+
+    wf: WorkingFolder
+    kind: Literal["annotated", "raw"]
+    items: tuple[ItemResult, ...]
+    missing: tuple[MissingMontage, ...] = ()
+
+    @property
+    def files_written(self) -> int:
+        return sum(len(item.files) for item in self.items)
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"{item.name}: {item.error}" for item in self.items if item.error is not None]
+
+    def missing_by_part(self) -> dict[int, list[MissingMontage]]:
+        """Missing montages grouped by part (1-based)."""
+        out: dict[int, list[MissingMontage]] = defaultdict(list)
+        for miss in self.missing:
+            out[miss.part].append(miss)
+        return dict(out)
+
+
+# -- geometry from the logs -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Movie:
+    """Everything the logs (and the raw folder, for old logs) say about the movie."""
+
+    wf: WorkingFolder
+    chopper: ChopperLog
+    montage: MontageLog
+    grid: TileGrid
+    count: int
+    num_frames: int | None
+    raw_paths: list[Path]
+
+    def frames_in(self, montage: int) -> int:
+        """Real frames in montage ``montage`` (all ``L`` when the movie length is unknown)."""
+        if self.num_frames is None:
+            return self.montage.montage_len
+        return len(montage_frame_range(montage, self.montage.montage_len, self.num_frames))
+
+
+def _raw_paths(wf: WorkingFolder) -> list[Path]:
+    return list_images(wf.raw) if wf.raw.is_dir() else []
+
+
+def _read_movie(wf: WorkingFolder) -> _Movie:
+    chopper, mlog = read_logs(wf.chopper_log, wf.montage_log)
+    raw_paths = _raw_paths(wf)
+    has_size = chopper.original_y is not None and chopper.original_x is not None
+    frame_shape = None
+    if not has_size and raw_paths:
+        first = read_image(raw_paths[0])
+        frame_shape = (int(first.shape[0]), int(first.shape[1]))
+    grid = chopper.tile_grid(frame_shape, source=str(wf.chopper_log))
+    length = mlog.montage_len
+    num_frames = chopper.num_images
+    if num_frames is None and raw_paths:
+        num_frames = min(len(raw_paths) - (chopper.frame_offset or 0),
+                         mlog.montages_in_pos * length)
+        num_frames = num_frames if num_frames > 0 else None
+    count = mlog.montages_in_pos
+    if num_frames is not None and num_montages(num_frames, length) != count:
+        raise LogError(
+            f"montages_in_pos is {count} but {num_frames} frames in montages of {length} "
+            f"make {num_montages(num_frames, length)}: the logs (or the raw folder "
+            f"{wf.raw}) belong to different runs",
+            path=wf.montage_log,
+            column="montages_in_pos",
+        )
+    wf = wf.with_counts(num_x=grid.num_x, num_y=grid.num_y,
+                        frames=num_frames if num_frames is not None else count * length,
+                        montages=count)
+    return _Movie(wf, chopper, mlog, grid, count, num_frames, raw_paths)
+
+
+def _run(
+    fn: Callable[[_T], _R],
+    tasks: Iterable[_T],
+    executor: Executor | None,
+    progress: Callable[[int], None] | None,
+) -> Iterator[_R]:
+    results = executor.map(fn, tasks) if executor is not None else map(fn, tasks)
+    for result in results:
+        if progress is not None:
+            progress(1)
+        yield result
+
+
+# -- annotated montages -> frames -------------------------------------------------------
+
+
+def read_label_montage(
+    path: str | Path, montage_log: MontageLog, tile_shape: tuple[int, int]
+) -> NDArray[np.uint16]:
+    """Read a cleaned label montage and cut it into its ``(L, h, w)`` uint16 frames.
+
+    Raises
+    ------
+    AnnotationError
+        The image is not a 2-D integer label image fitting 16 bits.
+    GeometryError
+        Its size does not fit the montage log, or the frames it holds are not
+        ``tile_shape`` (the tile size of the chopper log).
+    """
+    path = Path(path)
+    image = read_image(path)
+    if image.ndim != 2 or image.dtype.kind not in "ui":
+        raise AnnotationError(
+            f"not a label image (shape {image.shape}, {image.dtype}): label montages are "
+            "2-D integer images; clean the annotation first",
+            path=path,
+        )
+    if image.size and (int(image.min()) < 0 or int(image.max()) > _UINT16_MAX):
+        raise AnnotationError(
+            f"label ids run from {image.min()} to {image.max()}, outside 0…65535", path=path
+        )
+    layout = montage_log.layout_for_montage(image.shape, source=str(path))
+    if layout.frame_shape != tuple(tile_shape):
+        raise GeometryError(
+            f"this montage holds {layout.frame_shape[0]}x{layout.frame_shape[1]} frames but "
+            f"the chopper log's tiles are {tile_shape[0]}x{tile_shape[1]}: the montage and "
+            "the logs come from different runs",
+            path=path,
+        )
+    return layout.read(image, source=str(path)).astype(np.uint16)
+
+
+@dataclass(frozen=True)
+class _AnnotatedTask:
+    name: str
+    source: Path
+    log: MontageLog
+    tile_shape: tuple[int, int]
+    targets: tuple[Path, ...]
+
+
+def _montage_to_frames(task: _AnnotatedTask) -> ItemResult:
+    """Write the real frames of one label montage; failures are returned, not raised."""
+    try:
+        frames = read_label_montage(task.source, task.log, task.tile_shape)
+        for frame, target in zip(frames, task.targets, strict=False):
+            write_image(target, frame)
+    except (OSError, ValueError) as exc:  # InputError subclasses ValueError
+        return ItemResult(task.name, (), str(exc))
+    return ItemResult(task.name, task.targets)
+
+
+def _found_labels(wf: WorkingFolder) -> dict[tuple[int, int, int], Path]:
+    found: dict[tuple[int, int, int], Path] = {}
+    if not wf.labels.is_dir():
+        return found
+    for path in sorted(wf.labels.glob("*_labels.png")):
+        try:
+            key = parse_montage_name(path.name)
+        except InputError:
+            logger.warning("%s: not a montage name; ignored", path)
+            continue
+        if key.identifier != wf.identifier:
+            logger.warning("%s: identifier %r is not %r; used by position and number",
+                           path, key.identifier, wf.identifier)
+        triple = (key.x, key.y, key.montage)
+        if triple in found:
+            logger.warning("%s and %s are the same montage; using the first",
+                           found[triple].name, path.name)
+            continue
+        found[triple] = path
+    return found
+
+
+def _skip_keys(skip: Collection[str]) -> set[tuple[int, int, int]]:
+    keys = set()
+    for name in skip:
+        key = parse_montage_name(name)
+        keys.add((key.x, key.y, key.montage))
+    return keys
+
+
+def montages_to_movies(
+    wf: WorkingFolder,
+    *,
+    skip: Collection[str] = (),
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MoviesResult:
+    """Chop every cleaned label montage into frames under ``movies/part{N}/…/annotated``.
+
+    Parameters
+    ----------
+    wf : WorkingFolder
+        Holds the logs and the cleaned labels (``wf.labels``).
+    skip : collection of str
+        Montage names (or file names / URLs) not to use, e.g. broken links.
+    executor : Executor, optional
+        Runs one task per montage (default: serially).
+    progress : callable, optional
+        Called with 1 after each montage.
+
+    Returns
+    -------
+    MoviesResult
+        Files written per montage, failures, and every expected montage that is
+        missing, skipped or failed (``missing_by_part()``).
+
+    Raises
+    ------
+    LogError
+        A log is missing or invalid, or the logs disagree.
+    InputError
+        A name in ``skip`` is not a montage name.
+    """
+    movie = _read_movie(wf)
+    wf = movie.wf
+    skipped = _skip_keys(skip)
+    found = _found_labels(wf)
+    expected = [MontageKey(wf.identifier, pos.x, pos.y, m)
+                for pos in movie.grid.positions for m in range(movie.count)]
+    missing: list[MissingMontage] = []
+    tasks: list[_AnnotatedTask] = []
+    task_keys: list[MontageKey] = []
+    for key in expected:
+        triple = (key.x, key.y, key.montage)
+        name = wf.montage_name(key)
+        if triple in skipped:
+            missing.append(MissingMontage(name, key.part, key.position, "skipped"))
+        elif triple not in found:
+            missing.append(MissingMontage(name, key.part, key.position,
+                                          f"no cleaned labels at {wf.label_path(name)}"))
+        else:
+            targets = tuple(wf.annotated_frame(key.part, key.position, f)
+                            for f in range(movie.frames_in(key.montage)))
+            tasks.append(_AnnotatedTask(name, found.pop(triple), movie.montage,
+                                        movie.grid.tile_shape, targets))
+            task_keys.append(key)
+    items: list[ItemResult] = []
+    for triple, path in sorted(found.items()):
+        if triple not in skipped:
+            items.append(ItemResult(path.name, (), (
+                f"x={triple[0]}, y={triple[1]}, montage {triple[2]} is outside the logged "
+                f"{movie.grid.num_x}x{movie.grid.num_y} grid of {movie.count} montages")))
+    for key, item in zip(task_keys, _run(_montage_to_frames, tasks, executor, progress),
+                         strict=True):
+        items.append(item)
+        if item.error is not None:
+            logger.error("montage %s failed: %s", item.name, item.error)
+            missing.append(MissingMontage(item.name, key.part, key.position,
+                                          f"failed: {item.error}"))
+    result = MoviesResult(wf, "annotated", tuple(items), tuple(missing))
+    for part, misses in sorted(result.missing_by_part().items()):
+        logger.warning("part %d: %d of %d montages have no annotated frames (%s)", part,
+                       len(misses), len(movie.grid), ", ".join(m.montage for m in misses))
+    logger.info("wrote %d annotated frames from %d montages", result.files_written,
+                len(tasks))
+    return result
+
+
+# -- raw frames -> tiles ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RawTask:
+    source: Path
+    grid: TileGrid
+    targets: tuple[tuple[Position, Path], ...]
+
+
+def _raw_frame_to_tiles(task: _RawTask) -> ItemResult:
+    """Cut one raw frame into its tiles (dtype kept); failures are returned, not raised."""
+    try:
+        frame = read_image(task.source)
+        for pos, target in task.targets:
+            write_image(target, task.grid.tile(frame, pos))
+    except (OSError, ValueError) as exc:
+        return ItemResult(task.source.name, (), str(exc))
+    return ItemResult(task.source.name, tuple(t for _, t in task.targets))
+
+
+def raw_to_movies(
+    wf: WorkingFolder,
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MoviesResult:
+    """Cut the raw frames (``wf.raw``) into the tiles matching the annotated movies.
+
+    Frame ``t`` of the movie (counted from the chopper log's ``frame_offset`` in
+    the raw folder) goes to part ``t // L + 1`` as frame ``t % L``; each tile is
+    exactly ``TileGrid.tile(frame, position)``, with the raw dtype and channels.
+
+    Raises
+    ------
+    LogError
+        A log is missing or invalid, or the logs disagree.
+    InputError
+        The raw folder is missing, empty, or holds fewer frames than the logs say.
+    """
+    movie = _read_movie(wf)
+    wf = movie.wf
+    if not movie.raw_paths:
+        raise InputError("no raw frames found: set the raw folder of this movie", path=wf.raw)
+    offset = movie.chopper.frame_offset or 0
+    length = movie.montage.montage_len
+    wanted = movie.num_frames if movie.num_frames is not None else movie.count * length
+    available = len(movie.raw_paths) - offset
+    if available < wanted:
+        raise InputError(
+            f"the logs describe {wanted} frames from frame {offset}, but the folder has "
+            f"{len(movie.raw_paths)} frames: point to the full raw movie",
+            path=wf.raw,
+        )
+    if available > wanted:
+        logger.info("using raw frames %d to %d of %d (as in the logs)",
+                    offset, offset + wanted - 1, len(movie.raw_paths))
+    tasks = []
+    for t, source in enumerate(movie.raw_paths[offset:offset + wanted]):
+        part, f = t // length + 1, t % length
+        tasks.append(_RawTask(source, movie.grid, tuple(
+            (pos, wf.raw_tile_frame(part, pos, f)) for pos in movie.grid.positions)))
+    items = tuple(_run(_raw_frame_to_tiles, tasks, executor, progress))
+    result = MoviesResult(wf, "raw", items)
+    for error in result.errors:
+        logger.error("raw frame failed: %s", error)
+    logger.info("wrote %d raw tiles from %d frames", result.files_written, len(tasks))
+    return result

@@ -1,0 +1,266 @@
+"""The original post-annotation notebook's functions, with its names and arguments.
+
+An old notebook runs with only its import lines changed::
+
+    from cellcrowd.notebook import (
+        download_and_unzip, save_annotations_from_csv,                 # steps 1-2
+        clean_montages, relabel_montages, convert_grayscale_all,       # step 3
+        raw_movie_maker, all_montages_chopper, read_json_params_montage,  # step 4
+        make_training_data,                                            # step 5
+    )
+
+Differences that matter:
+
+* The annotations folder must be ``{base_dir}/{identifier}_annotations`` (the
+  notebook's default); base folder and identifier are read from its name.
+* Downloads are never overwritten: :func:`convert_grayscale_all`,
+  :func:`clean_montages` and :func:`relabel_montages` write the cleaned copy
+  ``{base_dir}/{identifier}_labels/{montage}_labels.png`` (uint16), which
+  :func:`all_montages_chopper` reads. :func:`clean_montages` works from the
+  download itself, so it gives the same result whether or not
+  :func:`convert_grayscale_all` ran first; :func:`relabel_montages` is a no-op
+  on its output (already ``1..n``) and relabels grey copies otherwise.
+* :func:`make_training_data` writes ``X`` float32 ``(positions, frames, rows,
+  cols, channels)`` and ``y`` int32 ``(…, 1)`` (see :mod:`cellcrowd.export.npz`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+from .errors import InputError
+from .export.npz import build_training_arrays, save_npz
+from .files import list_images, read_image, write_image
+from .labels import CleanResult, CleanTask, clean_annotations, decode_annotation, relabel_sequential
+from .layout import WorkingFolder, parse_montage_name
+from .logs import read_montage_log
+from .movies import MoviesResult, montages_to_movies, raw_to_movies
+
+__all__ = [
+    "all_montages_chopper",
+    "clean_montages",
+    "convert_grayscale_all",
+    "make_training_data",
+    "raw_movie_maker",
+    "read_json_params_montage",
+    "relabel_montages",
+]
+
+logger = logging.getLogger(__name__)
+
+_ANNOTATIONS_SUFFIX = "_annotations"
+_ANNOTATION_SUFFIX = "_annotation"
+_PART_RE = re.compile(r"^part(\d+)$")
+
+
+def _folder_wf(folder: str | Path) -> WorkingFolder:
+    """The working folder of ``{base}/{identifier}_annotations``."""
+    folder = Path(folder)
+    if not folder.name.endswith(_ANNOTATIONS_SUFFIX) or folder.name == _ANNOTATIONS_SUFFIX:
+        raise InputError(
+            "the annotations folder must be named '{identifier}_annotations' (inside the "
+            "working folder), as save_annotations_from_csv makes it",
+            path=folder,
+        )
+    identifier = folder.name[: -len(_ANNOTATIONS_SUFFIX)]
+    return WorkingFolder(folder.parent, identifier, annotations=folder)
+
+
+def _annotations(wf: WorkingFolder) -> list[tuple[Path, str]]:
+    """``(download, montage name)`` of every montage annotation directly in the folder."""
+    if not wf.annotations.is_dir():
+        raise InputError("annotations folder not found: run save_annotations_from_csv first",
+                         path=wf.annotations)
+    found = []
+    for path in list_images(wf.annotations):
+        try:
+            parse_montage_name(path.name)
+        except InputError:
+            logger.warning("%s: not a montage annotation; ignored", path)
+            continue
+        found.append((path, path.stem.removesuffix(_ANNOTATION_SUFFIX)))
+    if not found:
+        raise InputError("no montage annotations in this folder: run "
+                         "save_annotations_from_csv first", path=wf.annotations)
+    return found
+
+
+def convert_grayscale_all(folder: str | Path) -> list[Path]:
+    """Decode every annotation (red-channel ids or one colour per cell) into grey ids.
+
+    Writes ``{identifier}_labels/{montage}_labels.png`` (uint16); the downloads
+    stay as they are. No cleaning: run :func:`clean_montages` next. One bad
+    file is logged and skipped.
+
+    Returns
+    -------
+    list of Path
+        The label files written.
+    """
+    wf = _folder_wf(folder)
+    written = []
+    for src, montage in _annotations(wf):
+        try:
+            ids = decode_annotation(read_image(src))
+            written.append(write_image(wf.label_path(montage), ids))
+        except (InputError, ValueError, OSError) as exc:
+            logger.error("%s: not converted: %s", src.name, exc)
+    logger.info("converted %d annotations into %s", len(written), wf.labels)
+    return written
+
+
+def clean_montages(folder: str | Path) -> list[CleanResult]:
+    """Decode, clean (specks under 10 px, holes under 64 px, per cell) and relabel.
+
+    Reads every downloaded annotation of ``folder`` and writes the cleaned
+    labels to ``{identifier}_labels/{montage}_labels.png``; the downloads are
+    never changed. Needs the montage log (``json_logs``). One bad file is logged
+    and skipped.
+
+    Returns
+    -------
+    list of cellcrowd.labels.CleanResult
+        One per annotation (stats, or the error).
+    """
+    wf = _folder_wf(folder)
+    log = read_montage_log(wf.montage_log)
+    tasks = [CleanTask(src, wf.label_path(montage), log, montage)
+             for src, montage in _annotations(wf)]
+    results = clean_annotations(tasks)
+    logger.info("cleaned %d of %d annotations into %s",
+                sum(r.ok for r in results), len(results), wf.labels)
+    return results
+
+
+def relabel_montages(folder: str | Path) -> list[Path]:
+    """Renumber the cell ids of every cleaned label montage to ``1..n`` (in place, on the copy).
+
+    Raises
+    ------
+    InputError
+        If there are no label montages yet (run :func:`clean_montages` first).
+    """
+    wf = _folder_wf(folder)
+    paths = sorted(wf.labels.glob("*_labels.png")) if wf.labels.is_dir() else []
+    if not paths:
+        raise InputError("no label montages to relabel: run clean_montages first",
+                         path=wf.labels)
+    for path in paths:
+        try:
+            write_image(path, relabel_sequential(read_image(path)))
+        except (InputError, ValueError, TypeError, OSError) as exc:
+            logger.error("%s: not relabelled: %s", path.name, exc)
+    return paths
+
+
+def all_montages_chopper(
+    base_dir: str | Path, montage_dir: str | Path, identifier: str, *,
+    skip: Collection[str] = (),
+) -> MoviesResult:
+    """Chop the cleaned label montages into ``movies/part{N}/x_XX_y_YY/annotated`` frames.
+
+    ``montage_dir`` is the annotations folder (``identifier + "_annotations"``,
+    relative to ``base_dir``); the cleaned copies made from it are read. See
+    :func:`cellcrowd.movies.montages_to_movies`.
+    """
+    base = Path(base_dir)
+    wf = WorkingFolder(base, identifier, annotations=base / montage_dir)
+    return montages_to_movies(wf, skip=skip)
+
+
+def raw_movie_maker(
+    base_dir: str | Path, raw_dir: str | Path, identifier: str
+) -> MoviesResult:
+    """Cut the full-size raw frames into ``movies/part{N}/x_XX_y_YY/raw`` tiles.
+
+    See :func:`cellcrowd.movies.raw_to_movies`.
+    """
+    return raw_to_movies(WorkingFolder(Path(base_dir), identifier, raw=Path(raw_dir)))
+
+
+def read_json_params_montage(
+    log_folder: str | Path, identifier: str
+) -> tuple[int, int, int, int, int, int]:
+    """``(montage_len, num_x_segments, num_y_segments, row_length, x_buffer, y_buffer)``.
+
+    Read from ``{log_folder}/{identifier}_montage_maker_log.json`` (or the older
+    ``{identifier}_montage_maker.json``).
+    """
+    wf = WorkingFolder(Path(log_folder).parent, identifier)
+    log = read_montage_log(wf.montage_log_in(log_folder))
+    return (log.montage_len, log.num_x_segments, log.num_y_segments, log.row_length,
+            log.x_buffer, log.y_buffer)
+
+
+_IGNORED = ("dimensionality", "annotation_name", "border_mode", "output_mode",
+            "reshape_size", "verbose")
+
+
+@functools.cache
+def _note_ignored_arguments() -> None:
+    logger.warning(
+        "make_training_data: %s are accepted for compatibility and ignored (movies are "
+        "written whole, as (positions, frames, rows, cols, channels))", ", ".join(_IGNORED),
+    )
+
+
+def make_training_data(
+    direc_name: str | Path,
+    file_name_save: str | Path,
+    channel_names: Sequence[str] = ("",),
+    dimensionality: int = 3,
+    training_direcs: Sequence[str] | None = None,
+    raw_image_direc: str = "raw",
+    annotation_direc: str = "annotated",
+    annotation_name: str = "",
+    border_mode: str = "same",
+    output_mode: str = "conv",
+    num_frames: int | None = None,
+    reshape_size: int | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Combine a part's raw and annotated movies into a DeepCell ``.npz``.
+
+    Honoured: ``direc_name`` (the part folder, ``movies/part{N}``),
+    ``file_name_save`` (``.npz`` is appended if missing, like ``np.savez``),
+    ``training_direcs`` (position folders; ``'x_0{}_y_0{}'`` names match any
+    padding; default all), ``raw_image_direc``, ``annotation_direc``,
+    ``num_frames`` (at most this many frames per position) and
+    ``channel_names`` (one channel per entry: raw files whose name contains it;
+    ``[""]`` = every file, one channel). Accepted for compatibility and ignored
+    (a warning is logged once): ``dimensionality``, ``annotation_name``,
+    ``border_mode``, ``output_mode``, ``reshape_size``, ``verbose``.
+
+    Keys written: ``X`` float32 ``(positions, frames, rows, cols, channels)``,
+    ``y`` int32 ``(positions, frames, rows, cols, 1)``, ``positions``,
+    ``missing_positions``, ``part`` (from the folder name, else -1),
+    ``identifier`` (empty), ``frame_offset`` (``(part - 1) * num_frames`` when
+    both are known, else -1).
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    _note_ignored_arguments()
+    direc = Path(direc_name)
+    dest = Path(file_name_save)
+    if dest.suffix != ".npz":
+        dest = dest.with_name(dest.name + ".npz")
+    arrays = build_training_arrays(
+        direc, positions=training_direcs, raw_dirname=raw_image_direc,
+        annotation_dirname=annotation_direc, channel_filters=tuple(channel_names),
+        num_frames=num_frames,
+    )
+    match = _PART_RE.match(direc.name)
+    part = int(match[1]) if match else -1
+    offset = (part - 1) * num_frames if match and num_frames is not None else -1
+    return save_npz(dest, arrays, part=part, identifier="", frame_offset=offset)
+
+
+# --- service steps (seed steps 1-2) ---
+# download_and_unzip and save_annotations_from_csv are added here (engineer C).

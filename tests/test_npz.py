@@ -1,0 +1,253 @@
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellcrowd.errors import InputError
+from cellcrowd.export.npz import (
+    build_training_arrays,
+    load_npz,
+    load_part,
+    write_part_npz,
+    write_parts_npz,
+)
+from cellcrowd.files import write_image
+from cellcrowd.geometry import Position
+from cellcrowd.layout import WorkingFolder
+from cellcrowd.logs import MontageLog, write_log
+
+POSITIONS = [Position(x, y) for x in range(2) for y in range(2)]
+
+
+def _write_part(
+    wf: WorkingFolder,
+    part: int,
+    *,
+    frames: int = 3,
+    shape: tuple[int, ...] = (6, 7),
+    positions: list[Position] = POSITIONS,
+    seed: int = 0,
+) -> dict[Position, tuple[np.ndarray, np.ndarray]]:
+    """Hand-written movies/part{N}: random raw tiles and label tiles per position."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for pos in positions:
+        raw = rng.integers(0, 60000, (frames, *shape)).astype(np.uint16)
+        labels = rng.integers(0, 9, (frames, *shape[:2])).astype(np.uint16)
+        for f in range(frames):
+            write_image(wf.raw_tile_frame(part, pos, f), raw[f])
+            write_image(wf.annotated_frame(part, pos, f), labels[f])
+        out[pos] = (raw, labels)
+    return out
+
+
+def _log(wf: WorkingFolder, montage_len: int = 3) -> None:
+    write_log(MontageLog(identifier=wf.identifier, montage_len=montage_len, num_x_segments=2,
+                         num_y_segments=2, row_length=2, x_buffer=0, y_buffer=0,
+                         montages_in_pos=2), wf.montage_log)
+
+
+@pytest.fixture
+def wf(tmp_path: Path) -> WorkingFolder:
+    return WorkingFolder(tmp_path, "exp")
+
+
+def test_write_part_npz_keys_and_values(wf: WorkingFolder) -> None:
+    _log(wf, montage_len=3)
+    movies = _write_part(wf, 2)
+    path = write_part_npz(wf, 2)
+    assert path == wf.npz_part(2)
+    with np.load(path, allow_pickle=False) as data:
+        assert set(data.files) == {"X", "y", "positions", "missing_positions", "part",
+                                   "identifier", "frame_offset"}
+        x, y = data["X"], data["y"]
+        assert x.dtype == np.float32
+        assert y.dtype == np.int32
+        assert x.shape == (4, 3, 6, 7, 1)
+        assert y.shape == (4, 3, 6, 7, 1)
+        assert list(data["positions"]) == ["x_00_y_00", "x_00_y_01", "x_01_y_00", "x_01_y_01"]
+        assert data["part"] == 2
+        assert data["identifier"] == "exp"
+        assert data["frame_offset"] == 3
+    for i, pos in enumerate(POSITIONS):
+        raw, labels = movies[pos]
+        np.testing.assert_array_equal(x[i, ..., 0], raw)
+        np.testing.assert_array_equal(y[i, ..., 0], labels)
+    assert [p.name for p in wf.npz.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_compressed_or_not(wf: WorkingFolder) -> None:
+    _write_part(wf, 1)
+    for compressed, kind in ((True, zipfile.ZIP_DEFLATED), (False, zipfile.ZIP_STORED)):
+        path = write_part_npz(wf, 1, compressed=compressed)
+        with zipfile.ZipFile(path) as zf:
+            assert {info.compress_type for info in zf.infolist()} == {kind}
+        assert load_npz(path).X.shape == (4, 3, 6, 7, 1)
+
+
+def test_frame_offset_unknown_without_log(
+    wf: WorkingFolder, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_part(wf, 1)
+    with caplog.at_level(logging.WARNING):
+        data = load_npz(write_part_npz(wf, 1))
+    assert data.frame_offset == -1
+    assert "frame_offset of part 1 unknown" in caplog.text
+
+
+def test_samples_to_drop_and_positions(wf: WorkingFolder) -> None:
+    movies = _write_part(wf, 1)
+    data = load_npz(write_part_npz(wf, 1, samples_to_drop=["x_0_y_1", "x_01_y_01"]))
+    assert data.positions == ["x_00_y_00", "x_01_y_00"]
+    np.testing.assert_array_equal(data.X[1, ..., 0], movies[Position(1, 0)][0])
+    data = load_npz(write_part_npz(wf, 1, positions=["x_01_y_01", Position(0, 0)]))
+    assert data.positions == ["x_01_y_01", "x_00_y_00"]
+
+
+@pytest.mark.parametrize(
+    ("positions", "match"),
+    [(["top_left"], "'top_left' is not a position name"),
+     (["x_07_y_00"], "position folder 'x_07_y_00' not found")],
+    ids=["bad-name", "not-found"],
+)
+def test_bad_positions(wf: WorkingFolder, positions: list[str], match: str) -> None:
+    _write_part(wf, 1)
+    with pytest.raises(InputError, match=match):
+        write_part_npz(wf, 1, positions=positions)
+
+
+def test_unannotated_positions_are_left_out_and_reported(
+    wf: WorkingFolder, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_part(wf, 1)
+    for path in wf.annotated_dir(1, Position(0, 1)).iterdir():
+        path.unlink()
+    with caplog.at_level(logging.WARNING):
+        data = load_npz(write_part_npz(wf, 1))
+    assert data.positions == ["x_00_y_00", "x_01_y_00", "x_01_y_01"]
+    assert data.missing_positions == ["x_00_y_01"]
+    assert "no annotated frames; position left out" in caplog.text
+
+
+def test_channels(wf: WorkingFolder) -> None:
+    movies = _write_part(wf, 1, shape=(6, 7, 3))
+    data = load_npz(write_part_npz(wf, 1, channels=[2, 0]))
+    assert data.X.shape == (4, 3, 6, 7, 2)
+    raw = movies[Position(0, 1)][0]
+    np.testing.assert_array_equal(data.X[1], raw[..., [2, 0]])
+    with pytest.raises(InputError, match=r"channels \[3\] do not select from the 3 raw"):
+        write_part_npz(wf, 1, channels=[3])
+    with pytest.raises(InputError, match=r"channels \[\] do not select"):
+        write_part_npz(wf, 1, channels=[])
+
+
+def test_channel_filters(tmp_path: Path) -> None:
+    part = tmp_path / "part1"
+    pos = part / "x_00_y_00"
+    rng = np.random.default_rng(3)
+    dapi = rng.integers(0, 99, (2, 4, 5)).astype(np.uint16)
+    gfp = rng.integers(0, 99, (2, 4, 5)).astype(np.uint16)
+    for f in range(2):
+        write_image(pos / "raw" / f"dapi_{f}.tif", dapi[f])
+        write_image(pos / "raw" / f"gfp_{f}.tif", gfp[f])
+        write_image(pos / "annotated" / f"lab_{f}.png", np.ones((4, 5), np.uint16))
+    arrays = build_training_arrays(part, channel_filters=["gfp", "dapi"])
+    np.testing.assert_array_equal(arrays.X[0], np.stack([gfp, dapi], axis=-1))
+    with pytest.raises(InputError, match=r"4 raw frames but 2 annotated"):
+        build_training_arrays(part)  # "" matches both channels' files
+
+
+def test_error_paths(wf: WorkingFolder) -> None:
+    with pytest.raises(InputError, match="part folder not found"):
+        write_part_npz(wf, 1)
+    _write_part(wf, 1)
+    with pytest.raises(InputError, match="no position of this part has annotated frames"):
+        write_part_npz(wf, 1, samples_to_drop=[p.name for p in wf.part_dir(1).iterdir()])
+
+
+def test_raw_missing(wf: WorkingFolder) -> None:
+    _write_part(wf, 1)
+    raw_dir = wf.raw_tile_dir(1, Position(1, 0))
+    for path in raw_dir.iterdir():
+        path.unlink()
+    raw_dir.rmdir()
+    with pytest.raises(InputError, match=r"x_01_y_00/raw: no raw frames for this annotated"):
+        write_part_npz(wf, 1)
+
+
+def test_frame_count_mismatch_names_the_folder(wf: WorkingFolder) -> None:
+    _write_part(wf, 1)
+    wf.raw_tile_frame(1, Position(0, 1), 2).unlink()
+    with pytest.raises(InputError, match=r"x_00_y_01/raw: 2 raw frames but 3 annotated"):
+        write_part_npz(wf, 1)
+
+
+def test_frame_size_mismatches(wf: WorkingFolder) -> None:
+    _write_part(wf, 1)
+    write_image(wf.annotated_frame(1, Position(0, 0), 1), np.zeros((5, 7), np.uint16))
+    with pytest.raises(InputError, match=r"x_00_y_00/annotated: frame .*frame_001.png is "
+                                         r"\(5, 7\)"):
+        write_part_npz(wf, 1)
+    _write_part(wf, 1, shape=(6, 8), positions=[Position(0, 0)])
+    for f in range(3):
+        write_image(wf.annotated_frame(1, Position(0, 0), f), np.zeros((6, 7), np.uint16))
+    with pytest.raises(InputError, match="raw frames are 6x8 but annotated frames"):
+        write_part_npz(wf, 1)
+
+
+def test_positions_must_match(wf: WorkingFolder) -> None:
+    _write_part(wf, 1)
+    _write_part(wf, 1, frames=2, positions=[Position(1, 1)])
+    for f in (2,):  # leftovers of the 3-frame movie
+        wf.raw_tile_frame(1, Position(1, 1), f).unlink()
+        wf.annotated_frame(1, Position(1, 1), f).unlink()
+    with pytest.raises(InputError, match=r"x_01_y_01: this position's movie is \(2, 6, 7\)"):
+        write_part_npz(wf, 1)
+
+
+def test_annotations_must_be_labels(wf: WorkingFolder) -> None:
+    _write_part(wf, 1, positions=[Position(0, 0)])
+    for f in range(3):
+        write_image(wf.annotated_frame(1, Position(0, 0), f), np.zeros((6, 7, 3), np.uint8))
+    with pytest.raises(InputError, match="annotated frames must be 2-D integer labels"):
+        write_part_npz(wf, 1)
+
+
+def test_write_parts_npz(wf: WorkingFolder) -> None:
+    with pytest.raises(InputError, match="no part folders"):
+        write_parts_npz(wf)
+    _log(wf)
+    first = _write_part(wf, 1, seed=1)
+    _write_part(wf, 2, seed=2)
+    _write_part(wf, 10, frames=1, seed=10)
+    paths = write_parts_npz(wf)
+    assert paths == [wf.npz_part(1), wf.npz_part(2), wf.npz_part(10)]
+    assert [load_npz(p).frame_offset for p in paths] == [0, 3, 27]
+    x, y, positions = load_part(wf, 1)
+    assert x.shape == (4, 3, 6, 7, 1)
+    np.testing.assert_array_equal(y[3, ..., 0], first[Position(1, 1)][1])
+    assert positions[3] == "x_01_y_01"
+    assert write_parts_npz(wf, [2], samples_to_drop=["x_00_y_00"]) == [wf.npz_part(2)]
+    assert load_npz(wf.npz_part(2)).positions == ["x_00_y_01", "x_01_y_00", "x_01_y_01"]
+
+
+def test_load_npz_needs_x_and_y(tmp_path: Path) -> None:
+    path = tmp_path / "other.npz"
+    np.savez(path, X=np.zeros(3))
+    with pytest.raises(InputError, match=r"not a training file: keys are \['X'\]"):
+        load_npz(path)
+
+
+def test_unknown_samples_to_drop_are_reported(
+    wf: WorkingFolder, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_part(wf, 1)
+    with caplog.at_level(logging.WARNING):
+        data = load_npz(write_part_npz(wf, 1, samples_to_drop=["x_09_y_00", "x_00_y_00"]))
+    assert len(data.positions) == 3
+    assert "match no position folder" in caplog.text
+    assert "x=9" in caplog.text
