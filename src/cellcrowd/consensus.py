@@ -1,0 +1,749 @@
+"""Several annotators' label montages of one unit -> one consensus label montage.
+
+A job's full report holds every judgment, and several crowd workers may
+annotate the same montage (FORMATS.md section 6). Binary-mask aggregators
+(majority vote, STAPLE) do not know about instance ids, so cells are first
+matched across annotators, then each matched cell's pixels are fused by a
+trust-weighted vote.
+
+:func:`merge_labels`
+    Arrays in, consensus array and :class:`ConsensusReport` out.
+:func:`merge_label_files`
+    Cleaned uint16 label PNGs in, one uint16 PNG out (written atomically).
+:func:`merge_task` / :func:`merge_tasks`
+    The picklable per-montage function for executors, and a runner for many.
+:func:`judgment_weights`
+    Weights from the report's worker ``trust`` and ``tainted`` columns.
+
+The rules (all sums are over annotators with a positive weight; ``W`` is their
+total weight):
+
+1. **Order.** Annotators are ranked by decreasing weight, equal weights by a
+   hash of their labels renumbered by first appearance; an annotator's cells
+   are ranked by first appearance. These ranks only break ties (below), and
+   they do not depend on the order of the inputs nor on the id values each
+   annotator used, so neither does the result.
+2. **Matching.** Every pair of annotators is matched by Hungarian assignment
+   (maximum total IoU) over pairs of cells with an IoU of at least
+   ``min_iou``. IoUs are computed over the whole montage (ids are
+   montage-wide: a cell spans several frames). The matched pairs are then
+   joined into consensus cells, highest IoU first, skipping a join that would
+   put two cells of one annotator together. So a cell drawn 1 px too large
+   and one drawn 1 px too small end up together when both match a third
+   annotator's cell, even if they do not match each other.
+3. **Support.** The support of a consensus cell is the summed weight of its
+   members' annotators. A cell is kept when its support is more than
+   ``min_support * W``; otherwise it is dropped and every member is reported
+   (:class:`DroppedCell`).
+4. **Pixels.** A pixel belongs to a kept consensus cell when the summed weight
+   of the members that put it in their matched cell is more than
+   ``min_support * support``. A pixel claimed by several cells goes to the one
+   with the larger vote; ties go to the cell whose first member ranks first
+   (rule 1). Rule 2's joins are taken in order of IoU, ties by rank.
+   Comparisons ignore rounding below ``1e-9 * W``.
+5. **Ids.** The output is numbered ``1..n`` in order of each cell's first
+   pixel: raster order of the montage, or, when a ``layout`` is given, frame
+   order then raster order within the frame.
+
+With ``min_support = 0.5`` and equal weights that is a strict majority: a cell
+seen by 2 of 3 annotators is kept, one seen by 1 of 3 (or 1 of 2) is dropped;
+a pixel is in when most of the cell's annotators put it there. With a single
+annotator every cell is kept as it is.
+
+Why no per-frame matching: the same id in several frames of one montage is the
+same cell, so matching whole-montage masks is both correct and stronger (a
+cell is matched by all its frames at once). The vote is per pixel, so fusing
+per frame or over the whole montage gives the same result; a ``layout`` only
+checks the size, clears anything painted in the buffers between frames and
+orders the output ids by frame.
+
+Weights: callers should pass each judgment's worker trust as its weight and
+give tainted workers (who later failed quality control) weight 0, which
+:func:`judgment_weights` does. An annotator of weight 0 takes no part in the
+merge; it is still scored against the consensus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .errors import AnnotationError, CellcrowdError, GeometryError
+from .executor import Executor
+from .files import read_image, write_image
+from .geometry import MontageLayout
+
+__all__ = [
+    "AnnotatorAgreement",
+    "ConsensusReport",
+    "DroppedCell",
+    "MergeResult",
+    "MergeTask",
+    "judgment_weights",
+    "merge_label_files",
+    "merge_labels",
+    "merge_task",
+    "merge_tasks",
+]
+
+logger = logging.getLogger(__name__)
+
+#: IoU at which a cell counts as found again, for the F1 agreement score.
+AGREEMENT_IOU = 0.5
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
+_REL_TOL = 1e-9
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+class DroppedCell(NamedTuple):
+    """A cell of one annotator that is not in the consensus.
+
+    Attributes
+    ----------
+    annotator : int
+        Index of the annotator in the input.
+    label : int
+        The cell's id in that annotator's labels.
+    pixels : int
+        The cell's size in that annotator's labels.
+    support : float
+        Summed weight of the annotators who found the cell, as a fraction of the total.
+    reason : str
+        ``"support"`` (too few annotators found it) or ``"overruled"`` (enough did,
+        but other cells won every one of its pixels).
+    """
+
+    annotator: int
+    label: int
+    pixels: int
+    support: float
+    reason: str = "support"
+
+
+@dataclass(frozen=True)
+class AnnotatorAgreement:
+    """How well one annotator agrees with the consensus.
+
+    The annotator's cells and the consensus cells are paired by Hungarian
+    assignment maximising the total IoU (pairs that overlap at all).
+
+    Attributes
+    ----------
+    annotator : int
+        Index of the annotator in the input.
+    weight : float
+        The weight it was given (0: ignored by the merge).
+    cells : int
+        Its number of cells.
+    matched : int
+        Pairs with IoU at least :data:`AGREEMENT_IOU` (0.5).
+    precision, recall, f1 : float
+        ``matched / cells``, ``matched / consensus cells`` and their harmonic mean
+        (1.0 when both are empty).
+    mean_iou : float
+        Mean over the annotator's cells of the IoU with its paired consensus cell
+        (0 for unpaired cells; 1.0 when both are empty, 0.0 when only it is).
+    """
+
+    annotator: int
+    weight: float
+    cells: int
+    matched: int
+    precision: float
+    recall: float
+    f1: float
+    mean_iou: float
+
+
+@dataclass(frozen=True)
+class ConsensusReport:
+    """What :func:`merge_labels` did.
+
+    Attributes
+    ----------
+    annotators : int
+        Number of inputs.
+    weights : tuple of float
+        The weight of each input (equal weights when none were given).
+    cells_per_annotator : tuple of int
+        Cells in each input.
+    consensus_cells : int
+        Cells in the output.
+    dropped : tuple of DroppedCell
+        Every input cell left out of the consensus, sorted by annotator and id
+        (cells of weight-0 annotators are not listed: see ``ignored``).
+    agreement : tuple of AnnotatorAgreement
+        One per input, in input order.
+    ignored : tuple of int
+        Inputs of weight 0 (no part in the merge).
+    method : {"single", "vote"}
+        ``"single"`` when only one annotator had a positive weight (its labels are
+        returned, renumbered), ``"vote"`` otherwise.
+    min_iou, min_support : float
+        The parameters used.
+    """
+
+    annotators: int
+    weights: tuple[float, ...]
+    cells_per_annotator: tuple[int, ...]
+    consensus_cells: int
+    dropped: tuple[DroppedCell, ...]
+    agreement: tuple[AnnotatorAgreement, ...]
+    ignored: tuple[int, ...] = ()
+    method: Literal["single", "vote"] = "vote"
+    min_iou: float = 0.5
+    min_support: float = 0.5
+
+    @property
+    def single(self) -> bool:
+        """True when only one annotator contributed."""
+        return self.method == "single"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, ready for :func:`json.dumps`."""
+        return {
+            "annotators": self.annotators,
+            "weights": list(self.weights),
+            "cells_per_annotator": list(self.cells_per_annotator),
+            "consensus_cells": self.consensus_cells,
+            "dropped": [d._asdict() for d in self.dropped],
+            "agreement": [vars(a).copy() for a in self.agreement],
+            "ignored": list(self.ignored),
+            "method": self.method,
+            "min_iou": self.min_iou,
+            "min_support": self.min_support,
+        }
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _check_images(label_images: Sequence[NDArray[np.generic]]) -> list[NDArray[np.generic]]:
+    images = [np.asarray(image) for image in label_images]
+    if not images:
+        raise ValueError("no label images to merge: pass at least one annotator's labels")
+    for i, image in enumerate(images):
+        if image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
+            raise TypeError(
+                f"label image {i} must hold integer ids, got dtype {image.dtype}: decode and "
+                "clean annotations first (cellcrowd.labels)"
+            )
+        if image.ndim != 2:
+            raise ValueError(f"label image {i} must be 2-D (a label montage), got shape "
+                             f"{image.shape}")
+        if image.shape != images[0].shape:
+            raise ValueError(
+                f"label image {i} has shape {image.shape} but label image 0 has shape "
+                f"{images[0].shape}: all judgments of one montage have its size"
+            )
+        if image.size and int(image.min()) < 0:
+            raise ValueError(f"label image {i} holds negative ids (down to {int(image.min())})")
+    return images
+
+
+def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    if weights is None:
+        return [1.0] * count
+    values = [float(w) for w in weights]
+    if len(values) != count:
+        raise ValueError(f"got {len(values)} weights for {count} label images: pass one each")
+    bad = [w for w in values if not math.isfinite(w) or w < 0]
+    if bad:
+        raise ValueError(f"weights must be finite and >= 0, got {bad[0]!r}")
+    if not any(values):
+        raise ValueError(
+            "every weight is 0, so no annotator counts: pass equal weights (or use "
+            "judgment_weights, which falls back to them)"
+        )
+    return values
+
+
+def _check_params(min_iou: float, min_support: float) -> None:
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be above 0 and at most 1, got {min_iou!r}")
+    if not 0 <= min_support < 1:
+        raise ValueError(f"min_support must be at least 0 and below 1, got {min_support!r}")
+
+
+# -- building blocks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """One annotator's labels as compact ids ``1..n`` numbered by first appearance."""
+
+    compact: NDArray[np.int32]  # flat, 0 background
+    ids: NDArray[np.int64]  # original id of compact id c at [c - 1]
+    areas: NDArray[np.int64]  # pixels of compact id c at [c - 1]
+
+    @property
+    def count(self) -> int:
+        return int(self.ids.size)
+
+    def key(self) -> bytes:
+        """Hash of the labels, the same whatever ids the annotator used."""
+        return hashlib.blake2b(self.compact.astype("<i4").tobytes(), digest_size=16).digest()
+
+
+def _compact(flat: NDArray[np.generic]) -> _Cells:
+    fg = np.flatnonzero(flat)
+    values, first, inverse, counts = np.unique(
+        flat[fg], return_index=True, return_inverse=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    lut = np.empty(values.size, dtype=np.int32)
+    lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    compact = np.zeros(flat.shape, dtype=np.int32)
+    compact[fg] = lut[inverse.ravel()]
+    return _Cells(compact, values[order].astype(np.int64), counts[order].astype(np.int64))
+
+
+def _overlap_iou(a: _Cells, b: _Cells) -> tuple[NDArray[np.int64], NDArray[np.int64],
+                                                NDArray[np.float64]]:
+    """Pairs (cell of ``a``, cell of ``b``) that share pixels, and their IoU (sparse)."""
+    both = (a.compact > 0) & (b.compact > 0)
+    stride = np.int64(b.count + 1)
+    packed = a.compact[both].astype(np.int64) * stride + b.compact[both]
+    pairs, inter = np.unique(packed, return_counts=True)
+    rows, cols = pairs // stride, pairs % stride
+    union = a.areas[rows - 1] + b.areas[cols - 1] - inter
+    return rows, cols, inter / union
+
+
+def _assign(rows: NDArray[np.int64], cols: NDArray[np.int64], scores: NDArray[np.float64],
+            min_score: float) -> tuple[NDArray[np.int64], NDArray[np.int64],
+                                       NDArray[np.float64]]:
+    """Hungarian assignment maximising the total score over pairs scoring >= ``min_score``.
+
+    The pairs fall apart into independent groups (cells that overlap nothing else
+    form a group of one pair); each group of several pairs is solved on its own.
+    """
+    ok = scores >= min_score
+    rows, cols, scores = rows[ok], cols[ok], scores[ok]
+    if not rows.size:
+        return rows, cols, scores
+    urows, ri = np.unique(rows, return_inverse=True)
+    ucols, ci = np.unique(cols, return_inverse=True)
+    ri, ci = ri.ravel(), ci.ravel()
+    size = urows.size + ucols.size
+    graph = coo_matrix((np.ones(ri.size), (ri, urows.size + ci)), shape=(size, size))
+    _, component = connected_components(graph, directed=False)
+    pair_component = component[ri]
+    pairs_in = np.bincount(pair_component, minlength=size)
+    single = pairs_in[pair_component] == 1
+    out_r, out_c, out_s = [urows[ri[single]]], [ucols[ci[single]]], [scores[single]]
+    for comp in np.flatnonzero(pairs_in > 1).tolist():
+        sel = np.flatnonzero(pair_component == comp)
+        sub_r, r_idx = np.unique(ri[sel], return_inverse=True)
+        sub_c, c_idx = np.unique(ci[sel], return_inverse=True)
+        matrix = np.zeros((sub_r.size, sub_c.size))
+        matrix[r_idx.ravel(), c_idx.ravel()] = scores[sel]
+        r, c = linear_sum_assignment(matrix, maximize=True)
+        keep = matrix[r, c] >= min_score
+        out_r.append(urows[sub_r[r[keep]]])
+        out_c.append(ucols[sub_c[c[keep]]])
+        out_s.append(matrix[r[keep], c[keep]])
+    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_s)
+
+
+def _match(cells: list[_Cells], weights: list[float], min_iou: float
+           ) -> tuple[list[NDArray[np.int64]], NDArray[np.float64]]:
+    """Group cells across annotators (rule 2).
+
+    Returns, per annotator, the consensus cell of each compact id (index ``c``;
+    entry 0 unused) and each consensus cell's support.
+    """
+    offsets = np.cumsum([0] + [c.count for c in cells])
+    owner = np.repeat(np.arange(len(cells)), [c.count for c in cells])
+    found: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]] = []
+    for j, k in itertools.combinations(range(len(cells)), 2):
+        r, c, iou = _assign(*_overlap_iou(cells[j], cells[k]), min_iou)
+        found.append((offsets[j] + r - 1, offsets[k] + c - 1, iou))
+    parent = list(range(int(offsets[-1])))
+    seen = [1 << int(k) for k in owner]  # annotators in each root's group (bit mask)
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    if found:
+        a, b, iou = (np.concatenate(x) for x in zip(*found, strict=True))
+        for e in np.lexsort((b, a, -iou)).tolist():
+            ra, rb = root(int(a[e])), root(int(b[e]))
+            if ra != rb and not seen[ra] & seen[rb]:
+                low, high = min(ra, rb), max(ra, rb)
+                parent[high] = low
+                seen[low] |= seen[high]
+    roots = np.array([root(n) for n in range(len(parent))], dtype=np.int64)
+    _, group = np.unique(roots, return_inverse=True)
+    group = group.ravel().astype(np.int64)
+    support = np.bincount(group, weights=np.asarray(weights)[owner])
+    group_of = [np.concatenate([[-1], group[offsets[k]:offsets[k + 1]]]).astype(np.int64)
+                for k in range(len(cells))]
+    return group_of, support.astype(np.float64)
+
+
+def _fuse(cells: list[_Cells], weights: list[float], group_of: list[NDArray[np.int64]],
+          support: NDArray[np.float64], kept: NDArray[np.bool_], min_support: float,
+          tol: float) -> NDArray[np.int64]:
+    """Pixel vote (rule 4): the winning consensus cell index per pixel, -1 for background."""
+    if not support.size:
+        return np.full(cells[0].compact.shape if cells else (0,), -1, dtype=np.int64)
+    stacked = np.stack([np.where(kept[g], g, -1)[c.compact] if g.size > 1
+                        else np.full(c.compact.shape, -1, dtype=np.int64)
+                        for c, g in zip(cells, group_of, strict=True)])
+    winner = np.full(stacked.shape[1], -1, dtype=np.int64)
+    fg = np.flatnonzero((stacked >= 0).any(axis=0))
+    stacked = stacked[:, fg]
+    votes = np.zeros(stacked.shape, dtype=np.float64)
+    for a in range(len(cells)):
+        for b in range(len(cells)):
+            votes[a] += weights[b] * (stacked[b] == stacked[a])
+    need = min_support * support[np.maximum(stacked, 0)] + tol
+    votes = np.where((stacked >= 0) & (votes > need), votes, -np.inf)
+    best = votes.max(axis=0)
+    chosen = np.where(votes == best, stacked, np.iinfo(np.int64).max).min(axis=0)
+    winner[fg] = np.where(np.isfinite(best), chosen, -1)
+    return winner
+
+
+def _agreement(index: int, weight: float, cells: _Cells, consensus: _Cells
+               ) -> AnnotatorAgreement:
+    n, m = cells.count, consensus.count
+    rows, cols, iou = _overlap_iou(cells, consensus)
+    _, _, paired = _assign(rows, cols, iou, np.nextafter(0.0, 1.0))
+    matched = int(np.count_nonzero(paired >= AGREEMENT_IOU))
+    if n == 0 and m == 0:
+        return AnnotatorAgreement(index, weight, 0, 0, 1.0, 1.0, 1.0, 1.0)
+    return AnnotatorAgreement(
+        index, weight, n, matched,
+        precision=matched / n if n else 0.0,
+        recall=matched / m if m else 0.0,
+        f1=2 * matched / (n + m),
+        mean_iou=float(paired.sum()) / n if n else 0.0,
+    )
+
+
+def _dropped(order: list[int], cells: list[_Cells], group_of: list[NDArray[np.int64]],
+             share: NDArray[np.float64], kept: NDArray[np.bool_], present: NDArray[np.bool_]
+             ) -> list[DroppedCell]:
+    """Every member of a consensus cell missing from the output, by annotator and id."""
+    dropped = []
+    for i, c, g in zip(order, cells, group_of, strict=True):
+        for cid in (np.flatnonzero(~present[g[1:]]) + 1).tolist():
+            group = int(g[cid])
+            dropped.append(DroppedCell(i, int(c.ids[cid - 1]), int(c.areas[cid - 1]),
+                                       float(share[group]),
+                                       "overruled" if kept[group] else "support"))
+    return sorted(dropped)
+
+
+def _flatten(image: NDArray[np.generic], layout: MontageLayout | None, index: int
+             ) -> NDArray[np.generic]:
+    if layout is None:
+        return image.ravel()
+    if image.shape != layout.montage_shape:
+        raise GeometryError(
+            f"label image {index} is {image.shape[0]}x{image.shape[1]} pixels, but the layout's "
+            f"montages are {layout.montage_shape[0]}x{layout.montage_shape[1]}: check that the "
+            "labels and the montage log belong to the same job"
+        )
+    return layout.read(image).ravel()
+
+
+# -- the merge -------------------------------------------------------------------------------
+
+
+def merge_labels(
+    label_images: Sequence[NDArray[np.generic]],
+    *,
+    weights: Sequence[float] | None = None,
+    min_iou: float = 0.5,
+    min_support: float = 0.5,
+    layout: MontageLayout | None = None,
+) -> tuple[NDArray[np.int32], ConsensusReport]:
+    """Merge several annotators' label montages of one unit into one (trust-weighted vote).
+
+    The rules (order, matching, support, pixel vote, ids) are those of the
+    module docstring (:mod:`cellcrowd.consensus`), in short: cells are matched
+    across annotators by whole-montage IoU (Hungarian, at least ``min_iou``),
+    a matched cell is kept when the weight of the annotators who found it is
+    more than ``min_support`` of the total, and a pixel is in it when more than
+    ``min_support`` of that weight put it there. The result does not depend on
+    the order of the inputs nor on their id values.
+
+    Parameters
+    ----------
+    label_images : sequence of ndarray of int, shape (H, W)
+        One cleaned label montage per annotator (0 background; ids are the
+        annotator's own, one id per cell across the montage's frames). Not modified.
+    weights : sequence of float, optional
+        One weight >= 0 per annotator (worker trust; 0 for tainted workers, see
+        :func:`judgment_weights`); not all 0. Default: equal weights.
+    min_iou : float
+        Smallest matching score (IoU) for two cells to be the same cell, in (0, 1].
+    min_support : float
+        Fraction of weight a cell and each of its pixels must exceed, in [0, 1).
+    layout : MontageLayout, optional
+        The montage layout: sizes are checked, pixels in buffers are ignored and
+        output ids follow frame order.
+
+    Returns
+    -------
+    labels : ndarray of int32, shape (H, W)
+        The consensus, ids ``1..n``.
+    report : ConsensusReport
+
+    Raises
+    ------
+    ValueError
+        No images, images of different shapes or not 2-D, negative ids, a wrong
+        number of weights, negative or non-finite weights, all weights 0, or
+        ``min_iou`` / ``min_support`` out of range.
+    TypeError
+        If an image does not hold integers.
+    GeometryError
+        If the images do not have the layout's size.
+
+    Examples
+    --------
+    Three annotators; the second misses the right cell and paints one pixel too
+    many, the third leaves one pixel out:
+
+    >>> a = np.array([[1, 1, 0, 2], [1, 1, 0, 2]])
+    >>> b = np.array([[5, 5, 0, 0], [5, 5, 5, 0]])
+    >>> c = np.array([[3, 3, 0, 4], [3, 0, 0, 4]])
+    >>> labels, report = merge_labels([a, b, c])
+    >>> labels
+    array([[1, 1, 0, 2],
+           [1, 1, 0, 2]], dtype=int32)
+    >>> report.consensus_cells, [round(g.f1, 2) for g in report.agreement]
+    (2, [1.0, 0.67, 1.0])
+    """
+    images = _check_images(label_images)
+    weight_list = _check_weights(weights, len(images))
+    _check_params(min_iou, min_support)
+    shape = images[0].shape
+    all_cells = [_compact(_flatten(image, layout, i)) for i, image in enumerate(images)]
+
+    active = [i for i, w in enumerate(weight_list) if w > 0]
+    order = sorted(active, key=lambda i: (-weight_list[i], all_cells[i].key()))
+    cells = [all_cells[i] for i in order]
+    weights_in_order = [weight_list[i] for i in order]
+    total = float(sum(weights_in_order))
+    tol = _REL_TOL * total
+
+    group_of, support = _match(cells, weights_in_order, min_iou)
+    kept = support > min_support * total + tol
+    winner = _fuse(cells, weights_in_order, group_of, support, kept, min_support, tol)
+    consensus = _compact(winner + 1)
+    present = np.zeros(support.size, dtype=bool)
+    present[consensus.ids - 1] = True
+    dropped = _dropped(order, cells, group_of, support / total, kept, present)
+
+    flat = consensus.compact
+    if layout is not None:
+        out = layout.make(flat.reshape(layout.length, *layout.frame_shape)).astype(np.int32)
+    else:
+        out = flat.reshape(shape).astype(np.int32)
+    report = ConsensusReport(
+        annotators=len(images),
+        weights=tuple(weight_list),
+        cells_per_annotator=tuple(c.count for c in all_cells),
+        consensus_cells=consensus.count,
+        dropped=tuple(dropped),
+        agreement=tuple(_agreement(i, weight_list[i], c, consensus)
+                        for i, c in enumerate(all_cells)),
+        ignored=tuple(i for i, w in enumerate(weight_list) if w == 0),
+        method="single" if len(active) == 1 else "vote",
+        min_iou=float(min_iou),
+        min_support=float(min_support),
+    )
+    if dropped:
+        logger.debug("consensus of %d annotators: %d cells, %d input cells dropped",
+                     len(active), consensus.count, len(dropped))
+    return out, report
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def judgment_weights(trusts: Sequence[float | None], tainted: Sequence[bool]) -> list[float]:
+    """Weights for :func:`merge_labels` from the report's ``_trust`` and ``_tainted`` columns.
+
+    A judgment's weight is its worker's trust; a tainted worker (failed quality
+    control later) gets 0; a missing trust (``None``) counts as the mean of the
+    known trusts of untainted workers (1.0 if there is none). If every weight
+    comes out 0, the untainted judgments (or, if all are tainted, all of them)
+    get equal weights, with a logged warning.
+
+    Raises
+    ------
+    ValueError
+        If the two sequences differ in length, or a trust is negative or not finite.
+
+    Examples
+    --------
+    >>> judgment_weights([0.9, 0.6, None], [False, True, False])
+    [0.9, 0.0, 0.9]
+    >>> judgment_weights([0.0, 0.8], [False, True])
+    [1.0, 0.0]
+    """
+    if len(trusts) != len(tainted):
+        raise ValueError(f"got {len(trusts)} trust scores but {len(tainted)} tainted flags: "
+                         "pass one of each per judgment")
+    for t in trusts:
+        if t is not None and (not math.isfinite(t) or t < 0):
+            raise ValueError(f"trust scores must be finite and >= 0, got {t!r}")
+    clean = [bool(x) for x in tainted]
+    known = [float(t) for t, bad in zip(trusts, clean, strict=True) if t is not None and not bad]
+    fallback = sum(known) / len(known) if known else 1.0
+    weights = [0.0 if bad else (fallback if t is None else float(t))
+               for t, bad in zip(trusts, clean, strict=True)]
+    if weights and not any(weights):
+        everyone = all(clean)
+        logger.warning(
+            "every judgment has weight 0 (%s): using equal weights for %s",
+            "all workers tainted" if everyone else "trust 0",
+            "all of them" if everyone else "the untainted ones",
+        )
+        weights = [1.0 if everyone or not bad else 0.0 for bad in clean]
+    return weights
+
+
+# -- files and tasks -------------------------------------------------------------------------
+
+
+def _read_labels(path: Path) -> NDArray[np.generic]:
+    image = read_image(path)
+    if image.ndim != 2 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
+        raise AnnotationError(
+            f"expected a cleaned label image (one integer id per pixel), got shape "
+            f"{image.shape} and dtype {image.dtype}: clean the annotation first "
+            "(cellcrowd.labels.clean_annotation_file)",
+            path=path,
+        )
+    return image
+
+
+def merge_label_files(
+    srcs: Sequence[str | Path],
+    dst: str | Path,
+    *,
+    weights: Sequence[float] | None = None,
+    min_iou: float = 0.5,
+    min_support: float = 0.5,
+    layout: MontageLayout | None = None,
+) -> ConsensusReport:
+    """Merge cleaned label files of one montage (see :func:`merge_labels`) into ``dst``.
+
+    ``dst`` is written atomically as a uint16 PNG (``.tif`` also works); the
+    sources are never touched.
+
+    Raises
+    ------
+    ValueError
+        If ``dst`` is one of ``srcs``, or as :func:`merge_labels`.
+    InputError
+        If a source cannot be read (:class:`~cellcrowd.errors.AnnotationError` if it is
+        not a label image, :class:`~cellcrowd.errors.GeometryError` if its size differs
+        from the first source's); messages name the file.
+    """
+    paths = [Path(s) for s in srcs]
+    dst = Path(dst)
+    if any(p.resolve() == dst.resolve() for p in paths):
+        raise ValueError(
+            f"the consensus must not overwrite one of its sources ({dst}): write it elsewhere "
+            "(WorkingFolder.label_path)"
+        )
+    images = [_read_labels(p) for p in paths]
+    for p, image in zip(paths, images, strict=True):
+        if image.shape != images[0].shape:
+            raise GeometryError(
+                f"is {image.shape[0]}x{image.shape[1]} pixels but {paths[0].name} is "
+                f"{images[0].shape[0]}x{images[0].shape[1]}: judgments of one montage must "
+                "have its size (is a file of another montage mixed in?)",
+                path=p,
+            )
+    labels, report = merge_labels(images, weights=weights, min_iou=min_iou,
+                                  min_support=min_support, layout=layout)
+    small = labels.size == 0 or int(labels.max()) <= _UINT16_MAX
+    write_image(dst, labels.astype(np.uint16) if small else labels)
+    logger.debug("%d judgments -> %s: %d cells, %d dropped", len(paths), dst.name,
+                 report.consensus_cells, len(report.dropped))
+    return report
+
+
+@dataclass(frozen=True)
+class MergeTask:
+    """Arguments of :func:`merge_task` (picklable)."""
+
+    montage: str
+    srcs: tuple[Path, ...]
+    dst: Path
+    weights: tuple[float, ...] | None = None
+    min_iou: float = 0.5
+    min_support: float = 0.5
+    layout: MontageLayout | None = None
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """Outcome of one :class:`MergeTask`: the report, or the error that stopped it."""
+
+    montage: str
+    dst: Path
+    report: ConsensusReport | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def merge_task(task: MergeTask) -> MergeResult:
+    """Merge one montage's judgments, recording (never raising) a bad input or file error."""
+    try:
+        report = merge_label_files(task.srcs, task.dst, weights=task.weights,
+                                   min_iou=task.min_iou, min_support=task.min_support,
+                                   layout=task.layout)
+    except (CellcrowdError, ValueError, TypeError, OSError) as exc:
+        logger.warning("skipping %s: %s", task.montage, exc)
+        return MergeResult(task.montage, Path(task.dst), None, f"{type(exc).__name__}: {exc}")
+    return MergeResult(task.montage, Path(task.dst), report)
+
+
+def merge_tasks(
+    tasks: Iterable[MergeTask],
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[MergeResult]:
+    """Run :func:`merge_task` over ``tasks`` (serially, or on ``executor``), in task order."""
+    task_list = list(tasks)
+    results_iter = (executor.map(merge_task, task_list) if executor is not None
+                    else map(merge_task, task_list))
+    results = []
+    for result in results_iter:
+        results.append(result)
+        if progress is not None:
+            progress(1)
+    failed = sum(not r.ok for r in results)
+    if failed:
+        logger.warning("%d of %d montages could not be merged", failed, len(results))
+    return results
