@@ -1,0 +1,516 @@
+"""Tests of the QC report: numbers checked against the files, overlays, escaping, missing stages."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cellcrowd.errors import InputError
+from cellcrowd.export.npz import write_parts_npz
+from cellcrowd.files import read_image, write_image
+from cellcrowd.labels import CleanResult, CleanStats, clean_annotation_file
+from cellcrowd.layout import MontageKey, WorkingFolder
+from cellcrowd.logs import read_montage_log
+from cellcrowd.movies import montages_to_movies, raw_to_movies
+from cellcrowd.prepare import prepare
+from cellcrowd.qc import (
+    PALETTE,
+    PANEL_GAP,
+    cells_per_frame,
+    collect_qc,
+    fill_overlay,
+    outline_overlay,
+    stretch_to_uint8,
+    write_qc_report,
+)
+from cellcrowd.synthetic import paint_annotation, synthetic_movie, write_movie_frames
+
+JOB = 4242
+FRAMES, LENGTH, ROW = 6, 4, 2  # two parts: 4 frames, then 2 (a partial montage)
+SKIPPED = (1, 1, 1)  # x, y, montage left without annotation/labels
+EVIL = "<script>alert('qc')</script>"
+
+
+# -- reading the page back --------------------------------------------------------------------
+
+
+class _Page(HTMLParser):
+    """Tables (by id, rows of cell texts), list items (by list id), images, all text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: dict[str, list[list[str]]] = {}
+        self.lists: dict[str, list[str]] = {}
+        self.images: list[dict[str, str | None]] = []
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self._table: str | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
+        self._list: str | None = None
+        self._item: list[str] | None = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        if attr.get("id"):
+            self.ids.append(str(attr["id"]))
+        if tag == "table":
+            self._table = str(attr.get("id"))
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+        elif tag == "ul":
+            self._list = str(attr.get("id"))
+            self.lists[self._list] = []
+        elif tag == "li":
+            self._item = []
+        elif tag == "img":
+            self.images.append(attr)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None and self._row is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "tr" and self._row is not None and self._table is not None:
+            self.tables[self._table].append(self._row)
+            self._row = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "li" and self._item is not None and self._list is not None:
+            self.lists[self._list].append("".join(self._item).strip())
+            self._item = None
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+        if self._item is not None:
+            self._item.append(data)
+
+    def rows(self, table: str) -> list[dict[str, str]]:
+        header, *body = self.tables[table]
+        return [dict(zip(header, row, strict=True)) for row in body]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+def _page(wf: WorkingFolder) -> _Page:
+    return _Page(wf.qc_index.read_text(encoding="utf-8"))
+
+
+# -- a small harvested working folder -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Harvest:
+    wf: WorkingFolder
+    labels: np.ndarray  # the synthetic movie's label frames (T, H, W)
+    stats: dict[str, CleanStats]
+
+
+def _build(base: Path, identifier: str = "exp", *, harvest: bool = True) -> Harvest:
+    movie = synthetic_movie(frames=FRAMES, shape=(64, 64), cells=5, divisions=1, seed=3)
+    write_movie_frames(movie, base / "raw")
+    result = prepare(base / "raw", WorkingFolder(base, identifier), num_x=2, num_y=2,
+                     overlap_perc=10, montage_len=LENGTH, row_length=ROW, truth=movie.labels)
+    wf = result.wf
+    stats: dict[str, CleanStats] = {}
+    if not harvest:
+        return Harvest(wf, movie.labels, stats)
+    log = read_montage_log(wf.montage_log)
+    for i, key in enumerate(result.montages):
+        if (key.x, key.y, key.montage) == SKIPPED:
+            continue
+        name = wf.montage_name(key)
+        truth = read_image(wf.truth_path(name)).astype(np.int32)
+        write_image(wf.annotation_path(name), paint_annotation(truth, layout=result.layout,
+                                                                seed=i))
+        stats[name] = clean_annotation_file(wf.annotation_path(name), wf.label_path(name),
+                                            montage_log=log)
+    montages_to_movies(wf)
+    raw_to_movies(wf)
+    write_parts_npz(wf)
+    for t, frame in enumerate(movie.labels):  # the stitched movie: the ground truth itself
+        write_image(wf.stitched_frame("annotated", t), frame.astype(np.uint16))
+    return Harvest(wf, movie.labels, stats)
+
+
+def _write_csv(path: Path, rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh).writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def harvest(tmp_path_factory: pytest.TempPathFactory) -> Harvest:
+    h = _build(tmp_path_factory.mktemp("qc") / "job")
+    wf = h.wf
+    url = "https://bucket.example/exp_x_1_y_0_montage_1.png"
+    _write_csv(wf.broken_links_csv(JOB), [
+        ["_unit_id", "_id", "image_url", "broken_link"],
+        ["11", "101", url, "true"], ["11", "102", url, "true"],
+        ["12", "103", "https://bucket.example/exp_x_0_y_1_montage_0.png", "true"],
+    ])
+    _write_csv(wf.failures_csv(JOB), [
+        ["montage", "unit", "judgment", "url", "reason"],
+        ["exp_x_00_y_00_montage_00", "7", "70", "https://x.example/a.png?key=SECRET123",
+         EVIL],
+    ])
+    write_qc_report(wf, job_id=JOB, summary={"clean": h.stats, "note": EVIL,
+                                             "generated": "2024-01-02 03:04"})
+    return h
+
+
+def _frames_of(montage: np.ndarray, real: int) -> np.ndarray:
+    """Cut a montage of LENGTH frames, ROW per row, no buffers, by hand."""
+    rows = -(-LENGTH // ROW)
+    h, w = montage.shape[0] // rows, montage.shape[1] // ROW
+    return np.stack([montage[(k // ROW) * h:(k // ROW + 1) * h, (k % ROW) * w:(k % ROW + 1) * w]
+                     for k in range(real)])
+
+
+def _distinct(a: np.ndarray) -> int:
+    return int(np.count_nonzero(np.unique(a)))
+
+
+# -- the numbers ------------------------------------------------------------------------------
+
+
+def test_montage_table_matches_the_label_files(harvest: Harvest) -> None:
+    wf = harvest.wf
+    rows = {r["montage"]: r for r in _page(wf).rows("montages")}
+    keys = [MontageKey("exp", x, y, m) for m in range(2) for x in range(2) for y in range(2)]
+    assert sorted(rows) == sorted(wf.montage_name(k) for k in keys)
+    for key in keys:
+        name = wf.montage_name(key)
+        row = rows[name]
+        assert (row["part"], row["position"]) == (str(key.montage + 1),
+                                                  f"x_{key.x:02d}_y_{key.y:02d}")
+        if (key.x, key.y, key.montage) == SKIPPED:
+            assert (row["annotation"], row["cleaned labels"], row["cells"]) == ("no", "no", "—")
+            continue
+        labels = np.asarray(Image.open(wf.label_path(name)))
+        real = min(LENGTH, FRAMES - LENGTH * key.montage)
+        per_frame = [_distinct(f) for f in _frames_of(labels, real)]
+        assert row["raw montage"] == row["annotation"] == row["cleaned labels"] == "yes"
+        assert int(row["cells"]) == _distinct(labels)
+        assert (int(row["min cells/frame"]), int(row["max cells/frame"])) == (
+            min(per_frame), max(per_frame))
+        assert int(row["pixels removed"]) == harvest.stats[name].pixels_removed
+        assert int(row["pixels filled"]) == harvest.stats[name].pixels_filled
+        assert row["problem"] == "—"
+
+
+def test_last_partial_montage_counts_only_its_real_frames(harvest: Harvest) -> None:
+    wf = harvest.wf
+    name = wf.montage_name(MontageKey("exp", 0, 0, 1))
+    row = {r["montage"]: r for r in _page(wf).rows("montages")}[name]
+    # Frames 2 and 3 of the last montage are blank cells: a min of 0 would be wrong.
+    assert int(row["min cells/frame"]) > 0
+
+
+def test_parts_table_matches_movies_and_npz(harvest: Harvest) -> None:
+    wf = harvest.wf
+    rows = {int(r["part"]): r for r in _page(wf).rows("parts")}
+    assert sorted(rows) == [1, 2]
+    for part, row in rows.items():
+        part_dir = wf.part_dir(part)
+        annotated = sorted(p.parent.name for p in part_dir.glob("*/annotated")
+                           if any(p.iterdir()))
+        raw = sorted(p.parent.name for p in part_dir.glob("*/raw") if any(p.iterdir()))
+        assert int(row["expected positions"]) == 4
+        assert int(row["annotated positions"]) == len(annotated)
+        assert int(row["raw positions"]) == len(raw) == 4
+        with np.load(wf.npz_part(part)) as data:
+            assert row["X shape"] == str(data["X"].shape)
+            assert row["y shape"] == str(data["y"].shape)
+        assert row["npz"] == wf.npz_part(part).name
+    assert rows[1]["missing positions"] == "none"
+    assert rows[2]["missing positions"] == "x_01_y_01"
+    assert (rows[1]["annotated frames per position"],
+            rows[2]["annotated frames per position"]) == ("4", "2")
+
+
+def test_stitched_table_counts_cells_per_frame(harvest: Harvest) -> None:
+    page = _page(harvest.wf)
+    expected = [_distinct(frame) for frame in harvest.labels]
+    rows = page.rows("stitched")
+    assert [int(r["frame"]) for r in rows] == list(range(FRAMES))
+    assert [int(r["cells"]) for r in rows] == expected
+    bars = [len(r[""]) for r in rows]
+    assert bars[int(np.argmax(expected))] == 30
+    spark = re.search(r'id="sparkline">([^<]*)<', harvest.wf.qc_index.read_text("utf-8"))
+    assert spark is not None
+    assert len(spark[1]) == FRAMES
+    assert set(spark[1]) <= set("▁▂▃▄▅▆▇█")
+    assert spark[1][int(np.argmax(expected))] == "█"
+    assert f"{_distinct(harvest.labels)} distinct cells" in page.text
+
+
+def test_broken_links_and_failures_are_listed(harvest: Harvest) -> None:
+    page = _page(harvest.wf)
+    broken = page.rows("broken-links")
+    assert [(r["montage"], r["judgments"]) for r in broken] == [
+        ("exp_x_00_y_01_montage_00", "1"), ("exp_x_01_y_00_montage_01", "2")]
+    (failure,) = page.rows("failures")
+    assert failure["reason"] == EVIL
+    assert "SECRET123" not in harvest.wf.qc_index.read_text(encoding="utf-8")
+    job = {r["stage"]: r for r in page.rows("stages")}["job"]
+    assert job["status"] == "partial"
+    assert "2 montage(s) with broken links, 1 failed download(s)" in job["details"]
+
+
+def test_stages_and_missing_list(harvest: Harvest) -> None:
+    page = _page(harvest.wf)
+    status = {r["stage"]: r["status"] for r in page.rows("stages")}
+    assert status == {
+        "logs": "done", "montages": "done", "annotations": "partial", "labels": "partial",
+        "movies (annotated)": "partial", "movies (raw)": "done", "npz": "done",
+        "stitched": "done", "trk": "missing", "ctc": "missing", "job": "partial"}
+    skipped = harvest.wf.montage_name(MontageKey("exp", *SKIPPED))
+    assert any(skipped in item and "cleaned label" in item for item in page.lists["missing"])
+
+
+def test_run_summary_is_shown_escaped(harvest: Harvest) -> None:
+    text = harvest.wf.qc_index.read_text(encoding="utf-8")
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;" in text
+    run = {r["item"]: r["value"] for r in _page(harvest.wf).rows("run")}
+    assert run["note"] == EVIL
+    assert run["generated"] == "2024-01-02 03:04"
+
+
+# -- overlays ---------------------------------------------------------------------------------
+
+
+def test_overlays_exist_with_the_right_size_and_pixels(harvest: Harvest) -> None:
+    wf = harvest.wf
+    page = _page(wf)
+    sources = [unquote(str(img["src"])) for img in page.images]
+    labelled = sorted(p.name for p in wf.labels.iterdir())
+    assert len(sources) == len(labelled) == 7
+    for src in sources:
+        path = wf.qc / src
+        montage = src.removesuffix("_overlay.png")
+        labels = np.asarray(Image.open(wf.label_path(montage)))
+        with Image.open(path) as im:
+            assert im.mode == "RGB"
+            assert im.size == (2 * labels.shape[1] + PANEL_GAP, labels.shape[0])
+            overlay = np.asarray(im)
+        left, right = overlay[:, :labels.shape[1]], overlay[:, labels.shape[1] + PANEL_GAP:]
+        coloured = (left[..., 0] != left[..., 1]) | (left[..., 1] != left[..., 2])
+        assert not coloured[labels == 0].any()  # outlines lie on cells only
+        assert set(np.unique(labels[coloured])) == set(np.unique(labels[labels > 0]))
+        painted = np.asarray(Image.open(wf.annotation_path(montage)))[..., 3] != 0
+        white = (right == 255).all(axis=2)
+        np.testing.assert_array_equal(white, painted & (labels == 0))  # what cleaning removed
+
+
+def test_overlays_are_evenly_spaced_and_old_ones_removed(harvest: Harvest,
+                                                         tmp_path: Path) -> None:
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    wf = WorkingFolder(base, "exp")
+    write_qc_report(wf, max_overlays=3)
+    names = sorted(p.name.removesuffix("_labels.png") for p in wf.labels.iterdir())
+    chosen = [names[0], names[3], names[6]]
+    assert sorted(p.name for p in wf.qc.glob("*.png")) == [f"{n}_overlay.png" for n in chosen]
+    assert [unquote(str(i["src"])) for i in _page(wf).images] == [
+        f"{n}_overlay.png" for n in chosen]
+    write_qc_report(wf, max_overlays=0)
+    assert not list(wf.qc.glob("*.png"))
+    page = _page(wf)
+    assert page.images == []
+    assert "No overlays were asked for" in page.text
+
+
+def test_rerun_is_byte_identical(harvest: Harvest, tmp_path: Path) -> None:
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    wf = WorkingFolder(base, "exp")
+    write_qc_report(wf, job_id=JOB, summary={"n": 1})
+    first = {p.name: p.read_bytes() for p in sorted(wf.qc.iterdir())}
+    write_qc_report(wf, job_id=JOB, summary={"n": 1})
+    assert {p.name: p.read_bytes() for p in sorted(wf.qc.iterdir())} == first
+
+
+# -- partial and broken folders -----------------------------------------------------------------
+
+
+def test_prepare_only_folder_says_what_is_missing_and_escapes_names(tmp_path: Path) -> None:
+    identifier = "bad<img src=x onerror=alert(1)>"
+    h = _build(tmp_path / "job", identifier, harvest=False)
+    path = write_qc_report(WorkingFolder(tmp_path / "job", identifier))
+    text = path.read_text(encoding="utf-8")
+    assert "<img src=x" not in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in text
+    page = _Page(text)
+    status = {r["stage"]: r["status"] for r in page.rows("stages")}
+    assert status["logs"] == status["montages"] == "done"
+    for stage in ("annotations", "labels", "movies (annotated)", "movies (raw)", "npz",
+                  "stitched", "trk", "ctc"):
+        assert status[stage] == "missing", stage
+    missing = " | ".join(page.lists["missing"])
+    for hint in ("cellcrowd fetch", "cellcrowd clean", "cellcrowd movies", "cellcrowd npz",
+                 "cellcrowd stitch", "no job id given"):
+        assert hint in missing
+    rows = page.rows("montages")
+    assert len(rows) == 8
+    assert {r["montage"] for r in rows} == {
+        h.wf.montage_name(MontageKey(identifier, x, y, m))
+        for x in range(2) for y in range(2) for m in range(2)}
+    assert all(r["raw montage"] == "yes" and r["cells"] == "—" for r in rows)
+    assert page.images == []
+
+
+def test_empty_folder_gets_a_report(tmp_path: Path) -> None:
+    wf = WorkingFolder(tmp_path, "exp")
+    qc = collect_qc(wf)
+    assert qc.montages == ()
+    assert qc.parts == ()
+    assert qc.stitched is None
+    assert {s.name: s.status for s in qc.stages}["logs"] == "missing"
+    write_qc_report(wf)
+    page = _page(wf)
+    assert "No montages" in page.text
+    assert "No stitched movie" in page.text
+
+
+def test_unreadable_files_are_reported_not_fatal(harvest: Harvest, tmp_path: Path) -> None:
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    wf = WorkingFolder(base, "exp")
+    name = wf.montage_name(MontageKey("exp", 0, 0, 0))
+    wf.label_path(name).write_bytes(b"not a png")
+    wf.npz_part(2).write_bytes(b"not an npz")
+    rgb = wf.montage_name(MontageKey("exp", 0, 1, 0))
+    write_image(wf.label_path(rgb), np.zeros((8, 8, 3), np.uint8))
+    np.savez(wf.npz_part(1), X=np.zeros(2))
+    write_qc_report(wf)
+    page = _page(wf)
+    rows = {r["montage"]: r for r in page.rows("montages")}
+    assert "cannot read this image" in rows[name]["problem"]
+    assert "not a label image" in rows[rgb]["problem"]
+    part1 = {r["part"]: r for r in page.rows("parts")}["1"]
+    assert "no y array" in part1["problem"]
+    part2 = {r["part"]: r for r in page.rows("parts")}["2"]
+    assert "cannot read" in part2["problem"]
+    assert part2["X shape"] == "—"
+    assert any("could not be read" in item for item in page.lists["missing"])
+
+
+def test_clean_results_in_the_summary_fill_the_pixel_columns(harvest: Harvest) -> None:
+    wf = harvest.wf
+    name = wf.montage_name(MontageKey("exp", 1, 0, 0))
+    result = CleanResult(name, wf.annotation_path(name), wf.label_path(name),
+                         CleanStats(cells=3, pixels_removed=17, pixels_filled=5))
+    qc = collect_qc(wf, summary={"clean": [result]})
+    (row,) = [m for m in qc.montages if m.name == name]
+    assert (row.pixels_removed, row.pixels_filled) == (17, 5)
+    assert all(m.pixels_removed is None for m in qc.montages if m.name != name)
+    assert qc.totals()["labels"] == 7
+    assert qc.totals()["npz_files"] == 2
+    assert qc.stage("npz").status == "done"
+    assert any(line.startswith("labels: partial") for line in qc.lines())
+    with pytest.raises(KeyError):
+        qc.stage("nope")
+
+
+def test_precollected_summary_is_used(harvest: Harvest, tmp_path: Path) -> None:
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    wf = WorkingFolder(base, "exp")
+    qc = collect_qc(wf, job_id=JOB, max_overlays=1)
+    write_qc_report(wf, qc=qc)
+    assert len(list(wf.qc.glob("*_overlay.png"))) == 1
+    assert "broken-links" in _page(wf).tables
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_overlays": -1}, ValueError, "max_overlays must be 0 or more"),
+        ({"job_id": 1, "qc": "placeholder"}, ValueError, "either qc"),
+    ],
+    ids=["negative-overlays", "qc-and-job-id"],
+)
+def test_bad_arguments(harvest: Harvest, kwargs: dict[str, object], error: type[Exception],
+                       match: str) -> None:
+    if kwargs.get("qc") == "placeholder":
+        kwargs = {**kwargs, "qc": collect_qc(harvest.wf, max_overlays=0)}
+    with pytest.raises(error, match=match):
+        write_qc_report(harvest.wf, **kwargs)  # type: ignore[arg-type]
+
+
+def test_missing_working_folder(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="working folder not found"):
+        write_qc_report(WorkingFolder(tmp_path / "nope", "exp"))
+
+
+# -- array helpers ------------------------------------------------------------------------------
+
+
+def test_cells_per_frame_matches_unique() -> None:
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 6, (5, 7, 9)).astype(np.uint16)
+    stack[2] = 0
+    assert cells_per_frame(stack).tolist() == [_distinct(f) for f in stack]
+
+
+def test_stretch_is_monotonic_and_saturates() -> None:
+    image = np.arange(1000, dtype=np.uint16).reshape(20, 50)
+    out = stretch_to_uint8(image)
+    assert out.dtype == np.uint8
+    assert (np.diff(out.ravel().astype(int)) >= 0).all()
+    assert out.min() == 0
+    assert out.max() == 255
+    assert (stretch_to_uint8(np.full((3, 3), 7)) == 0).all()  # flat images do not divide by 0
+
+
+def test_overlays_do_not_modify_inputs_and_cycle_the_palette() -> None:
+    image = np.arange(36, dtype=np.uint16).reshape(6, 6)
+    labels = np.zeros((6, 6), np.int32)
+    labels[1:5, 1:5] = len(PALETTE) + 1  # wraps round to colour 0
+    before = (image.copy(), labels.copy())
+    out = outline_overlay(image, labels)
+    assert (out[1, 1] == PALETTE[0]).all()
+    assert not (out[2, 2] == PALETTE[0]).all()
+    filled = fill_overlay(image, labels, alpha=1.0)
+    assert (filled[labels > 0] == PALETTE[0]).all()
+    np.testing.assert_array_equal(image, before[0])
+    np.testing.assert_array_equal(labels, before[1])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: cells_per_frame(np.zeros((3, 3), int)), "integer \\(T, H, W\\) stack"),
+        (lambda: stretch_to_uint8(np.zeros((2, 2, 2))), "2-D grey image"),
+        (lambda: stretch_to_uint8(np.zeros((2, 2)), percentiles=(50, 10)), "percentiles"),
+        (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 3), int)), "same size"),
+        (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2))), "2-D integer image"),
+        (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2), int),
+                                 palette=np.zeros((2, 4), np.uint8)), "palette"),
+        (lambda: fill_overlay(np.zeros((2, 2)), np.zeros((2, 2), int), alpha=2), "alpha"),
+    ],
+    ids=["cells-2d", "stretch-3d", "stretch-percentiles", "overlay-shape", "overlay-float",
+         "overlay-palette", "fill-alpha"],
+)
+def test_array_helpers_refuse_bad_input(call: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()  # type: ignore[operator]
