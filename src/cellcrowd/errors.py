@@ -10,7 +10,8 @@ expects the usual scientific-Python behaviour keeps working::
     │   ├── GeometryError              an image does not fit the tile/montage geometry
     │   ├── ReportError                a job report row or column is malformed
     │   ├── AnnotationError            an annotation image cannot be decoded into labels
-    │   └── ConfigError                the configuration file or a flag is invalid
+    │   ├── ConfigError                the configuration file or a flag is invalid
+    │   └── LineageError               a lineage / tracking export breaks a format rule
     ├── ServiceError                   the annotation service answered with an error
     │   ├── AuthenticationError        401/403: the API key was refused
     │   ├── JobNotFoundError           404: no such job (or report type)
@@ -40,6 +41,7 @@ __all__ = [
     "GeometryError",
     "InputError",
     "JobNotFoundError",
+    "LineageError",
     "LogError",
     "PipelineError",
     "ReportError",
@@ -180,3 +182,28 @@ class DownloadError(CellcrowdError):
 
 class PipelineError(CellcrowdError):
     """A pipeline stage failed, or a stage name is unknown."""
+
+
+class LineageError(InputError):
+    """A cell lineage (DeepCell ``.trk``) or a Cell Tracking Challenge folder breaks a rule.
+
+    Attributes
+    ----------
+    label : int or None
+        The offending cell label (track), when there is one.
+    rule : str or None
+        The rule that is broken, in a few words (e.g. ``"frames"``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        label: int | None = None,
+        rule: str | None = None,
+        path: str | Path | None = None,
+        row: int | None = None,
+    ) -> None:
+        self.label = label
+        self.rule = rule
+        super().__init__(f"{message} (rule: {rule})" if rule else message, path=path, row=row)

@@ -17,7 +17,7 @@ The defaults follow the original notebook, so existing folders keep working::
       movies/part{N}/x_XX_y_YY/annotated/{id}_x_XX_y_YY_frame_FFF.png
       movies/part{N}/x_XX_y_YY/raw/{id}_raw_x_XX_y_YY_frame_FFF.tif
       npz/{id}_part{N}.npz, npz/{id}_full_movie.npz
-      stitched/{annotated,raw}/{id}_frame_FFF.{png,tif}
+      stitched/{annotated,raw}/{id}_frame_FFF.{png,tif}, stitched/lineage.json
       trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
       qc/index.html    .cellcrowd/manifest.json
 
@@ -354,3 +354,23 @@ class WorkingFolder:
     @property
     def manifest(self) -> Path:
         return self.state / "manifest.json"
+
+    @property
+    def stitched_lineage(self) -> Path:
+        """The stitched movie's DeepCell lineage: ``stitched/lineage.json``."""
+        return self.stitched / "lineage.json"
+
+    def montage_log_in(self, folder: str | Path) -> Path:
+        """The montage-maker log in another logs ``folder`` (the older name is found too)."""
+        new = Path(folder) / f"{self.identifier}_montage_maker_log.json"
+        old = Path(folder) / f"{self.identifier}_montage_maker.json"
+        return old if not new.exists() and old.exists() else new
+
+    @property
+    def qc_index(self) -> Path:
+        """The QC report page: ``qc/index.html``."""
+        return self.qc / "index.html"
+
+    def qc_overlay(self, montage: str) -> Path:
+        """A QC overlay image of a montage: ``qc/{montage}_overlay.png``."""
+        return self.qc / f"{montage}_overlay.png"
