@@ -1,0 +1,531 @@
+"""Tiles back into full frames, parts into one movie, and the lineage of its cells."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from skimage.segmentation import expand_labels
+
+from cellcrowd.errors import InputError, LineageError
+from cellcrowd.files import read_image, write_image
+from cellcrowd.geometry import Position, TileGrid, num_montages
+from cellcrowd.layout import WorkingFolder
+from cellcrowd.logs import ChopperLog, MontageLog, write_log
+from cellcrowd.stitch import (
+    lineage_from_labels,
+    link_parts,
+    read_lineage,
+    read_stitched,
+    stitch_movies,
+    stitch_tiles,
+)
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def count_cells(labels: np.ndarray) -> int:
+    return len(np.unique(labels[labels > 0]))
+
+
+def assert_same_cells(truth: np.ndarray, labels: np.ndarray) -> None:
+    """``labels`` is ``truth`` with ids renamed one-to-one (0 stays 0)."""
+    pairs = np.unique(np.stack([truth.ravel(), labels.ravel()]), axis=1)
+    assert np.array_equal(pairs[0] == 0, pairs[1] == 0), "background differs"
+    assert len(np.unique(pairs[0])) == pairs.shape[1], "a true cell got two ids"
+    assert len(np.unique(pairs[1])) == pairs.shape[1], "two true cells share an id"
+
+
+def boxes_movie(rng: np.random.Generator, shape: tuple[int, int], frames: int,
+                slot: int, smallest: int = 2) -> np.ndarray:
+    """Disjoint rectangles (one per slot, some slots empty) drifting <= 1 px per frame.
+
+    Every cell is connected in every frame and overlaps its previous position, so
+    whatever tiles see it are linked through pixels they share.
+    """
+    base = np.zeros(shape, dtype=np.int32)
+    label = 1
+    for y in range(0, shape[0] - 1, slot):
+        for x in range(0, shape[1] - 1, slot):
+            if rng.random() < 0.2:
+                continue
+            h, w = rng.integers(smallest, slot + 1, size=2)
+            base[y:y + h, x:x + w] = label
+            label += 1
+    movie = np.zeros((frames, *shape), dtype=np.int32)
+    dy = dx = 0
+    for t in range(frames):
+        movie[t, dy:, dx:] = base[:shape[0] - dy, :shape[1] - dx]
+        dy = min(dy + int(rng.integers(0, 2)), shape[0] - 1)
+        dx = min(dx + int(rng.integers(0, 2)), shape[1] - 1)
+    return movie
+
+
+def cut_and_permute(movie: np.ndarray, grid: TileGrid, rng: np.random.Generator) -> np.ndarray:
+    """Cut every frame; give each tile its own random ids (the same in all its frames)."""
+    tiles = np.stack([grid.cut(frame) for frame in movie]).astype(np.int64)
+    top = int(movie.max())
+    for y in range(grid.num_y):
+        for x in range(grid.num_x):
+            new = np.concatenate([[0], rng.choice(np.arange(1, 60_000), size=top,
+                                                  replace=False)])
+            tiles[:, y, x] = new[tiles[:, y, x]]
+    return tiles
+
+
+# -- stitch_tiles -----------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    num_x=st.integers(1, 3),
+    num_y=st.integers(1, 3),
+    overlap=st.sampled_from([15, 25, 40]),
+    core=st.integers(8, 24),
+    extra=st.tuples(st.integers(0, 7), st.integers(0, 7)),
+    frames=st.integers(1, 4),
+    slot=st.integers(3, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_stitch_recovers_cut_movie_with_permuted_tile_ids(
+    num_x: int, num_y: int, overlap: int, core: int, extra: tuple[int, int], frames: int,
+    slot: int, seed: int,
+) -> None:
+    shape = (num_y * core - extra[0] % core, num_x * core - extra[1] % core)
+    grid = TileGrid.for_frame(shape, num_x=num_x, num_y=num_y, overlap_perc=overlap)
+    # Cells can only be matched where neighbours share pixels.
+    assume((grid.overlap_x or num_x == 1) and (grid.overlap_y or num_y == 1))
+    rng = np.random.default_rng(seed)
+    movie = boxes_movie(rng, shape, frames, slot)
+    labels, report = stitch_tiles(cut_and_permute(movie, grid, rng), grid)
+    assert labels.dtype == np.int32
+    assert labels.shape == movie.shape
+    assert_same_cells(movie, labels)
+    n = count_cells(movie)
+    assert report.cells == n == labels.max()  # numbered 1..n
+    assert not report.conflicts
+    assert report.unmatched == 0
+    assert report.missing == ()
+
+
+def test_without_overlap_every_tile_keeps_its_own_cells() -> None:
+    grid = TileGrid.for_frame((6, 6), num_x=2, num_y=2, overlap_perc=0)
+    frame = np.arange(36).reshape(6, 6) % 5
+    labels, report = stitch_tiles(grid.cut(frame)[None], grid)
+    seen: set[int] = set()
+    for pos in grid.positions:
+        (fy, fx), _ = grid.core_window(pos)
+        assert_same_cells(frame[fy, fx], labels[0, fy, fx])
+        ids = set(np.unique(labels[0, fy, fx]).tolist()) - {0}
+        assert not ids & seen  # nothing can be matched without shared pixels
+        seen |= ids
+    assert report.matches == 0
+    assert report.unmatched == 0
+
+
+def test_cell_cut_by_a_border_gets_one_id_and_core_owner_decides() -> None:
+    grid = TileGrid.for_frame((10, 20), num_x=2, num_y=1, overlap_perc=40)  # 4 px overlap
+    frame = np.zeros((10, 20), dtype=np.int32)
+    frame[2:8, 6:14] = 1
+    tiles = grid.cut(frame)[None].astype(np.int64)
+    tiles[0, 0, 1][tiles[0, 0, 1] == 1] = 9
+    # The right tile's annotator painted the cell one column wider on its side.
+    (fy, fx), (ty, tx) = grid.frame_window(Position(1, 0))
+    dy, dx = ty.start - fy.start, tx.start - fx.start
+    tiles[0, 0, 1, 2 + dy:8 + dy, 14 + dx] = 9
+    labels, report = stitch_tiles(tiles, grid)
+    expected = frame.copy()
+    expected[2:8, 14] = 1  # column 14 is in the right tile's core: its annotation wins
+    np.testing.assert_array_equal(labels[0], expected)
+    assert report.matches == 1
+    assert report.cells == 1
+
+
+def discs_movie(rng: np.random.Generator, shape: tuple[int, int], frames: int,
+                cells: int) -> np.ndarray:
+    """Discs (radius 5-7) at least 4 px apart, drifting by up to 1 px per frame."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    centres: list[tuple[float, float, float]] = []
+    while len(centres) < cells:
+        r = float(rng.uniform(5, 7))
+        y, x = rng.uniform(r + 2, shape[0] - r - 4, size=2)
+        if all(np.hypot(y - cy, x - cx) > r + cr + 4 for cy, cx, cr in centres):
+            centres.append((y, x, r))
+    movie = np.zeros((frames, *shape), dtype=np.int32)
+    for t in range(frames):
+        for label, (y, x, r) in enumerate(centres, start=1):
+            movie[t][np.hypot(yy - y - t, xx - x - t / 2) <= r] = label
+    return movie
+
+
+def test_stitch_tolerates_tiles_that_disagree_on_cell_borders() -> None:
+    """Each tile's annotator drew every cell 1 px too small, too large, or right."""
+    rng = np.random.default_rng(7)
+    movie = discs_movie(rng, (96, 96), 3, 14)
+    grid = TileGrid.for_frame((96, 96), num_x=3, num_y=3, overlap_perc=15)  # 4 px overlap
+    tiles = cut_and_permute(movie, grid, rng)
+    for y in range(3):
+        for x in range(3):
+            for t in range(tiles.shape[0]):
+                tile = tiles[t, y, x]
+                if (y + x) % 3 == 0:
+                    tiles[t, y, x] = expand_labels(tile, 1)
+                elif (y + x) % 3 == 1:
+                    keep = (ndimage.grey_erosion(tile, 3) == tile) & (
+                        ndimage.grey_dilation(tile, 3) == tile)
+                    tiles[t, y, x] = np.where(keep, tile, 0)
+    labels, report = stitch_tiles(tiles, grid)
+    assert not report.conflicts
+    dominant = []
+    for cell in range(1, movie.max() + 1):
+        ids, counts = np.unique(labels[movie == cell], return_counts=True)
+        counts[ids == 0] = 0
+        dominant.append(int(ids[counts.argmax()]))
+        assert (counts >= 10).sum() == 1  # not split
+        assert counts.max() >= 0.5 * (movie == cell).sum()  # not lost (erosion drops a ring)
+    assert len(set(dominant)) == movie.max()  # no two cells merged
+    # Any other id is a sliver of a too-large drawing on background owned by its tile.
+    ids, sizes = np.unique(labels[~np.isin(labels, [0, *dominant])], return_counts=True)
+    assert (sizes < 10).all()
+
+
+def conflict_tiles() -> tuple[TileGrid, np.ndarray]:
+    """2x2 tiles: cells P and Q at the centre; tile x=0, y=1 painted them as one cell."""
+    grid = TileGrid.for_frame((40, 40), num_x=2, num_y=2, overlap_perc=25)  # 5 px overlap
+    frame = np.zeros((40, 40), dtype=np.int32)
+    frame[16:24, 8:19] = 1  # P
+    frame[16:24, 19:32] = 2  # Q
+    tiles = grid.cut(frame)[None].astype(np.int64)
+    merged = tiles[0, 1, 0]
+    merged[merged > 0] = 5
+    return grid, tiles
+
+
+def test_conflicting_matches_are_reported_and_kept_apart() -> None:
+    grid, tiles = conflict_tiles()
+    labels, report = stitch_tiles(tiles, grid)
+    assert len(report.conflicts) >= 1
+    conflict = report.conflicts[0]
+    assert Position(0, 1) in (conflict.tile_a, conflict.tile_b)
+    assert 5 in (conflict.label_a, conflict.label_b)
+    assert sorted(conflict.clash) == [1, 2]
+    assert "kept apart" in str(conflict)
+    # P (left, owned by x=0, y=0) and Q (right, owned by x=1, y=0) keep distinct ids.
+    assert labels[0, 17, 10] != labels[0, 17, 28]
+    assert labels[0, 17, 10] > 0
+    assert labels[0, 17, 28] > 0
+
+
+def test_missing_tile_leaves_its_pixels_empty_and_is_reported() -> None:
+    grid = TileGrid.for_frame((32, 32), num_x=2, num_y=2, overlap_perc=25)
+    rng = np.random.default_rng(5)
+    movie = boxes_movie(rng, (32, 32), 3, 6)
+    tiles = cut_and_permute(movie, grid, rng)
+    tiles[:, 0, 1] = 123  # garbage where the tile is missing: must be ignored
+    labels, report = stitch_tiles(tiles, grid, missing=[Position(1, 0)])
+    assert report.missing == (Position(1, 0),)
+    (fy, fx), _ = grid.core_window(Position(1, 0))
+    assert not labels[:, fy, fx].any()
+    keep = np.ones(movie.shape, dtype=bool)
+    keep[:, fy, fx] = False
+    assert_same_cells(movie[keep], labels[keep])
+
+
+def test_cell_missing_in_one_tile_counts_as_unmatched() -> None:
+    grid = TileGrid.for_frame((10, 20), num_x=2, num_y=1, overlap_perc=40)
+    frame = np.zeros((10, 20), dtype=np.int32)
+    frame[2:8, 6:14] = 1
+    tiles = grid.cut(frame)[None].astype(np.int64)
+    tiles[0, 0, 1] = 0  # the right tile's annotator missed the cell
+    labels, report = stitch_tiles(tiles, grid)
+    assert report.unmatched == 1
+    assert report.matches == 0
+    assert labels[0, :, :10].max() == 1
+    assert labels[0, :, 10:].max() == 0
+
+
+@pytest.mark.parametrize(
+    ("tiles", "kwargs", "error", "match"),
+    [
+        (np.zeros((1, 2, 2, 5, 5), np.int32), {}, ValueError, "expected"),
+        (np.zeros((2, 2, 6, 6), np.int32), {}, ValueError, "5 dimensions"),
+        (np.zeros((1, 2, 2, 6, 6), np.float32), {}, TypeError, "integer labels"),
+        (-np.ones((1, 2, 2, 6, 6), np.int32), {}, ValueError, "negative"),
+        (np.zeros((1, 2, 2, 6, 6), np.int32), {"min_iou": 0}, ValueError, "min_iou"),
+        (np.zeros((1, 2, 2, 6, 6), np.int32), {"missing": [Position(2, 0)]}, ValueError,
+         "outside"),
+    ],
+    ids=["tile-shape", "ndim", "float", "negative", "min-iou", "missing-outside"],
+)
+def test_stitch_tiles_rejects_bad_input(tiles: np.ndarray, kwargs: dict, error: type,
+                                        match: str) -> None:
+    grid = TileGrid.for_frame((8, 8), num_x=2, num_y=2, overlap_perc=25)  # tiles 6x6
+    with pytest.raises(error, match=match):
+        stitch_tiles(tiles, grid, **kwargs)
+
+
+# -- link_parts -------------------------------------------------------------------------
+
+
+def test_link_parts_keeps_ids_across_parts_and_numbers_new_cells_apart() -> None:
+    movie = np.pad(boxes_movie(np.random.default_rng(1), (30, 30), 9, 7, smallest=5),
+                   ((0, 0), (0, 0), (0, 4)))
+    rng = np.random.default_rng(2)
+    parts = []
+    for start, stop in ((0, 4), (4, 7), (7, 9)):
+        part = movie[start:stop].astype(np.int64)
+        new = np.concatenate([[0], rng.permutation(np.arange(1, movie.max() + 1)) + 1000])
+        parts.append(new[part])
+    # A cell that exists only in part 1 and one only in part 3, with the same local id.
+    parts[0][:, 0:2, 31:33] = 7
+    parts[2][:, 20:22, 31:33] = 7
+    joined, report = link_parts(parts)
+    truth = movie.copy()
+    truth[0:4, 0:2, 31:33] = 10_001
+    truth[7:9, 20:22, 31:33] = 10_002
+    assert_same_cells(truth, joined)
+    assert report.starts == (0, 4, 7)
+    assert report.links[0] == count_cells(movie[3])
+    assert not report.parents
+    assert not report.ambiguous
+    assert joined.max() == count_cells(truth)
+
+
+def dividing_parts() -> list[np.ndarray]:
+    """Part 1: cell 4 grows; part 2 starts with it divided into 1 and 2; cell 3 moves on."""
+    a = np.zeros((2, 12, 24), dtype=np.int32)
+    a[:, 2:10, 2:10] = 4
+    a[:, 2:6, 14:20] = 9
+    b = np.zeros((2, 12, 24), dtype=np.int32)
+    b[:, 2:6, 2:10] = 1
+    b[:, 6:10, 2:10] = 2
+    b[:, 2:6, 15:21] = 3
+    return [a, b]
+
+
+def test_division_across_a_part_boundary() -> None:
+    movie, report = link_parts(dividing_parts())
+    parent = int(movie[1, 4, 4])
+    d1, d2, other = int(movie[2, 3, 4]), int(movie[2, 8, 4]), int(movie[2, 3, 16])
+    assert report.parents == {d1: parent, d2: parent}
+    assert report.division_frames == {parent: 2}
+    assert other == movie[1, 3, 16]  # the other cell is linked, not divided
+    assert report.links == (1,)
+    lineage = lineage_from_labels(movie, report.parents)
+    assert lineage[parent]["daughters"] == sorted([d1, d2])
+    assert lineage[parent]["frame_div"] == 2
+    assert lineage[parent]["capped"]
+    assert lineage[d1]["parent"] == parent
+    assert lineage[d1]["frames"] == [2, 3]
+
+
+def test_merged_cells_at_a_boundary_are_ambiguous_and_not_linked() -> None:
+    a = np.zeros((1, 4, 20), dtype=np.int32)
+    a[0, :, 0:10], a[0, :, 10:20] = 1, 2
+    b = np.zeros((1, 4, 20), dtype=np.int32)
+    b[0, :, 1:19] = 1
+    movie, report = link_parts([a, b])
+    assert report.links == (0,)
+    assert len(report.ambiguous) == 1
+    assert report.ambiguous[0].frame == 1
+    assert report.ambiguous[0].before == (1, 2)
+    assert report.ambiguous[0].after == (1,)
+    assert movie[1, 0, 5] not in (movie[0, 0, 5], movie[0, 0, 15])  # a new cell
+    assert not report.parents
+
+
+@pytest.mark.parametrize(
+    ("parts", "kwargs", "error", "match"),
+    [
+        ([], {}, ValueError, "at least one part"),
+        ([np.zeros((2, 3), np.int32)], {}, ValueError, "3 dimensions"),
+        ([np.zeros((1, 3, 3), np.int32), np.zeros((1, 3, 4), np.int32)], {}, ValueError,
+         "one movie"),
+        ([np.zeros((0, 3, 3), np.int32)], {}, ValueError, "no frames"),
+        ([np.zeros((1, 3, 3), np.float64)], {}, TypeError, "integer"),
+        ([np.zeros((1, 3, 3), np.int32)], {"min_iou": 1.5}, ValueError, "min_iou"),
+        ([np.zeros((1, 3, 3), np.int32)], {"min_inside": 0}, ValueError, "min_inside"),
+    ],
+    ids=["empty", "2d", "shapes", "no-frames", "float", "min-iou", "min-inside"],
+)
+def test_link_parts_rejects_bad_input(parts: list, kwargs: dict, error: type,
+                                      match: str) -> None:
+    with pytest.raises(error, match=match):
+        link_parts(parts, **kwargs)
+
+
+# -- lineage_from_labels ----------------------------------------------------------------
+
+
+def test_lineage_finds_division_inside_a_part_and_keeps_gaps() -> None:
+    movie = np.zeros((5, 10, 20), dtype=np.int32)
+    movie[0:2, 1:9, 1:9] = 1
+    movie[2:5, 1:5, 1:9] = 2
+    movie[2:5, 5:9, 2:9] = 3
+    movie[[0, 1, 3, 4], 2:6, 12:16] = 4  # missing in frame 2 (a gap, same id)
+    movie[2:5, 7:9, 12:14] = 5  # appears next to nothing that ended: no parent
+    lineage = lineage_from_labels(movie)
+    assert lineage[1] == {"label": 1, "frames": [0, 1], "daughters": [2, 3], "capped": True,
+                          "frame_div": 2, "parent": None}
+    assert lineage[2]["parent"] == lineage[3]["parent"] == 1
+    assert lineage[4]["frames"] == [0, 1, 3, 4]
+    assert lineage[4]["parent"] is None
+    assert lineage[5]["parent"] is None
+    assert not lineage[5]["daughters"]
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        {"rows": slice(1, 9), "cols": slice(1, 9)},  # one successor with a new id
+        {"rows": slice(1, 3), "cols": slice(12, 14)},  # appears elsewhere
+    ],
+    ids=["id-switch", "elsewhere"],
+)
+def test_lineage_needs_two_cells_inside_for_a_division(second: dict) -> None:
+    movie = np.zeros((2, 10, 20), dtype=np.int32)
+    movie[0, 1:9, 1:9] = 1
+    movie[1, second["rows"], second["cols"]] = 2
+    movie[1, 1:3, 16:18] = 3
+    lineage = lineage_from_labels(movie)
+    assert all(not e["daughters"] and e["parent"] is None for e in lineage.values())
+
+
+@pytest.mark.parametrize(
+    ("parents", "match"),
+    [({9: 1}, "label 9 is not in the movie"), ({3: 1}, "must start in the frame after")],
+    ids=["unknown-label", "not-after-parent"],
+)
+def test_lineage_rejects_inconsistent_parents(parents: dict, match: str) -> None:
+    movie = np.zeros((3, 4, 4), dtype=np.int32)
+    movie[0:2, 0:2, 0:2] = 1
+    movie[1:3, 2:4, 2:4] = 3
+    with pytest.raises(LineageError, match=match):
+        lineage_from_labels(movie, parents)
+
+
+@pytest.mark.parametrize(
+    ("movie", "kwargs", "error", "match"),
+    [
+        (np.zeros((3, 4), np.int32), {}, ValueError, "3 dimensions"),
+        (np.zeros((1, 3, 4), np.float32), {}, TypeError, "integer"),
+        (np.zeros((1, 3, 4), np.int32), {"min_share": 2.0}, ValueError, "min_share"),
+    ],
+    ids=["2d", "float", "min-share"],
+)
+def test_lineage_rejects_bad_input(movie: np.ndarray, kwargs: dict, error: type,
+                                   match: str) -> None:
+    with pytest.raises(error, match=match):
+        lineage_from_labels(movie, **kwargs)
+
+
+# -- the working folder -----------------------------------------------------------------
+
+
+def write_movies_folder(tmp_path: Path, movie: np.ndarray, grid: TileGrid, length: int,
+                        raw: np.ndarray | None) -> WorkingFolder:
+    """Logs and movies/part{N}/… as the movies stage writes them (tile ids permuted)."""
+    wf = WorkingFolder(tmp_path, "exp")
+    frames = movie.shape[0]
+    montages = num_montages(frames, length)
+    write_log(ChopperLog.from_grid(grid, identifier="exp", num_images=frames), wf.chopper_log)
+    write_log(MontageLog(identifier="exp", montage_len=length, num_x_segments=grid.num_x,
+                         num_y_segments=grid.num_y, row_length=3, x_buffer=0, y_buffer=0,
+                         montages_in_pos=montages), wf.montage_log)
+    rng = np.random.default_rng(0)
+    for m in range(montages):
+        part = movie[m * length:(m + 1) * length]
+        tiles = cut_and_permute(part, grid, rng) % 65_000
+        for pos in grid.positions:
+            for f in range(part.shape[0]):
+                write_image(wf.annotated_frame(m + 1, pos, f),
+                            tiles[f, pos.y, pos.x].astype(np.uint16))
+    if raw is not None:
+        for t, frame in enumerate(raw):
+            write_image(wf.raw / f"img_{t}.tif", frame)
+    return wf
+
+
+def test_stitch_movies_writes_stitched_frames_raw_and_lineage(tmp_path: Path) -> None:
+    movie = boxes_movie(np.random.default_rng(3), (40, 36), 7, 8, smallest=5)
+    raw = (np.arange(7 * 40 * 36) % 4000).reshape(7, 40, 36).astype(np.uint16)
+    grid = TileGrid.for_frame((40, 36), num_x=2, num_y=3, overlap_perc=20)
+    wf = write_movies_folder(tmp_path, movie, grid, 3, raw)
+    calls: list[int] = []
+    result = stitch_movies(wf, progress=calls.append)
+    assert calls == [1, 1, 1]
+    assert result.frames == 7
+    assert result.raw_frames == 7
+    assert not result.missing
+    assert not result.conflicts
+    raw_back, labels, lineage = read_stitched(wf)
+    assert raw_back is not None
+    np.testing.assert_array_equal(raw_back, raw)
+    assert_same_cells(movie, labels)
+    assert lineage == result.lineage == read_lineage(wf.stitched_lineage)
+    assert result.cells == count_cells(movie)
+    assert result.divisions == 0
+    assert read_image(wf.stitched_frame("annotated", 0)).dtype == np.uint16
+    assert json.loads(wf.stitched_lineage.read_text())  # keys are strings in the file
+
+
+def test_stitch_movies_reports_a_missing_tile(tmp_path: Path) -> None:
+    movie = boxes_movie(np.random.default_rng(4), (30, 30), 4, 7, smallest=5)
+    grid = TileGrid.for_frame((30, 30), num_x=2, num_y=2, overlap_perc=20)
+    wf = write_movies_folder(tmp_path, movie, grid, 2, None)
+    shutil.rmtree(wf.annotated_dir(2, Position(1, 1)))
+    wf.annotated_frame(1, Position(0, 1), 1).unlink()
+    write_image(wf.annotated_frame(2, Position(0, 0), 0), np.zeros((3, 3), np.uint16))
+    result = stitch_movies(wf)
+    assert [(part, pos) for part, pos, _ in result.missing] == [
+        (1, Position(0, 1)), (2, Position(0, 0)), (2, Position(1, 1))]
+    assert "frame 1 of 2 is missing" in result.missing[0][2]
+    assert "rerun the movies stage" in result.missing[1][2]
+    assert "folder missing" in result.missing[2][2]
+    assert result.parts[1].missing == (Position(0, 0), Position(1, 1))
+    assert result.raw_frames == 0
+    _, labels, _ = read_stitched(wf)
+    (fy, fx), _ = grid.core_window(Position(1, 1))
+    assert not labels[2:, fy, fx].any()
+    assert labels[:2, fy, fx].any() or not movie[:2, fy, fx].any()
+
+
+def test_stitch_movies_refuses_ids_beyond_16_bits(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    movie = boxes_movie(np.random.default_rng(4), (20, 20), 2, 7)
+    grid = TileGrid.for_frame((20, 20), num_x=1, num_y=1, overlap_perc=0)
+    wf = write_movies_folder(tmp_path, movie, grid, 2, None)
+    monkeypatch.setattr("cellcrowd.stitch._UINT16_MAX", 2)
+    with pytest.raises(InputError, match="more than a 16-bit label frame holds"):
+        stitch_movies(wf)
+
+
+def test_read_stitched_and_read_lineage_name_what_is_missing(tmp_path: Path) -> None:
+    wf = WorkingFolder(tmp_path, "exp")
+    with pytest.raises(InputError, match="folder not found"):
+        read_stitched(wf)
+    wf.stitched_frame("annotated", 0).parent.mkdir(parents=True)
+    with pytest.raises(InputError, match="no stitched frames"):
+        read_stitched(wf)
+    write_image(wf.stitched_frame("annotated", 0), np.zeros((2, 2), np.uint16))
+    write_image(wf.stitched_frame("raw", 0), np.zeros((2, 2), np.uint16))
+    write_image(wf.stitched_frame("raw", 1), np.zeros((2, 2), np.uint16))
+    with pytest.raises(InputError, match="2 raw frames but 1 label frames"):
+        read_stitched(wf)
+    with pytest.raises(InputError, match="lineage not found"):
+        read_lineage(wf.stitched_lineage)
+    wf.stitched_lineage.write_text("[1, 2]")
+    with pytest.raises(InputError, match="expected a JSON object"):
+        read_lineage(wf.stitched_lineage)
+    wf.stitched_lineage.write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        read_lineage(wf.stitched_lineage)
+    wf.stitched_lineage.write_text('{"a": {}}')
+    with pytest.raises(InputError, match="must be cell labels"):
+        read_lineage(wf.stitched_lineage)
