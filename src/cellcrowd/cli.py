@@ -1,0 +1,438 @@
+"""The ``cellcrowd`` command: parses arguments and calls the library.
+
+::
+
+    cellcrowd demo [--keep DIR]              synthetic movie -> emulated job -> every output
+    cellcrowd init [PATH]                    write a commented example configuration
+    cellcrowd run CONFIG [--from S] [--until S] [--force S] [--workers N] [--scheduler ADDR]
+    cellcrowd status CONFIG                  what is done, what is left, what was skipped
+    cellcrowd prepare CONFIG                 raw movie -> montages, logs, upload CSV
+    cellcrowd report|fetch|clean|movies|npz|stitch CONFIG    one stage
+    cellcrowd export trk|ctc CONFIG          one export
+    cellcrowd emulator serve FOLDER          the emulated annotation service, for a prepared folder
+
+``-v`` shows what the library logs (``-vv`` debug), ``-q`` prints nothing but
+errors. Errors of cellcrowd print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import (
+    API_KEY_VARIABLES,
+    Config,
+    get_api_key,
+    load_config,
+    parse_value,
+    write_example_config,
+)
+from .errors import CellcrowdError, ConfigError, redact
+
+__all__ = ["main"]
+
+logger = logging.getLogger("cellcrowd.cli")
+
+_STAGE_COMMANDS = ("report", "fetch", "clean", "movies", "npz", "stitch")
+_EXPORTS = ("trk", "ctc")
+
+
+# -- argument parsing ------------------------------------------------------------------------
+
+
+def _add_config(p: argparse.ArgumentParser, *, executor: bool = True) -> None:
+    p.add_argument("config", type=Path, help="configuration file (TOML; see `cellcrowd init`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value, e.g. --set clean.min_size=20")
+    if executor:
+        p.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="local worker processes (default: the configuration's)")
+        p.add_argument("--scheduler", default=None, metavar="ADDR",
+                       help="dask scheduler address, e.g. tcp://10.0.0.5:8786")
+
+
+class _Subparsers:
+    """``add_parser`` that gives every subcommand the common options."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self.action, self.common = action, common
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(
+            name, parents=[self.common], **kwargs)
+        return parser
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cellcrowd",
+        description="Harvest crowd annotations of microscopy montages into training and "
+                    "tracking data.",
+    )
+    parser.add_argument("--version", action="version", version=f"cellcrowd {__version__}")
+    loud = parser.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="count", default=0,
+                      help="show progress messages (-vv: debug)")
+    loud.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    # -v/-q are also accepted after the command (`cellcrowd run x.toml -q`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
+                      common)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on a synthetic example")
+    p.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                   help="work in DIR and keep it (default: a temporary folder)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes")
+
+    p = sub.add_parser("init", help="write a commented example configuration")
+    p.add_argument("path", nargs="?", type=Path, default=Path("cellcrowd.toml"),
+                   help="file (or folder) to write (default: cellcrowd.toml)")
+    p.add_argument("--identifier", default="my_experiment")
+    p.add_argument("--job-id", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    p = sub.add_parser("run", help="run every stage that is not up to date")
+    _add_config(p)
+    p.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
+                   help="start at this stage")
+    p.add_argument("--until", dest="until_stage", default=None, metavar="STAGE",
+                   help="stop after this stage")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE",
+                   help="redo this stage even if it is up to date (repeatable)")
+
+    p = sub.add_parser("status", help="show what is done, left, stale, failed or skipped")
+    _add_config(p, executor=False)
+
+    p = sub.add_parser("prepare", help="cut the raw movie into montages for upload")
+    _add_config(p)
+
+    for name in _STAGE_COMMANDS:
+        p = sub.add_parser(name, help=f"run the {name} stage only")
+        _add_config(p)
+        p.add_argument("--force", action="store_true", help="redo it even if up to date")
+
+    p = sub.add_parser("export", help="write an export of the stitched movie")
+    exp = _Subparsers(p.add_subparsers(dest="export", required=True, metavar="FORMAT"), common)
+    for name in _EXPORTS:
+        q = exp.add_parser(name, help=f"write the {name} export")
+        _add_config(q)
+        q.add_argument("--force", action="store_true", help="redo it even if up to date")
+
+    p = sub.add_parser("emulator", help="the emulated annotation service")
+    emu = _Subparsers(p.add_subparsers(dest="emulator", required=True, metavar="ACTION"),
+                      common)
+    q = emu.add_parser("serve", help="serve a prepared working folder as a job")
+    q.add_argument("folder", type=Path, help="working folder made by `cellcrowd prepare`")
+    q.add_argument("--identifier", required=True)
+    q.add_argument("--job-id", type=int, default=1)
+    q.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the simulated crowd")
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. clean.min_size=20")
+        overrides[key.strip()] = parse_value(value.strip())
+    if getattr(args, "workers", None) is not None:
+        overrides["executor.workers"] = args.workers
+    if getattr(args, "scheduler", None) is not None:
+        overrides["executor.scheduler"] = args.scheduler
+    return load_config(args.config, overrides)
+
+
+def _api_key() -> str:
+    return get_api_key(prompt=True)
+
+
+def _secrets() -> list[str]:
+    return [os.environ.get(name, "") for name in API_KEY_VARIABLES]
+
+
+class _Ui:
+    """Console output: nothing under -q; rich progress bars and tables otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.out = Console(highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    def print(self, *objects: Any) -> None:
+        """Print (never interpreting ``[...]`` in text as markup), unless quiet."""
+        if not self.quiet:
+            self.out.print(*objects, markup=False, highlight=False)
+
+
+class _RichProgress:
+    """:class:`cellcrowd.pipeline.Progress` drawn as one rich bar per stage."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bars = Progress(TextColumn("{task.description:>8}"), BarColumn(),
+                             MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                             transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _RichProgress:
+        self.bars.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.stop()
+
+    def start(self, stage: str, total: int | None) -> None:
+        if stage in self.tasks:
+            self.bars.update(self.tasks[stage], total=total)
+        else:
+            self.tasks[stage] = self.bars.add_task(stage, total=total)
+
+    def advance(self, stage: str, count: int) -> None:
+        if stage in self.tasks:
+            self.bars.advance(self.tasks[stage], count)
+
+    def finish(self, run: Any) -> None:
+        task = self.tasks.get(run.name)
+        if task is not None:
+            done = self.bars.tasks[self.tasks[run.name]].completed
+            self.bars.update(task, total=max(done, 1), completed=max(done, 1))
+
+
+@contextlib.contextmanager
+def _logging_to(console: Any, verbose: int, quiet: bool) -> Iterator[None]:
+    """Send cellcrowd's log to ``console`` (rich) while the command runs, then restore."""
+    from rich.logging import RichHandler
+
+    level = logging.ERROR if quiet else (
+        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    root = logging.getLogger("cellcrowd")
+    saved = (root.level, root.propagate)
+    handler = RichHandler(console=console, show_path=False, show_time=verbose > 1,
+                          markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _counts_text(counts: Any) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+
+
+def _where(stage: Any, base: Path) -> str:
+    """The stage's output file or folder, relative to the working folder when inside it."""
+    where = stage.location
+    if where is None:
+        return ""
+    with contextlib.suppress(ValueError):
+        where = where.relative_to(base)
+    if len(stage.outputs) > 1:
+        return f"{where}/ ({len(stage.outputs)} files)"
+    return str(where)
+
+
+def _show_summary(ui: _Ui, summary: Any, title: str = "cellcrowd run") -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"{title}: {summary.base}"), title_justify="left")
+    for col in ("stage", "status", "counts", "skipped", "outputs"):
+        table.add_column(col, overflow="fold")
+    for s in summary.stages:
+        table.add_row(*map(Text, (s.name, s.status, _counts_text(s.counts),
+                                  str(len(s.skipped)), _where(s, summary.base))))
+    ui.print(table)
+    _show_totals(ui, summary.counts, len(summary.skipped_units))
+    _show_skipped(ui, summary.skipped_units)
+
+
+def _show_totals(ui: _Ui, counts: dict[str, int], skipped: int) -> None:
+    wanted = [("units", "report.units"), ("judgments", "report.judgments"),
+              ("broken links", "report.broken_links"), ("failed downloads", "fetch.failed"),
+              ("cleaned montages", "clean.cleaned")]
+    parts = [f"{label} {counts[key]}" for label, key in wanted if key in counts]
+    parts.append(f"skipped units {skipped}")
+    ui.print("totals: " + ", ".join(parts))
+
+
+def _show_skipped(ui: _Ui, units: Sequence[Any], limit: int = 20) -> None:
+    if not units:
+        return
+    ui.print("skipped units:")
+    for unit in units[:limit]:
+        ui.print(f"  [{unit.stage}] {unit.unit}: {unit.reason}")
+    if len(units) > limit:
+        ui.print(f"  ... and {len(units) - limit} more (see `cellcrowd status CONFIG`)")
+
+
+def _show_status(ui: _Ui, report: Any) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"cellcrowd status: {report.base}"), title_justify="left")
+    for col in ("stage", "state", "reason", "counts", "outputs"):
+        table.add_column(col, overflow="fold")
+    for s in report.stages:
+        table.add_row(*map(Text, (s.name, s.state, s.reason, _counts_text(s.counts),
+                                  str(s.outputs))))
+    ui.print(table)
+    left = report.left
+    ui.print("left to do: " + (", ".join(left) if left else "nothing"))
+    _show_skipped(ui, report.skipped_units, limit=1000)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _run_pipeline(args: argparse.Namespace, ui: _Ui, *, from_stage: str | None,
+                  until_stage: str | None, force: Sequence[str]) -> int:
+    from .pipeline import run
+
+    config = _load(args)
+    if ui.quiet:
+        summary = run(config, from_stage=from_stage, until_stage=until_stage, force=force,
+                      api_key=_api_key)
+    else:
+        with _RichProgress(ui.err) as bars:
+            summary = run(config, from_stage=from_stage, until_stage=until_stage,
+                          force=force, progress=bars, api_key=_api_key)
+    _show_summary(ui, summary)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, ui: _Ui) -> int:
+    return _run_pipeline(args, ui, from_stage=args.from_stage, until_stage=args.until_stage,
+                         force=args.force)
+
+
+def _cmd_stage(args: argparse.Namespace, ui: _Ui) -> int:
+    stage = args.export if args.command == "export" else args.command
+    return _run_pipeline(args, ui, from_stage=stage, until_stage=stage,
+                         force=[stage] if args.force else [])
+
+
+def _cmd_status(args: argparse.Namespace, ui: _Ui) -> int:
+    from .pipeline import status
+
+    _show_status(ui, status(_load(args)))
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace, ui: _Ui) -> int:
+    path = write_example_config(args.path, overwrite=args.force, identifier=args.identifier,
+                                job_id=args.job_id)
+    ui.print(f"wrote {path}: edit it, then `cellcrowd run {path}`")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
+    from .executor import make_executor
+    from .pipeline import prepare_folder
+
+    config = _load(args)
+    ex = make_executor(config.executor.workers or None, config.executor.scheduler or None)
+    try:
+        result = prepare_folder(config, executor=ex)
+    finally:
+        ex.close()
+    ui.print(f"prepared {len(result.montages)} montages of {result.num_frames} frames in "
+             f"{result.wf.montages}; upload {result.wf.upload_csv}")
+    for error in result.errors:
+        ui.print(f"  not written: {error}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, ui: _Ui) -> int:
+    from .demo import run_demo
+
+    if ui.quiet:
+        result = run_demo(args.keep, workers=args.workers)
+    else:
+        with _RichProgress(ui.err) as bars:
+            result = run_demo(args.keep, workers=args.workers, progress=bars)
+    _show_summary(ui, result.summary, title="cellcrowd demo")
+    if result.kept:
+        ui.print(f"outputs are in {result.folder}")
+    else:
+        ui.print("the demo folder was temporary and is deleted: use --keep DIR to keep it")
+    return 0
+
+
+def _cmd_emulator(args: argparse.Namespace, ui: _Ui) -> int:
+    from .appen.emulator import serve_forever
+
+    key = get_api_key(prompt=True)
+
+    def ready(emulator: Any) -> None:
+        ui.print(f"serving job {args.job_id} of {args.folder} at {emulator.url} (Ctrl-C "
+                 f"stops); clients use the API key in ${API_KEY_VARIABLES[0]}")
+
+    serve_forever(args.folder, args.identifier, job_id=args.job_id, api_key=key,
+                  port=args.port, seed=args.seed, ready=ready)
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, _Ui], int]] = {
+    "demo": _cmd_demo,
+    "init": _cmd_init,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "prepare": _cmd_prepare,
+    "export": _cmd_stage,
+    "emulator": _cmd_emulator,
+    **dict.fromkeys(_STAGE_COMMANDS, _cmd_stage),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``cellcrowd`` command; returns the exit code (0 ok, 2 error, 130 interrupted)."""
+    args = _parser().parse_args(argv)
+    ui = _Ui(args.quiet)
+    try:
+        with _logging_to(ui.err, args.verbose, args.quiet):
+            return _COMMANDS[args.command](args, ui)
+    except CellcrowdError as exc:
+        ui.err.print(f"cellcrowd: error: {redact(str(exc), *_secrets())}", markup=False,
+                     soft_wrap=True)
+        return 2
+    except ImportError as exc:
+        ui.err.print(f"cellcrowd: error: {exc}", markup=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        ui.err.print("cellcrowd: interrupted; run the same command again to resume",
+                     markup=False)
+        return 130

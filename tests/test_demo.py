@@ -1,0 +1,85 @@
+"""End-to-end: ``cellcrowd demo`` from a fresh folder to every output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellcrowd.cli import main
+from cellcrowd.config import load_config
+from cellcrowd.demo import ExampleSettings, run_demo
+from cellcrowd.export.ctc import validate_ctc
+from cellcrowd.export.npz import load_npz
+from cellcrowd.export.trk import read_trk, validate_lineage
+from cellcrowd.layout import MontageKey
+from cellcrowd.logs import read_montage_log
+from cellcrowd.movies import read_label_montage
+from cellcrowd.pipeline import STAGES, status, working_folder
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
+            and bool(((pairs[0] == 0) == (pairs[1] == 0)).all()))
+
+
+@pytest.mark.slow
+def test_demo_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.delenv("CELLCROWD_API_KEY", raising=False)
+    folder = tmp_path / "demo"
+    assert main(["demo", "--keep", str(folder)]) == 0
+    out, err = capsys.readouterr()
+    assert f"outputs are in {folder}" in out
+    assert "totals: units" in out
+    assert "CELLCROWD_API_KEY" not in os.environ  # the demo's key was for its run only
+
+    cfg = load_config(folder / "cellcrowd.toml")
+    wf = working_folder(cfg)
+    assert status(cfg).done == list(STAGES)
+    for stage in STAGES:
+        assert f" {stage} " in out
+    assert str(wf.trk.relative_to(wf.base)) in out
+
+    # Training data: every annotated position's labels are the truth, up to relabelling.
+    log = read_montage_log(wf.montage_log)
+    checked = 0
+    for part in range(1, log.montages_in_pos + 1):
+        data = load_npz(wf.npz_part(part))
+        assert data.X.dtype == np.float32
+        assert data.y.dtype == np.int32
+        assert data.X.shape[:4] == data.y.shape[:4]
+        assert data.X.shape[1] == ExampleSettings().montage_len
+        for i, name in enumerate(data.positions):
+            x, y = (int(v) for v in name.split("_")[1::2])
+            montage = wf.montage_name(MontageKey(wf.identifier, x, y, part - 1))
+            truth = read_label_montage(wf.truth_path(montage), log, data.y.shape[2:4])
+            for t in range(data.y.shape[1]):
+                assert _same_partition(data.y[i, t, ..., 0], truth[t]), (part, name, t)
+            checked += 1
+    assert checked >= 12
+
+    trk = read_trk(wf.trk)
+    validate_lineage(trk.tracked[..., 0], trk.lineage)
+    assert trk.tracked.shape[0] == ExampleSettings().frames
+    validate_ctc(wf.ctc)
+
+    # --keep refuses a folder that is not empty
+    assert main(["-q", "demo", "--keep", str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "must be new or empty" in err
+
+
+def test_demo_in_a_temporary_folder_cleans_up() -> None:
+    small = ExampleSettings(frames=6, shape=(48, 48), cells=3, divisions=0, montage_len=3,
+                            row_length=3, num_x=1, num_y=1)
+    result = run_demo(settings=small)
+    assert not result.kept
+    assert not result.folder.exists()
+    assert result.summary.ran == list(STAGES)
+    assert result.requests["annotation"] >= 2

@@ -1,0 +1,134 @@
+"""Killing ``cellcrowd run`` (SIGKILL) at any point, then rerunning, gives the same bytes.
+
+Each case copies one prepared synthetic job, starts ``python -m cellcrowd run CONFIG`` in
+a subprocess against the emulator, kills it at a known point (the pipeline's test hook
+``CELLCROWD_TEST_PAUSE_AFTER=stage:N`` makes it wait there and create a signal file) or
+as soon as a stage's first file appears, reruns it, and compares every file with an
+uninterrupted run's, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cellcrowd.config import Config, load_config
+from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.files import _TMP_MARK
+from cellcrowd.pipeline import STAGES, run, status
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+
+SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
+                           row_length=5)
+KEY = "interrupt-test-key"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Example, Config]]:
+    example = make_example(tmp_path_factory.mktemp("interrupt-prepared"), SETTINGS)
+    with emulated_job(example, api_key=KEY) as (_, served):
+        yield example, served
+
+
+def _fresh(job: tuple[Example, Config], dest: Path) -> Path:
+    example, served = job
+    shutil.copytree(example.config.base, dest)
+    path = dest / "cellcrowd.toml"
+    save_config(served.model_copy(update={"base": dest, "raw": None}), path)
+    return path
+
+
+def _outputs(base: Path) -> dict[str, str]:
+    """Every file's hash, except the run's own bookkeeping (lock, manifest)."""
+    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(base.rglob("*"))
+            if p.is_file() and ".cellcrowd" not in p.relative_to(base).parts}
+
+
+@pytest.fixture(scope="module")
+def reference(job: tuple[Example, Config], tmp_path_factory: pytest.TempPathFactory
+              ) -> dict[str, str]:
+    path = _fresh(job, tmp_path_factory.mktemp("reference") / "work")
+    summary = run(load_config(path), api_key=lambda: KEY)
+    assert summary.ran == list(STAGES)
+    return _outputs(path.parent)
+
+
+def _start(config: Path, **env: str) -> subprocess.Popen[bytes]:
+    full = {**os.environ, "CELLCROWD_API_KEY": KEY, **env}
+    return subprocess.Popen([sys.executable, "-m", "cellcrowd", "-q", "run", str(config)],
+                            env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(proc: subprocess.Popen[bytes], ready: Any, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            _out, err = proc.communicate()
+            pytest.fail(f"the run ended (code {proc.returncode}) before the kill point: "
+                        f"{err.decode()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the kill point was never reached")
+        time.sleep(0.01)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _resume_and_compare(config: Path, reference: dict[str, str]) -> None:
+    proc = _start(config)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    assert (out, err) == (b"", b"")  # -q
+    base = config.parent
+    assert not list(base.rglob(f"*{_TMP_MARK}*")), "half-written files were left behind"
+    assert _outputs(base) == reference
+    assert status(load_config(config)).left == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "pause",
+    ["fetch:5", "clean:3", "movies:25", "npz:2", "stitch:end", "ctc:0"],
+)
+def test_kill_at_a_pause_point_then_resume(
+    job: tuple[Example, Config], reference: dict[str, str], tmp_path: Path, pause: str
+) -> None:
+    config = _fresh(job, tmp_path / "work")
+    flag = tmp_path / "paused"
+    proc = _start(config, CELLCROWD_TEST_PAUSE_AFTER=pause,
+                  CELLCROWD_TEST_PAUSE_SIGNAL=str(flag))
+    _wait_for(proc, flag.exists)
+    _kill(proc)
+    stage = pause.split(":")[0]
+    st = status(load_config(config)).stage(stage)
+    assert st.state == "interrupted", st
+    _resume_and_compare(config, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", ["demo_labels", "movies"])
+def test_kill_as_soon_as_a_stage_writes(
+    job: tuple[Example, Config], reference: dict[str, str], tmp_path: Path, folder: str
+) -> None:
+    config = _fresh(job, tmp_path / "work")
+    target = config.parent / folder
+    proc = _start(config)
+    _wait_for(proc, lambda: target.is_dir() and any(target.iterdir()))
+    _kill(proc)
+    _resume_and_compare(config, reference)

@@ -1,0 +1,399 @@
+"""Tests of cellcrowd.pipeline: stage order, the manifest, skipping, resuming, status.
+
+One synthetic job is prepared per module (20 frames of 96x96, 2x2 tiles, montages of 5
+frames: 16 montages in 4 parts) and served by the emulator; every test works on its own
+copy of the prepared folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from cellcrowd import pipeline
+from cellcrowd.appen.report import read_report
+from cellcrowd.config import Config, OutputsConfig, load_config
+from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.errors import ConfigError, InputError, PipelineError
+from cellcrowd.executor import LocalExecutor
+from cellcrowd.export.npz import load_npz
+from cellcrowd.files import read_image
+from cellcrowd.layout import parse_montage_name, position_name
+from cellcrowd.pipeline import STAGES, run, status
+
+SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
+                           row_length=5)
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Example:
+    return make_example(tmp_path_factory.mktemp("prepared"), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def job(example: Example) -> Iterator[tuple[Any, Config]]:
+    with emulated_job(example, api_key="test-key-123") as served:
+        yield served
+
+
+def _copy(example: Example, dest: Path, served: Config) -> Config:
+    """A copy of the prepared folder, configured for the job ``served``."""
+    shutil.copytree(example.config.base, dest)
+    save_config(served.model_copy(update={"base": dest, "raw": None}), dest / "cellcrowd.toml")
+    cfg = load_config(dest / "cellcrowd.toml")
+    assert cfg.base == dest
+    return cfg
+
+
+@pytest.fixture
+def cfg(job: tuple[Any, Config], example: Example, tmp_path: Path) -> Config:
+    return _copy(example, tmp_path / "work", job[1])
+
+
+def _hashes(base: Path) -> dict[str, str]:
+    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(base.rglob("*")) if p.is_file() and p.name != "lock"}
+
+
+def _label_with_truth(cfg: Config) -> None:
+    """Stand in for report/fetch/clean: the truth montages as cleaned labels."""
+    wf = cfg.working_folder()
+    for path in sorted(wf.truth.glob("*_truth.png")):
+        target = wf.label_path(path.name[: -len("_truth.png")])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+
+class Recorder:
+    """A Progress that records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def start(self, stage: str, total: int | None) -> None:
+        self.calls.append(("start", stage, total))
+
+    def advance(self, stage: str, count: int) -> None:
+        self.calls.append(("advance", stage, count))
+
+    def finish(self, run: pipeline.StageRun) -> None:
+        self.calls.append(("finish", run.name, run.status))
+
+
+# -- the whole harvest ----------------------------------------------------------------------
+
+
+def test_full_run_writes_every_output_and_a_rerun_does_nothing(
+    job: tuple[Any, Config], cfg: Config, example: Example
+) -> None:
+    server, _ = job
+    progress = Recorder()
+    summary = run(cfg, progress=progress)
+    assert summary.ran == list(STAGES)
+    wf = pipeline.working_folder(cfg)
+    report = summary.stage("report")
+    judgments = read_report(wf.report_csv(cfg.job_id))
+    assert report.counts["judgments"] == len(judgments)
+    assert summary.stage("fetch").counts  # downloads counted
+    assert summary.stage("clean").counts["cleaned"] >= 1
+    for part in range(1, 5):
+        assert wf.npz_part(part).is_file() or any(
+            u.unit == f"part{part}" for u in summary.skipped_units)
+    assert wf.trk.is_file()
+    assert (wf.ctc / "01_GT" / "TRA" / "man_track.txt").is_file()
+    finished = [c[1] for c in progress.calls if c[0] == "finish"]
+    assert finished == list(STAGES)
+    assert sum(c[2] for c in progress.calls if c[0] == "advance" and c[1] == "clean") == len(
+        summary.stage("clean").outputs) + sum(
+        1 for u in summary.stage("clean").skipped if "unusable" in u.reason)
+
+    # The labels match the truth up to relabelling, montage by montage.
+    for label_path in summary.stage("clean").outputs[:4]:
+        name = label_path.name[: -len("_labels.png")]
+        _assert_same_partition(read_image(label_path), read_image(wf.truth_path(name)))
+
+    # Broken links flow through: the montage is named, and its position leaves its part.
+    broken = [u.unit for u in report.skipped if u.reason.startswith("broken link")]
+    assert broken, "the emulated crowd re-uploads one unit that stays broken"
+    for name in broken:
+        key = parse_montage_name(name)
+        pos = position_name(key.position, wf.padding)
+        assert f"part{key.part} {pos}" in {u.unit for u in summary.stage("movies").skipped}
+        assert pos in load_npz(wf.npz_part(key.part)).missing_positions
+        assert not wf.label_path(name).exists()
+
+    before = _hashes(cfg.base)
+    seen = dict(server.counts)
+    again = run(cfg, api_key=_no_key)
+    assert again.ran == []
+    assert {s.status for s in again.stages} == {"up-to-date"}
+    assert dict(server.counts) == seen  # not one request, annotation or report
+    assert _hashes(cfg.base) == before
+    assert again.skipped_units == summary.skipped_units
+    st = status(cfg)
+    assert st.left == []
+    assert st.done == list(STAGES)
+
+
+def test_failed_downloads_are_named_retried_and_flow_through(
+    example: Example, tmp_path: Path
+) -> None:
+    with emulated_job(example, api_key="other-key-456") as (server, served):
+        cfg = _copy(example, tmp_path / "work", served)
+        crowd = server.jobs[cfg.job_id]
+        target = crowd.units[0].montage
+        ids = [j.judgment_id for j in crowd.judgments
+               if crowd.units_by_id[j.unit_id].montage == target and not j.broken_link]
+        server.missing_annotations = frozenset(ids)
+        summary = run(cfg)
+        fetch = summary.stage("fetch")
+        assert fetch.counts["failed"] == len(ids) >= 1
+        assert {u.unit.split(" ")[0] for u in fetch.skipped} == {target}
+        assert all("download failed" in u.reason for u in fetch.skipped)
+        wf = pipeline.working_folder(cfg)
+        assert wf.failures_csv(cfg.job_id) in fetch.outputs
+        clean_skips = {u.unit: u.reason for u in summary.stage("clean").skipped}
+        assert "no annotation could be downloaded" in clean_skips[target]
+        key = parse_montage_name(target)
+        assert position_name(key.position, wf.padding) in load_npz(
+            wf.npz_part(key.part)).missing_positions
+        st = status(cfg)
+        assert st.stage("fetch").state == "stale"
+        assert "retrying: " in st.stage("fetch").reason
+        # A rerun retries the failed downloads only; still failing, nothing else changes.
+        before = server.counts["annotation"]
+        again = run(cfg)
+        assert again.ran == ["fetch"]
+        assert server.counts["annotation"] - before == len(ids)
+        # Once the service serves them, the montage comes back everywhere.
+        server.missing_annotations = frozenset()
+        third = run(cfg)
+        assert third.stage("fetch").counts["failed"] == 0
+        assert "clean" in third.ran
+        assert wf.label_path(target).is_file()
+        assert not wf.failures_csv(cfg.job_id).exists()
+
+
+def _no_key() -> str:
+    raise AssertionError("the API key must not be asked for when nothing is to be done")
+
+
+def _assert_same_partition(a: np.ndarray, b: np.ndarray) -> None:
+    assert a.shape == b.shape
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    # a bijection between the ids of a and of b (0 <-> 0)
+    assert len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
+    assert ((pairs[0] == 0) == (pairs[1] == 0)).all()
+
+
+def test_changing_min_size_redoes_clean_and_only_what_depends_on_it(
+    job: tuple[Any, Config], cfg: Config
+) -> None:
+    server, _ = job
+    run(cfg)
+    seen = dict(server.counts)
+    first = _hashes(cfg.base / "demo_labels")
+    changed = cfg.with_overrides({"clean.min_size": 400})
+    st = status(changed)
+    assert st.stage("clean").state == "stale"
+    assert "settings changed: min_size" in st.stage("clean").reason
+    assert st.stage("movies").state == "waiting"
+    assert st.stage("report").state == st.stage("fetch").state == "done"
+    summary = run(changed, api_key=_no_key)
+    assert summary.stage("report").status == summary.stage("fetch").status == "up-to-date"
+    assert summary.stage("clean").status == "ran"
+    assert summary.stage("movies").status == "ran"  # labels changed: cells under 400 px gone
+    assert dict(server.counts) == seen
+    assert _hashes(cfg.base / "demo_labels") != first
+    # and back: the original outputs, byte for byte
+    run(cfg, api_key=_no_key)
+    assert _hashes(cfg.base / "demo_labels") == first
+
+
+def test_other_report_types_and_the_v3_api(job: tuple[Any, Config], cfg: Config) -> None:
+    full = run(cfg)
+    units = full.stage("report").counts["units"]
+    cleaned = full.stage("clean").outputs
+    for report_type, version in (("aggregated", "v1"), ("json", "v3")):
+        other = cfg.with_overrides({"service.report_type": report_type,
+                                    "service.api_version": version})
+        summary = run(other)
+        assert summary.ran[:3] == ["report", "fetch", "clean"], report_type
+        counts = summary.stage("report").counts
+        assert counts["units"] == units
+        if report_type == "aggregated":
+            assert counts["judgments"] == units  # one row per unit
+        else:
+            assert counts["judgments"] == full.stage("report").counts["judgments"]
+        assert summary.stage("clean").outputs == cleaned
+        wf = pipeline.working_folder(other)
+        assert wf.report_csv(cfg.job_id, report_type).is_file()
+        # the previous type's report is no longer an output of the report stage
+        assert not wf.report_csv(cfg.job_id, "full").exists()
+
+
+def test_status_of_a_fresh_folder_and_failed_stage(cfg: Config) -> None:
+    st = status(cfg)
+    assert [s.state for s in st.stages] == ["pending"] * len(STAGES)
+    assert st.stage("report").reason == "never run"
+    assert st.left == list(STAGES)
+    with pytest.raises(ConfigError, match="no API key"):
+        run(cfg, api_key=lambda: (_ for _ in ()).throw(ConfigError("no API key given")))
+    failed = status(cfg).stage("report")
+    assert failed.state == "failed"
+    assert "no API key" in failed.reason
+
+
+def test_from_until_force_and_outputs_off(cfg: Config) -> None:
+    _label_with_truth(cfg)
+    off = cfg.with_overrides({"outputs.trk": False, "outputs.ctc": False})
+    summary = run(off, from_stage="movies", until_stage="npz")
+    assert [s.status for s in summary.stages] == ["not-selected"] * 3 + ["ran", "ran"] + [
+        "not-selected", "disabled", "disabled"]
+    wf = pipeline.working_folder(cfg)
+    data = load_npz(wf.npz_part(1))
+    assert data.X.shape == (4, 5, *pipeline._montage_log(wf).layout(
+        (data.X.shape[2], data.X.shape[3])).frame_shape, 1)
+    assert data.y.dtype == np.int32
+    forced = run(off, from_stage="movies", until_stage="npz", force=["npz"])
+    assert forced.stage("movies").status == "up-to-date"
+    assert forced.stage("npz").status == "ran"
+    assert forced.stage("npz").reason == "forced"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"from_stage": "download"}, "unknown stage 'download'", id="unknown"),
+        pytest.param({"force": ["zip"]}, "unknown stage 'zip'", id="unknown-force"),
+        pytest.param({"from_stage": "npz", "until_stage": "clean"},
+                     "--from npz comes after --until clean", id="backwards"),
+    ],
+)
+def test_bad_stage_names(cfg: Config, kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(PipelineError, match=match):
+        run(cfg, **kwargs)
+
+
+def test_outputs_are_checked_and_stale_files_removed(cfg: Config) -> None:
+    _label_with_truth(cfg)
+    full = cfg.with_overrides({"outputs.npz_full_movie": True})
+    run(full, from_stage="movies")
+    wf = pipeline.working_folder(cfg)
+    wf.npz_part(2).unlink()
+    st = status(full)
+    assert st.stage("npz").state == "stale"
+    assert "demo_part2.npz is missing" in st.stage("npz").reason
+    # report/fetch/clean never ran here, so movies would wait for clean in a full run
+    assert st.stage("movies").state == "waiting"
+    assert "clean" in st.stage("movies").reason
+    wf.trk.write_bytes(b"changed")
+    assert "was changed" in status(full).stage("trk").reason
+    summary = run(full, from_stage="movies")
+    assert summary.ran == ["npz", "trk"]
+    assert wf.npz_part(2).is_file()
+    # Turning the full movie off redoes npz, and its old file goes.
+    assert wf.npz_full_movie.is_file()
+    summary = run(cfg, from_stage="movies")
+    assert summary.ran == ["npz"]
+    assert not wf.npz_full_movie.exists()
+    assert wf.npz_part(2).is_file()
+
+
+def test_changed_input_file_and_stage_failure_are_recorded(cfg: Config) -> None:
+    _label_with_truth(cfg)
+    run(cfg, from_stage="movies", until_stage="movies")
+    wf = pipeline.working_folder(cfg)
+    frames = sorted(wf.raw.iterdir())
+    frames[-1].unlink()
+    st = status(cfg).stage("movies")
+    assert st.state == "stale"
+    assert "input files changed" in st.reason
+    with pytest.raises(InputError, match="the logs describe 20 frames"):
+        run(cfg, from_stage="movies", until_stage="movies")
+    st = status(cfg).stage("movies")
+    assert st.state == "failed"
+    assert "20 frames" in st.reason
+
+
+def test_os_errors_become_pipeline_errors(cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(ctx: Any) -> Any:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "_run_movies", broken)
+    with pytest.raises(PipelineError, match="stage movies failed: disk full"):
+        run(cfg, from_stage="movies", until_stage="movies")
+
+
+def test_interrupted_stage_and_unreadable_manifest(
+    cfg: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    _label_with_truth(cfg)
+    run(cfg, from_stage="movies", until_stage="movies")
+    wf = pipeline.working_folder(cfg)
+    data = json.loads(wf.manifest.read_text())
+    data["stages"]["movies"]["state"] = "running"
+    wf.manifest.write_text(json.dumps(data))
+    assert status(cfg).stage("movies").state == "interrupted"
+    wf.manifest.write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="cellcrowd.pipeline"):
+        assert status(cfg).stage("movies").state == "pending"
+    assert "unreadable" in caplog.text
+    wf.manifest.write_text(json.dumps({"version": 999, "stages": {}}))
+    with caplog.at_level(logging.WARNING, logger="cellcrowd.pipeline"):
+        assert status(cfg).stage("movies").state == "pending"
+    assert "another cellcrowd version" in caplog.text
+
+
+def test_a_second_run_on_the_same_folder_is_refused(cfg: Config) -> None:
+    with pipeline._lock(cfg.working_folder()), pytest.raises(
+        PipelineError, match="another cellcrowd run is using"
+    ):
+        run(cfg)
+
+
+def test_pause_hook_spec_is_checked(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> None:
+    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_AFTER", "clean:x")
+    with pytest.raises(PipelineError, match="expected 'stage:N' or 'stage:end'"):
+        run(cfg)
+
+
+def test_pause_hook_sleeps_and_signals(
+    monkeypatch: pytest.MonkeyPatch, cfg: Config, tmp_path: Path
+) -> None:
+    _label_with_truth(cfg)
+    signal = tmp_path / "paused"
+    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_AFTER", "movies:3")
+    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_SIGNAL", str(signal))
+    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_SECONDS", "0")
+    run(cfg, from_stage="movies", until_stage="movies")
+    assert signal.read_text().startswith("movies after 3 items")
+
+
+def test_full_movie_npz_and_executor(cfg: Config) -> None:
+    _label_with_truth(cfg)
+    full = cfg.with_overrides({"outputs.npz_full_movie": True})
+    ex = LocalExecutor(2)
+    try:
+        run(full, from_stage="movies", until_stage="npz", executor=ex)
+    finally:
+        ex.close()
+    wf = pipeline.working_folder(cfg)
+    data = load_npz(wf.npz_full_movie)
+    parts = [load_npz(wf.npz_part(p)) for p in range(1, 5)]
+    assert data.X.shape[1] == SETTINGS.frames
+    assert data.positions == parts[0].positions
+    np.testing.assert_array_equal(data.y[:, 5:10], parts[1].y)
+    np.testing.assert_array_equal(data.X[:, 15:20], parts[3].X)
+
+
+def test_outputs_config_validation() -> None:
+    assert OutputsConfig(trk=False, ctc=False, stitched=False).stitched is False
