@@ -44,10 +44,12 @@ __all__ = [
     "all_montages_chopper",
     "clean_montages",
     "convert_grayscale_all",
+    "download_and_unzip",
     "make_training_data",
     "raw_movie_maker",
     "read_json_params_montage",
     "relabel_montages",
+    "save_annotations_from_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -263,4 +265,58 @@ def make_training_data(
 
 
 # --- service steps (seed steps 1-2) ---
-# download_and_unzip and save_annotations_from_csv are added here (engineer C).
+# The API key comes from CELLCROWD_API_KEY / APPEN_API_KEY / FIGURE_EIGHT_API_KEY (a
+# hidden prompt otherwise) and the base URL from CELLCROWD_API_URL, so an old notebook
+# runs unattended with its calls unchanged.
+
+_REPORT_NAME = re.compile(r"^job_(?P<job>.+?)_(?P<type>full|aggregated|json)_report\.csv$")
+
+
+def download_and_unzip(
+    job_id: int | str, save_folder: str | Path, report_type: str = "full"
+) -> Path:
+    """Seed step 1: download a report to ``{save_folder}/CSV/job_{id}_{type}_report.csv``.
+
+    The report types are the service's (``full``, ``aggregated``, ``json``,
+    ``gold_report``, ``workset``, ``source``). The zip is not kept. Returns the CSV's path.
+    """
+    from .appen.client import AppenClient, api_url_from_env, get_api_key
+
+    # Report names do not depend on the identifier: any valid one will do here.
+    dest = WorkingFolder(Path(save_folder), "notebook").report_csv(job_id, report_type)
+    with AppenClient(get_api_key(), base_url=api_url_from_env()) as client:
+        return client.download_report(job_id, dest, report_type=report_type)
+
+
+def save_annotations_from_csv(csv_path: str | Path, annotations_folder: str | Path) -> list[str]:
+    """Seed step 2: download every annotation of a report; list the still-broken images.
+
+    ``csv_path`` is ``{base_dir}/CSV/job_{id}_{type}_report.csv`` and
+    ``annotations_folder`` ``{base_dir}/{identifier}_annotations``. Each montage's chosen
+    annotation is ``{montage}_annotation.png`` there (every judgment is kept under
+    ``judgments/``). Rows with broken links are not downloaded: when some images have
+    no annotation at all, ``CSV/job_{id}_{type}_report_broken_links.csv`` and
+    ``CSV/job_{id}_reupload.csv`` are written (see
+    :func:`cellcrowd.appen.report.write_broken_link_csvs`).
+
+    Returns
+    -------
+    list of str
+        Montage names (without ``.png``) whose judgments all reported a broken link.
+    """
+    from .appen.client import AppenClient, api_url_from_env, get_api_key
+    from .appen.report import read_report, write_broken_link_csvs
+    from .download import download_annotations
+
+    csv_path = Path(csv_path)
+    wf = _folder_wf(annotations_folder)
+    match = _REPORT_NAME.match(csv_path.name)
+    job_id = match["job"] if match else csv_path.stem
+    report = read_report(csv_path, report_type=match["type"] if match else "full")
+    broken = write_broken_link_csvs(report, csv_path, wf, job_id)
+    with AppenClient(get_api_key(), base_url=api_url_from_env()) as client:
+        result = download_annotations(report, wf, job_id=job_id, client=client)
+    if result.failures:
+        logger.warning("%d annotation(s) failed: see %s; run this cell again to retry them",
+                       result.failed, result.failures_csv)
+    return broken

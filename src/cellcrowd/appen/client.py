@@ -1,0 +1,853 @@
+"""A client for the annotation service's REST API (Figure Eight, now Appen).
+
+The client downloads job reports (``full``, ``aggregated``, ``json``, ``gold_report``,
+``workset``, ``source``) over the v1 API (``GET {base}/jobs/{id}.csv?type=T``) or the newer
+v3 one (``POST {base3}/jobs/download.csv?jobId=…&type=…&filename=…``), polls while the
+service answers 202 "being generated", unzips the single file of the zip and writes it
+atomically (usually to ``wf.report_csv(job_id, type)``). It also reads the job status
+(``{base}/jobs/{id}.json`` and ``{base}/jobs/{id}/ping.json``) and offers
+:meth:`AppenClient.send`, the retrying request used by :mod:`cellcrowd.download`.
+
+Base URLs
+    ``base_url`` is the v1 base (default :data:`DEFAULT_API_URL`, or the
+    ``CELLCROWD_API_URL`` environment variable through :func:`api_url_from_env`). The v3
+    base is derived from it by replacing the trailing ``/v1`` with ``/v3``
+    (:func:`v3_base_url`), so a base URL must end in ``/v1`` to use v3.
+
+Credentials
+    The key goes in the header ``Authorization: Token token=<key>`` (``auth="header"``,
+    preferred) or in a ``key=`` query parameter (``auth="query"``, as older clients did).
+    It is attached by a transport wrapper *below* httpx's own logging, and only to
+    requests whose origin (scheme, host and port) is the API's. Hence httpx's
+    ``HTTP Request: …`` log lines never contain it, and a redirect to another host (a
+    storage URL, or merely another port) carries no credential. Error messages pass
+    through :func:`cellcrowd.errors.redact` and remove the key itself.
+    Environment proxy variables are not read (``trust_env=False``) so that every request
+    goes through that wrapper; pass ``proxy=`` to use a proxy.
+
+Retries
+    429, 5xx, connection errors, timeouts and truncated bodies are retried up to
+    ``max_retries`` times with capped exponential backoff (``backoff`` × 2^n, at most
+    ``max_backoff`` seconds, with jitter), or after the server's ``Retry-After`` when it
+    sends one (capped at ``max_retry_after``). Each retry logs one warning line. Every
+    wait goes through the ``sleep`` function given to the client, so tests can replace it.
+    Redirects are followed by hand (at most ``max_redirects``); a retry starts again from
+    the original URL, since a signed storage URL may have expired.
+
+Reports
+    The zip is streamed to a temporary file beside the destination; exactly one member is
+    extracted whatever its name (the name is never used as a path, so it cannot escape
+    the folder), with a bound on its uncompressed size and on its compression ratio. The
+    zip is not kept unless ``keep_zip=True`` (then it sits beside the CSV, ``.zip``
+    instead of ``.csv``): the CSV is the content, the zip only its transport. A body that
+    is not a zip but plain text is written as it is. The ``json`` report is JSON lines
+    and is written under the same ``…_report.csv`` name the seed notebook used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import functools
+import getpass
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import ssl
+import sys
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from ..errors import (
+    AuthenticationError,
+    ConfigError,
+    JobNotFoundError,
+    ReportError,
+    ReportNotReadyError,
+    ServiceError,
+    TemporaryServiceError,
+    redact,
+)
+from ..files import atomic_path
+
+__all__ = [
+    "API_KEY_ENV_VARS",
+    "API_URL_ENV",
+    "DEFAULT_API_URL",
+    "REPORT_TYPES",
+    "AppenClient",
+    "RetryableError",
+    "api_url_from_env",
+    "check_complete",
+    "extract_single_member",
+    "get_api_key",
+    "v3_base_url",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_API_URL = "https://api.appen.com/v1"
+API_URL_ENV = "CELLCROWD_API_URL"
+API_KEY_ENV_VARS = ("CELLCROWD_API_KEY", "APPEN_API_KEY", "FIGURE_EIGHT_API_KEY")
+REPORT_TYPES = ("full", "aggregated", "json", "gold_report", "workset", "source")
+
+AuthMode = Literal["header", "query"]
+ApiVersion = Literal["v1", "v3"]
+
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_ZIP_MAGIC = b"PK\x03\x04"
+_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
+_MAX_RATIO = 200  # uncompressed / compressed beyond this is a zip bomb, for large members
+_RATIO_CHECK_ABOVE = 16 << 20
+_CHUNK = 1 << 16
+
+T = TypeVar("T")
+
+
+class RetryableError(Exception):
+    """Raised by a response handler to ask :meth:`AppenClient.send` to try again.
+
+    Used for truncated or corrupt bodies; not part of the public error tree (it never
+    leaves :meth:`AppenClient.send`: it becomes a :class:`TemporaryServiceError` when
+    the retries run out).
+    """
+
+    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+# -- configuration helpers ---------------------------------------------------------------
+
+
+def api_url_from_env(
+    default: str = DEFAULT_API_URL, *, environ: Mapping[str, str] | None = None
+) -> str:
+    """The API base URL: ``CELLCROWD_API_URL`` when set, else ``default``.
+
+    >>> api_url_from_env(environ={})
+    'https://api.appen.com/v1'
+    >>> api_url_from_env(environ={"CELLCROWD_API_URL": "https://api.eu.appen.com/v1/"})
+    'https://api.eu.appen.com/v1'
+    """
+    env = os.environ if environ is None else environ
+    url = (env.get(API_URL_ENV) or "").strip() or default
+    if not re.match(r"(?i)^https?://[^/\s]+", url):
+        raise ConfigError(
+            f"{API_URL_ENV}={redact(url)!r} is not an http(s) URL: use e.g. "
+            f"{DEFAULT_API_URL!r} or the EU tenant 'https://api.eu.appen.com/v1'"
+        )
+    return url.rstrip("/")
+
+
+def get_api_key(
+    prompt: bool = True,
+    *,
+    environ: Mapping[str, str] | None = None,
+    getpass_fn: Callable[[str], str] | None = None,
+) -> str:
+    """The API key from the environment, else from an interactive prompt (never echoed).
+
+    The first of ``CELLCROWD_API_KEY``, ``APPEN_API_KEY``, ``FIGURE_EIGHT_API_KEY`` that
+    is set and non-empty wins. Otherwise, when ``prompt`` is true and the standard input
+    is a terminal or a Jupyter kernel (or ``getpass_fn`` is given), the key is asked for
+    with :func:`getpass.getpass`.
+
+    >>> get_api_key(environ={"APPEN_API_KEY": "k2", "FIGURE_EIGHT_API_KEY": "k3"})
+    'k2'
+    """
+    env = os.environ if environ is None else environ
+    for name in API_KEY_ENV_VARS:
+        value = (env.get(name) or "").strip()
+        if value:
+            return value
+    hint = f"set one of {', '.join(API_KEY_ENV_VARS)}"
+    if not prompt:
+        raise ConfigError(f"no API key given: {hint}")
+    if getpass_fn is None:
+        # Jupyter's getpass works though its stdin is no terminal.
+        if not sys.stdin or not (sys.stdin.isatty() or "ipykernel" in sys.modules):
+            raise ConfigError(f"no API key given and no terminal to ask for one: {hint}")
+        getpass_fn = getpass.getpass
+    key = getpass_fn("Appen / Figure Eight API key (not shown): ").strip()
+    if not key:
+        raise ConfigError(f"no API key entered: type the key at the prompt, or {hint}")
+    return key
+
+
+def v3_base_url(base_url: str) -> str:
+    """The v3 API base derived from a v1 base URL (``…/v1`` becomes ``…/v3``).
+
+    >>> v3_base_url("https://api.appen.com/v1")
+    'https://api.appen.com/v3'
+    """
+    base = base_url.rstrip("/")
+    if not base.endswith("/v1"):
+        raise ConfigError(
+            f"cannot derive the v3 API URL from {redact(base)!r}: the base URL must end in "
+            "'/v1' (e.g. https://api.appen.com/v1), or use api_version='v1'"
+        )
+    return base[: -len("/v1")] + "/v3"
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return (url.scheme.lower(), url.host.lower(), url.port or default)
+
+
+class _Credentials:
+    """Adds the key to requests for the API's origin, and only to those."""
+
+    def __init__(self, api_key: str | None, base_url: str, mode: AuthMode) -> None:
+        self.key = api_key or None
+        self.mode = mode
+        self.origin = _origin(httpx.URL(base_url))
+
+    def applies_to(self, url: httpx.URL) -> bool:
+        return self.key is not None and _origin(url) == self.origin
+
+    def strip(self, url: httpx.URL) -> httpx.URL:
+        """``url`` without any query parameter holding the key (it is added back later)."""
+        items = url.params.multi_items()
+        kept = [(k, v) for k, v in items if self.key is None or v != self.key]
+        return url if len(kept) == len(items) else url.copy_with(params=kept)
+
+    def apply(self, request: httpx.Request) -> httpx.Request:
+        if self.key is None:
+            return request
+        # Never pass our key on, even if a redirect echoed it into the Location.
+        url = self.strip(request.url)
+        headers = httpx.Headers(request.headers)
+        if not self.applies_to(url):
+            if url == request.url:
+                return request
+        elif self.mode == "header":
+            headers["Authorization"] = f"Token token={self.key}"
+        else:
+            url = url.copy_set_param("key", self.key)
+        return httpx.Request(
+            request.method, url, headers=headers, stream=request.stream,
+            extensions=request.extensions,
+        )
+
+
+class _AuthTransport(httpx.BaseTransport):
+    """Adds credentials after httpx has logged the (credential-free) request."""
+
+    def __init__(self, inner: httpx.BaseTransport, credentials: _Credentials) -> None:
+        self._inner = inner
+        self._credentials = credentials
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._inner.handle_request(self._credentials.apply(request))
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+# -- the client ----------------------------------------------------------------------------
+
+
+class AppenClient:
+    """Talks to the annotation service: reports, job status, retried downloads.
+
+    Parameters
+    ----------
+    api_key : str or None
+        The API key. ``None`` sends no credential (only useful for public storage URLs).
+    base_url : str
+        The v1 API base URL; see :func:`api_url_from_env`.
+    timeout : float
+        Seconds to wait for a connection or for data.
+    max_retries : int
+        Retries of one request after a temporary failure (429, 5xx, connection errors,
+        truncated bodies).
+    poll_interval : float
+        Seconds between polls while a report is being generated (the server's
+        ``Retry-After`` wins when it sends one).
+    max_polls : int
+        Polls before giving up with :class:`ReportNotReadyError`.
+    sleep : callable
+        Every wait goes through it (tests pass a recorder).
+    auth : {"header", "query"}
+        Where the key goes: ``Authorization: Token token=…`` or ``?key=…``.
+    backoff, max_backoff, max_retry_after : float
+        First retry delay, its cap, and the cap on a server's ``Retry-After``.
+    max_redirects : int
+        Redirects followed per request.
+    max_connections : int
+        Size of the connection pool (concurrent downloads share it).
+    max_report_bytes : int
+        Largest report accepted (compressed download and uncompressed member).
+    proxy : str or None
+        Proxy URL (environment proxy variables are not read).
+    verify : bool or ssl.SSLContext
+        TLS certificate checks (``True``: the system-independent certifi bundle, one
+        context shared by all clients since building it takes a while).
+    transport : httpx.BaseTransport or None
+        The transport under the credential wrapper (tests may give a mock).
+
+    Examples
+    --------
+    >>> client = AppenClient("secret", base_url="http://127.0.0.1:9/v1", max_retries=0)
+    >>> client.report_url(7, api_version="v3")
+    'http://127.0.0.1:9/v3/jobs/download.csv'
+    >>> client.close()
+    """
+
+    def __init__(
+        self,
+        api_key: str | None,
+        *,
+        base_url: str = DEFAULT_API_URL,
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        poll_interval: float = 10.0,
+        max_polls: int = 30,
+        sleep: Callable[[float], None] = time.sleep,
+        auth: AuthMode = "header",
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        max_retry_after: float = 300.0,
+        max_redirects: int = 5,
+        max_connections: int = 64,
+        max_report_bytes: int = 4 << 30,
+        proxy: str | None = None,
+        verify: bool | ssl.SSLContext = True,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if auth not in ("header", "query"):
+            raise ValueError(f"auth must be 'header' or 'query', got {auth!r}")
+        for name, value in (("max_retries", max_retries), ("max_polls", max_polls),
+                            ("max_redirects", max_redirects)):
+            if value < 0:
+                raise ValueError(f"{name} must be 0 or more, got {value}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.base_url = base_url.rstrip("/")
+        httpx.URL(self.base_url)  # fail early on a malformed URL
+        self.max_retries = max_retries
+        self.poll_interval = poll_interval
+        self.max_polls = max_polls
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
+        self.max_redirects = max_redirects
+        self.max_connections = max_connections
+        self.max_report_bytes = max_report_bytes
+        self._sleep = sleep
+        self._key = api_key or None
+        self._credentials = _Credentials(api_key, self.base_url, auth)
+        self._random = random.Random()
+        inner = transport or httpx.HTTPTransport(
+            verify=_default_ssl_context() if verify is True else verify,
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections),
+            proxy=proxy,
+        )
+        self._http = httpx.Client(
+            transport=_AuthTransport(inner, self._credentials),
+            timeout=httpx.Timeout(timeout, pool=None),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": "cellcrowd"},
+        )
+
+    def __repr__(self) -> str:
+        return f"AppenClient(base_url={self.base_url!r}, auth={self._credentials.mode!r})"
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> AppenClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- small helpers --
+
+    def redact(self, text: str) -> str:
+        """``text`` without the key or credential-looking URL parameters."""
+        return redact(text, self._key)
+
+    def sends_credentials_to(self, url: str) -> bool:
+        """Whether a request to ``url`` would carry the key (same origin as the API)."""
+        return self._credentials.applies_to(httpx.URL(url))
+
+    def sleep(self, seconds: float) -> None:
+        """Wait through the injected sleep function."""
+        self._sleep(seconds)
+
+    def report_url(self, job_id: int | str, *, api_version: ApiVersion = "v1") -> str:
+        """The URL a report is requested from (without query parameters)."""
+        if api_version == "v3":
+            return f"{v3_base_url(self.base_url)}/jobs/download.csv"
+        if api_version != "v1":
+            raise ValueError(f"api_version must be 'v1' or 'v3', got {api_version!r}")
+        return f"{self.base_url}/jobs/{job_id}.csv"
+
+    # -- the retrying request --
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        handle: Callable[[httpx.Response], T],
+        params: Mapping[str, str] | None = None,
+        what: str = "request",
+    ) -> T:
+        """Send a request with retries and manual redirects; ``handle`` reads the answer.
+
+        ``handle`` gets the final 2xx response with its body still unread (stream it)
+        and may raise :class:`RetryableError` (e.g. for a truncated body). 401/403 raise
+        :class:`AuthenticationError` from the API's host (a plain :class:`ServiceError`
+        from other hosts, which get no key), 404 :class:`JobNotFoundError`, other 4xx
+        :class:`ServiceError`; 429/5xx/connection errors are retried and become
+        :class:`TemporaryServiceError` when the retries run out. ``what`` names the
+        request in messages (e.g. ``"job 12's full report"``).
+        """
+        start = self._credentials.strip(httpx.URL(url))
+        if params:
+            start = start.copy_merge_params(dict(params))
+        attempt = 0
+        while True:
+            try:
+                return self._send_once(method, start, handle, what)
+            except RetryableError as exc:
+                reason, retry_after = exc.reason, exc.retry_after
+            except httpx.TransportError as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                retry_after = None
+            if attempt == self.max_retries:
+                raise TemporaryServiceError(
+                    f"{what}: gave up after {self.max_retries + 1} attempts, the last one "
+                    f"failed with {self.redact(reason)}; the service may be overloaded or "
+                    "down: try again later (or raise max_retries)",
+                    url=self.redact(str(start)),
+                ) from None
+            delay = self._retry_delay(attempt, retry_after)
+            logger.warning(
+                "%s: %s; retry %d of %d in %.1f s",
+                what, self.redact(reason), attempt + 1, self.max_retries, delay,
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    def _send_once(
+        self, method: str, url: httpx.URL, handle: Callable[[httpx.Response], T], what: str
+    ) -> T:
+        for _ in range(self.max_redirects + 1):
+            request = self._http.build_request(method, url)
+            response = self._http.send(request, stream=True)
+            try:
+                code = response.status_code
+                if code in _REDIRECTS:
+                    url, method = self._redirect_target(response, url, method, what)
+                    continue
+                if code == 429 or code >= 500:
+                    _read_limited(response, 64 << 10, what, strict=False)  # keep-alive
+                    raise RetryableError(
+                        f"HTTP {code} {response.reason_phrase}".strip(),
+                        retry_after=_retry_after(response),
+                    )
+                if code >= 400:
+                    self._raise_for_status(response, what)
+                return handle(response)
+            finally:
+                response.close()
+        raise ServiceError(
+            f"{what}: more than {self.max_redirects} redirects; the service or its storage "
+            "is misconfigured: report it to the service, or try api_version='v3'",
+            url=self.redact(str(url)),
+        )
+
+    def _redirect_target(
+        self, response: httpx.Response, url: httpx.URL, method: str, what: str
+    ) -> tuple[httpx.URL, str]:
+        location = response.headers.get("location")
+        if not location:
+            raise ServiceError(
+                f"{what}: HTTP {response.status_code} redirect without a Location header",
+                url=self.redact(str(url)), status=response.status_code,
+            )
+        target = self._credentials.strip(url.join(location))
+        if target.scheme not in ("http", "https"):
+            raise ServiceError(
+                f"{what}: redirect to a non-HTTP URL {self.redact(str(target))!r}",
+                url=self.redact(str(url)), status=response.status_code,
+            )
+        code = response.status_code
+        if code == 303 or (code in (301, 302) and method == "POST"):
+            method = "GET"
+        logger.debug(
+            "%s: HTTP %d redirect to %s%s", what, code, self.redact(str(target)),
+            "" if self._credentials.applies_to(target) else " (another host: no credentials)",
+        )
+        return target, method
+
+    def _raise_for_status(self, response: httpx.Response, what: str) -> None:
+        code = response.status_code
+        url = self.redact(str(response.request.url))
+        detail = self.redact(_server_message(response))
+        if code in (401, 403) and not self._credentials.applies_to(response.request.url):
+            raise ServiceError(
+                f"{what}: HTTP {code} from {response.request.url.host} ({detail}), which got "
+                "no API key: a signed storage link may have expired; download the report "
+                "again for fresh links",
+                url=url, status=code,
+            )
+        if code in (401, 403):
+            raise AuthenticationError(
+                f"{what}: the service refused the API key (HTTP {code}: {detail}); check the "
+                f"key in {API_KEY_ENV_VARS[0]} (or {API_KEY_ENV_VARS[1]}), that it belongs to "
+                f"the team that owns the job, and the base URL {self.redact(self.base_url)}",
+                url=url, status=code,
+            )
+        if code == 404:
+            raise JobNotFoundError(
+                f"{what}: not found (HTTP 404: {detail}); check the job id and the base URL "
+                f"{self.redact(self.base_url)} (EU jobs live at api.eu.appen.com)",
+                url=url, status=code,
+            )
+        raise ServiceError(f"{what}: HTTP {code} ({detail})", url=url, status=code)
+
+    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        delay = min(self.max_backoff, self.backoff * 2.0**attempt)
+        return delay * (0.5 + 0.5 * self._random.random())
+
+    # -- JSON endpoints --
+
+    def get_json(self, url: str, *, what: str, params: Mapping[str, str] | None = None,
+                 method: str = "GET") -> Any:
+        """A JSON answer (retried like every request)."""
+
+        def read(response: httpx.Response) -> Any:
+            body = _read_limited(response, 64 << 20, what)
+            try:
+                return json.loads(body) if body.strip() else {}
+            except ValueError:
+                raise ServiceError(
+                    f"{what}: the answer is not JSON (starts {body[:60]!r})",
+                    url=self.redact(str(response.request.url)), status=response.status_code,
+                ) from None
+
+        return self.send(method, url, handle=read, params=params, what=what)
+
+    def job_status(self, job_id: int | str) -> dict[str, Any]:
+        """The job's attributes (``GET {base}/jobs/{id}.json``), e.g. ``state``, ``title``."""
+        data = self.get_json(f"{self.base_url}/jobs/{job_id}.json", what=f"job {job_id}")
+        return dict(data) if isinstance(data, dict) else {"data": data}
+
+    def ping(self, job_id: int | str) -> dict[str, Any]:
+        """The job's counts (``GET {base}/jobs/{id}/ping.json``): all_units, needed_judgments…"""
+        data = self.get_json(f"{self.base_url}/jobs/{job_id}/ping.json",
+                             what=f"job {job_id} status")
+        return dict(data) if isinstance(data, dict) else {"data": data}
+
+    def regenerate_report(self, job_id: int | str, report_type: str = "full") -> None:
+        """Ask for a fresh report (``POST {base}/jobs/{id}/regenerate?type=T``)."""
+        _check_report_type(report_type)
+        self.get_json(
+            f"{self.base_url}/jobs/{job_id}/regenerate", method="POST",
+            params={"type": report_type}, what=f"regenerating job {job_id}'s {report_type} report",
+        )
+        logger.info("asked the service to regenerate job %s's %s report", job_id, report_type)
+
+    # -- reports --
+
+    def download_report(
+        self,
+        job_id: int | str,
+        dest_csv: str | Path,
+        *,
+        report_type: str = "full",
+        api_version: ApiVersion = "v1",
+        regenerate: bool = False,
+        keep_zip: bool = False,
+    ) -> Path:
+        """Download a report, unzip its single file and write it atomically to ``dest_csv``.
+
+        Parameters
+        ----------
+        job_id : int or str
+            The job.
+        dest_csv : Path
+            Where the report goes, usually ``wf.report_csv(job_id, report_type)``.
+        report_type : str
+            One of :data:`REPORT_TYPES`.
+        api_version : {"v1", "v3"}
+            ``GET {base}/jobs/{id}.csv`` or ``POST {base3}/jobs/download.csv``.
+        regenerate : bool
+            Ask for a fresh report first (otherwise the service may hand out an old one).
+        keep_zip : bool
+            Keep the downloaded zip beside the CSV (``.zip`` suffix).
+
+        Returns
+        -------
+        Path
+            ``dest_csv``.
+        """
+        _check_report_type(report_type)
+        dest = Path(dest_csv)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if regenerate:
+            self.regenerate_report(job_id, report_type)
+        what = f"job {job_id}'s {report_type} report"
+        keep = atomic_path(dest.with_suffix(".zip")) if keep_zip else _scratch_path(dest)
+        with keep as tmp_zip:
+            self._fetch_report(job_id, report_type, api_version, tmp_zip, what)
+            with atomic_path(dest) as tmp_csv:
+                head = _read_head(tmp_zip)
+                if head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC)):
+                    extract_single_member(tmp_zip, tmp_csv, max_bytes=self.max_report_bytes,
+                                          source=what)
+                else:
+                    logger.info("%s came as plain text, not a zip", what)
+                    shutil.copyfile(tmp_zip, tmp_csv)
+        logger.info("wrote %s to %s", what, dest)
+        return dest
+
+    def _fetch_report(
+        self, job_id: int | str, report_type: str, api_version: ApiVersion, target: Path,
+        what: str,
+    ) -> None:
+        url = self.report_url(job_id, api_version=api_version)
+        if api_version == "v3":
+            method = "POST"
+            params = {"jobId": str(job_id), "type": report_type,
+                      "filename": f"job_{job_id}_{report_type}_report.zip"}
+        else:
+            method, params = "GET", {"type": report_type}
+        started = time.monotonic()
+        for poll in range(self.max_polls + 1):
+            wait = self.send(method, url, params=params, what=what,
+                             handle=lambda r: self._save_report(r, target, what))
+            if wait is None:
+                return
+            if poll == self.max_polls:
+                break
+            delay = wait if wait > 0 else self.poll_interval
+            logger.info("%s is being generated; asking again in %.0f s (poll %d of %d)",
+                        what, delay, poll + 1, self.max_polls)
+            self._sleep(delay)
+        raise ReportNotReadyError(
+            f"{what} was still being generated after {self.max_polls} polls "
+            f"({time.monotonic() - started:.0f} s here): large jobs can take minutes; run the "
+            "download again later, or allow more polls (max_polls / poll_interval)",
+            url=self.redact(url), status=202,
+        )
+
+    def _save_report(self, response: httpx.Response, target: Path, what: str) -> float | None:
+        """Save a ready report; or return how long to wait (0 = default) on a 202."""
+        if response.status_code == 202:
+            _read_limited(response, 1 << 20, what)
+            return _retry_after(response) or 0.0
+        _stream_to_file(response, target, self.max_report_bytes, what)
+        head = _read_head(target)
+        if head.startswith(_ZIP_MAGIC):
+            try:
+                with zipfile.ZipFile(target):
+                    pass
+            except zipfile.BadZipFile as exc:
+                raise RetryableError(f"the report zip is damaged ({exc})") from None
+        elif head.lstrip().startswith(b"<"):
+            raise ServiceError(
+                f"{what}: the service sent an HTML page instead of the report (starts "
+                f"{head[:40]!r}); check the base URL {self.redact(self.base_url)}",
+                url=self.redact(str(response.request.url)), status=response.status_code,
+            )
+        return None
+
+
+# -- module helpers -------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _default_ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+def _check_report_type(report_type: str) -> None:
+    if report_type not in REPORT_TYPES:
+        raise ValueError(
+            f"unknown report type {report_type!r}: use one of {', '.join(REPORT_TYPES)}"
+        )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), if any."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def _server_message(response: httpx.Response) -> str:
+    """The message of a JSON error body (``{"error": {"message": …}}``), or its start."""
+    try:
+        body = _read_limited(response, 64 << 10, "error body", strict=False)
+    except httpx.HTTPError:
+        return response.reason_phrase or "no details"
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:200] or response.reason_phrase or "no details"
+    if isinstance(data, dict):
+        for key in ("error", "notice", "errors"):
+            value = data.get(key)
+            if isinstance(value, dict) and "message" in value:
+                return str(value["message"])[:200]
+            if isinstance(value, str | list):
+                return str(value)[:200]
+        if "message" in data:
+            return str(data["message"])[:200]
+    return text[:200]
+
+
+def _read_limited(response: httpx.Response, limit: int, what: str, *,
+                  strict: bool = True) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_bytes(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            if not strict:
+                break
+            raise ServiceError(f"{what}: the answer is larger than {limit} bytes",
+                               status=response.status_code)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _stream_to_file(response: httpx.Response, target: Path, limit: int, what: str) -> int:
+    """Stream the body into ``target``; a short body raises :class:`RetryableError`."""
+    total = 0
+    with open(target, "wb") as out:
+        for chunk in response.iter_bytes(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise ServiceError(
+                    f"{what}: the download is larger than the {limit}-byte limit; raise "
+                    "max_report_bytes if this job really is that large",
+                    status=response.status_code,
+                )
+            out.write(chunk)
+    check_complete(response, total)
+    return total
+
+
+def check_complete(response: httpx.Response, received: int) -> None:
+    """Raise :class:`RetryableError` when fewer bytes came than ``Content-Length`` said."""
+    declared = response.headers.get("content-length")
+    plain = not response.headers.get("content-encoding")
+    if plain and declared and declared.isdigit() and received != int(declared):
+        raise RetryableError(f"truncated body: got {received} of {declared} bytes")
+
+
+def _read_head(path: Path, size: int = 64) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
+@contextlib.contextmanager
+def _scratch_path(beside: Path) -> Iterator[Path]:
+    """A temporary file next to ``beside``, removed on exit whatever happens."""
+    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.cellcrowd-tmp-", suffix=".zip",
+                                dir=beside.parent)
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def extract_single_member(
+    zip_path: str | Path, dest: str | Path, *, max_bytes: int = 4 << 30,
+    source: str = "report zip",
+) -> str:
+    """Copy the one file inside ``zip_path`` to ``dest``; return the member's name.
+
+    The member's name is never used as a path (so ``../`` names cannot escape), its
+    uncompressed size is bounded by ``max_bytes`` (checked while copying, not only from
+    the header) and large members with an implausible compression ratio are refused
+    (zip bombs). The zip's CRC is checked as the member is read.
+    """
+    zip_path = Path(zip_path)
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as exc:
+        raise ReportError(f"{source} is not a valid zip ({exc}): download it again",
+                          path=zip_path) from None
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if len(members) != 1:
+            names = ", ".join(repr(m.filename) for m in members[:5]) or "none"
+            raise ReportError(
+                f"{source} holds {len(members)} files ({names}), expected exactly one; "
+                "download the report again or unzip it by hand",
+                path=zip_path,
+            )
+        info = members[0]
+        if info.flag_bits & 0x1:
+            raise ReportError(f"{source}: {info.filename!r} is encrypted", path=zip_path)
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > max_bytes or (
+            info.file_size > _RATIO_CHECK_ABOVE and ratio > _MAX_RATIO
+        ):
+            raise ReportError(
+                f"{source}: {info.filename!r} would unpack to {info.file_size} bytes "
+                f"({ratio:.0f}x its compressed size; limit {max_bytes} bytes, ratio "
+                f"{_MAX_RATIO}x): refusing a possible zip bomb",
+                path=zip_path,
+            )
+        written = 0
+        try:
+            with archive.open(info) as src, open(dest, "wb") as out:
+                while block := src.read(_CHUNK):
+                    written += len(block)
+                    if written > max_bytes:
+                        raise ReportError(
+                            f"{source}: {info.filename!r} unpacks to more than {max_bytes} "
+                            "bytes: refusing a possible zip bomb",
+                            path=zip_path,
+                        )
+                    out.write(block)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
+            raise ReportError(
+                f"{source}: {info.filename!r} is damaged ({exc}): download it again",
+                path=zip_path,
+            ) from None
+    return info.filename

@@ -1,0 +1,551 @@
+"""Job reports (full, aggregated, JSON lines) parsed into :class:`Judgment` records.
+
+A *full* report has one row per judgment; an *aggregated* one, one row per unit (the
+service's chosen answer); the *json* report one unit per line with every judgment in
+``results.judgments``. All three become the same :class:`Judgment` records, each holding
+the raw row (for JSON lines, a row shaped like the full report's) so the rows can be
+written back as CSV.
+
+Nothing is dropped silently: a row whose ``image_url`` is not a montage name, or whose
+annotation has no URL while ``broken_link`` is false, becomes a :class:`ReportProblem` in
+``Report.problems`` (and one warning line). Malformed values (annotation JSON, booleans,
+trust scores) and missing columns raise :class:`~cellcrowd.errors.ReportError` naming the
+file, the 1-based data row (or JSON line) and the column.
+
+Broken links
+    A montage is *still broken* when at least one judgment of it reported a broken link
+    and no judgment of it has a usable annotation. In the seed notebook the good
+    judgment comes later in the report (the row was re-uploaded and annotated); here any
+    good judgment of the same image clears its broken ones, so one worker's broken link
+    never discards another worker's annotation. :func:`write_broken_link_csvs` writes
+    ``CSV/job_{id}_{type}_report_broken_links.csv`` (every column of the broken rows of
+    still-broken montages) and ``CSV/job_{id}_reupload.csv`` (``identifier,image_url``,
+    one row per still-broken image). When nothing is still broken no file is written,
+    and stale ones from an earlier run are removed, so an old re-upload list is never
+    mistaken for a current one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from ..errors import InputError, ReportError
+from ..files import atomic_write_text, natural_key
+from ..layout import MontageKey, WorkingFolder, parse_montage_name
+
+__all__ = [
+    "FULL_REPORT_COLUMNS",
+    "JUDGMENT_REPORT_TYPES",
+    "Judgment",
+    "Report",
+    "ReportProblem",
+    "montage_from_url",
+    "parse_annotation_url",
+    "parse_bool",
+    "read_report",
+    "still_broken",
+    "write_broken_link_csvs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The service's own columns at the start of every full report, in order.
+FULL_REPORT_COLUMNS = (
+    "_unit_id", "_created_at", "_golden", "_id", "_missed", "_started_at", "_tainted",
+    "_channel", "_trust", "_worker_id", "_country", "_region", "_city", "_ip",
+)
+#: Report types that hold judgments (the others are read as plain CSVs).
+JUDGMENT_REPORT_TYPES = ("full", "aggregated", "json")
+
+_REQUIRED = {
+    "full": ("_unit_id", "_id", "image_url", "annotation"),
+    "aggregated": ("_unit_id", "image_url", "annotation"),
+}
+_TRUE = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE = frozenset({"false", "f", "no", "n", "0", ""})
+_FIELD_LIMIT = 1 << 27  # annotation JSON (polygons) can exceed csv's 128 kB default
+_REPORT_NAME = re.compile(r"^job_.+?_(?P<type>[a-z_]+?)_report\.csv$")
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """One judgment (one worker's answer for one unit) from a job report.
+
+    Attributes
+    ----------
+    unit_id, judgment_id, worker_id : str
+        The service's ids (``judgment_id`` is ``"aggregated"`` in an aggregated report).
+    trust : float or None
+        The worker's trust score (``annotation:confidence`` in an aggregated report).
+    tainted, golden : bool
+        Worker later failed quality control; the unit is a test question.
+    image_url, identifier : str
+        The uploaded montage and its identifier.
+    annotation_url : str or None
+        The annotation PNG, ``None`` when there is none.
+    broken_link : bool
+        The worker could not open the image.
+    montage : str
+        The montage name as uploaded (the ``image_url`` file name without suffix).
+    key : MontageKey
+        What the montage name says.
+    created_at : str
+        When the judgment was made, as the report writes it.
+    row_number : int
+        1-based data row (CSV) or line (JSON lines).
+    row : dict
+        Every column of the row, as read (JSON lines: shaped like a full report row).
+    """
+
+    unit_id: str
+    judgment_id: str
+    worker_id: str
+    trust: float | None
+    tainted: bool
+    golden: bool
+    image_url: str
+    identifier: str
+    annotation_url: str | None
+    broken_link: bool
+    montage: str
+    key: MontageKey
+    created_at: str = ""
+    row_number: int = 0
+    row: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False,
+                                   repr=False)
+
+    @property
+    def usable(self) -> bool:
+        """Not a broken link and has an annotation URL."""
+        return not self.broken_link and self.annotation_url is not None
+
+
+@dataclass(frozen=True)
+class ReportProblem:
+    """A report row that could not become a usable :class:`Judgment`, and why."""
+
+    row: int
+    unit_id: str
+    judgment_id: str
+    image_url: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"row {self.row} (unit {self.unit_id}): {self.reason}"
+
+
+class Report(list[Judgment]):
+    """The judgments of a report (a list), plus the rows that were not usable.
+
+    Attributes
+    ----------
+    problems : list of ReportProblem
+        Rows kept out of the list, each with the reason.
+    path : Path or None
+        The report file.
+    report_type : str
+        ``full``, ``aggregated`` or ``json``.
+    columns : tuple of str
+        The CSV header (JSON lines: the columns of the rebuilt rows).
+    """
+
+    def __init__(
+        self,
+        judgments: Iterable[Judgment] = (),
+        *,
+        problems: Iterable[ReportProblem] = (),
+        path: Path | None = None,
+        report_type: str = "full",
+        columns: Sequence[str] = (),
+    ) -> None:
+        super().__init__(judgments)
+        self.problems = list(problems)
+        self.path = path
+        self.report_type = report_type
+        self.columns = tuple(columns)
+
+
+# -- value parsing ---------------------------------------------------------------------------
+
+
+def parse_bool(value: object, *, path: Path | None = None, row: int | None = None,
+               column: str | None = None) -> bool:
+    """A report boolean: ``true``/``false`` in any case, ``""`` is false.
+
+    >>> parse_bool("TRUE"), parse_bool("false"), parse_bool(""), parse_bool(None)
+    (True, False, False, False)
+    """
+    if isinstance(value, bool):
+        return value
+    text = "" if value is None else str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ReportError(f"{value!r} is not a boolean: expected true or false (any case) "
+                      "or empty", path=path, row=row, column=column)
+
+
+def _parse_trust(value: object, *, path: Path | None, row: int, column: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ReportError(f"{value!r} is not a number: expected a trust score such as 0.87",
+                          path=path, row=row, column=column) from None
+
+
+def parse_annotation_url(value: object, *, path: Path | None = None, row: int | None = None,
+                         column: str = "annotation") -> str | None:
+    """The annotation PNG's URL from an ``annotation`` cell, or ``None`` when there is none.
+
+    The cell is JSON with a ``url`` (an object, or a list of them: the first with a URL
+    wins), or a bare URL. Empty cells give ``None``; malformed JSON raises ReportError.
+
+    >>> parse_annotation_url('{"url": "https://s.example/a.png", "instances": []}')
+    'https://s.example/a.png'
+    >>> parse_annotation_url("") is None
+    True
+    """
+    data: Any = value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if re.match(r"(?i)^https?://", text):
+            return text
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ReportError(
+                f"the annotation is not valid JSON ({exc.msg} at character {exc.pos}; "
+                f"starts {text[:60]!r}): the report may be cut or edited by hand; "
+                "download it again",
+                path=path, row=row, column=column,
+            ) from None
+    return _url_in(data)
+
+
+def _url_in(data: Any) -> str | None:
+    if isinstance(data, str):
+        text = data.strip()
+        return text if re.match(r"(?i)^\w+://", text) else None
+    if isinstance(data, dict):
+        url = data.get("url")
+        return url.strip() if isinstance(url, str) and url.strip() else None
+    if isinstance(data, list):
+        for item in data:
+            if (url := _url_in(item)) is not None:
+                return url
+    return None
+
+
+def montage_from_url(image_url: str) -> tuple[str, MontageKey]:
+    """The montage name (file name without suffix) of an uploaded image URL, and its key.
+
+    >>> montage_from_url("https://bucket.example/exp_x_1_y_0_montage_3.png")
+    ('exp_x_1_y_0_montage_3', MontageKey(identifier='exp', x=1, y=0, montage=3))
+    """
+    key = parse_montage_name(image_url)
+    name = unquote(urlparse(image_url).path) if "://" in image_url else image_url
+    stem = PurePosixPath(name.replace("\\", "/")).name
+    stem = re.sub(r"(?i)\.(png|tiff?|jpe?g)$", "", stem)
+    return stem, key
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def read_report(path: str | Path, *, report_type: str = "full") -> Report:
+    """Read a full, aggregated or JSON-lines report into :class:`Judgment` records.
+
+    Parameters
+    ----------
+    path : Path
+        The report (``wf.report_csv(job_id, report_type)``).
+    report_type : {"full", "aggregated", "json"}
+        What kind of report it is.
+
+    Returns
+    -------
+    Report
+        A list of judgments in report order, with ``.problems`` for the rows that could
+        not be used (each also logged once as a summary warning).
+    """
+    path = Path(path)
+    if report_type not in JUDGMENT_REPORT_TYPES:
+        raise ValueError(
+            f"report type {report_type!r} holds no judgments: use one of "
+            f"{', '.join(JUDGMENT_REPORT_TYPES)}"
+        )
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ReportError("report not found: download it first (cellcrowd download)",
+                          path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start}): is it "
+                          "still zipped?", path=path) from None
+    if not text.strip():
+        raise ReportError("the report is empty (not even a header row): download it again",
+                          path=path)
+    report = _read_json_lines(text, path) if report_type == "json" else _read_csv(
+        text, path, report_type)
+    if report.problems:
+        logger.warning(
+            "%s: %d row(s) could not be used, first: %s", path.name, len(report.problems),
+            report.problems[0],
+        )
+    return report
+
+
+def _read_csv(text: str, path: Path, report_type: str) -> Report:
+    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = tuple(reader.fieldnames or ())
+    for column in _REQUIRED[report_type]:
+        if column not in columns:
+            raise ReportError(
+                f"the {report_type} report has no {column!r} column; its columns are "
+                f"{', '.join(columns) or 'none'}: is this the {report_type} report of an "
+                "image annotation job?",
+                path=path, column=column,
+            )
+    judgments: list[Judgment] = []
+    problems: list[ReportProblem] = []
+    try:
+        for number, row in enumerate(reader, start=1):
+            clean = {k: (v if isinstance(v, str) else "") for k, v in row.items()
+                     if k is not None}
+            _add(_judgment_from_row(clean, path, number, report_type), judgments, problems)
+    except csv.Error as exc:
+        raise ReportError(f"malformed CSV ({exc})", path=path,
+                          row=reader.line_num) from None
+    return Report(judgments, problems=problems, path=path, report_type=report_type,
+                  columns=columns)
+
+
+def _add(item: Judgment | ReportProblem, judgments: list[Judgment],
+         problems: list[ReportProblem]) -> None:
+    if isinstance(item, Judgment):
+        judgments.append(item)
+    else:
+        problems.append(item)
+
+
+def _judgment_from_row(row: dict[str, str], path: Path, number: int,
+                       report_type: str) -> Judgment | ReportProblem:
+    aggregated = report_type == "aggregated"
+    fields = {
+        "unit_id": row.get("_unit_id", "").strip(),
+        "judgment_id": "aggregated" if aggregated else row.get("_id", "").strip(),
+        "worker_id": "" if aggregated else row.get("_worker_id", "").strip(),
+        "created_at": row.get("_last_judgment_at" if aggregated else "_created_at", ""),
+    }
+    trust_column = "annotation:confidence" if aggregated else "_trust"
+    return _make_judgment(
+        fields,
+        trust=_parse_trust(row.get(trust_column), path=path, row=number, column=trust_column),
+        tainted=parse_bool(row.get("_tainted"), path=path, row=number, column="_tainted"),
+        golden=parse_bool(row.get("_golden"), path=path, row=number, column="_golden"),
+        image_url=row.get("image_url", "").strip(),
+        identifier=row.get("identifier", "").strip(),
+        annotation=row.get("annotation"),
+        broken=row.get("broken_link"),
+        row=row, path=path, number=number,
+    )
+
+
+def _make_judgment(
+    ids: dict[str, str], *, trust: float | None, tainted: bool, golden: bool,
+    image_url: str, identifier: str, annotation: object, broken: object,
+    row: dict[str, str], path: Path, number: int,
+) -> Judgment | ReportProblem:
+    def problem(reason: str) -> ReportProblem:
+        return ReportProblem(number, ids["unit_id"], ids["judgment_id"], image_url, reason)
+
+    broken_link = parse_bool(broken, path=path, row=number, column="broken_link")
+    url = parse_annotation_url(annotation, path=path, row=number, column="annotation")
+    if not ids["unit_id"]:
+        return problem("no unit id (_unit_id is empty)")
+    try:
+        montage, key = montage_from_url(image_url)
+    except InputError:
+        return problem(f"image_url {image_url!r} is not a montage name "
+                       "('{identifier}_x_{X}_y_{Y}_montage_{M}.png'): was it uploaded by "
+                       "cellcrowd prepare?")
+    if url is not None and not re.match(r"(?i)^https?://", url):
+        return problem(f"annotation url {url!r} is not an http(s) URL")
+    if url is None and not broken_link:
+        return problem("the annotation has no url and broken_link is false: the worker "
+                       "submitted nothing")
+    return Judgment(
+        unit_id=ids["unit_id"], judgment_id=ids["judgment_id"], worker_id=ids["worker_id"],
+        trust=trust, tainted=tainted, golden=golden, image_url=image_url,
+        identifier=identifier or key.identifier, annotation_url=url,
+        broken_link=broken_link, montage=montage, key=key, created_at=ids["created_at"],
+        row_number=number, row=row,
+    )
+
+
+def _read_json_lines(text: str, path: Path) -> Report:
+    judgments: list[Judgment] = []
+    problems: list[ReportProblem] = []
+    columns: dict[str, None] = dict.fromkeys(FULL_REPORT_COLUMNS)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        unit = _json_unit(line, path, number)
+        unit_id = str(unit.get("id", "")).strip()
+        data = unit["data"]
+        raw_judgments = unit["results"]["judgments"]
+        if not raw_judgments:
+            problems.append(ReportProblem(number, unit_id, "", str(data.get("image_url", "")),
+                                          "the unit has no judgments yet"))
+            continue
+        for item in raw_judgments:
+            row = _full_row(unit_id, item, data, path, number)
+            columns.update(dict.fromkeys(row))
+            _add(_judgment_from_row(row, path, number, "full"), judgments, problems)
+    return Report(judgments, problems=problems, path=path, report_type="json",
+                  columns=tuple(columns))
+
+
+def _json_unit(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        unit = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"not valid JSON ({exc.msg} at character {exc.pos}): the report "
+                          "may be cut; download it again", path=path, row=number) from None
+    if not isinstance(unit, dict):
+        raise ReportError(f"expected a JSON object per line, got {type(unit).__name__}",
+                          path=path, row=number)
+    keys = ", ".join(unit) or "none"
+    for key, kind in (("id", (str, int)), ("data", dict), ("results", dict)):
+        if not isinstance(unit.get(key), kind):
+            raise ReportError(f"the unit has no valid {key!r}; its keys are {keys}",
+                              path=path, row=number, column=key)
+    if not isinstance(unit["results"].get("judgments"), list):
+        raise ReportError("the unit has no results.judgments list; results has "
+                          f"{', '.join(unit['results']) or 'nothing'}",
+                          path=path, row=number, column="results.judgments")
+    return unit
+
+
+def _full_row(unit_id: str, item: object, data: Mapping[str, Any], path: Path,
+              number: int) -> dict[str, str]:
+    """A JSON-lines judgment rebuilt as a full-report row (strings, full column names)."""
+    if not isinstance(item, dict):
+        raise ReportError(f"a judgment is {type(item).__name__}, expected an object",
+                          path=path, row=number, column="results.judgments")
+    answers: dict[str, Any] = item["data"] if isinstance(item.get("data"), dict) else {}
+    names = {"_created_at": "created_at", "_golden": "golden", "_id": "id",
+             "_missed": "missed", "_started_at": "started_at", "_tainted": "tainted",
+             "_channel": "external_type", "_trust": "worker_trust", "_worker_id": "worker_id",
+             "_country": "country", "_region": "region", "_city": "city", "_ip": "ip"}
+    row = {"_unit_id": unit_id}
+    row.update({column: _cell(item.get(key)) for column, key in names.items()})
+    row.update({str(k): _cell(v) for k, v in answers.items()})
+    row.update({str(k): _cell(v) for k, v in data.items() if str(k) not in row})
+    return row
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+# -- broken links ----------------------------------------------------------------------------
+
+
+def still_broken(judgments: Iterable[Judgment]) -> list[str]:
+    """Montages with a broken-link judgment and no usable one, in natural order."""
+    broken: set[str] = set()
+    good: set[str] = set()
+    for j in judgments:
+        if j.usable:
+            good.add(j.montage)
+        elif j.broken_link:
+            broken.add(j.montage)
+    return sorted(broken - good, key=natural_key)
+
+
+def write_broken_link_csvs(
+    judgments: Sequence[Judgment], report_csv: str | Path, wf: WorkingFolder,
+    job_id: int | str, *, report_type: str | None = None,
+) -> list[str]:
+    """Write the broken-link and re-upload CSVs; return the still-broken montage names.
+
+    Parameters
+    ----------
+    judgments : sequence of Judgment
+        The report's judgments (a :class:`Report` or any list).
+    report_csv : Path
+        The report they came from; its name gives the report type when
+        ``report_type`` is not given (``job_{id}_{type}_report.csv``).
+    wf : WorkingFolder
+        Where the CSVs go (``wf.broken_links_csv``, ``wf.reupload_csv``).
+    job_id : int or str
+        The job.
+
+    Returns
+    -------
+    list of str
+        Montage names (image file names without suffix) that no judgment annotated.
+    """
+    kind = report_type or _type_from_name(Path(report_csv), judgments)
+    broken_csv, reupload_csv = wf.broken_links_csv(job_id, kind), wf.reupload_csv(job_id)
+    names = still_broken(judgments)
+    if not names:
+        for stale in (broken_csv, reupload_csv):
+            if stale.exists():
+                logger.info("no broken links left: removing the old %s", stale.name)
+                stale.unlink()
+        return []
+    wanted = set(names)
+    rows = [j for j in judgments if j.broken_link and j.montage in wanted]
+    columns = list(getattr(judgments, "columns", ()) or ())
+    for j in rows:
+        columns.extend(k for k in j.row if k not in columns)
+    atomic_write_text(broken_csv, _csv_text(columns, (j.row for j in rows)))
+    first: dict[str, Judgment] = {}
+    for j in rows:
+        first.setdefault(j.montage, j)
+    reupload = ({"identifier": j.identifier, "image_url": j.image_url}
+                for j in sorted(first.values(), key=lambda j: natural_key(j.montage)))
+    atomic_write_text(reupload_csv, _csv_text(["identifier", "image_url"], reupload))
+    logger.warning("%d montage(s) still have broken links: listed in %s, ready to re-upload "
+                   "from %s", len(names), broken_csv.name, reupload_csv.name)
+    return names
+
+
+def _type_from_name(report_csv: Path, judgments: Sequence[Judgment]) -> str:
+    kind = getattr(judgments, "report_type", None)
+    match = _REPORT_NAME.match(report_csv.name)
+    if match:
+        return match["type"]
+    return kind if isinstance(kind, str) else "full"
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n",
+                            extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

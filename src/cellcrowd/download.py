@@ -1,0 +1,428 @@
+"""Annotation images of a job: fetched concurrently, verified, written atomically, resumable.
+
+Every judgment with an annotation is kept, one file each, at
+``wf.judgment_path(montage, unit, judgment)``. The seed notebook's single
+``wf.annotation_path(montage)`` (what the next stage reads) is a copy of one of them:
+
+* the only usable judgment of the montage, or, when there are several,
+* the first by this rule: untainted workers first, then the highest trust, then the
+  latest judgment (``_created_at``, then report order). The result records how many
+  judgments such montages had (a later stage merges them).
+
+Montages whose judgments all reported a broken link are skipped and listed
+(:func:`cellcrowd.appen.report.still_broken`).
+
+How a file is fetched
+    The body is streamed into a temporary file in the target folder, checked to be
+    complete (``Content-Length``), to be a PNG that decodes (``verify`` and ``load``), of
+    the montage size when the JSON logs tell it (else merely non-empty and at most
+    ``MAX_SIDE`` pixels a side), then renamed into place. 429, 5xx, connection errors and
+    truncated or undecodable bodies are retried by :meth:`AppenClient.send` (capped
+    backoff, ``Retry-After``); what still fails is recorded in
+    ``wf.failures_csv(job_id)`` (montage, unit, judgment, redacted URL, reason) and the run
+    goes on. A refused key on the API's own host stops the run (every request would fail
+    the same way). The API key is sent only to the API's host (scheme, host and port),
+    never to storage hosts.
+
+Reruns
+    A file already in place is checked cheaply (PNG signature, size in the header, the
+    closing ``IEND`` chunk; files only ever appear complete, by atomic rename) and
+    skipped, so a finished job makes no request on a rerun. A stale failures CSV is
+    removed when a rerun has no failures.
+
+Downloads run on a thread pool of ``concurrency`` threads sharing the client's
+connection pool, so that latency, not bandwidth, sets the pace only once per thread.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import struct
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from .appen.client import AppenClient, RetryableError, api_url_from_env, check_complete, get_api_key
+from .appen.report import Judgment, still_broken
+from .errors import (
+    AuthenticationError,
+    ConfigError,
+    DownloadError,
+    InputError,
+    ServiceError,
+)
+from .files import atomic_path, atomic_write_bytes, atomic_write_text, natural_key
+from .layout import WorkingFolder
+from .logs import read_logs
+
+__all__ = [
+    "MAX_SIDE",
+    "ChosenAnnotation",
+    "DownloadFailure",
+    "DownloadResult",
+    "download_annotations",
+    "expected_montage_shape",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Largest accepted side of an annotation image when the montage size is unknown.
+MAX_SIDE = 30_000
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_FAILURE_COLUMNS = ("montage", "unit", "judgment", "url", "reason")
+
+
+@dataclass(frozen=True)
+class DownloadFailure:
+    """A judgment whose annotation could not be fetched or verified."""
+
+    montage: str
+    unit: str
+    judgment: str
+    url: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ChosenAnnotation:
+    """The judgment copied to ``wf.annotation_path(montage)``, out of ``candidates``."""
+
+    montage: str
+    unit: str
+    judgment: str
+    path: Path
+    candidates: int
+
+
+@dataclass
+class DownloadResult:
+    """What :func:`download_annotations` did.
+
+    Attributes
+    ----------
+    requested : int
+        Judgments with an annotation URL.
+    downloaded, skipped_existing, failed : int
+        Fetched now; already in place and intact; failed after retries.
+    failures : list of DownloadFailure
+        The failed ones (also in ``failures_csv``).
+    chosen : dict
+        Montage name -> the judgment copied to ``wf.annotation_path``.
+    multiple : dict
+        Montage name -> number of usable judgments, for montages with more than one.
+    broken : list of str
+        Montages with only broken-link judgments (skipped).
+    missing : list of str
+        Montages with annotations none of which could be downloaded.
+    failures_csv : Path or None
+        Where the failures were written.
+    """
+
+    requested: int = 0
+    downloaded: int = 0
+    skipped_existing: int = 0
+    failed: int = 0
+    failures: list[DownloadFailure] = field(default_factory=list)
+    chosen: dict[str, ChosenAnnotation] = field(default_factory=dict)
+    multiple: dict[str, int] = field(default_factory=dict)
+    broken: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    failures_csv: Path | None = None
+
+
+def expected_montage_shape(wf: WorkingFolder) -> tuple[int, int] | None:
+    """The montage size ``(rows, cols)`` the JSON logs describe, or ``None`` if unknown."""
+    try:
+        chopper, montage = read_logs(wf.chopper_log, wf.montage_log)
+        return montage.layout(chopper.tile_grid().tile_shape).montage_shape
+    except InputError as exc:
+        logger.debug("montage size unknown (%s): checking annotation sizes loosely", exc)
+        return None
+
+
+def download_annotations(
+    judgments: Iterable[Judgment],
+    wf: WorkingFolder,
+    *,
+    job_id: int | str,
+    concurrency: int = 32,
+    api_key: str | None = None,
+    client: AppenClient | None = None,
+    progress: Callable[[int], None] | None = None,
+    expected_shape: tuple[int, int] | None = None,
+    max_bytes: int = 256 << 20,
+) -> DownloadResult:
+    """Download every judgment's annotation PNG; choose one per montage for the next stage.
+
+    Parameters
+    ----------
+    judgments : iterable of Judgment
+        From :func:`cellcrowd.appen.report.read_report`.
+    wf : WorkingFolder
+        Where files go (``wf.judgment_path``, ``wf.annotation_path``, ``wf.failures_csv``).
+    job_id : int or str
+        The job (names the failures CSV).
+    concurrency : int
+        Downloads in flight at once.
+    api_key : str, optional
+        Used when ``client`` is not given; default from the environment (see
+        :func:`cellcrowd.appen.client.get_api_key`), else no key (public storage URLs).
+    client : AppenClient, optional
+        The client (its base URL decides which host gets the key; its retry settings and
+        sleep apply). Default: a new one for ``CELLCROWD_API_URL``.
+    progress : callable, optional
+        Called with 1 after each judgment.
+    expected_shape : (int, int), optional
+        Montage size to check; default from the JSON logs when they tell it.
+    max_bytes : int
+        Largest accepted annotation file.
+
+    Returns
+    -------
+    DownloadResult
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    judgments = list(judgments)
+    tasks = list({(j.montage, j.unit_id, j.judgment_id): j
+                  for j in judgments if j.usable}.values())
+    shape = expected_shape if expected_shape is not None else expected_montage_shape(wf)
+    own = client is None
+    if client is None:
+        client = AppenClient(api_key if api_key is not None else _key_from_env(),
+                             base_url=api_url_from_env(), max_connections=concurrency)
+    result = DownloadResult(requested=len(tasks))
+    done: list[tuple[Judgment, Path]] = []
+    workers = max(1, min(concurrency, client.max_connections, len(tasks)))
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellcrowd-dl") as pool:
+            _run(pool, tasks, wf, client, shape, max_bytes, progress, result, done)
+            copies = _choose(judgments, done, result)
+            list(pool.map(_copy_if_changed, copies.values(),
+                          [wf.annotation_path(m) for m in copies]))
+    finally:
+        if own:
+            client.close()
+    result.failures_csv = _write_failures(result.failures, wf, job_id)
+    logger.info(
+        "job %s: %d annotations: %d downloaded, %d already there, %d failed; %d montages "
+        "with several judgments, %d broken, %d missing",
+        job_id, result.requested, result.downloaded, result.skipped_existing, result.failed,
+        len(result.multiple), len(result.broken), len(result.missing),
+    )
+    return result
+
+
+def _key_from_env() -> str | None:
+    try:
+        return get_api_key(prompt=False)
+    except ConfigError:
+        logger.debug("no API key in the environment: annotations are fetched without one")
+        return None
+
+
+def _run(
+    pool: ThreadPoolExecutor, tasks: list[Judgment], wf: WorkingFolder, client: AppenClient,
+    shape: tuple[int, int] | None, max_bytes: int, progress: Callable[[int], None] | None,
+    result: DownloadResult, done: list[tuple[Judgment, Path]],
+) -> None:
+    futures: dict[Future[str | DownloadFailure], tuple[Judgment, Path]] = {}
+    for j in tasks:
+        path = wf.judgment_path(j.montage, j.unit_id, j.judgment_id)
+        futures[pool.submit(_fetch_one, client, j, path, shape, max_bytes)] = (j, path)
+    try:
+        for future in as_completed(futures):
+            outcome = future.result()
+            if isinstance(outcome, DownloadFailure):
+                result.failed += 1
+                result.failures.append(outcome)
+            else:
+                if outcome == "downloaded":
+                    result.downloaded += 1
+                else:
+                    result.skipped_existing += 1
+                done.append(futures[future])
+            if progress is not None:
+                progress(1)
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    result.failures.sort(key=lambda f: (natural_key(f.montage), f.unit, f.judgment))
+
+
+def _fetch_one(
+    client: AppenClient, j: Judgment, target: Path, shape: tuple[int, int] | None,
+    max_bytes: int,
+) -> str | DownloadFailure:
+    """Fetch one annotation: ``"downloaded"``, ``"existing"`` or a failure record."""
+    url = j.annotation_url or ""
+    if target.exists():
+        problem = _quick_check(target, shape)
+        if problem is None:
+            return "existing"
+        logger.info("%s is damaged (%s): downloading it again", target.name, problem)
+    what = f"annotation of {j.montage} (unit {j.unit_id}, judgment {j.judgment_id})"
+    try:
+        with atomic_path(target) as tmp:
+            client.send("GET", url, what=what,
+                        handle=lambda r: _save_png(r, tmp, shape, max_bytes, what))
+    except AuthenticationError:
+        raise  # the API refused the key: every other request would fail the same way
+    except (ServiceError, DownloadError) as exc:
+        return _failure(client, j, url, str(exc))
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        return _failure(client, j, url, f"bad URL ({exc})")
+    return "downloaded"
+
+
+def _failure(client: AppenClient, j: Judgment, url: str, reason: str) -> DownloadFailure:
+    logger.warning("%s, unit %s, judgment %s: %s", j.montage, j.unit_id, j.judgment_id,
+                   client.redact(reason))
+    return DownloadFailure(j.montage, j.unit_id, j.judgment_id, client.redact(url),
+                           client.redact(reason))
+
+
+def _save_png(response: httpx.Response, tmp: Path, shape: tuple[int, int] | None,
+              max_bytes: int, what: str) -> None:
+    received = 0
+    with open(tmp, "wb") as out:
+        for chunk in response.iter_bytes(1 << 16):
+            received += len(chunk)
+            if received > max_bytes:
+                raise DownloadError(f"{what} is larger than {max_bytes} bytes",
+                                    url=str(response.request.url))
+            out.write(chunk)
+    check_complete(response, received)
+    _verify_png(tmp, shape, what, str(response.request.url))
+
+
+def _verify_png(path: Path, shape: tuple[int, int] | None, what: str, url: str) -> None:
+    """Raise DownloadError (wrong content) or RetryableError (damaged, maybe cut) if bad."""
+    with open(path, "rb") as fh:
+        head = fh.read(32)
+    if not head.startswith(_PNG_SIGNATURE):
+        raise DownloadError(f"{what} is not a PNG (starts {head[:16]!r})", url=url)
+    problem = _size_problem(_png_size(head), shape)
+    if problem:
+        raise DownloadError(f"{what}: {problem}", url=url)
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise RetryableError(f"damaged PNG ({exc})") from None
+
+
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    """``(rows, cols)`` from a PNG's IHDR chunk, or None when there is none."""
+    if len(head) < 24 or head[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", head[16:24])
+    return height, width
+
+
+def _size_problem(size: tuple[int, int] | None, shape: tuple[int, int] | None) -> str | None:
+    if size is None:
+        return "no PNG header (IHDR)"
+    if shape is not None and size != tuple(shape):
+        return (f"the image is {size[0]}x{size[1]} pixels but the montages of this job are "
+                f"{shape[0]}x{shape[1]}: is the report from another job?")
+    if not (0 < size[0] <= MAX_SIDE and 0 < size[1] <= MAX_SIDE):
+        return f"implausible image size {size[0]}x{size[1]} (at most {MAX_SIDE} a side)"
+    return None
+
+
+def _quick_check(path: Path, shape: tuple[int, int] | None) -> str | None:
+    """Why an existing file is not a complete PNG of the right size (None if it is)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(32)
+            fh.seek(max(0, path.stat().st_size - len(_IEND)))
+            tail = fh.read()
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if not head.startswith(_PNG_SIGNATURE):
+        return "not a PNG"
+    if tail != _IEND:
+        return "no closing IEND chunk (cut short)"
+    return _size_problem(_png_size(head), shape)
+
+
+# -- one annotation per montage -----------------------------------------------------------
+
+
+def _timestamp(text: str) -> float:
+    text = text.strip()
+    for fmt in ("%m/%d/%Y %H:%M:%S", "%m/%d/%Y %H:%M"):
+        try:
+            return datetime.strptime(text, fmt).timestamp()
+        except ValueError:
+            pass
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return -math.inf
+
+
+def _rank(j: Judgment) -> tuple[bool, float, float, int, str, str]:
+    """Sort key: untainted first, then highest trust, then latest, then last in report."""
+    trust = j.trust if j.trust is not None else -math.inf
+    return (j.tainted, -trust, -_timestamp(j.created_at), -j.row_number, j.unit_id,
+            j.judgment_id)
+
+
+def _choose(judgments: list[Judgment], done: list[tuple[Judgment, Path]],
+            result: DownloadResult) -> dict[str, Path]:
+    """Fill ``chosen``, ``multiple``, ``broken``, ``missing``; return montage -> file to copy."""
+    copies: dict[str, Path] = {}
+    by_montage: dict[str, list[tuple[Judgment, Path]]] = {}
+    for j, path in done:
+        by_montage.setdefault(j.montage, []).append((j, path))
+    for montage in sorted(by_montage, key=natural_key):
+        candidates = by_montage[montage]
+        best, path = min(candidates, key=lambda item: _rank(item[0]))
+        if len(candidates) > 1:
+            result.multiple[montage] = len(candidates)
+        copies[montage] = path
+        result.chosen[montage] = ChosenAnnotation(montage, best.unit_id, best.judgment_id,
+                                                  path, len(candidates))
+    result.broken = still_broken(judgments)
+    wanted = {j.montage for j in judgments if j.usable}
+    result.missing = sorted(wanted - by_montage.keys(), key=natural_key)
+    return copies
+
+
+def _copy_if_changed(src: Path, dst: Path) -> None:
+    data = src.read_bytes()
+    if dst.exists() and dst.stat().st_size == len(data) and dst.read_bytes() == data:
+        return
+    atomic_write_bytes(dst, data)
+
+
+def _write_failures(failures: list[DownloadFailure], wf: WorkingFolder,
+                    job_id: int | str) -> Path | None:
+    path = wf.failures_csv(job_id)
+    if not failures:
+        if path.exists():
+            logger.info("no failures this time: removing the old %s", path.name)
+            path.unlink()
+        return None
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_FAILURE_COLUMNS)
+    writer.writerows([f.montage, f.unit, f.judgment, f.url, f.reason] for f in failures)
+    atomic_write_text(path, buf.getvalue())
+    logger.warning("%d annotation(s) could not be downloaded: see %s (run again to retry them)",
+                   len(failures), path)
+    return path
