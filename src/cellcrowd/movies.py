@@ -43,10 +43,12 @@ from .logs import ChopperLog, MontageLog, read_logs
 __all__ = [
     "ItemResult",
     "MissingMontage",
+    "MovieGeometry",
     "MoviesResult",
     "montages_to_movies",
     "raw_to_movies",
     "read_label_montage",
+    "read_movie_geometry",
 ]
 
 logger = logging.getLogger(__name__)
@@ -117,7 +119,7 @@ class MoviesResult:
 
 
 @dataclass(frozen=True)
-class _Movie:
+class MovieGeometry:
     """Everything the logs (and the raw folder, for old logs) say about the movie."""
 
     wf: WorkingFolder
@@ -139,7 +141,12 @@ def _raw_paths(wf: WorkingFolder) -> list[Path]:
     return list_images(wf.raw) if wf.raw.is_dir() else []
 
 
-def _read_movie(wf: WorkingFolder) -> _Movie:
+def read_movie_geometry(wf: WorkingFolder) -> MovieGeometry:
+    """The tile grid, montage log and movie length of a working folder, from its logs.
+
+    Old logs without the frame size or frame count are completed from the raw
+    frames; the returned working folder has its padding widened to fit.
+    """
     chopper, mlog = read_logs(wf.chopper_log, wf.montage_log)
     raw_paths = _raw_paths(wf)
     has_size = chopper.original_y is not None and chopper.original_x is not None
@@ -166,7 +173,7 @@ def _read_movie(wf: WorkingFolder) -> _Movie:
     wf = wf.with_counts(num_x=grid.num_x, num_y=grid.num_y,
                         frames=num_frames if num_frames is not None else count * length,
                         montages=count)
-    return _Movie(wf, chopper, mlog, grid, count, num_frames, raw_paths)
+    return MovieGeometry(wf, chopper, mlog, grid, count, num_frames, raw_paths)
 
 
 def _run(
@@ -304,7 +311,7 @@ def montages_to_movies(
     InputError
         A name in ``skip`` is not a montage name.
     """
-    movie = _read_movie(wf)
+    movie = read_movie_geometry(wf)
     wf = movie.wf
     skipped = _skip_keys(skip)
     found = _found_labels(wf)
@@ -389,7 +396,7 @@ def raw_to_movies(
     InputError
         The raw folder is missing, empty, or holds fewer frames than the logs say.
     """
-    movie = _read_movie(wf)
+    movie = read_movie_geometry(wf)
     wf = movie.wf
     if not movie.raw_paths:
         raise InputError("no raw frames found: set the raw folder of this movie", path=wf.raw)

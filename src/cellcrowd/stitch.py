@@ -869,9 +869,9 @@ def stitch_movies(
     InputError
         The movie has more than 65535 cells (they do not fit 16-bit label frames).
     """
-    from .movies import _read_movie  # the movies stage's reading of the logs
+    from .movies import read_movie_geometry
 
-    movie = _read_movie(wf)
+    movie = read_movie_geometry(wf)
     wf, grid = movie.wf, movie.grid
     tasks = [_PartTask(wf, grid, m + 1, movie.frames_in(m), min_iou) for m in range(movie.count)]
     results = executor.map(_stitch_part, tasks) if executor is not None else map(
