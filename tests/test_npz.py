@@ -1,24 +1,36 @@
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from cellcrowd.demo import ExampleSettings, make_example
 from cellcrowd.errors import InputError
 from cellcrowd.export.npz import (
+    TrainingArrays,
     build_training_arrays,
     load_npz,
     load_part,
+    save_npz,
+    write_full_movie_npz,
     write_part_npz,
     write_parts_npz,
+    write_stitched_movie_npz,
 )
-from cellcrowd.files import write_image
+from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import Position
 from cellcrowd.layout import WorkingFolder
-from cellcrowd.logs import MontageLog, write_log
+from cellcrowd.logs import MontageLog, read_chopper_log, write_log
+from cellcrowd.movies import montages_to_movies, raw_to_movies
+from cellcrowd.pipeline import working_folder
+from cellcrowd.stitch import read_stitched, stitch_movies
 
 POSITIONS = [Position(x, y) for x in range(2) for y in range(2)]
 
@@ -251,3 +263,167 @@ def test_unknown_samples_to_drop_are_reported(
     assert len(data.positions) == 3
     assert "match no position folder" in caplog.text
     assert "x=9" in caplog.text
+
+
+# -- whole movies ---------------------------------------------------------------------------
+
+MOVIE = ExampleSettings(frames=15, shape=(96, 96), cells=6, divisions=1, montage_len=5,
+                        row_length=5)  # 2x2 tiles, 3 parts of 5 frames
+
+
+@pytest.fixture(scope="module")
+def movie_job(tmp_path_factory: pytest.TempPathFactory) -> tuple[WorkingFolder, Any, Any]:
+    """A prepared 3-part movie whose label montages are the truth with ids shuffled per
+    montage (as independent annotators number cells), cut into movies."""
+    example = make_example(tmp_path_factory.mktemp("movie"), MOVIE)
+    wf = working_folder(example.config)
+    rng = np.random.default_rng(7)
+    for path in sorted(wf.truth.glob("*_truth.png")):
+        truth = read_image(path).astype(np.int64)
+        ids = rng.permutation(np.arange(1, int(truth.max()) + 1)) + 100
+        shuffled = np.concatenate([[0], ids])[truth]
+        write_image(wf.label_path(path.name[: -len("_truth.png")]), shuffled.astype(np.uint16))
+    montages_to_movies(wf)
+    raw_to_movies(wf)
+    grid = read_chopper_log(wf.chopper_log).tile_grid()
+    return wf, example.movie, grid
+
+
+def _copy_job(movie_job: tuple[WorkingFolder, Any, Any], dest: Path) -> WorkingFolder:
+    wf = movie_job[0]
+    shutil.copytree(wf.base, dest)
+    return replace(wf, base=dest, raw=dest / "raw", annotations=dest / wf.annotations.name)
+
+
+def _boundary_ids(y: np.ndarray, truth: np.ndarray, starts: list[int]
+                  ) -> list[tuple[int, int, int, int]]:
+    """(boundary, truth id, id before, id after) for every truth cell clearly present on
+    both sides of a part boundary (mask IoU >= 0.5, 20+ px) in one position's movie."""
+    out = []
+    for b in starts[1:]:
+        for g in np.intersect1d(np.unique(truth[b - 1]), np.unique(truth[b])):
+            before, after = truth[b - 1] == g, truth[b] == g
+            iou = (before & after).sum() / (before | after).sum()
+            if g == 0 or iou < 0.5 or min(before.sum(), after.sum()) < 20:
+                continue
+            (id_before,), (id_after,) = np.unique(y[b - 1][before]), np.unique(y[b][after])
+            out.append((b, int(g), int(id_before), int(id_after)))
+    return out
+
+
+def test_full_movie_keeps_one_id_per_cell_across_parts(
+    movie_job: tuple[WorkingFolder, Any, Any]
+) -> None:
+    wf, movie, grid = movie_job
+    path = write_full_movie_npz(wf, compressed=False)
+    assert path == wf.npz_full_movie
+    data = load_npz(path)
+    with np.load(path) as raw:
+        assert bool(raw["linked"])
+        starts = [int(s) for s in raw["part_starts"]]
+    assert data.linked
+    assert starts == [0, 5, 10]
+    assert data.X.shape == (4, 15, *grid.tile_shape, 1)
+    assert data.y.shape == (4, 15, *grid.tile_shape, 1)
+    assert (data.part, data.frame_offset, data.missing_positions) == (0, 0, [])
+    unlinked = load_npz(write_full_movie_npz(wf, link=False))
+    np.testing.assert_array_equal(unlinked.X, data.X)
+    checked = changed = 0
+    for i, name in enumerate(data.positions):
+        x, y = (int(v) for v in name.split("_")[1::2])
+        truth = np.stack([grid.tile(f, Position(x, y)) for f in movie.labels])
+        ys = data.y[i, ..., 0]
+        # every part is the truth, relabelled; ids run 1..n over the whole movie
+        for s, e in zip(starts, [*starts[1:], 15], strict=True):
+            assert _same_partition(ys[s:e], truth[s:e]), (name, s)
+        assert np.array_equal(np.unique(ys), np.arange(len(np.unique(ys))))
+        for b, g, before, after in _boundary_ids(ys, truth, starts):
+            assert before == after, (name, b, g)
+            checked += 1
+        for _b, _g, before, after in _boundary_ids(unlinked.y[i, ..., 0], truth, starts):
+            changed += before != after
+    assert checked >= 10
+    assert changed >= checked // 2  # without linking the shuffled ids do not carry over
+    np.testing.assert_array_equal(data.X[..., 0][:, 5:10], load_npz(
+        write_part_npz(wf, 2)).X[..., 0])
+
+
+def test_full_movie_needs_a_position_annotated_in_every_part(
+    movie_job: tuple[WorkingFolder, Any, Any], tmp_path: Path
+) -> None:
+    wf = _copy_job(movie_job, tmp_path / "work")
+    for part, pos in ((1, Position(0, 0)), (2, Position(0, 1)), (3, Position(1, 0)),
+                      (3, Position(1, 1))):
+        shutil.rmtree(wf.annotated_dir(part, pos))
+    with pytest.raises(InputError, match="no position is annotated in every part"):
+        write_full_movie_npz(wf)
+    wf = _copy_job(movie_job, tmp_path / "other")
+    shutil.rmtree(wf.annotated_dir(2, Position(0, 0)))
+    data = load_npz(write_full_movie_npz(wf, samples_to_drop=["x_01_y_01"]))
+    assert data.positions == ["x_00_y_01", "x_01_y_00"]
+    assert data.missing_positions == ["x_00_y_00"]
+    assert data.X.shape[:2] == (2, 15)
+
+
+def test_full_movie_parts_without_a_log(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                        ) -> None:
+    wf = WorkingFolder(tmp_path, "exp")
+    with pytest.raises(InputError, match="no part folders"):
+        write_full_movie_npz(wf)
+    parts = [_write_part(wf, part, frames=2, seed=part) for part in (1, 2)]
+    with caplog.at_level(logging.WARNING, logger="cellcrowd.export.npz"):
+        data = load_npz(write_full_movie_npz(wf))
+    assert "parts taken from the movies folder" in caplog.text
+    assert data.X.shape == (4, 4, 6, 7, 1)
+    np.testing.assert_array_equal(data.X[1, 2:, ..., 0], parts[1][POSITIONS[1]][0])
+
+
+def test_stitched_movie_npz(movie_job: tuple[WorkingFolder, Any, Any], tmp_path: Path
+                            ) -> None:
+    wf = _copy_job(movie_job, tmp_path / "work")
+    with pytest.raises(InputError, match=r"stitched.annotated: folder not found"):
+        write_stitched_movie_npz(wf)
+    stitch_movies(wf)
+    path = write_stitched_movie_npz(wf)
+    assert path == wf.npz_stitched_movie
+    raw, labels, lineage = read_stitched(wf)
+    data = load_npz(path)
+    assert data.X.shape == (1, 15, 96, 96, 1)
+    assert data.y.shape == (1, 15, 96, 96, 1)
+    assert data.X.dtype == np.float32
+    assert data.y.dtype == np.int32
+    assert raw is not None
+    np.testing.assert_array_equal(data.X[0, ..., 0], raw)
+    np.testing.assert_array_equal(data.y[0, ..., 0], labels)
+    assert data.positions == ["stitched"]
+    assert data.linked
+    with np.load(path) as saved:
+        assert {int(k): v for k, v in json.loads(str(saved["lineage"])).items()} == lineage
+    assert _same_partition(data.y[0, ..., 0], movie_job[1].labels)
+    with pytest.raises(InputError, match=r"channels \[2\] do not select"):
+        write_stitched_movie_npz(wf, channels=[2])
+    for frame in sorted((wf.stitched / "raw").iterdir()):
+        write_image(frame, np.zeros((8, 8), np.uint16))
+    with pytest.raises(InputError, match="stitched raw frames are 8x8 but the label frames"):
+        write_stitched_movie_npz(wf)
+    shutil.rmtree(wf.stitched / "raw")
+    with pytest.raises(InputError, match="no stitched raw frames"):
+        write_stitched_movie_npz(wf)
+
+
+def test_save_npz_extra_keys_must_not_replace_standard_ones(tmp_path: Path) -> None:
+    data = TrainingArrays(np.zeros((1, 1, 2, 2, 1), np.float32),
+                          np.zeros((1, 1, 2, 2, 1), np.int32), ["x_00_y_00"], [])
+    with pytest.raises(ValueError, match=r"extra keys \['part'\] would replace"):
+        save_npz(tmp_path / "a.npz", data, part=1, identifier="e", frame_offset=0,
+                 extra={"part": 3})
+    path = save_npz(tmp_path / "b.npz", data, part=1, identifier="e", frame_offset=0,
+                    extra={"note": np.str_("hi")})
+    with np.load(path) as saved:
+        assert str(saved["note"]) == "hi"
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    bijective = len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
+    return bool(bijective and ((pairs[0] == 0) == (pairs[1] == 0)).all())

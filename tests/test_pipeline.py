@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,14 +112,31 @@ def test_full_run_writes_every_output_and_a_rerun_does_nothing(
     assert (wf.ctc / "01_GT" / "TRA" / "man_track.txt").is_file()
     finished = [c[1] for c in progress.calls if c[0] == "finish"]
     assert finished == list(STAGES)
-    assert sum(c[2] for c in progress.calls if c[0] == "advance" and c[1] == "clean") == len(
-        summary.stage("clean").outputs) + sum(
-        1 for u in summary.stage("clean").skipped if "unusable" in u.reason)
+    clean_total = [c[2] for c in progress.calls if c[0] == "start" and c[1] == "clean"][-1]
+    assert clean_total == sum(
+        c[2] for c in progress.calls if c[0] == "advance" and c[1] == "clean")
 
     # The labels match the truth up to relabelling, montage by montage.
-    for label_path in summary.stage("clean").outputs[:4]:
+    labels = _label_files(summary, wf)
+    assert len(labels) == summary.stage("clean").counts["cleaned"] >= 4
+    for label_path in labels:
         name = label_path.name[: -len("_labels.png")]
         _assert_same_partition(read_image(label_path), read_image(wf.truth_path(name)))
+
+    # The QC report is the last stage: a page naming the montages, and its overlays.
+    qc = summary.stage("qc")
+    assert qc.status == "ran"
+    assert wf.qc_index in qc.outputs
+    page = wf.qc_index.read_text(encoding="utf-8")
+    for label_path in labels:
+        assert label_path.name[: -len("_labels.png")] in page
+    overlays = [p for p in qc.outputs if p != wf.qc_index]
+    assert overlays
+    assert all(p.is_file() and p.parent == wf.qc for p in overlays)
+    assert qc.counts["overlays"] == len(overlays)
+    merged = re.search(r"montages merged from several judgments</td>\s*<td[^>]*>(\d+)<", page)
+    assert merged is not None
+    assert int(merged[1]) == summary.stage("clean").counts["montages_merged"] >= 1
 
     # Broken links flow through: the montage is named, and its position leaves its part.
     broken = [u.unit for u in report.skipped if u.reason.startswith("broken link")]
@@ -182,6 +200,12 @@ def test_failed_downloads_are_named_retried_and_flow_through(
         assert not wf.failures_csv(cfg.job_id).exists()
 
 
+def _label_files(summary: pipeline.RunSummary, wf: Any) -> list[Path]:
+    """The clean stage's label montages (not its per-judgment files or reports)."""
+    return [p for p in summary.stage("clean").outputs
+            if p.parent == wf.labels and p.name.endswith("_labels.png")]
+
+
 def _no_key() -> str:
     raise AssertionError("the API key must not be asked for when nothing is to be done")
 
@@ -221,7 +245,8 @@ def test_changing_min_size_redoes_clean_and_only_what_depends_on_it(
 def test_other_report_types_and_the_v3_api(job: tuple[Any, Config], cfg: Config) -> None:
     full = run(cfg)
     units = full.stage("report").counts["units"]
-    cleaned = full.stage("clean").outputs
+    wf = pipeline.working_folder(cfg)
+    cleaned = _label_files(full, wf)
     for report_type, version in (("aggregated", "v1"), ("json", "v3")):
         other = cfg.with_overrides({"service.report_type": report_type,
                                     "service.api_version": version})
@@ -233,7 +258,7 @@ def test_other_report_types_and_the_v3_api(job: tuple[Any, Config], cfg: Config)
             assert counts["judgments"] == units  # one row per unit
         else:
             assert counts["judgments"] == full.stage("report").counts["judgments"]
-        assert summary.stage("clean").outputs == cleaned
+        assert _label_files(summary, wf) == cleaned
         wf = pipeline.working_folder(other)
         assert wf.report_csv(cfg.job_id, report_type).is_file()
         # the previous type's report is no longer an output of the report stage
@@ -257,7 +282,7 @@ def test_from_until_force_and_outputs_off(cfg: Config) -> None:
     off = cfg.with_overrides({"outputs.trk": False, "outputs.ctc": False})
     summary = run(off, from_stage="movies", until_stage="npz")
     assert [s.status for s in summary.stages] == ["not-selected"] * 3 + ["ran", "ran"] + [
-        "not-selected", "disabled", "disabled"]
+        "not-selected", "disabled", "disabled", "not-selected"]
     wf = pipeline.working_folder(cfg)
     data = load_npz(wf.npz_part(1))
     assert data.X.shape == (4, 5, *pipeline._montage_log(wf).layout(
@@ -298,13 +323,16 @@ def test_outputs_are_checked_and_stale_files_removed(cfg: Config) -> None:
     wf.trk.write_bytes(b"changed")
     assert "was changed" in status(full).stage("trk").reason
     summary = run(full, from_stage="movies")
-    assert summary.ran == ["npz", "trk"]
+    assert summary.ran == ["npz", "trk"]  # same bytes again: nothing after them reruns
     assert wf.npz_part(2).is_file()
-    # Turning the full movie off redoes npz, and its old file goes.
+    # Turning the full movie off redoes npz and stitch (which writes the stitched movie's
+    # .npz), and their old files go.
     assert wf.npz_full_movie.is_file()
+    assert wf.npz_stitched_movie.is_file()
     summary = run(cfg, from_stage="movies")
-    assert summary.ran == ["npz"]
+    assert summary.ran == ["npz", "stitch", "trk", "ctc", "qc"]
     assert not wf.npz_full_movie.exists()
+    assert not wf.npz_stitched_movie.exists()
     assert wf.npz_part(2).is_file()
 
 
@@ -391,8 +419,12 @@ def test_full_movie_npz_and_executor(cfg: Config) -> None:
     parts = [load_npz(wf.npz_part(p)) for p in range(1, 5)]
     assert data.X.shape[1] == SETTINGS.frames
     assert data.positions == parts[0].positions
-    np.testing.assert_array_equal(data.y[:, 5:10], parts[1].y)
+    assert data.linked
     np.testing.assert_array_equal(data.X[:, 15:20], parts[3].X)
+    # ids are joined across parts (renumbered), so each part is a relabelling of its npz
+    for i in range(len(data.positions)):
+        _assert_same_partition(data.y[i, 5:10], parts[1].y[i])
+    assert not wf.npz_stitched_movie.exists()  # the stitch stage writes that one
 
 
 def test_outputs_config_validation() -> None:

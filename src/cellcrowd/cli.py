@@ -7,7 +7,7 @@
     cellcrowd run CONFIG [--from S] [--until S] [--force S] [--workers N] [--scheduler ADDR]
     cellcrowd status CONFIG                  what is done, what is left, what was skipped
     cellcrowd prepare CONFIG                 raw movie -> montages, logs, upload CSV
-    cellcrowd report|fetch|clean|movies|npz|stitch CONFIG    one stage
+    cellcrowd report|fetch|clean|movies|npz|stitch|qc CONFIG    one stage
     cellcrowd export trk|ctc CONFIG          one export
     cellcrowd emulator serve FOLDER          the emulated annotation service, for a prepared folder
 
@@ -40,7 +40,7 @@ __all__ = ["main"]
 
 logger = logging.getLogger("cellcrowd.cli")
 
-_STAGE_COMMANDS = ("report", "fetch", "clean", "movies", "npz", "stitch")
+_STAGE_COMMANDS = ("report", "fetch", "clean", "movies", "npz", "stitch", "qc")
 _EXPORTS = ("trk", "ctc")
 
 
@@ -253,19 +253,37 @@ def _counts_text(counts: Any) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
 
 
+def _relative(path: Path, base: Path) -> Path:
+    with contextlib.suppress(ValueError):
+        return path.relative_to(base)
+    return path
+
+
+def _qc_page(stage: Any) -> Path | None:
+    """The QC report's page among a stage's outputs (None for other stages)."""
+    if stage.name != "qc":
+        return None
+    return next((p for p in stage.outputs if p.name == "index.html"), None)
+
+
 def _where(stage: Any, base: Path) -> str:
     """The stage's output file or folder, relative to the working folder when inside it."""
+    page = _qc_page(stage)
+    if page is not None:
+        others = len(stage.outputs) - 1
+        more = f" (+{others} overlay{'s' if others != 1 else ''})" if others else ""
+        return f"{_relative(page, base)}{more}"
     where = stage.location
     if where is None:
         return ""
-    with contextlib.suppress(ValueError):
-        where = where.relative_to(base)
+    where = _relative(where, base)
     if len(stage.outputs) > 1:
         return f"{where}/ ({len(stage.outputs)} files)"
     return str(where)
 
 
-def _show_summary(ui: _Ui, summary: Any, title: str = "cellcrowd run") -> None:
+def _show_summary(ui: _Ui, summary: Any, title: str = "cellcrowd run", *,
+                  show_qc: bool = True) -> None:
     from rich.table import Table
     from rich.text import Text
 
@@ -278,12 +296,26 @@ def _show_summary(ui: _Ui, summary: Any, title: str = "cellcrowd run") -> None:
     ui.print(table)
     _show_totals(ui, summary.counts, len(summary.skipped_units))
     _show_skipped(ui, summary.skipped_units)
+    page = _qc_report(summary) if show_qc else None
+    if page is not None:
+        ui.print(f"QC report: {page}")
+
+
+def _qc_report(summary: Any) -> Path | None:
+    """The QC report page of a run, when the qc stage wrote (or kept) it."""
+    for stage in summary.stages:
+        page = _qc_page(stage)
+        if page is not None:
+            return Path(page)
+    return None
 
 
 def _show_totals(ui: _Ui, counts: dict[str, int], skipped: int) -> None:
     wanted = [("units", "report.units"), ("judgments", "report.judgments"),
               ("broken links", "report.broken_links"), ("failed downloads", "fetch.failed"),
-              ("cleaned montages", "clean.cleaned")]
+              ("cleaned montages", "clean.cleaned"),
+              ("merged montages", "clean.montages_merged"),
+              ("cells dropped by the consensus", "clean.cells_dropped")]
     parts = [f"{label} {counts[key]}" for label, key in wanted if key in counts]
     parts.append(f"skipped units {skipped}")
     ui.print("totals: " + ", ".join(parts))
@@ -384,7 +416,8 @@ def _cmd_demo(args: argparse.Namespace, ui: _Ui) -> int:
     else:
         with _RichProgress(ui.err) as bars:
             result = run_demo(args.keep, workers=args.workers, progress=bars)
-    _show_summary(ui, result.summary, title="cellcrowd demo")
+    # The QC report's path is shown only when the folder is kept (else it is deleted).
+    _show_summary(ui, result.summary, title="cellcrowd demo", show_qc=result.kept)
     if result.kept:
         ui.print(f"outputs are in {result.folder}")
     else:

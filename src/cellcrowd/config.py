@@ -90,6 +90,12 @@ class CleanConfig(_Section):
     min_size: int = Field(default=10, ge=0)
     max_hole: int = Field(default=64, ge=0)
     encoding: Encoding = "auto"
+    #: Merge every usable judgment of a montage (False: only the one chosen by ``fetch``).
+    consensus: bool = True
+    #: Smallest IoU for two annotators' cells to be one cell, in (0, 1].
+    min_iou: float = Field(default=0.5, gt=0, le=1)
+    #: Share of the annotators' trust weight a cell (and each pixel) must exceed, in [0, 1).
+    min_support: float = Field(default=0.5, ge=0, lt=1)
 
 
 class OutputsConfig(_Section):
@@ -100,6 +106,7 @@ class OutputsConfig(_Section):
     stitched: bool = True
     trk: bool = True
     ctc: bool = True
+    qc: bool = True
 
 
 class NpzConfig(_Section):
@@ -361,13 +368,20 @@ poll_interval = 10.0        # seconds between asks while the report is being gen
 min_size = 10               # drop label fragments smaller than this (pixels)
 max_hole = 64               # fill holes inside a cell up to this size (pixels)
 encoding = "auto"           # how ids are painted: "red" channel, distinct "rgb", or "auto"
+consensus = true            # merge all judgments of a montage (false: only the best one)
+min_iou = 0.5               # consensus: IoU for two annotators' cells to be one cell (0, 1]
+min_support = 0.5           # consensus: keep a cell (a pixel) when annotators holding more
+                            # than this share of the trust weight drew it [0, 1)
 
 [outputs]
 npz_parts = true            # npz/<identifier>_partN.npz, one per montage number
-npz_full_movie = false      # npz/<identifier>_full_movie.npz, all parts one after another
+npz_full_movie = false      # npz/<identifier>_full_movie.npz: all parts of each position,
+                            # cells linked across parts (and, with stitched,
+                            # npz/<identifier>_stitched_movie.npz: the stitched movie)
 stitched = true             # stitched/: full-size frames with cells linked across tiles/parts
 trk = true                  # trk/<identifier>.trk (DeepCell tracking), needs stitched
 ctc = true                  # ctc/ (Cell Tracking Challenge folders), needs stitched
+qc = true                   # qc/index.html: the quality-control report (numbers, overlays)
 
 [npz]
 samples_to_drop = []        # positions to leave out, e.g. ["x_00_y_01"]

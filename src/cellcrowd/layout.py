@@ -374,3 +374,18 @@ class WorkingFolder:
     def qc_overlay(self, montage: str) -> Path:
         """A QC overlay image of a montage: ``qc/{montage}_overlay.png``."""
         return self.qc / f"{montage}_overlay.png"
+
+    def judgment_label_path(self, montage: str, unit: str | int, judgment: str | int) -> Path:
+        """Cleaned labels of one judgment, before the consensus of a montage's judgments:
+        ``{id}_labels/judgments/{montage}_unit_{U}_judgment_{J}_labels.png``."""
+        return self.labels / "judgments" / f"{montage}_unit_{unit}_judgment_{judgment}_labels.png"
+
+    def consensus_report_path(self, montage: str) -> Path:
+        """What the consensus of a montage's judgments did (JSON), next to its labels:
+        ``{id}_labels/{montage}_consensus.json``."""
+        return self.labels / f"{montage}_consensus.json"
+
+    @property
+    def npz_stitched_movie(self) -> Path:
+        """The stitched movie as training data: ``npz/{id}_stitched_movie.npz``."""
+        return self.npz / f"{self.identifier}_stitched_movie.npz"

@@ -4,12 +4,33 @@ Stages, in order (each calls the library functions of its module)::
 
     report   download the job report (CSV) and write the broken-link CSVs   appen/
     fetch    download every judgment's annotation image                      download.py
-    clean    annotation colours -> clean, relabelled uint16 label montages  labels.py
+    clean    annotation colours -> clean, relabelled uint16 label montages;  labels.py
+             several judgments of a montage -> one consensus montage         consensus.py
     movies   label montages and raw frames -> movies/partN/x_XX_y_YY/...     movies.py
     npz      DeepCell training data, one .npz per part (and the full movie)  export/npz.py
     stitch   tiles -> full-size frames, parts -> one tracked movie           stitch.py
+             (and the stitched movie's .npz when outputs.npz_full_movie)     export/npz.py
     trk      DeepCell .trk of the stitched movie                             export/trk.py
     ctc      Cell Tracking Challenge folders of the stitched movie           export/ctc.py
+    qc       the quality-control report, qc/index.html and overlays          qc.py
+
+**Several annotators.** With ``[clean] consensus = true`` (the default) the clean
+stage uses every usable judgment of a montage (the files the fetch stage
+downloaded, one per judgment): one judgment is cleaned straight into the
+montage's labels; several are each cleaned into
+``{id}_labels/judgments/`` and merged by :func:`cellcrowd.consensus.merge_label_files`
+(cells matched across annotators, trust-weighted vote; tainted workers weigh 0),
+with a report ``{id}_labels/{montage}_consensus.json`` next to the labels. Cells
+too few annotators found are dropped and named, like broken-link and
+undownloaded judgments, in the stage's skipped units. ``consensus = false``
+cleans only the judgment the fetch stage chose (``wf.annotation_path``).
+
+**Whole movies as training data.** The npz stage's full movie
+(``outputs.npz_full_movie``) puts each position's parts one after another with
+cell ids linked across part boundaries (:func:`cellcrowd.export.npz.write_full_movie_npz`).
+The stitched movie's ``.npz`` (:func:`cellcrowd.export.npz.write_stitched_movie_npz`)
+is written by the stitch stage itself, at its end, because the npz stage runs
+before the movie is stitched.
 
 :func:`prepare_folder` (cut a raw movie into montages) is a separate entry: it
 makes the working folder the harvest starts from.
@@ -49,7 +70,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import __version__
 from .config import Config, get_api_key
@@ -58,6 +79,10 @@ from .executor import Executor, make_executor
 from .files import _TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
 from .layout import WorkingFolder
 from .logs import read_logs
+
+if TYPE_CHECKING:
+    from .appen.report import Judgment
+    from .geometry import MontageLayout
 
 __all__ = [
     "STAGES",
@@ -77,7 +102,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The harvest's stages, in the order they run.
-STAGES: tuple[str, ...] = ("report", "fetch", "clean", "movies", "npz", "stitch", "trk", "ctc")
+STAGES: tuple[str, ...] = ("report", "fetch", "clean", "movies", "npz", "stitch", "trk", "ctc",
+                           "qc")
 
 _MANIFEST_VERSION = 1
 _PAUSE_ENV = "CELLCROWD_TEST_PAUSE_AFTER"
@@ -230,6 +256,8 @@ class _Context:
     api_key: Callable[[], str]
     set_total: Callable[[int | None], None]
     item_done: Callable[[int], None]
+    #: The counts an earlier stage recorded in the manifest ({} if none).
+    counts_of: Callable[[str], Mapping[str, int]] = lambda name: {}
 
     @property
     def executor(self) -> Executor:
@@ -266,16 +294,19 @@ def _stages() -> tuple[_Stage, ...]:
     return (
         _Stage("report", (), _report_settings, _no_files, _run_report),
         _Stage("fetch", ("report",), _fetch_settings, _no_files, _run_fetch),
-        _Stage("clean", ("report", "fetch"), _clean_settings, _log_files, _run_clean),
+        _Stage("clean", ("report", "fetch"), _clean_settings, _log_files, _run_clean,
+               version=2),
         _Stage("movies", ("clean",), _no_settings, _raw_and_logs, _run_movies),
         _Stage("npz", ("movies",), _npz_settings, _log_files, _run_npz,
-               enabled=lambda c: c.outputs.npz_parts or c.outputs.npz_full_movie),
-        _Stage("stitch", ("movies",), _no_settings, _raw_and_logs, _run_stitch,
-               enabled=lambda c: c.outputs.stitched),
+               enabled=lambda c: c.outputs.npz_parts or c.outputs.npz_full_movie, version=2),
+        _Stage("stitch", ("movies",), _stitch_settings, _raw_and_logs, _run_stitch,
+               enabled=lambda c: c.outputs.stitched, version=2),
         _Stage("trk", ("stitch",), _no_settings, _no_files, _run_trk,
                enabled=lambda c: c.outputs.trk),
         _Stage("ctc", ("stitch",), _no_settings, _no_files, _run_ctc,
                enabled=lambda c: c.outputs.ctc),
+        _Stage("qc", STAGES[:-1], _qc_settings, _qc_files, _run_qc,
+               enabled=lambda c: c.outputs.qc),
     )
 
 
@@ -676,7 +707,10 @@ def _run_stage(
             progress.advance(name, n)
         pause.items(name, n)
 
-    ctx = _Context(config, wf, get_executor, get_key, set_total, item_done)
+    def counts_of(stage_name: str) -> Mapping[str, int]:
+        return dict((manifest.entry(stage_name) or {}).get("counts", {}))
+
+    ctx = _Context(config, wf, get_executor, get_key, set_total, item_done, counts_of)
     started = time.perf_counter()
     try:
         out = stage.body(ctx)
@@ -803,13 +837,31 @@ def _fetch_settings(cfg: Config) -> dict[str, Any]:
 
 
 def _clean_settings(cfg: Config) -> dict[str, Any]:
-    return {"job_id": cfg.job_id, "report_type": cfg.service.report_type,
-            **cfg.clean.model_dump()}
+    clean = cfg.clean.model_dump()
+    if not cfg.clean.consensus:  # the consensus thresholds do not matter then
+        del clean["min_iou"], clean["min_support"]
+    return {"job_id": cfg.job_id, "report_type": cfg.service.report_type, **clean}
 
 
 def _npz_settings(cfg: Config) -> dict[str, Any]:
     return {"samples_to_drop": list(cfg.npz.samples_to_drop), "channels": list(cfg.npz.channels),
             "npz_parts": cfg.outputs.npz_parts, "npz_full_movie": cfg.outputs.npz_full_movie}
+
+
+def _stitch_settings(cfg: Config) -> dict[str, Any]:
+    # The stitched movie's .npz is written by the stitch stage (see the module docstring).
+    on = cfg.outputs.npz_full_movie
+    return {"npz_stitched_movie": on, "npz_channels": list(cfg.npz.channels) if on else []}
+
+
+def _qc_settings(cfg: Config) -> dict[str, Any]:
+    return {"job_id": cfg.job_id}
+
+
+def _qc_files(wf: WorkingFolder, cfg: Config) -> list[Path]:
+    """The logs and the raw montages (the overlays' backgrounds), read by no other stage."""
+    montages = list_images(wf.montages) if wf.montages.is_dir() else []
+    return _log_files(wf, cfg) + montages
 
 
 def _montage_log(wf: WorkingFolder) -> Any:
@@ -891,11 +943,18 @@ def _run_fetch(ctx: _Context) -> StageOutput:
 
 
 def _run_clean(ctx: _Context) -> StageOutput:
+    judgments = _read_judgments(ctx.config, ctx.wf)
+    if ctx.config.clean.consensus:
+        return _clean_with_consensus(ctx, judgments)
+    return _clean_chosen(ctx, judgments)
+
+
+def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
+    """``consensus = false``: clean the one annotation per montage the fetch stage chose."""
     from .appen.report import still_broken
     from .labels import CleanTask, clean_annotations
 
     cfg, wf = ctx.config, ctx.wf
-    judgments = _read_judgments(cfg, wf)
     montages = sorted({j.montage for j in judgments if j.usable}, key=natural_key)
     skipped: list[SkippedUnit] = []
     tasks = []
@@ -916,6 +975,208 @@ def _run_clean(ctx: _Context) -> StageOutput:
                 for r in results if not r.ok]
     counts = {"montages": len(montages), "cleaned": len(outputs),
               "broken_links": len(still_broken(judgments)), "skipped": len(skipped)}
+    return StageOutput(outputs, counts, skipped)
+
+
+def _judgment_unit(montage: str, j: Judgment) -> str:
+    return f"{montage} (unit {j.unit_id}, judgment {j.judgment_id})"
+
+
+def _judgment_order(j: Judgment) -> tuple[Any, ...]:
+    return natural_key(j.unit_id), natural_key(j.judgment_id)
+
+
+def _merge_layout(wf: WorkingFolder) -> MontageLayout | None:
+    """The montages' layout from the logs (None when old logs cannot tell the tile size)."""
+    try:
+        chopper, montage = read_logs(wf.chopper_log, wf.montage_log)
+        return montage.layout(chopper.tile_grid().tile_shape)
+    except CellcrowdError as exc:
+        logger.info("consensus without a montage layout (%s): buffers are not checked", exc)
+        return None
+
+
+def _weights(montage: str, js: Sequence[Judgment]) -> tuple[float, ...] | None:
+    from .consensus import judgment_weights
+
+    try:
+        return tuple(judgment_weights([j.trust for j in js], [j.tainted for j in js]))
+    except ValueError as exc:
+        logger.warning("%s: %s in the report; the judgments get equal weights", montage, exc)
+        return None
+
+
+def _finders(weights: Sequence[float], annotator: int, support: float) -> int | None:
+    """How many annotators (with ``annotator``) make up ``support`` of the total weight.
+
+    The consensus reports a dropped cell's support as a share of the weight; with
+    unequal weights the count is the size of the subsets of annotators whose
+    weights add up to it (None when that is not one number, or too costly to find).
+
+    >>> _finders([1.0, 1.0, 1.0], 2, 1 / 3), _finders([0.9, 0.6, 0.8], 1, 0.6 / 2.3)
+    (1, 1)
+    """
+    import itertools
+
+    active = [i for i, w in enumerate(weights) if w > 0]
+    total = sum(weights[i] for i in active)
+    others = [i for i in active if i != annotator]
+    if annotator not in active or len(others) > 12 or total <= 0:
+        return None
+    target, tol = support * total - weights[annotator], 1e-6 * total
+    sizes = {1 + r for r in range(len(others) + 1)
+             for combo in itertools.combinations(others, r)
+             if abs(sum(weights[i] for i in combo) - target) <= tol}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[SkippedUnit]:
+    """One record per input cell the consensus left out."""
+    active = sum(1 for w in report.weights if w > 0)
+    out = []
+    for cell in report.dropped:
+        j = js[cell.annotator]
+        count = _finders(report.weights, cell.annotator, cell.support)
+        found = (f"found by {count} of {active} annotators" if count is not None else
+                 f"found by annotators with {cell.support:.0%} of the trust weight of "
+                 f"{active} annotators")
+        if cell.reason == "support":
+            reason = (f"dropped: {found} (more than {report.min_support:.0%} of the weight "
+                      "needed)")
+        else:
+            reason = f"dropped: {found}, but other cells won every one of its pixels"
+        out.append(SkippedUnit("clean", f"{montage}: cell {cell.label} of judgment "
+                               f"{j.judgment_id}", reason))
+    return out
+
+
+def _mean_agreement(report: Any) -> float:
+    """Mean F1 of the annotators who took part (weight > 0) against the consensus."""
+    scores = [a.f1 for a in report.agreement if a.weight > 0] or [
+        a.f1 for a in report.agreement]
+    return sum(scores) / len(scores) if scores else 1.0
+
+
+def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
+    """Clean every usable judgment of a montage; merge several into one (consensus)."""
+    from .appen.report import still_broken
+    from .consensus import MergeTask, merge_tasks
+    from .labels import CleanTask, clean_annotations
+
+    cfg, wf = ctx.config, ctx.wf
+    c = cfg.clean
+    log = _montage_log(wf)
+    failures_csv = wf.failures_csv(cfg.job_id).name
+    by_montage: dict[str, dict[tuple[str, str], Judgment]] = {}
+    for j in judgments:
+        if j.usable:
+            by_montage.setdefault(j.montage, {}).setdefault((j.unit_id, j.judgment_id), j)
+    montages = sorted(by_montage, key=natural_key)
+    skipped: list[SkippedUnit] = []
+    left_out = 0
+    for j in sorted((j for j in judgments if j.broken_link and j.montage in by_montage),
+                    key=lambda j: (natural_key(j.montage), *_judgment_order(j))):
+        left_out += 1
+        skipped.append(SkippedUnit("clean", _judgment_unit(j.montage, j),
+                                   "broken link: the annotator could not open the image; "
+                                   "the montage's other judgments are used"))
+
+    singles: list[CleanTask] = []
+    several: dict[str, list[Judgment]] = {}
+    for name in montages:
+        present = []
+        for j in sorted(by_montage[name].values(), key=_judgment_order):
+            if wf.judgment_path(name, j.unit_id, j.judgment_id).is_file():
+                present.append(j)
+        if not present:
+            skipped.append(SkippedUnit("clean", name, "no annotation could be downloaded "
+                                       f"(see {failures_csv})"))
+            continue
+        for j in sorted(by_montage[name].values(), key=_judgment_order):
+            if j not in present:
+                left_out += 1
+                skipped.append(SkippedUnit(
+                    "clean", _judgment_unit(name, j),
+                    f"download failed (see {failures_csv}); the montage's other "
+                    "judgments are used"))
+        if len(present) == 1:
+            j = present[0]
+            singles.append(CleanTask(wf.judgment_path(name, j.unit_id, j.judgment_id),
+                                     wf.label_path(name), log, name, c.encoding,
+                                     c.min_size, c.max_hole))
+        else:
+            several[name] = present
+    each = [CleanTask(wf.judgment_path(name, j.unit_id, j.judgment_id),
+                      wf.judgment_label_path(name, j.unit_id, j.judgment_id), log,
+                      _judgment_unit(name, j), c.encoding, c.min_size, c.max_hole)
+            for name, js in several.items() for j in js]
+    ctx.set_total(len(singles) + len(each) + len(several))
+    results = clean_annotations(singles + each, executor=ctx.executor, progress=ctx.item_done)
+    outputs = [r.dst for r in results[:len(singles)] if r.ok]
+    skipped += [SkippedUnit("clean", r.montage, f"annotation unusable: {r.error}")
+                for r in results[:len(singles)] if not r.ok]
+
+    layout = _merge_layout(wf) if several else None
+    tasks: list[MergeTask] = []
+    used: dict[str, list[Judgment]] = {}
+    start = len(singles)
+    for name, js in several.items():
+        ok = []
+        start += len(js)
+        for j, r in zip(js, results[start - len(js):start], strict=True):
+            if r.ok:
+                ok.append(j)
+                outputs.append(r.dst)
+            else:
+                left_out += 1
+                skipped.append(SkippedUnit("clean", r.montage, f"annotation unusable: "
+                                           f"{r.error}; the montage's other judgments are used"))
+        if not ok:
+            skipped.append(SkippedUnit("clean", name, "no judgment of this montage is usable"))
+            ctx.item_done(1)
+            continue
+        used[name] = ok
+        tasks.append(MergeTask(
+            name, tuple(wf.judgment_label_path(name, j.unit_id, j.judgment_id) for j in ok),
+            wf.label_path(name), _weights(name, ok), c.min_iou, c.min_support, layout))
+    merged = merge_tasks(tasks, executor=ctx.executor, progress=ctx.item_done)
+
+    dropped = 0
+    agreements: list[float] = []
+    for m in merged:
+        if m.report is None:
+            skipped.append(SkippedUnit("clean", m.montage, f"consensus failed: {m.error}"))
+            continue
+        js = used[m.montage]
+        agreement = _mean_agreement(m.report)
+        agreements.append(agreement)
+        drops = _dropped_units(m.montage, js, m.report)
+        dropped += len(drops)
+        skipped += drops
+        report_path = wf.consensus_report_path(m.montage)
+        atomic_write_text(report_path, json.dumps({
+            "montage": m.montage,
+            "labels": m.dst.name,
+            "judgments": [{"unit_id": j.unit_id, "judgment_id": j.judgment_id,
+                           "worker_id": j.worker_id, "trust": j.trust, "tainted": j.tainted,
+                           "labels": wf.judgment_label_path(m.montage, j.unit_id,
+                                                            j.judgment_id).name}
+                          for j in js],
+            "mean_agreement": round(agreement, 6),
+            **m.report.to_dict(),
+        }, indent=1, sort_keys=True) + "\n")
+        outputs += [m.dst, report_path]
+        logger.info("%s: %d annotators -> %d cells, %d dropped, mean agreement (F1) %.2f",
+                    m.montage, m.report.annotators, m.report.consensus_cells, len(drops),
+                    agreement)
+    labelled = sum(1 for p in outputs if p.parent == wf.labels and p.suffix == ".png")
+    counts = {"montages": len(montages), "cleaned": labelled,
+              "montages_merged": len(agreements), "cells_dropped": dropped,
+              "judgments_left_out": left_out,
+              "broken_links": len(still_broken(judgments)),
+              "skipped": len(montages) - labelled}
+    if agreements:
+        counts["mean_agreement_pct"] = round(100 * sum(agreements) / len(agreements))
     return StageOutput(outputs, counts, skipped)
 
 
@@ -941,56 +1202,40 @@ def _run_movies(ctx: _Context) -> StageOutput:
 
 def _run_npz(ctx: _Context) -> StageOutput:
     from .errors import InputError
-    from .export.npz import write_part_npz
+    from .export.npz import write_full_movie_npz, write_part_npz
 
     cfg, wf = ctx.config, ctx.wf
     outputs: list[Path] = []
     skipped: list[SkippedUnit] = []
     parts = _parts(wf)
+    channels = list(cfg.npz.channels) or None
     if cfg.outputs.npz_parts:
         ctx.set_total(len(parts))
         for part in parts:
             try:
                 outputs.append(write_part_npz(
-                    wf, part, samples_to_drop=cfg.npz.samples_to_drop,
-                    channels=list(cfg.npz.channels) or None))
+                    wf, part, samples_to_drop=cfg.npz.samples_to_drop, channels=channels))
             except InputError as exc:
                 skipped.append(SkippedUnit("npz", f"part{part}", str(exc)))
             ctx.item_done(1)
+    parts_skipped = len(skipped)
     if cfg.outputs.npz_full_movie:
-        outputs.append(_write_full_movie_npz(ctx))
-    return StageOutput(outputs, {"files": len(outputs), "parts_skipped": len(skipped)}, skipped)
-
-
-def _write_full_movie_npz(ctx: _Context) -> Path:
-    """Every part of each position one after another (ids are not linked across parts)."""
-    import numpy as np
-
-    from .export.npz import TrainingArrays, build_training_arrays, save_npz
-
-    cfg, wf = ctx.config, ctx.wf
-    per_part = [build_training_arrays(wf.part_dir(part), samples_to_drop=cfg.npz.samples_to_drop,
-                                      channels=list(cfg.npz.channels) or None)
-                for part in _parts(wf)]
-    common = [p for p in per_part[0].positions if all(p in a.positions for a in per_part)]
-    missing = sorted({p for a in per_part for p in a.positions + a.missing_positions}
-                     - set(common), key=natural_key)
-    if not common:
-        from .errors import InputError
-
-        raise InputError("no position is annotated in every part: a full movie needs them "
-                         "all; set outputs.npz_full_movie = false", path=wf.movies)
-    xs = [np.concatenate([a.X[a.positions.index(p)] for a in per_part]) for p in common]
-    ys = [np.concatenate([a.y[a.positions.index(p)] for a in per_part]) for p in common]
-    arrays = TrainingArrays(np.stack(xs), np.stack(ys), common, missing)
-    return save_npz(wf.npz_full_movie, arrays, part=0, identifier=wf.identifier,
-                    frame_offset=0)
+        try:
+            outputs.append(write_full_movie_npz(
+                wf, samples_to_drop=cfg.npz.samples_to_drop, channels=channels))
+        except InputError as exc:
+            skipped.append(SkippedUnit("npz", wf.npz_full_movie.name, str(exc)))
+    return StageOutput(outputs, {"files": len(outputs), "parts_skipped": parts_skipped},
+                       skipped)
 
 
 def _run_stitch(ctx: _Context) -> StageOutput:
+    from .errors import InputError
+    from .export.npz import write_stitched_movie_npz
     from .layout import position_name
     from .stitch import stitch_movies
 
+    cfg = ctx.config
     ctx.set_total(len(_parts(ctx.wf)))
     result = stitch_movies(ctx.wf, executor=ctx.executor, progress=ctx.item_done)
     wf = result.wf
@@ -1000,6 +1245,12 @@ def _run_stitch(ctx: _Context) -> StageOutput:
     skipped = [SkippedUnit("stitch", f"part{part} {position_name(pos, wf.padding)}",
                            f"tile left out of the stitched part {part}: {reason}")
                for part, pos, reason in result.missing]
+    if cfg.outputs.npz_full_movie:
+        try:
+            outputs.append(write_stitched_movie_npz(
+                wf, channels=list(cfg.npz.channels) or None))
+        except InputError as exc:
+            skipped.append(SkippedUnit("stitch", wf.npz_stitched_movie.name, str(exc)))
     counts = {"frames": result.frames, "cells": result.cells, "divisions": result.divisions,
               "conflicts": len(result.conflicts)}
     return StageOutput(outputs, counts, skipped)
@@ -1023,3 +1274,33 @@ def _run_ctc(ctx: _Context) -> StageOutput:
 
     outputs = _files_under(export_ctc(ctx.wf))
     return StageOutput(outputs, {"files": len(outputs)})
+
+
+#: Earlier stages' counts shown in the QC report (only those that do not depend on how
+#: often a run was interrupted, so that the report is the same bytes after a resume).
+_QC_COUNTS = (
+    ("clean", "cleaned", "montages with clean labels"),
+    ("clean", "montages_merged", "montages merged from several judgments"),
+    ("clean", "cells_dropped", "cells dropped by the consensus (too few annotators)"),
+    ("clean", "mean_agreement_pct", "mean agreement of annotators with the consensus (F1, %)"),
+    ("stitch", "cells", "cells in the stitched movie"),
+    ("stitch", "divisions", "divisions in the stitched movie"),
+)
+
+
+def _run_qc(ctx: _Context) -> StageOutput:
+    from .qc import collect_qc, write_qc_report
+
+    cfg = ctx.config
+    summary: dict[str, object] = {}
+    for stage, key, label in _QC_COUNTS:
+        value = ctx.counts_of(stage).get(key)
+        if value is not None:
+            summary[label] = value
+    qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id)
+    index = write_qc_report(qc.wf, qc=qc)
+    overlays = _existing([qc.wf.qc_overlay(name) for name in qc.overlays])
+    totals = qc.totals()
+    counts = {"montages": totals["montages"], "labels": totals["labels"],
+              "overlays": len(overlays), "missing": len(qc.missing)}
+    return StageOutput([index, *overlays], counts)

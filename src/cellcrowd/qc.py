@@ -1181,7 +1181,9 @@ def _stitched_html(qc: QcSummary) -> str:
 def render_html(qc: QcSummary, overlays: Sequence[_Overlay] = ()) -> str:
     """The report page (self-contained, no JavaScript; every value escaped)."""
     wf = qc.wf
-    facts = [("identifier", wf.identifier), ("working folder", str(wf.base))]
+    # No absolute path: the page lives in the working folder, and a rerun elsewhere
+    # (a copy, another machine) must give the same bytes.
+    facts = [("identifier", wf.identifier)]
     if qc.grid:
         facts.append(("geometry", qc.grid))
     if qc.job_id is not None:

@@ -19,6 +19,29 @@ the movies of one part, one entry per tile position:
     The movie frame of the part's first frame, ``(part - 1) * montage_len``;
     -1 when no montage log is available to tell.
 
+Two whole-movie files hold the same keys (``part`` is 0 and ``frame_offset`` 0,
+the movie's first frame) plus a few more:
+
+``npz/{id}_full_movie.npz`` (:func:`write_full_movie_npz`)
+    Every part of each tile position one after another: ``X`` and ``y`` are
+    ``(positions, all frames, rows, cols, …)``. Only positions annotated in every
+    part are kept (the others are listed in ``missing_positions``). The label ids
+    of the parts are joined with :func:`cellcrowd.stitch.link_parts`, so **one
+    cell keeps one id for the whole movie** of its position: a cell of a part's
+    last frame and a cell of the next part's first frame that overlap (IoU at
+    least ``min_iou``, unambiguously) get the same id; a cell dividing across a
+    part boundary ends there and its daughters get new ids, as does every cell
+    that could not be linked. Ids are renumbered ``1..n`` per position. Extra
+    keys: ``linked`` (bool: ids joined across parts, False when asked not to) and
+    ``part_starts`` (int, ``(parts,)``: the first frame of every part).
+``npz/{id}_stitched_movie.npz`` (:func:`write_stitched_movie_npz`)
+    The stitched movie (``stitched/``, tiles joined into full frames and parts
+    linked by :func:`cellcrowd.stitch.stitch_movies`): ``X`` ``(1, frames, H, W,
+    channels)`` from the stitched raw frames, ``y`` ``(1, frames, H, W, 1)`` from
+    the stitched labels, ``positions`` ``["stitched"]``. Extra keys: ``linked``
+    (True) and ``lineage`` (the DeepCell lineage of ``y`` as JSON text,
+    ``stitched/lineage.json``).
+
 Files are compressed (``np.savez_compressed``, what the DeepCell maintainers
 recommend) unless asked otherwise, and written atomically. Read them with
 ``np.load(path)`` (no pickle needed) or :func:`load_npz`.
@@ -26,9 +49,10 @@ recommend) unless asked otherwise, and written atomically. Read them with
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +61,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError, LogError
-from ..files import atomic_path, list_images, read_image
+from ..files import atomic_path, list_images, natural_key, read_image
 from ..geometry import Position
 from ..layout import WorkingFolder
 from ..logs import read_montage_log
@@ -50,8 +74,10 @@ __all__ = [
     "load_part",
     "position_dirs",
     "save_npz",
+    "write_full_movie_npz",
     "write_part_npz",
     "write_parts_npz",
+    "write_stitched_movie_npz",
 ]
 
 logger = logging.getLogger(__name__)
@@ -171,14 +197,22 @@ def _read_position(
             f"{labels.shape[1]}x{labels.shape[2]}: remake the movies from the same logs",
             path=raw_dir,
         )
-    if channels is not None:
-        bad = [c for c in channels if not -x.shape[-1] <= c < x.shape[-1]]
-        if bad or not channels:
-            raise InputError(f"channels {list(channels)} do not select from the "
-                             f"{x.shape[-1]} raw channels (0 to {x.shape[-1] - 1})",
-                             path=raw_dir)
-        x = x[..., list(channels)]
+    x = _select_channels(x, channels, raw_dir)
     return x.astype(np.float32), labels.astype(np.int32)[..., None]
+
+
+def _select_channels(
+    x: NDArray[np.generic], channels: Sequence[int] | None, where: Path
+) -> NDArray[np.generic]:
+    """``x[..., channels]`` (channels last), or an InputError naming ``where``."""
+    if channels is None:
+        return x
+    bad = [c for c in channels if not -x.shape[-1] <= c < x.shape[-1]]
+    if bad or not channels:
+        raise InputError(f"channels {list(channels)} do not select from the "
+                         f"{x.shape[-1]} raw channels (0 to {x.shape[-1] - 1})",
+                         path=where)
+    return x[..., list(channels)]
 
 
 def _filter_note(name_filter: str) -> str:
@@ -271,9 +305,24 @@ def save_npz(
     identifier: str,
     frame_offset: int,
     compressed: bool = True,
+    extra: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``arrays`` and the metadata keys of the module docstring atomically."""
+    """Write ``arrays`` and the metadata keys of the module docstring atomically.
+
+    ``extra`` keys (plain arrays or scalars, no objects) are written too; they
+    must not repeat a standard key.
+
+    Raises
+    ------
+    ValueError
+        An ``extra`` key is one of the standard keys.
+    """
     path = Path(path)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & {"X", "y", "positions", "missing_positions", "part",
+                                 "identifier", "frame_offset"})
+    if clash:
+        raise ValueError(f"extra keys {clash} would replace standard keys: rename them")
     save = np.savez_compressed if compressed else np.savez
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         save(
@@ -285,6 +334,7 @@ def save_npz(
             part=np.int64(part),
             identifier=np.str_(identifier),
             frame_offset=np.int64(frame_offset),
+            **extra,
         )
     logger.info("wrote %s: X %s, y %s", path, arrays.X.shape, arrays.y.shape)
     return path
@@ -360,6 +410,151 @@ def write_parts_npz(
     return [write_part_npz(wf, part, **kw) for part in parts]
 
 
+def _all_parts(wf: WorkingFolder) -> list[int]:
+    """Every part number: from the montage log, else the ``movies/part{N}`` folders."""
+    try:
+        return list(range(1, read_montage_log(wf.montage_log).montages_in_pos + 1))
+    except LogError as exc:
+        logger.warning("parts taken from the movies folder (%s)", exc)
+    found = ([int(m[1]) for p in wf.movies.iterdir()
+              if p.is_dir() and (m := _PART_RE.match(p.name))] if wf.movies.is_dir() else [])
+    if not found:
+        raise InputError("no part folders: make the movies first", path=wf.movies)
+    return sorted(found)
+
+
+def write_full_movie_npz(
+    wf: WorkingFolder,
+    *,
+    samples_to_drop: Collection[str] = (),
+    channels: Sequence[int] | None = None,
+    link: bool = True,
+    compressed: bool = True,
+    min_iou: float = 0.3,
+) -> Path:
+    """Write ``npz/{id}_full_movie.npz``: all parts of each position, one cell one id.
+
+    Each position's parts (``movies/part{N}/x_XX_y_YY``, every part the montage
+    log promises) are put one after another. With ``link`` (the default) the
+    label ids are joined across part boundaries with
+    :func:`cellcrowd.stitch.link_parts`: a cell keeps its id for the whole
+    movie of its position; a cell dividing across a boundary ends there and its
+    daughters (like any cell that could not be linked) get new ids. Ids are
+    renumbered ``1..n`` per position. Keys as in the module docstring, plus
+    ``linked`` and ``part_starts``.
+
+    Parameters
+    ----------
+    wf : WorkingFolder
+        The working folder.
+    samples_to_drop : collection of str
+        Position names (``"x_00_y_01"``) to leave out.
+    channels : sequence of int, optional
+        Raw channel indices to keep; default all.
+    link : bool
+        Join the cells' ids across parts (False: each part keeps its own ids, as
+        they are in ``movies/``).
+    compressed : bool
+        ``np.savez_compressed`` (default) or ``np.savez``.
+    min_iou : float
+        ``min_iou`` of :func:`cellcrowd.stitch.link_parts`.
+
+    Returns
+    -------
+    Path
+        ``wf.npz_full_movie``.
+
+    Raises
+    ------
+    InputError
+        A part folder is missing or unreadable (see :func:`build_training_arrays`),
+        or no position is annotated in every part.
+    """
+    from ..stitch import link_parts
+
+    parts = _all_parts(wf)
+    per_part = [build_training_arrays(wf.part_dir(part), samples_to_drop=samples_to_drop,
+                                      channels=channels) for part in parts]
+    common = [p for p in per_part[0].positions if all(p in a.positions for a in per_part)]
+    missing = sorted({p for a in per_part for p in a.positions + a.missing_positions}
+                     - set(common), key=natural_key)
+    if not common:
+        raise InputError("no position is annotated in every part: a full movie needs them "
+                         "all; set outputs.npz_full_movie = false, or annotate the missing "
+                         "montages", path=wf.movies)
+    starts = np.cumsum([0] + [a.X.shape[1] for a in per_part[:-1]]).astype(np.int64)
+    xs, ys = [], []
+    for name in common:
+        index = [a.positions.index(name) for a in per_part]
+        xs.append(np.concatenate([a.X[i] for a, i in zip(per_part, index, strict=True)]))
+        labels = [a.y[i, ..., 0] for a, i in zip(per_part, index, strict=True)]
+        if link:
+            movie, report = link_parts(labels, min_iou=min_iou)
+            logger.info("%s: %d cells over %d parts (%s carried over each boundary)", name,
+                        int(movie.max(initial=0)), len(parts), list(report.links))
+        else:
+            movie = np.concatenate(labels)
+        ys.append(movie.astype(np.int32)[..., None])
+    arrays = TrainingArrays(np.stack(xs), np.stack(ys), common, missing)
+    return save_npz(wf.npz_full_movie, arrays, part=0, identifier=wf.identifier,
+                    frame_offset=0, compressed=compressed,
+                    extra={"linked": np.bool_(link), "part_starts": starts})
+
+
+def write_stitched_movie_npz(
+    wf: WorkingFolder,
+    *,
+    channels: Sequence[int] | None = None,
+    compressed: bool = True,
+) -> Path:
+    """Write ``npz/{id}_stitched_movie.npz`` from the stitched movie (``stitched/``).
+
+    ``X`` ``(1, frames, H, W, channels)`` float32 holds the stitched raw frames,
+    ``y`` ``(1, frames, H, W, 1)`` int32 the stitched labels (one id per cell for
+    the whole movie, as :func:`cellcrowd.stitch.stitch_movies` linked them);
+    ``lineage`` is their DeepCell lineage as JSON text and ``linked`` is True.
+
+    Parameters
+    ----------
+    wf : WorkingFolder
+        The working folder (the stitch stage has run).
+    channels : sequence of int, optional
+        Raw channel indices to keep; default all.
+    compressed : bool
+        ``np.savez_compressed`` (default) or ``np.savez``.
+
+    Returns
+    -------
+    Path
+        ``wf.npz_stitched_movie``.
+
+    Raises
+    ------
+    InputError
+        The stitched frames or lineage are missing or unreadable, there are no
+        stitched raw frames, or ``channels`` selects nothing that exists.
+    """
+    from ..stitch import read_stitched
+
+    raw, labels, lineage = read_stitched(wf)
+    raw_dir = wf.stitched_frame("raw", 0).parent
+    if raw is None:
+        raise InputError("no stitched raw frames for the stitched labels: put the raw movie "
+                         "in the raw folder and run the stitch stage again", path=raw_dir)
+    x = raw[..., None] if raw.ndim == 3 else raw
+    if x.shape[1:3] != labels.shape[1:]:
+        raise InputError(f"stitched raw frames are {x.shape[1]}x{x.shape[2]} but the label "
+                         f"frames are {labels.shape[1]}x{labels.shape[2]}: run the stitch "
+                         "stage again", path=raw_dir)
+    x = _select_channels(x, channels, raw_dir)
+    arrays = TrainingArrays(x[None].astype(np.float32), labels.astype(np.int32)[None, ..., None],
+                            ["stitched"], [])
+    text = json.dumps({str(k): v for k, v in sorted(lineage.items())}, sort_keys=True)
+    return save_npz(wf.npz_stitched_movie, arrays, part=0, identifier=wf.identifier,
+                    frame_offset=0, compressed=compressed,
+                    extra={"linked": np.bool_(True), "lineage": np.str_(text)})
+
+
 @dataclass(frozen=True)
 class NpzData:
     """The arrays and metadata of one training ``.npz``."""
@@ -371,6 +566,8 @@ class NpzData:
     part: int
     identifier: str
     frame_offset: int
+    #: Label ids joined across parts (the whole-movie files; False for a part).
+    linked: bool = False
 
 
 def load_npz(path: str | Path) -> NpzData:
@@ -398,6 +595,7 @@ def load_npz(path: str | Path) -> NpzData:
             part=int(meta("part", -1)),
             identifier=str(meta("identifier", "")),
             frame_offset=int(meta("frame_offset", -1)),
+            linked=bool(meta("linked", False)),
         )
 
 
