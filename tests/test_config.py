@@ -72,7 +72,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
     assert cfg.clean.encoding == "auto"
     assert cfg.service.api_version == "v1"
     assert cfg.service.report_type == "full"
-    assert cfg.executor.workers == 1
+    assert cfg.executor.workers == 0  # a local process pool, one worker per CPU
     assert cfg.executor.scheduler == ""
 
 

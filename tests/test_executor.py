@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from cellcrowd.executor import LocalExecutor, make_executor
@@ -22,3 +27,34 @@ def test_bad_worker_count() -> None:
     with pytest.raises(ValueError, match="workers must be at least 1"):
         LocalExecutor(0)
     assert isinstance(make_executor(workers=1), LocalExecutor)
+
+
+def test_pool_workers_end_when_their_parent_is_killed() -> None:
+    code = (
+        "import os, sys, time\n"
+        "from cellcrowd.executor import LocalExecutor\n"
+        "from cellcrowd.files import natural_key\n"
+        "ex = LocalExecutor(2)\n"
+        "list(ex.map(natural_key, ['a1', 'b2', 'c3', 'd4']))\n"
+        "print(' '.join(str(p.pid) for p in ex._pool._processes.values()), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "pool workers outlived their parent"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -24,7 +24,7 @@ import pytest
 
 from cellcrowd.config import Config, load_config
 from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
-from cellcrowd.files import _TMP_MARK
+from cellcrowd.files import TMP_MARK
 from cellcrowd.pipeline import STAGES, run, status
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
@@ -96,7 +96,7 @@ def _resume_and_compare(config: Path, reference: dict[str, str]) -> None:
     assert proc.returncode == 0, err.decode()
     assert (out, err) == (b"", b"")  # -q
     base = config.parent
-    assert not list(base.rglob(f"*{_TMP_MARK}*")), "half-written files were left behind"
+    assert not list(base.rglob(f"*{TMP_MARK}*")), "half-written files were left behind"
     assert _outputs(base) == reference
     assert status(load_config(config)).left == []
 

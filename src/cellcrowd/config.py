@@ -119,7 +119,7 @@ class NpzConfig(_Section):
 class ExecutorConfig(_Section):
     """Where per-montage/per-tile tasks run: local processes or a dask scheduler."""
 
-    workers: int = Field(default=1, ge=0, le=1024)
+    workers: int = Field(default=0, ge=0, le=1024)
     scheduler: str = ""
 
 
@@ -388,7 +388,7 @@ samples_to_drop = []        # positions to leave out, e.g. ["x_00_y_01"]
 channels = []               # raw channel indices to keep, e.g. [0, 2]; [] = every channel
 
 [executor]
-workers = 1                 # local worker processes (0 = one per CPU, up to 8)
+workers = 0                 # local worker processes (0 = one per CPU, up to 8; 1 = serial)
 scheduler = ""              # dask scheduler address, e.g. "tcp://10.0.0.5:8786" (wins over workers)
 
 [prepare]                   # only for `cellcrowd prepare` (cutting raw movies into montages)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -27,6 +29,21 @@ class Executor(Protocol):
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]: ...
 
     def close(self) -> None: ...
+
+
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Worker initializer: end this worker soon after its parent is gone.
+
+    Pool workers otherwise outlive a parent killed with SIGKILL, waiting forever
+    on their task queue (and holding the parent's output pipes open).
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="cellcrowd-parent-watch", daemon=True).start()
 
 
 class LocalExecutor:
@@ -49,7 +66,9 @@ class LocalExecutor:
             yield from map(fn, task_list)
             return
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, initializer=_exit_with_parent, initargs=(os.getpid(),)
+            )
         # Bounded look-ahead keeps memory at a few tasks' worth of results.
         yield from self._pool.map(fn, task_list, chunksize=1)
 

@@ -26,6 +26,7 @@ from .errors import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "TMP_MARK",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -37,7 +38,8 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
-_TMP_MARK = ".cellcrowd-tmp-"
+#: Part of every temporary file name: such files are never a finished output.
+TMP_MARK = ".cellcrowd-tmp-"
 
 
 def natural_key(name: str | Path) -> tuple[object, ...]:
@@ -57,7 +59,7 @@ def list_images(folder: str | Path) -> list[Path]:
         raise InputError("folder not found or not a folder", path=folder)
     return sorted(
         (p for p in folder.iterdir()
-         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _TMP_MARK not in p.name),
+         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and TMP_MARK not in p.name),
         key=natural_key,
     )
 
@@ -70,7 +72,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{_TMP_MARK}", dir=path.parent,
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent,
                                     suffix=path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)

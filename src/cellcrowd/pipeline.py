@@ -76,7 +76,7 @@ from . import __version__
 from .config import Config, get_api_key
 from .errors import CellcrowdError, PipelineError
 from .executor import Executor, make_executor
-from .files import _TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
+from .files import TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
 from .layout import WorkingFolder
 from .logs import read_logs
 
@@ -555,7 +555,7 @@ def _lock(wf: WorkingFolder) -> Iterator[None]:
 
 def _remove_temporary_files(base: Path) -> None:
     """Delete half-written files an interrupted run left (never under a real name)."""
-    for path in base.rglob(f"*{_TMP_MARK}*"):
+    for path in base.rglob(f"*{TMP_MARK}*"):
         if path.is_file():
             logger.info("removing %s (left by an interrupted run)", path)
             path.unlink()
