@@ -13,6 +13,7 @@ import pytest
 
 from cellcrowd.demo import ExampleSettings, make_example
 from cellcrowd.errors import InputError
+from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import (
     TrainingArrays,
     build_training_arrays,
@@ -22,6 +23,7 @@ from cellcrowd.export.npz import (
     write_full_movie_npz,
     write_part_npz,
     write_parts_npz,
+    write_parts_npz_each,
     write_stitched_movie_npz,
 )
 from cellcrowd.files import read_image, write_image
@@ -245,6 +247,33 @@ def test_write_parts_npz(wf: WorkingFolder) -> None:
     assert positions[3] == "x_01_y_01"
     assert write_parts_npz(wf, [2], samples_to_drop=["x_00_y_00"]) == [wf.npz_part(2)]
     assert load_npz(wf.npz_part(2)).positions == ["x_00_y_01", "x_01_y_00", "x_01_y_01"]
+
+
+def test_parts_on_a_process_pool_match_serial_and_a_bad_part_is_reported(
+    wf: WorkingFolder,
+) -> None:
+    _log(wf)
+    for part in (1, 2, 3):
+        _write_part(wf, part, seed=part)
+    serial = {p: p.read_bytes() for p in write_parts_npz(wf)}
+    # Part 2 loses an annotated frame: reported, the other parts are still written.
+    next(iter(sorted(wf.annotated_dir(2, Position(0, 0)).iterdir()))).unlink()
+    done: list[int] = []
+    pool = LocalExecutor(2)
+    try:
+        results = write_parts_npz_each(wf, executor=pool, progress=done.append)
+    finally:
+        pool.close()
+    assert [r.part for r in results] == [1, 2, 3]
+    assert sum(done) == 3
+    assert results[1].path is None
+    assert results[1].error is not None
+    assert "x_00_y_00" in results[1].error
+    for result in (results[0], results[2]):
+        assert result.path is not None
+        assert result.path.read_bytes() == serial[result.path]
+    with pytest.raises(InputError, match="x_00_y_00"):
+        write_parts_npz(wf)
 
 
 def test_load_npz_needs_x_and_y(tmp_path: Path) -> None:

@@ -1202,7 +1202,7 @@ def _run_movies(ctx: _Context) -> StageOutput:
 
 def _run_npz(ctx: _Context) -> StageOutput:
     from .errors import InputError
-    from .export.npz import write_full_movie_npz, write_part_npz
+    from .export.npz import write_full_movie_npz, write_parts_npz_each
 
     cfg, wf = ctx.config, ctx.wf
     outputs: list[Path] = []
@@ -1211,13 +1211,13 @@ def _run_npz(ctx: _Context) -> StageOutput:
     channels = list(cfg.npz.channels) or None
     if cfg.outputs.npz_parts:
         ctx.set_total(len(parts))
-        for part in parts:
-            try:
-                outputs.append(write_part_npz(
-                    wf, part, samples_to_drop=cfg.npz.samples_to_drop, channels=channels))
-            except InputError as exc:
-                skipped.append(SkippedUnit("npz", f"part{part}", str(exc)))
-            ctx.item_done(1)
+        for result in write_parts_npz_each(
+                wf, parts, executor=ctx.executor, progress=ctx.item_done,
+                samples_to_drop=cfg.npz.samples_to_drop, channels=channels):
+            if result.path is not None:
+                outputs.append(result.path)
+            else:
+                skipped.append(SkippedUnit("npz", f"part{result.part}", str(result.error)))
     parts_skipped = len(skipped)
     if cfg.outputs.npz_full_movie:
         try:

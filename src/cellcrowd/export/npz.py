@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError, LogError
+from ..executor import Executor
 from ..files import atomic_path, list_images, natural_key, read_image
 from ..geometry import Position
 from ..layout import WorkingFolder
@@ -68,6 +69,7 @@ from ..logs import read_montage_log
 
 __all__ = [
     "NpzData",
+    "PartResult",
     "TrainingArrays",
     "build_training_arrays",
     "load_npz",
@@ -77,6 +79,7 @@ __all__ = [
     "write_full_movie_npz",
     "write_part_npz",
     "write_parts_npz",
+    "write_parts_npz_each",
     "write_stitched_movie_npz",
 ]
 
@@ -390,24 +393,84 @@ def write_part_npz(
                     frame_offset=_frame_offset(wf, part), compressed=compressed)
 
 
+@dataclass(frozen=True)
+class PartResult:
+    """What :func:`write_parts_npz_each` did with one part: the file, or why not."""
+
+    part: int
+    path: Path | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _PartTask:
+    wf: WorkingFolder
+    part: int
+    options: Mapping[str, Any]
+
+
+def _write_part_task(task: _PartTask) -> PartResult:
+    try:
+        return PartResult(task.part, write_part_npz(task.wf, task.part, **task.options))
+    except InputError as exc:
+        return PartResult(task.part, None, str(exc))
+
+
+def write_parts_npz_each(
+    wf: WorkingFolder,
+    parts: Iterable[int] | None = None,
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+    **kw: Any,
+) -> list[PartResult]:
+    """:func:`write_part_npz` for several parts, one task per part, errors recorded.
+
+    ``parts`` defaults to every ``movies/part{N}`` folder; ``kw`` goes to
+    :func:`write_part_npz`. A part that cannot be written is reported in its
+    :class:`PartResult`, never fatal for the others. Results are in part order.
+    """
+    chosen = sorted(parts) if parts is not None else _part_folders(wf)
+    tasks = [_PartTask(wf, part, kw) for part in chosen]
+    results: list[PartResult] = []
+    for result in (executor.map(_write_part_task, tasks) if executor is not None
+                   else map(_write_part_task, tasks)):
+        results.append(result)
+        if progress is not None:
+            progress(1)
+    return results
+
+
 def write_parts_npz(
-    wf: WorkingFolder, parts: Iterable[int] | None = None, **kw: Any
+    wf: WorkingFolder,
+    parts: Iterable[int] | None = None,
+    *,
+    executor: Executor | None = None,
+    **kw: Any,
 ) -> list[Path]:
     """:func:`write_part_npz` for several parts (default: every ``movies/part{N}`` folder).
 
     Raises
     ------
     InputError
-        ``parts`` is None and there are no part folders.
+        ``parts`` is None and there are no part folders, or a part cannot be
+        written (after every other part was); see :func:`write_parts_npz_each`
+        to collect such errors instead.
     """
-    if parts is None:
-        found = ([int(m[1]) for p in wf.movies.iterdir()
-                  if p.is_dir() and (m := _PART_RE.match(p.name))]
-                 if wf.movies.is_dir() else [])
-        if not found:
-            raise InputError("no part folders: make the movies first", path=wf.movies)
-        parts = sorted(found)
-    return [write_part_npz(wf, part, **kw) for part in parts]
+    results = write_parts_npz_each(wf, parts, executor=executor, **kw)
+    for result in results:
+        if result.error is not None:
+            raise InputError(result.error)
+    return [r.path for r in results if r.path is not None]
+
+
+def _part_folders(wf: WorkingFolder) -> list[int]:
+    """Part numbers of the ``movies/part{N}`` folders."""
+    found = ([int(m[1]) for p in wf.movies.iterdir()
+              if p.is_dir() and (m := _PART_RE.match(p.name))] if wf.movies.is_dir() else [])
+    if not found:
+        raise InputError("no part folders: make the movies first", path=wf.movies)
+    return sorted(found)
 
 
 def _all_parts(wf: WorkingFolder) -> list[int]:
@@ -416,11 +479,7 @@ def _all_parts(wf: WorkingFolder) -> list[int]:
         return list(range(1, read_montage_log(wf.montage_log).montages_in_pos + 1))
     except LogError as exc:
         logger.warning("parts taken from the movies folder (%s)", exc)
-    found = ([int(m[1]) for p in wf.movies.iterdir()
-              if p.is_dir() and (m := _PART_RE.match(p.name))] if wf.movies.is_dir() else [])
-    if not found:
-        raise InputError("no part folders: make the movies first", path=wf.movies)
-    return sorted(found)
+    return _part_folders(wf)
 
 
 def write_full_movie_npz(
