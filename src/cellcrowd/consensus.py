@@ -81,7 +81,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .errors import AnnotationError, CellcrowdError, GeometryError
-from .executor import Executor
+from .executor import Executor, run_tasks
 from .files import read_image, write_image
 from .geometry import MontageLayout
 
@@ -735,14 +735,7 @@ def merge_tasks(
     progress: Callable[[int], None] | None = None,
 ) -> list[MergeResult]:
     """Run :func:`merge_task` over ``tasks`` (serially, or on ``executor``), in task order."""
-    task_list = list(tasks)
-    results_iter = (executor.map(merge_task, task_list) if executor is not None
-                    else map(merge_task, task_list))
-    results = []
-    for result in results_iter:
-        results.append(result)
-        if progress is not None:
-            progress(1)
+    results = list(run_tasks(merge_task, tasks, executor=executor, progress=progress))
     failed = sum(not r.ok for r in results)
     if failed:
         logger.warning("%d of %d montages could not be merged", failed, len(results))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor"]
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor", "run_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,28 @@ class DaskExecutor:
     def close(self) -> None:
         if self._own:
             self.client.close()
+
+
+def run_tasks(
+    fn: Callable[[T], R],
+    tasks: Iterable[T],
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[R]:
+    """``fn`` over ``tasks`` on ``executor`` (None: serially here), results in task order.
+
+    ``progress`` is called with 1 after each result, for progress bars.
+
+    >>> ticks = []
+    >>> list(run_tasks(abs, [-1, -2], progress=ticks.append)), ticks
+    ([1, 2], [1, 1])
+    """
+    results = executor.map(fn, tasks) if executor is not None else map(fn, tasks)
+    for result in results:
+        if progress is not None:
+            progress(1)
+        yield result
 
 
 def make_executor(workers: int | None = None, scheduler: str | None = None) -> Executor:

@@ -37,7 +37,7 @@ from scipy import ndimage
 from skimage.measure import label as _skimage_label
 
 from .errors import AnnotationError, CellcrowdError
-from .executor import Executor
+from .executor import Executor, run_tasks
 from .files import read_image, write_image
 from .geometry import MontageLayout
 from .logs import MontageLog
@@ -536,14 +536,7 @@ def clean_annotations(
     progress: Callable[[int], None] | None = None,
 ) -> list[CleanResult]:
     """Run :func:`clean_task` over ``tasks`` (serially, or on ``executor``), in task order."""
-    task_list = list(tasks)
-    results_iter = executor.map(clean_task, task_list) if executor is not None else map(
-        clean_task, task_list)
-    results = []
-    for result in results_iter:
-        results.append(result)
-        if progress is not None:
-            progress(1)
+    results = list(run_tasks(clean_task, tasks, executor=executor, progress=progress))
     failed = sum(not r.ok for r in results)
     if failed:
         logger.warning("%d of %d annotations could not be cleaned", failed, len(results))

@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import AnnotationError, GeometryError, InputError, LogError
-from .executor import Executor
+from .executor import Executor, run_tasks
 from .files import list_images, read_image, write_image
 from .geometry import Position, TileGrid, montage_frame_range, num_montages
 from .layout import MontageKey, WorkingFolder, parse_montage_name
@@ -53,8 +53,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
@@ -174,19 +172,6 @@ def read_movie_geometry(wf: WorkingFolder) -> MovieGeometry:
                         frames=num_frames if num_frames is not None else count * length,
                         montages=count)
     return MovieGeometry(wf, chopper, mlog, grid, count, num_frames, raw_paths)
-
-
-def _run(
-    fn: Callable[[_T], _R],
-    tasks: Iterable[_T],
-    executor: Executor | None,
-    progress: Callable[[int], None] | None,
-) -> Iterator[_R]:
-    results = executor.map(fn, tasks) if executor is not None else map(fn, tasks)
-    for result in results:
-        if progress is not None:
-            progress(1)
-        yield result
 
 
 # -- annotated montages -> frames -------------------------------------------------------
@@ -340,7 +325,8 @@ def montages_to_movies(
             items.append(ItemResult(path.name, (), (
                 f"x={triple[0]}, y={triple[1]}, montage {triple[2]} is outside the logged "
                 f"{movie.grid.num_x}x{movie.grid.num_y} grid of {movie.count} montages")))
-    for key, item in zip(task_keys, _run(_montage_to_frames, tasks, executor, progress),
+    for key, item in zip(task_keys, run_tasks(_montage_to_frames, tasks, executor=executor,
+                                                  progress=progress),
                          strict=True):
         items.append(item)
         if item.error is not None:
@@ -418,7 +404,8 @@ def raw_to_movies(
         part, f = t // length + 1, t % length
         tasks.append(_RawTask(source, movie.grid, tuple(
             (pos, wf.raw_tile_frame(part, pos, f)) for pos in movie.grid.positions)))
-    items = tuple(_run(_raw_frame_to_tiles, tasks, executor, progress))
+    items = tuple(run_tasks(_raw_frame_to_tiles, tasks, executor=executor,
+                                     progress=progress))
     result = MoviesResult(wf, "raw", items)
     for error in result.errors:
         logger.error("raw frame failed: %s", error)

@@ -36,7 +36,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import InputError
-from .executor import Executor
+from .executor import Executor, run_tasks
 from .files import atomic_write_text, list_images, read_image, write_image
 from .geometry import MontageLayout, TileGrid, montage_frame_range, num_montages
 from .layout import MontageKey, WorkingFolder
@@ -321,15 +321,12 @@ def prepare(
 
     written: list[MontageKey] = []
     errors: list[str] = []
-    run = executor.map if executor is not None else map
-    for result in run(_write_montage, tasks):
+    for result in run_tasks(_write_montage, tasks, executor=executor, progress=progress):
         if result.error is not None:
             logger.error("montage not written: %s", result.error)
             errors.append(result.error)
         else:
             written.append(result.key)
-        if progress is not None:
-            progress(1)
 
     write_log(ChopperLog.from_grid(grid, identifier=wf.identifier, num_images=frames),
               wf.chopper_log)

@@ -53,7 +53,7 @@ from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError, LineageError
-from .executor import Executor
+from .executor import Executor, run_tasks
 from .files import atomic_write_text, list_images, read_image, write_image
 from .geometry import Position, TileGrid
 from .layout import WorkingFolder
@@ -874,16 +874,12 @@ def stitch_movies(
     movie = read_movie_geometry(wf)
     wf, grid = movie.wf, movie.grid
     tasks = [_PartTask(wf, grid, m + 1, movie.frames_in(m), min_iou) for m in range(movie.count)]
-    results = executor.map(_stitch_part, tasks) if executor is not None else map(
-        _stitch_part, tasks)
     parts: list[_PartResult] = []
-    for result in results:
+    for result in run_tasks(_stitch_part, tasks, executor=executor, progress=progress):
         parts.append(result)
         for pos, reason in result.missing:
             logger.warning("part %d: tile x=%d, y=%d left out: %s", result.part, pos.x, pos.y,
                            reason)
-        if progress is not None:
-            progress(1)
     labels, link = link_parts([p.labels for p in parts], min_iou=link_iou)
     lineage = lineage_from_labels(labels, link.parents)
     if int(labels.max(initial=0)) > _UINT16_MAX:

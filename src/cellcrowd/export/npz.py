@@ -61,7 +61,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError, LogError
-from ..executor import Executor
+from ..executor import Executor, run_tasks
 from ..files import atomic_path, list_images, natural_key, read_image
 from ..geometry import Position
 from ..layout import WorkingFolder
@@ -432,13 +432,7 @@ def write_parts_npz_each(
     """
     chosen = sorted(parts) if parts is not None else _part_folders(wf)
     tasks = [_PartTask(wf, part, kw) for part in chosen]
-    results: list[PartResult] = []
-    for result in (executor.map(_write_part_task, tasks) if executor is not None
-                   else map(_write_part_task, tasks)):
-        results.append(result)
-        if progress is not None:
-            progress(1)
-    return results
+    return list(run_tasks(_write_part_task, tasks, executor=executor, progress=progress))
 
 
 def write_parts_npz(
