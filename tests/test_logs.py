@@ -84,9 +84,9 @@ def test_legacy_log_with_lost_rows_warns(tmp_path: Path, caplog: pytest.LogCaptu
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        ({"montage_len": 0}, r"column 'montage_len': Input should be greater than or equal to 1"),
-        ({"row_length": "five"}, r"column 'row_length'.*got 'five'"),
-        ({"x_buffer": None}, r"column 'x_buffer'"),
+        ({"montage_len": 0}, r"key 'montage_len': Input should be greater than or equal to 1"),
+        ({"row_length": "five"}, r"key 'row_length'.*got 'five'"),
+        ({"x_buffer": None}, r"key 'x_buffer'"),
     ],
     ids=["zero-length", "not-a-number", "null"],
 )
@@ -103,7 +103,7 @@ def test_bad_montage_log_names_file_and_key(
 def test_missing_key_and_missing_file(tmp_path: Path) -> None:
     data = dict(MONTAGE)
     del data["row_length"]
-    with pytest.raises(LogError, match=r"column 'row_length': Field required \(missing\)"):
+    with pytest.raises(LogError, match=r"key 'row_length': Field required \(missing\)"):
         read_montage_log(_write(tmp_path / "m.json", data))
     with pytest.raises(LogError, match="log not found: run `cellcrowd prepare` first"):
         read_montage_log(tmp_path / "absent.json")

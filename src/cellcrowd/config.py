@@ -239,7 +239,7 @@ def _apply_overrides(
         for part in parts[:-1]:
             nested = target.setdefault(part, {})
             if not isinstance(nested, dict):
-                raise ConfigError(f"{part!r} is not a section", path=source, column=dotted)
+                raise ConfigError(f"{part!r} is not a section", path=source, key=dotted)
             target = nested
         target[parts[-1]] = value
 
@@ -251,7 +251,7 @@ def _validate(data: Mapping[str, Any], source: Path | None) -> Config:
             "API keys are never read from the configuration file: delete this key and set "
             f"the environment variable {API_KEY_VARIABLES[0]} instead",
             path=source,
-            column=key,
+            key=key,
         )
     try:
         return Config.model_validate({**data, "source": source})
@@ -270,18 +270,18 @@ def _config_error(exc: ValidationError, source: Path | None) -> ConfigError:
         return ConfigError(
             f"unknown key {loc[-1]!r} {where}; allowed keys are: {allowed}",
             path=source,
-            column=dotted,
+            key=dotted,
         )
     if first["type"] == "missing":
         return ConfigError(
             f"required key {dotted!r} is missing; add it to the file (see `cellcrowd init`)",
             path=source,
-            column=dotted,
+            key=dotted,
         )
     msg = first["msg"].removeprefix("Value error, ")
     if loc:
         return ConfigError(
-            f"{msg} (got {first.get('input')!r})", path=source, column=dotted
+            f"{msg} (got {first.get('input')!r})", path=source, key=dotted
         )
     return ConfigError(msg, path=source)
 

@@ -85,7 +85,8 @@ class InputError(CellcrowdError, ValueError):
     row : int or None
         1-based data row (header excluded) in a CSV, or line in a JSON-lines file.
     column : str or None
-        The offending column or key.
+        The offending CSV column, or the offending key (given as ``key``) of a JSON
+        log or TOML configuration.
     """
 
     def __init__(
@@ -95,10 +96,11 @@ class InputError(CellcrowdError, ValueError):
         path: str | Path | None = None,
         row: int | None = None,
         column: str | None = None,
+        key: str | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.row = row
-        self.column = column
+        self.column = column if column is not None else key
         where = []
         if self.path is not None:
             where.append(str(self.path))
@@ -106,6 +108,8 @@ class InputError(CellcrowdError, ValueError):
             where.append(f"row {row}")
         if column is not None:
             where.append(f"column {column!r}")
+        elif key is not None:
+            where.append(f"key {key!r}")
         prefix = ", ".join(where)
         super().__init__(f"{prefix}: {message}" if prefix else message)
 

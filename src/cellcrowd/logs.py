@@ -188,7 +188,7 @@ def _core_from_starts(
     if len(starts) != count:
         raise LogError(
             f"{key} has {len(starts)} entries but the log says there are {count} segments",
-            path=source, column=key,
+            path=source, key=key,
         )
     if count == 1:
         return default
@@ -196,7 +196,7 @@ def _core_from_starts(
     if step < 1 or any(b - a != step for a, b in itertools.pairwise(starts)):
         raise LogError(
             f"{key} must be evenly spaced increasing pixel offsets, got {starts}",
-            path=source, column=key,
+            path=source, key=key,
         )
     return step
 
@@ -230,7 +230,7 @@ def _read(path: Path, model: type[_L]) -> _L:
             f"{first['msg']} ({value}); fix the key or rewrite the log with "
             "`cellcrowd prepare`",
             path=path,
-            column=key,
+            key=key,
         ) from None
 
 
@@ -254,7 +254,7 @@ def read_logs(chopper_path: Path, montage_path: Path) -> tuple[ChopperLog, Monta
                 f"{key} is {getattr(montage, key)} here but {getattr(chopper, key)} in "
                 f"{chopper_path.name}: the two logs come from different runs",
                 path=montage_path,
-                column=key,
+                key=key,
             )
     if chopper.identifier != montage.identifier:
         logger.warning(

@@ -166,7 +166,7 @@ def read_movie_geometry(wf: WorkingFolder) -> MovieGeometry:
             f"make {num_montages(num_frames, length)}: the logs (or the raw folder "
             f"{wf.raw}) belong to different runs",
             path=wf.montage_log,
-            column="montages_in_pos",
+            key="montages_in_pos",
         )
     wf = wf.with_counts(num_x=grid.num_x, num_y=grid.num_y,
                         frames=num_frames if num_frames is not None else count * length,
