@@ -129,6 +129,8 @@ def test_prepare(tmp_path: Path, example: Example, capsys: pytest.CaptureFixture
     assert code == 0, err
     assert "prepared 2 montages of 10 frames" in out
     assert len(list((tmp_path / "montages").glob("p_*.png"))) == 2
+    assert "prepare" in err  # the progress bar, on stderr
+    assert "2/2" in err
 
 
 @pytest.mark.parametrize(

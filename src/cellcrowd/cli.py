@@ -398,7 +398,13 @@ def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
     config = _load(args)
     ex = make_executor(config.executor.workers or None, config.executor.scheduler or None)
     try:
-        result = prepare_folder(config, executor=ex)
+        if ui.quiet:
+            result = prepare_folder(config, executor=ex)
+        else:
+            with _RichProgress(ui.err) as bars:
+                bars.start("prepare", _montage_count(config))
+                result = prepare_folder(
+                    config, executor=ex, progress=lambda n: bars.advance("prepare", n))
     finally:
         ex.close()
     ui.print(f"prepared {len(result.montages)} montages of {result.num_frames} frames in "
@@ -406,6 +412,20 @@ def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
     for error in result.errors:
         ui.print(f"  not written: {error}")
     return 0
+
+
+def _montage_count(config: Config) -> int | None:
+    """How many montages `prepare` will write (None when the raw folder is unreadable)."""
+    from .errors import InputError
+    from .files import list_images
+    from .geometry import num_montages
+
+    p = config.prepare
+    try:
+        frames = len(list_images(config.raw_folder))
+    except InputError:
+        return None
+    return p.num_x * p.num_y * num_montages(frames, p.montage_len) if frames else None
 
 
 def _cmd_demo(args: argparse.Namespace, ui: _Ui) -> int:
