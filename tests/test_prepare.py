@@ -307,3 +307,67 @@ def test_names_past_999_frames_widen() -> None:
     assert wf.annotated_frame(1, Position(0, 1), 999).name == "exp_x_00_y_01_frame_0999.png"
     assert wf.raw_tile_frame(1, Position(0, 1), 1000).name == "exp_raw_x_00_y_01_frame_1000.tif"
     assert wf.montage_path(MontageKey("exp", 1, 0, 100)).name == "exp_x_01_y_00_montage_100.png"
+
+
+def test_prepare_tasks_read_their_own_frames_from_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+
+    import cellcrowd.prepare as prepare_mod
+
+    def no_whole_movie(raw_dir: object) -> None:
+        raise AssertionError("prepare must not read the whole movie")
+
+    monkeypatch.setattr(prepare_mod, "read_raw_movie", no_whole_movie)
+    reads: list[str] = []
+    real_read = prepare_mod.read_image
+
+    def counting_read(path: Path) -> np.ndarray:
+        reads.append(Path(path).name)
+        return real_read(path)
+
+    monkeypatch.setattr(prepare_mod, "read_image", counting_read)
+    movie = _movie(10, (64, 80))
+    task_reads: list[list[str]] = []
+    payload_sizes: list[int] = []
+    real_task = prepare_mod._write_montage_number
+
+    def watched_task(task: prepare_mod._MontageNumberTask) -> list[prepare_mod.MontageTaskResult]:
+        payload_sizes.append(len(pickle.dumps(task)))
+        before = len(reads)
+        results = real_task(task)
+        task_reads.append(reads[before:])
+        return results
+
+    monkeypatch.setattr(prepare_mod, "_write_montage_number", watched_task)
+    wf, result = _prepare(tmp_path, movie)  # montage_len 4: frames 0-3, 4-7, 8-9
+    assert not result.errors
+    assert len(result.montages) == 4 * 3
+    # Each task reads exactly its own frames (at most L), never the rest of the movie ...
+    assert task_reads == [[f"frame_{t}.tif" for t in range(4 * m, min(4 * m + 4, 10))]
+                          for m in range(3)]
+    # ... and its payload is paths and geometry, smaller than one raw frame.
+    assert max(payload_sizes) < movie[0].nbytes
+    grid = TileGrid.for_frame((64, 80), num_x=2, num_y=2, overlap_perc=10)
+    cells = MontageLayout(grid.tile_shape, 4, 3).read(
+        read_image(wf.montage_path(MontageKey("exp", 1, 1, 2))))
+    np.testing.assert_array_equal(cells[:2], _tiles(movie, grid, Position(1, 1))[8:10])
+
+
+def test_prepare_records_a_frame_that_differs_only_on_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cellcrowd.prepare as prepare_mod
+
+    # Headers that all look alike: the odd frame is only found by the task reading it.
+    monkeypatch.setattr(prepare_mod, "_frame_header", lambda path: ("same",))
+    raw = tmp_path / "raw"
+    _write_frames(raw, _movie(4, (8, 8)))
+    write_image(raw / "frame_2.tif", np.zeros((8, 8), np.float32))
+    wf = WorkingFolder(tmp_path / "work", "exp")
+    result = prepare(raw, wf, num_x=2, num_y=1, overlap_perc=0, montage_len=2, row_length=2)
+    assert [k.montage for k in result.montages] == [0, 0]  # montage 0 of both tiles
+    assert len(result.errors) == 2  # montage 1 of both tiles
+    assert all("frame_2.tif" in e and "first frame (frame_0.tif)" in e for e in result.errors)
+    assert "exp_x_01_y_00_montage_01.png" in result.errors[1]

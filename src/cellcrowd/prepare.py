@@ -16,6 +16,12 @@ widened (values unchanged); any other dtype (float, signed or wider integers) is
 rescaled linearly from the movie's minimum and maximum to ``0 … 65535`` with a
 logged warning.
 
+Memory: :func:`prepare` never loads the whole movie. Frame shapes and dtypes are
+checked from the file headers; a movie that needs rescaling is first read one
+frame at a time for its range; then one task per montage number ``m`` reads
+frames ``m*L … m*L+L-1`` from disk and writes montage ``m`` of every tile, so a
+task holds ``L`` frames (tasks carry file paths, not pixels).
+
 Multi-channel frames ``(H, W, C)`` (channels last): only channel ``channel``
 (default the first) is montaged for upload, because annotators see one grey
 image; the raw tiles written by :func:`cellcrowd.movies.raw_to_movies` keep
@@ -26,14 +32,15 @@ from __future__ import annotations
 
 import csv
 import io
-import itertools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from numpy.typing import NDArray
+from PIL import Image
 
 from .errors import InputError
 from .executor import Executor, run_tasks
@@ -80,15 +87,22 @@ def read_raw_movie(raw_dir: str | Path) -> NDArray[np.generic]:
     movie[0] = first
     for t, path in enumerate(paths[1:], start=1):
         frame = read_image(path)
-        if frame.shape != first.shape or frame.dtype != first.dtype:
-            raise InputError(
-                f"this frame is {frame.shape} {frame.dtype} but the first frame "
-                f"({paths[0].name}) is {first.shape} {first.dtype}: every frame of a movie "
-                "must have the same shape and dtype; remove or convert this file",
-                path=path,
-            )
+        _check_same_as_first(frame.shape, frame.dtype, path, first.shape, first.dtype, paths[0])
         movie[t] = frame
     return movie
+
+
+def _check_same_as_first(
+    shape: tuple[int, ...], dtype: np.dtype[np.generic], path: Path,
+    first_shape: tuple[int, ...], first_dtype: np.dtype[np.generic], first_path: Path,
+) -> None:
+    if shape != first_shape or dtype != first_dtype:
+        raise InputError(
+            f"this frame is {shape} {dtype} but the first frame "
+            f"({first_path.name}) is {first_shape} {first_dtype}: every frame of a movie "
+            "must have the same shape and dtype; remove or convert this file",
+            path=path,
+        )
 
 
 def _check_frame_ndim(frame: NDArray[np.generic], path: Path) -> None:
@@ -111,23 +125,54 @@ def to_uint16(movie: NDArray[np.generic]) -> NDArray[np.uint16]:
     >>> to_uint16(np.array([[0.0, 0.5, 1.0]]))
     array([[    0, 32768, 65535]], dtype=uint16)
     """
-    if movie.dtype == np.uint16:
-        return movie.astype(np.uint16, copy=False)
-    if movie.dtype == np.uint8:
-        return movie.astype(np.uint16)
-    if movie.dtype.kind not in "biuf":
-        raise TypeError(f"cannot turn {movie.dtype} intensities into a 16-bit image")
-    data = movie.astype(np.float64)
-    if not np.isfinite(data).all():
+    if not _needs_rescale(movie.dtype):
+        return _convert(movie, None)
+    low, high = _finite_range(movie)
+    _warn_rescale(movie.dtype, low, high)
+    return _convert(movie, (low, high))
+
+
+def _needs_rescale(dtype: np.dtype[np.generic]) -> bool:
+    """False for uint16/uint8 (kept or widened); raises TypeError for non-numbers."""
+    if dtype in (np.uint16, np.uint8):
+        return False
+    if dtype.kind not in "biuf":
+        raise TypeError(f"cannot turn {dtype} intensities into a 16-bit image")
+    return True
+
+
+def _finite_range(data: NDArray[np.generic]) -> tuple[float, float]:
+    """``(min, max)`` of ``data`` as float64, ``(0, 0)`` when empty; NaN/inf raise ValueError."""
+    values = data.astype(np.float64)
+    if not np.isfinite(values).all():
         raise ValueError("the movie holds NaN or infinite values: fix or mask them first")
-    low, high = (float(data.min()), float(data.max())) if data.size else (0.0, 0.0)
+    return (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+
+
+def _warn_rescale(dtype: np.dtype[np.generic], low: float, high: float) -> None:
     logger.warning(
         "raw frames are %s: rescaling intensities %g…%g to the 16-bit range 0…65535 for "
-        "the montages", movie.dtype, low, high,
+        "the montages", dtype, low, high,
     )
+
+
+def _convert(
+    data: NDArray[np.generic], value_range: tuple[float, float] | None
+) -> NDArray[np.uint16]:
+    """``data`` as uint16: kept/widened (``value_range`` None) or rescaled from the range.
+
+    Element-wise, so converting frame by frame with the movie's range gives the
+    same values as converting the whole movie.
+    """
+    if value_range is None:
+        if data.dtype == np.uint16:
+            return data.astype(np.uint16, copy=False)
+        return data.astype(np.uint16)
+    low, high = value_range
     if high == low:
-        return np.zeros(movie.shape, dtype=np.uint16)
-    return np.rint((data - low) * (_UINT16_MAX / (high - low))).astype(np.uint16)
+        return np.zeros(data.shape, dtype=np.uint16)
+    values = data.astype(np.float64)
+    return np.rint((values - low) * (_UINT16_MAX / (high - low))).astype(np.uint16)
 
 
 def _tile_stacks(
@@ -176,13 +221,22 @@ def make_montages(
 
 
 @dataclass(frozen=True)
-class _MontageTask:
-    key: MontageKey
-    frames: NDArray[np.generic]
-    truth: NDArray[np.generic] | None
+class _MontageNumberTask:
+    """Montage number ``m`` of every position: the frame files to read, not their pixels."""
+
+    number: int
+    frame_paths: tuple[Path, ...]
+    first_path: Path
+    frame_shape: tuple[int, ...]
+    frame_dtype: str
+    channel: int | None
+    value_range: tuple[float, float] | None
+    grid: TileGrid
     layout: MontageLayout
-    path: Path
-    truth_path: Path | None
+    keys: tuple[MontageKey, ...]
+    paths: tuple[Path, ...]
+    truth: NDArray[np.generic] | None
+    truth_paths: tuple[Path, ...] | None
 
 
 @dataclass(frozen=True)
@@ -195,15 +249,93 @@ class MontageTaskResult:
     error: str | None = None
 
 
-def _write_montage(task: _MontageTask) -> MontageTaskResult:
-    """Lay out and write one montage (and its ground truth); never raises for one bad item."""
+def _read_upload_frames(task: _MontageNumberTask) -> NDArray[np.uint16]:
+    """This montage number's frames, upload channel only, as ``(n, H, W)`` uint16.
+
+    One raw frame is held at a time besides the converted stack.
+    """
+    stack = np.empty((len(task.frame_paths), *task.frame_shape[:2]), dtype=np.uint16)
+    for k, path in enumerate(task.frame_paths):
+        frame = read_image(path)
+        _check_frame_ndim(frame, path)
+        _check_same_as_first(frame.shape, frame.dtype, path, task.frame_shape,
+                             np.dtype(task.frame_dtype), task.first_path)
+        stack[k] = _convert(frame[..., task.channel] if task.channel is not None else frame,
+                            task.value_range)
+    return stack
+
+
+def _write_montage_number(task: _MontageNumberTask) -> list[MontageTaskResult]:
+    """Read frames ``m*L … m*L+L-1`` and write montage ``m`` of every position (and truth).
+
+    Never raises for one bad item: a frame that cannot be read fails (and is
+    recorded for) every montage of this number; a montage that cannot be
+    written is recorded alone.
+    """
     try:
-        write_image(task.path, task.layout.make(task.frames))
-        if task.truth is not None and task.truth_path is not None:
-            write_image(task.truth_path, task.layout.make(task.truth).astype(np.uint16))
+        frames_last = np.moveaxis(_read_upload_frames(task), 0, -1)  # (H, W, n)
     except (OSError, ValueError) as exc:
-        return MontageTaskResult(task.key, None, None, f"{task.path.name}: {exc}")
-    return MontageTaskResult(task.key, task.path, task.truth_path)
+        return [MontageTaskResult(key, None, None, f"{path.name}: {exc}")
+                for key, path in zip(task.keys, task.paths, strict=True)]
+    truth_last = np.moveaxis(task.truth, 0, -1) if task.truth is not None else None
+    results = []
+    for i, (pos, key, path) in enumerate(zip(task.grid.positions, task.keys, task.paths,
+                                             strict=True)):
+        truth_path = task.truth_paths[i] if task.truth_paths is not None else None
+        try:
+            write_image(path, task.layout.make(np.moveaxis(task.grid.tile(frames_last, pos),
+                                                           -1, 0)))
+            if truth_last is not None and truth_path is not None:
+                truth_stack = np.moveaxis(task.grid.tile(truth_last, pos), -1, 0)
+                write_image(truth_path, task.layout.make(truth_stack).astype(np.uint16))
+        except (OSError, ValueError) as exc:
+            results.append(MontageTaskResult(key, None, None, f"{path.name}: {exc}"))
+        else:
+            results.append(MontageTaskResult(key, path, truth_path))
+    return results
+
+
+def _frame_header(path: Path) -> tuple[object, ...] | None:
+    """A cheap signature of what :func:`read_image` would return (``None``: unknown).
+
+    Read from the file header only; frames with equal signatures read to arrays of
+    equal shape and dtype.
+    """
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return ("tiff", tuple(series.shape), series.dtype.str)
+        with Image.open(path) as img:
+            return ("png", img.mode, img.size, "transparency" in img.info)
+    except Exception:  # any failure just means: read the whole frame instead
+        return None
+
+
+def _check_frames(paths: list[Path], first: NDArray[np.generic]) -> None:
+    """Every frame has the first frame's shape and dtype, checked from headers.
+
+    A frame whose header differs from the first frame's (or cannot be parsed) is
+    read whole, so the verdict is the same as :func:`read_raw_movie`'s.
+    """
+    first_header = _frame_header(paths[0])
+    for path in paths[1:]:
+        if first_header is not None and _frame_header(path) == first_header:
+            continue
+        frame = read_image(path)
+        _check_same_as_first(frame.shape, frame.dtype, path, first.shape, first.dtype, paths[0])
+
+
+def _movie_range(paths: list[Path], channel: int | None) -> tuple[float, float]:
+    """The upload channel's min and max over the whole movie, read one frame at a time."""
+    low, high = np.inf, -np.inf
+    for path in paths:
+        frame = read_image(path)
+        upload = frame[..., channel] if channel is not None else frame
+        lo, hi = _finite_range(upload)
+        if upload.size:
+            low, high = min(low, lo), max(high, hi)
+    return (float(low), float(high)) if low <= high else (0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -295,38 +427,61 @@ def prepare(
             "name is appended to it)"
         )
     raw_dir = Path(raw_dir)
-    movie = read_raw_movie(raw_dir)
-    upload = _upload_channel(movie, channel, raw_dir)
-    frames = upload.shape[0]
+    paths = list_images(raw_dir)
+    if not paths:
+        raise InputError(
+            "no raw frames (PNG or TIFF) in this folder: point raw_dir at the folder of frames",
+            path=raw_dir,
+        )
+    first = read_image(paths[0])
+    _check_frame_ndim(first, paths[0])
+    _check_frames(paths, first)
+    upload_channel = _upload_channel_index(first, channel, raw_dir)
+    frames = len(paths)
+    upload_shape = (frames, *first.shape[:2])
     if truth is not None:
-        truth = _check_truth(truth, upload.shape)
-    grid = TileGrid.for_frame(upload.shape[1:3], num_x=num_x, num_y=num_y,
+        truth = _check_truth(truth, upload_shape)
+    grid = TileGrid.for_frame(upload_shape[1:3], num_x=num_x, num_y=num_y,
                               overlap_perc=overlap_perc)
     layout = MontageLayout(grid.tile_shape, montage_len, row_length, x_buffer, y_buffer)
     count = num_montages(frames, montage_len)
     wf = replace(wf.with_counts(num_x=num_x, num_y=num_y, frames=frames, montages=count),
                  raw=raw_dir)
+    value_range: tuple[float, float] | None = None
+    if _needs_rescale(first.dtype):
+        value_range = _movie_range(paths, upload_channel)
+        _warn_rescale(first.dtype, *value_range)
+    first_shape, first_dtype = first.shape, first.dtype.str
+    del first  # from here on, frames are read by the tasks, L at a time
 
-    truth_stacks: Iterator[NDArray[np.generic] | None] = (
-        (stack for _, stack in _tile_stacks(truth, grid, montage_len)) if truth is not None
-        else itertools.repeat(None))
     tasks = []
-    for (key, stack), truth_stack in zip(_tile_stacks(to_uint16(upload), grid, montage_len),
-                                         truth_stacks, strict=False):
-        key = replace(key, identifier=wf.identifier)
-        tasks.append(_MontageTask(
-            key, stack, truth_stack, layout, wf.montage_path(key),
-            wf.truth_path(wf.montage_name(key)) if truth_stack is not None else None,
+    for m in range(count):
+        rng = montage_frame_range(m, montage_len, frames)
+        keys = tuple(MontageKey(wf.identifier, pos.x, pos.y, m) for pos in grid.positions)
+        tasks.append(_MontageNumberTask(
+            m, tuple(paths[rng.start:rng.stop]), paths[0], first_shape, first_dtype,
+            upload_channel, value_range, grid, layout, keys,
+            tuple(wf.montage_path(k) for k in keys),
+            truth[rng.start:rng.stop] if truth is not None else None,
+            tuple(wf.truth_path(wf.montage_name(k)) for k in keys) if truth is not None
+            else None,
         ))
 
+    by_key: dict[MontageKey, MontageTaskResult] = {}
+    for results in run_tasks(_write_montage_number, tasks, executor=executor):
+        by_key.update((r.key, r) for r in results)
+        if progress is not None:
+            progress(len(results))
     written: list[MontageKey] = []
     errors: list[str] = []
-    for result in run_tasks(_write_montage, tasks, executor=executor, progress=progress):
-        if result.error is not None:
-            logger.error("montage not written: %s", result.error)
-            errors.append(result.error)
-        else:
-            written.append(result.key)
+    for pos in grid.positions:  # upload order: position by position, montages in order
+        for m in range(count):
+            result = by_key[MontageKey(wf.identifier, pos.x, pos.y, m)]
+            if result.error is not None:
+                logger.error("montage not written: %s", result.error)
+                errors.append(result.error)
+            else:
+                written.append(result.key)
 
     write_log(ChopperLog.from_grid(grid, identifier=wf.identifier, num_images=frames),
               wf.chopper_log)
@@ -340,10 +495,13 @@ def prepare(
     return PrepareResult(wf, grid, layout, frames, written, errors)
 
 
-def _upload_channel(movie: NDArray[np.generic], channel: int, raw_dir: Path) -> NDArray[np.generic]:
-    if movie.ndim == 3:
-        return movie
-    channels = movie.shape[-1]
+def _upload_channel_index(
+    first: NDArray[np.generic], channel: int, raw_dir: Path
+) -> int | None:
+    """The channel montaged for upload (``None`` for 2-D frames), checked on the first frame."""
+    if first.ndim == 2:
+        return None
+    channels = first.shape[-1]
     if not 0 <= channel < channels:
         raise InputError(
             f"channel {channel} does not exist: the raw frames have {channels} channels "
@@ -352,7 +510,7 @@ def _upload_channel(movie: NDArray[np.generic], channel: int, raw_dir: Path) -> 
         )
     logger.info("raw frames have %d channels: montaging channel %d for upload",
                 channels, channel)
-    return movie[..., channel]
+    return channel
 
 
 def _check_truth(truth: NDArray[np.generic], shape: tuple[int, ...]) -> NDArray[np.generic]:
