@@ -380,6 +380,18 @@ def test_lineage_finds_division_inside_a_part_and_keeps_gaps() -> None:
     assert not lineage[5]["daughters"]
 
 
+def test_lineage_a_cell_that_comes_back_after_a_gap_did_not_divide() -> None:
+    movie = np.zeros((4, 10, 10), dtype=np.int32)
+    movie[[0, 2, 3], 1:9, 1:9] = 1  # gone in frame 1 only ...
+    movie[1, 1:5, 1:9] = 2  # ... while two new cells lie where it was
+    movie[1, 5:9, 1:9] = 3
+    lineage = lineage_from_labels(movie)
+    assert lineage[1]["frames"] == [0, 2, 3]
+    assert all(not e["daughters"] and e["parent"] is None for e in lineage.values())
+    movie[2:] = np.where(movie[2:] == 1, 4, 0)  # it does not come back: a division
+    assert lineage_from_labels(movie)[1]["daughters"] == [2, 3]
+
+
 @pytest.mark.parametrize(
     "second",
     [
@@ -494,6 +506,52 @@ def test_stitch_movies_reports_a_missing_tile(tmp_path: Path) -> None:
     (fy, fx), _ = grid.core_window(Position(1, 1))
     assert not labels[2:, fy, fx].any()
     assert labels[:2, fy, fx].any() or not movie[:2, fy, fx].any()
+
+
+def test_stitch_movies_streams_part_by_part(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import cellcrowd.stitch as stitch
+
+    movie = boxes_movie(np.random.default_rng(5), (30, 30), 8, 7, smallest=5)
+    grid = TileGrid.for_frame((30, 30), num_x=2, num_y=2, overlap_perc=20)
+    wf = write_movies_folder(tmp_path, movie, grid, 3, None)
+    expected = stitch_movies(wf)
+    _, labels, _ = read_stitched(wf)
+    shutil.rmtree(wf.stitched)
+
+    def whole_movie(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole movie was linked at once")
+
+    written_before: list[int] = []
+    held: list[int] = []
+    stitch_part, link_add, lineage_add = (stitch._stitch_part, stitch._PartLinker.add,
+                                          stitch._LineageBuilder.add)
+
+    def spy_stitch(task: stitch._PartTask) -> stitch._PartResult:
+        folder = wf.stitched_frame("annotated", 0).parent
+        written_before.append(len(list(folder.glob("*.png"))) if folder.is_dir() else 0)
+        return stitch_part(task)
+
+    def spy_link(self: stitch._PartLinker, arr: np.ndarray) -> np.ndarray:
+        held.append(arr.shape[0])
+        return link_add(self, arr)
+
+    def spy_lineage(self: stitch._LineageBuilder, frames: np.ndarray,
+                    parents: dict[int, int]) -> None:
+        held.append(frames.shape[0])
+        lineage_add(self, frames, parents)
+
+    monkeypatch.setattr(stitch, "link_parts", whole_movie)
+    monkeypatch.setattr(stitch, "lineage_from_labels", whole_movie)
+    monkeypatch.setattr(stitch, "_stitch_part", spy_stitch)
+    monkeypatch.setattr(stitch._PartLinker, "add", spy_link)
+    monkeypatch.setattr(stitch._LineageBuilder, "add", spy_lineage)
+    result = stitch_movies(wf)
+    # Serially, part N is read only after parts 1..N-1 are linked and on disk.
+    assert written_before == [0, 3, 6]
+    assert max(held) == 3  # never more than one part's frames at once
+    assert result.lineage == expected.lineage
+    np.testing.assert_array_equal(read_stitched(wf)[1], labels)
 
 
 def test_stitch_movies_refuses_ids_beyond_16_bits(tmp_path: Path,

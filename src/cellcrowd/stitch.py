@@ -35,7 +35,11 @@ Working folder (:func:`stitch_movies`)
     Reads ``movies/part{N}/x_XX_y_YY/annotated`` for every part, stitches and
     links them, and writes ``stitched/annotated`` (uint16 PNG),
     ``stitched/raw`` (TIFF copies of the raw frames) and
-    ``stitched/lineage.json``. :func:`read_stitched` reads them back.
+    ``stitched/lineage.json``. :func:`read_stitched` reads them back. It streams:
+    each part is linked to the last frame of the part before (the same linking
+    step as :func:`link_parts`) and written as it arrives, and the lineage is
+    built frame by frame (the same search as :func:`lineage_from_labels`), so
+    the whole label movie is never in memory.
 """
 
 from __future__ import annotations
@@ -534,40 +538,70 @@ def link_parts(
         _check_fraction(name, value)
     total = sum(arr.shape[0] for arr in arrays)
     movie = np.zeros((total, *arrays[0].shape[1:]), dtype=np.int32)
-    next_id, start = 1, 0
-    starts, id_maps, links = [], [], []
-    parents: dict[int, int] = {}
-    division_frames: dict[int, int] = {}
-    ambiguous: list[AmbiguousLink] = []
+    linker = _PartLinker(min_iou=min_iou, min_inside=min_inside, min_share=min_share)
     for arr in arrays:
+        start = linker.start
+        movie[start:start + arr.shape[0]] = linker.add(arr)
+    return movie, linker.report()
+
+
+class _PartLinker:
+    """:func:`link_parts` one part at a time, holding only the last frame linked so far.
+
+    ``add`` takes the next part (validated by the caller) and returns it with
+    movie ids; ``report`` says what was done so far. :func:`link_parts` and
+    :func:`stitch_movies` (which streams parts to disk) both link through it.
+    """
+
+    def __init__(self, *, min_iou: float, min_inside: float, min_share: float) -> None:
+        self.min_iou, self.min_inside, self.min_share = min_iou, min_inside, min_share
+        self.last: NDArray[np.int32] | None = None  # the last frame so far, movie ids
+        self.next_id = 1
+        self.start = 0
+        self.starts: list[int] = []
+        self.id_maps: list[dict[int, int]] = []
+        self.links: list[int] = []
+        self.parents: dict[int, int] = {}
+        self.division_frames: dict[int, int] = {}
+        self.ambiguous: list[AmbiguousLink] = []
+
+    def add(self, arr: NDArray[Any]) -> NDArray[np.int32]:
+        """The next part (T_i, H, W) relabelled with movie ids, links and divisions recorded."""
+        start = self.start
         uniq, inverse = _compact(arr)
         new = np.zeros(uniq.size, dtype=np.int64)
         link = None
-        if start > 0:
-            link = _link_frames(movie[start - 1], arr[0], start, uniq,
-                                min_iou=min_iou, min_inside=min_inside, min_share=min_share)
+        if self.last is not None:
+            link = _link_frames(self.last, arr[0], start, uniq, min_iou=self.min_iou,
+                                min_inside=self.min_inside, min_share=self.min_share)
             for local, glob in link.continued.items():
                 new[int(np.searchsorted(uniq, local))] = glob
-            links.append(len(link.continued))
-            ambiguous.extend(link.ambiguous)
+            self.links.append(len(link.continued))
+            self.ambiguous.extend(link.ambiguous)
         for k in range(1, uniq.size):
             if new[k] == 0:
-                new[k] = next_id
-                next_id += 1
+                new[k] = self.next_id
+                self.next_id += 1
         if link is not None:
             for parent, daughters in link.divisions.items():
                 for local in daughters:
-                    parents[int(new[int(np.searchsorted(uniq, local))])] = parent
-                division_frames[parent] = start
-        movie[start:start + arr.shape[0]] = new[inverse]
-        starts.append(start)
-        id_maps.append({int(u): int(n) for u, n in zip(uniq[1:], new[1:], strict=True)})
-        start += arr.shape[0]
-    report = LinkReport(tuple(starts), tuple(id_maps), tuple(links), parents,
-                        division_frames, tuple(ambiguous))
-    logger.info("linked %d parts: %s cells carried over, %d divisions at boundaries, "
-                "%d ambiguous", len(arrays), list(links), len(division_frames), len(ambiguous))
-    return movie, report
+                    self.parents[int(new[int(np.searchsorted(uniq, local))])] = parent
+                self.division_frames[parent] = start
+        out = new[inverse].astype(np.int32)
+        self.last = out[-1].copy()
+        self.starts.append(start)
+        self.id_maps.append({int(u): int(n) for u, n in zip(uniq[1:], new[1:], strict=True)})
+        self.start += arr.shape[0]
+        return out
+
+    def report(self) -> LinkReport:
+        report = LinkReport(tuple(self.starts), tuple(self.id_maps), tuple(self.links),
+                            dict(self.parents), dict(self.division_frames),
+                            tuple(self.ambiguous))
+        logger.info("linked %d parts: %s cells carried over, %d divisions at boundaries, "
+                    "%d ambiguous", len(self.starts), list(self.links),
+                    len(self.division_frames), len(self.ambiguous))
+        return report
 
 
 @dataclass(frozen=True)
@@ -674,42 +708,87 @@ def lineage_from_labels(
     movie = _check_labels(movie, 3, "movie")
     _check_fraction("min_inside", min_inside)
     _check_fraction("min_share", min_share)
-    frames = _presence(movie)
-    known = dict(parents or {})
-    for daughter, parent in known.items():
-        for label in (daughter, parent):
-            if label not in frames:
-                raise LineageError(
-                    f"division {parent} -> {daughter}: label {label} is not in the movie",
-                    label=label, rule="division labels exist")
-        if frames[daughter][0] != frames[parent][-1] + 1:
-            raise LineageError(
-                f"division {parent} -> {daughter}: the parent's last frame is "
-                f"{frames[parent][-1]} but the daughter's first is {frames[daughter][0]}; a "
-                "daughter must start in the frame after its parent ends",
-                label=daughter, rule="daughters start after the parent")
-    has_daughters = set(known.values())
-    ends: dict[int, list[int]] = {}
-    starts: dict[int, list[int]] = {}
-    for label, fr in frames.items():
-        if fr[-1] < movie.shape[0] - 1 and label not in has_daughters:
-            ends.setdefault(fr[-1], []).append(label)
-        if fr[0] > 0 and label not in known:
-            starts.setdefault(fr[0], []).append(label)
-    for t, enders in sorted(ends.items()):
-        starters = starts.get(t + 1)
-        if not starters:
-            continue
-        before = np.where(np.isin(movie[t], enders), movie[t], 0)
-        after = np.where(np.isin(movie[t + 1], starters), movie[t + 1], 0)
+    builder = _LineageBuilder(min_inside=min_inside, min_share=min_share)
+    builder.add(movie, parents or {})
+    return builder.finish()
+
+
+class _LineageBuilder:
+    """:func:`lineage_from_labels` fed a few frames at a time (holding one frame between).
+
+    ``add`` takes the next frames (movie ids) and the known divisions so far
+    (daughter -> parent; each daughter must be given no later than the frames
+    holding its first appearance); ``finish`` checks the known divisions and
+    returns the lineage. A division inside the movie is looked for between every
+    frame ``t`` and ``t + 1``: the cells of ``t`` missing from ``t + 1`` (whether
+    they end at ``t`` is only known at the end) against the cells first seen in
+    ``t + 1`` that are not known daughters. Each candidate (parent, daughters) is
+    decided per parent, so candidates found with parents that turn out to live
+    on are simply dropped in ``finish``.
+    """
+
+    def __init__(self, *, min_inside: float, min_share: float) -> None:
+        self.min_inside, self.min_share = min_inside, min_share
+        self.frames: dict[int, list[int]] = {}
+        self.known: dict[int, int] = {}
+        self.candidates: list[tuple[int, int, list[int]]] = []  # (t, parent, daughters)
+        self.last: NDArray[Any] | None = None
+        self.last_labels: NDArray[Any] = np.zeros(0, dtype=np.int64)
+        self.count = 0
+
+    def add(self, movie: NDArray[Any], parents: dict[int, int]) -> None:
+        self.known.update(parents)
+        for frame in movie:
+            t = self.count
+            labels = np.unique(frame)
+            labels = labels[labels != 0]
+            starters = []
+            for label in labels.tolist():
+                if label not in self.frames:
+                    if t > 0 and label not in self.known:
+                        starters.append(label)
+                    self.frames[label] = []
+                self.frames[label].append(t)
+            if self.last is not None and starters:
+                enders = np.setdiff1d(self.last_labels, labels)
+                if enders.size:
+                    self._divisions(t - 1, self.last, enders, frame, starters)
+            self.last, self.last_labels = frame, labels
+            self.count += 1
+        if self.last is not None:
+            self.last = self.last.copy()  # not a view that would keep ``movie`` alive
+
+    def _divisions(self, t: int, before_frame: NDArray[Any], enders: NDArray[Any],
+                   after_frame: NDArray[Any], starters: list[int]) -> None:
+        before = np.where(np.isin(before_frame, enders), before_frame, 0)
+        after = np.where(np.isin(after_frame, starters), after_frame, 0)
         ua, ia = _compact(before)
         ub, ib = _compact(after)
         found = _divisions(_overlap(ia, ib, ua.size, ub.size),
-                           min_inside=min_inside, min_share=min_share)
+                           min_inside=self.min_inside, min_share=self.min_share)
         for a, bs in found.items():
-            for b in bs:
-                known[int(ub[b])] = int(ua[a])
-    return _build_lineage(frames, known)
+            self.candidates.append((t, int(ua[a]), [int(ub[b]) for b in bs]))
+
+    def finish(self) -> Lineage:
+        frames, known = self.frames, dict(self.known)
+        for daughter, parent in known.items():
+            for label in (daughter, parent):
+                if label not in frames:
+                    raise LineageError(
+                        f"division {parent} -> {daughter}: label {label} is not in the movie",
+                        label=label, rule="division labels exist")
+            if frames[daughter][0] != frames[parent][-1] + 1:
+                raise LineageError(
+                    f"division {parent} -> {daughter}: the parent's last frame is "
+                    f"{frames[parent][-1]} but the daughter's first is {frames[daughter][0]}; "
+                    "a daughter must start in the frame after its parent ends",
+                    label=daughter, rule="daughters start after the parent")
+        has_daughters = set(known.values())
+        for t, parent, daughters in self.candidates:
+            if frames[parent][-1] == t and parent not in has_daughters:
+                for daughter in daughters:
+                    known[daughter] = parent
+        return _build_lineage(frames, known)
 
 
 def _build_lineage(frames: dict[int, list[int]], parents: dict[int, int]) -> Lineage:
@@ -849,6 +928,13 @@ def stitch_movies(
     ``stitched/lineage.json``. A tile whose frames are missing or unreadable is
     reported and left out (its pixels are 0 in that part), never fatal.
 
+    Parts are linked and written one at a time, in order, as their stitched
+    labels arrive; only the last frame linked so far and the per-cell lineage
+    records are kept, plus any parts an executor has finished ahead of the one
+    being written (a process pool may run ahead of this loop). The result is the
+    same as linking the whole movie with :func:`link_parts` and
+    :func:`lineage_from_labels`.
+
     Parameters
     ----------
     wf : WorkingFolder
@@ -867,45 +953,57 @@ def stitch_movies(
     LogError
         A log is missing or invalid, or the logs disagree.
     InputError
-        The movie has more than 65535 cells (they do not fit 16-bit label frames).
+        The movie has more than 65535 cells (they do not fit 16-bit label frames);
+        the frames of the parts before the one that overflows are already written.
     """
     from .movies import read_movie_geometry
 
     movie = read_movie_geometry(wf)
     wf, grid = movie.wf, movie.grid
     tasks = [_PartTask(wf, grid, m + 1, movie.frames_in(m), min_iou) for m in range(movie.count)]
-    parts: list[_PartResult] = []
+    total = sum(task.frames for task in tasks)
+    offset = movie.chopper.frame_offset or 0
+    raw_paths = movie.raw_paths[offset:offset + total]
+    if len(raw_paths) < total:
+        logger.warning("%d raw frames found for %d stitched frames; stitched/raw not written",
+                       len(raw_paths), total)
+        raw_paths = []
+    # Streaming: each part is linked to the last frame of the one before, written, and
+    # fed to the lineage as it arrives; only that last frame and the per-cell records
+    # stay in memory (plus results the executor has finished ahead of this loop).
+    linker = _PartLinker(min_iou=link_iou, min_inside=0.5, min_share=0.2)
+    builder = _LineageBuilder(min_inside=0.5, min_share=0.2)
+    reports: list[StitchReport] = []
+    missing: list[tuple[int, Position, str]] = []
     for result in run_tasks(_stitch_part, tasks, executor=executor, progress=progress):
-        parts.append(result)
         for pos, reason in result.missing:
             logger.warning("part %d: tile x=%d, y=%d left out: %s", result.part, pos.x, pos.y,
                            reason)
-    labels, link = link_parts([p.labels for p in parts], min_iou=link_iou)
-    lineage = lineage_from_labels(labels, link.parents)
-    if int(labels.max(initial=0)) > _UINT16_MAX:
-        raise InputError(
-            f"the stitched movie has {int(labels.max())} cells, more than a 16-bit label "
-            "frame holds (65535): stitch fewer frames at a time", path=wf.stitched)
-    for t, frame in enumerate(labels):
-        write_image(wf.stitched_frame("annotated", t), frame.astype(np.uint16))
-    offset = movie.chopper.frame_offset or 0
-    raw_paths = movie.raw_paths[offset:offset + labels.shape[0]]
-    if len(raw_paths) < labels.shape[0]:
-        logger.warning("%d raw frames found for %d stitched frames; stitched/raw not written",
-                       len(raw_paths), labels.shape[0])
-        raw_paths = []
-    for t, path in enumerate(raw_paths):
-        write_image(wf.stitched_frame("raw", t), read_image(path))
+        reports.append(result.report)
+        missing.extend((result.part, pos, reason) for pos, reason in result.missing)
+        start = linker.start
+        labels = linker.add(result.labels)
+        if linker.next_id - 1 > _UINT16_MAX:
+            raise InputError(
+                f"the stitched movie has {linker.next_id - 1} cells by part {result.part}, "
+                "more than a 16-bit label frame holds (65535): stitch fewer frames at a time",
+                path=wf.stitched)
+        builder.add(labels, linker.parents)
+        for t, frame in enumerate(labels, start=start):
+            write_image(wf.stitched_frame("annotated", t), frame.astype(np.uint16))
+        for t, path in enumerate(raw_paths[start:start + labels.shape[0]], start=start):
+            write_image(wf.stitched_frame("raw", t), read_image(path))
+        del labels, result
+    link = linker.report()
+    lineage = builder.finish()
     atomic_write_text(wf.stitched_lineage, json.dumps(
         {str(k): v for k, v in lineage.items()}, indent=1) + "\n")
     logger.info("stitched %d parts into %d frames: %d cells, %d divisions",
-                len(parts), labels.shape[0], len(lineage),
+                len(reports), linker.start, len(lineage),
                 sum(1 for e in lineage.values() if e["daughters"]))
     return StitchMoviesResult(
-        wf=wf, frames=int(labels.shape[0]), lineage=lineage,
-        parts=tuple(p.report for p in parts), link=link,
-        missing=tuple((p.part, pos, reason) for p in parts for pos, reason in p.missing),
-        raw_frames=len(raw_paths),
+        wf=wf, frames=linker.start, lineage=lineage, parts=tuple(reports), link=link,
+        missing=tuple(missing), raw_frames=len(raw_paths),
     )
 
 
