@@ -63,6 +63,19 @@ logger = logging.getLogger(__name__)
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
+def _first_frame(raw_dir: str | Path) -> tuple[list[Path], NDArray[np.generic]]:
+    """The raw frames' paths (natural order) and the first frame, checked."""
+    paths = list_images(raw_dir)
+    if not paths:
+        raise InputError(
+            "no raw frames (PNG or TIFF) in this folder: point raw_dir at the folder of frames",
+            path=raw_dir,
+        )
+    first = read_image(paths[0])
+    _check_frame_ndim(first, paths[0])
+    return paths, first
+
+
 def read_raw_movie(raw_dir: str | Path) -> NDArray[np.generic]:
     """Read a folder of frames (TIFF/PNG, natural sort) into one ``(T, H, W[, C])`` array.
 
@@ -75,14 +88,7 @@ def read_raw_movie(raw_dir: str | Path) -> NDArray[np.generic]:
         The folder has no images, a frame is not 2-D or 3-D, or a frame's shape
         or dtype differs from the first frame's (the message names the file).
     """
-    paths = list_images(raw_dir)
-    if not paths:
-        raise InputError(
-            "no raw frames (PNG or TIFF) in this folder: point raw_dir at the folder of frames",
-            path=raw_dir,
-        )
-    first = read_image(paths[0])
-    _check_frame_ndim(first, paths[0])
+    paths, first = _first_frame(raw_dir)
     movie = np.empty((len(paths), *first.shape), dtype=first.dtype)
     movie[0] = first
     for t, path in enumerate(paths[1:], start=1):
@@ -427,14 +433,7 @@ def prepare(
             "name is appended to it)"
         )
     raw_dir = Path(raw_dir)
-    paths = list_images(raw_dir)
-    if not paths:
-        raise InputError(
-            "no raw frames (PNG or TIFF) in this folder: point raw_dir at the folder of frames",
-            path=raw_dir,
-        )
-    first = read_image(paths[0])
-    _check_frame_ndim(first, paths[0])
+    paths, first = _first_frame(raw_dir)
     _check_frames(paths, first)
     upload_channel = _upload_channel_index(first, channel, raw_dir)
     frames = len(paths)
