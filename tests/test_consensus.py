@@ -29,6 +29,7 @@ from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import MontageLayout
 from cellcrowd.labels import clean_montage, decode_annotation
 from cellcrowd.synthetic import paint_annotation, synthetic_movie
+from cellcrowd.testing import assert_same_up_to_relabel
 
 #: 6 frames of 64x64, three per row: 128x192 montages.
 LAYOUT = MontageLayout((64, 64), length=6, row_length=3)
@@ -36,16 +37,6 @@ LAYOUT = MontageLayout((64, 64), length=6, row_length=3)
 Labels = NDArray[np.int32]
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def assert_same_up_to_relabel(truth: NDArray[np.integer], out: NDArray[np.integer]) -> None:
-    """Every truth id maps to exactly one output id and back, background to background."""
-    assert truth.shape == out.shape
-    np.testing.assert_array_equal(truth == 0, out == 0)
-    pairs = np.unique(np.stack([truth.ravel().astype(np.int64),
-                                out.ravel().astype(np.int64)]), axis=1)
-    assert np.unique(pairs[0]).size == pairs.shape[1], "a truth id was split"
-    assert np.unique(pairs[1]).size == pairs.shape[1], "two truth ids were merged"
 
 
 def annotated_truth(seed: int) -> Labels:

@@ -30,6 +30,7 @@ from cellcrowd.labels import clean_annotation_file
 from cellcrowd.logs import read_montage_log
 from cellcrowd.pipeline import run, status
 from cellcrowd.synthetic import paint_annotation
+from cellcrowd.testing import same_up_to_relabel
 
 SETTINGS = ExampleSettings(frames=10, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
@@ -78,15 +79,6 @@ def cfg(job: tuple[Any, Config], example: Example, tmp_path: Path) -> Config:
     return load_config(dest / "cellcrowd.toml")
 
 
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when ``a`` and ``b`` are the same labels up to renumbering (0 stays 0)."""
-    if a.shape != b.shape:
-        return False
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    bijective = len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
-    return bool(bijective and ((pairs[0] == 0) == (pairs[1] == 0)).all())
-
-
 def _fake_judgments(server: Any, job_id: int) -> dict[str, str]:
     """Montage -> id of the judgment that painted a cell that is not there."""
     crowd = server.jobs[job_id]
@@ -128,7 +120,7 @@ def test_several_annotators_are_merged_into_the_truth(
 
     for montage in montages:
         labels = read_image(wf.label_path(montage))
-        assert _same_partition(labels, read_image(wf.truth_path(montage))), montage
+        assert same_up_to_relabel(labels, read_image(wf.truth_path(montage))), montage
         assert wf.label_path(montage) in clean.outputs
         report = json.loads(wf.consensus_report_path(montage).read_text())
         assert wf.consensus_report_path(montage) in clean.outputs
@@ -194,7 +186,7 @@ def test_consensus_off_cleans_the_chosen_annotation_as_before(
         expected = tmp_path / f"{montage}.png"
         clean_annotation_file(wf.annotation_path(montage), expected, montage_log=log)
         np.testing.assert_array_equal(read_image(path), read_image(expected))
-        with_fake += not _same_partition(read_image(path), read_image(wf.truth_path(montage)))
+        with_fake += not same_up_to_relabel(read_image(path), read_image(wf.truth_path(montage)))
     # The fetch stage chose the most trusted worker: sometimes the careless one.
     fakes = _fake_judgments(job[0], cfg.job_id)
     judgments = read_report(wf.report_csv(cfg.job_id))

@@ -18,12 +18,7 @@ from cellcrowd.layout import MontageKey
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import read_label_montage
 from cellcrowd.pipeline import STAGES, status, working_folder
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return (len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
-            and bool(((pairs[0] == 0) == (pairs[1] == 0)).all()))
+from cellcrowd.testing import same_up_to_relabel
 
 
 @pytest.mark.slow
@@ -59,7 +54,7 @@ def test_demo_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str],
             montage = wf.montage_name(MontageKey(wf.identifier, x, y, part - 1))
             truth = read_label_montage(wf.truth_path(montage), log, data.y.shape[2:4])
             for t in range(data.y.shape[1]):
-                assert _same_partition(data.y[i, t, ..., 0], truth[t]), (part, name, t)
+                assert same_up_to_relabel(data.y[i, t, ..., 0], truth[t]), (part, name, t)
             checked += 1
     assert checked >= 12
 

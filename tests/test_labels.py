@@ -27,18 +27,9 @@ from cellcrowd.labels import (
 )
 from cellcrowd.logs import MontageLog
 from cellcrowd.synthetic import paint_annotation, paint_annotation_with_report, synthetic_movie
+from cellcrowd.testing import assert_same_up_to_relabel
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def assert_same_up_to_relabel(truth: NDArray[np.integer], out: NDArray[np.integer]) -> None:
-    """Every truth id maps to exactly one output id and back, background to background."""
-    assert truth.shape == out.shape
-    np.testing.assert_array_equal(truth == 0, out == 0)
-    pairs = np.unique(np.stack([truth.ravel().astype(np.int64),
-                                out.ravel().astype(np.int64)]), axis=1)
-    assert np.unique(pairs[0]).size == pairs.shape[1], "a truth id was split"
-    assert np.unique(pairs[1]).size == pairs.shape[1], "two truth ids were merged"
 
 
 def square(frame: NDArray[np.int64], value: int, y: int, x: int, h: int, w: int) -> None:

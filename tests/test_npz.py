@@ -33,6 +33,7 @@ from cellcrowd.logs import MontageLog, read_chopper_log, write_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.pipeline import working_folder
 from cellcrowd.stitch import read_stitched, stitch_movies
+from cellcrowd.testing import same_up_to_relabel
 
 POSITIONS = [Position(x, y) for x in range(2) for y in range(2)]
 
@@ -364,7 +365,7 @@ def test_full_movie_keeps_one_id_per_cell_across_parts(
         ys = data.y[i, ..., 0]
         # every part is the truth, relabelled; ids run 1..n over the whole movie
         for s, e in zip(starts, [*starts[1:], 15], strict=True):
-            assert _same_partition(ys[s:e], truth[s:e]), (name, s)
+            assert same_up_to_relabel(ys[s:e], truth[s:e]), (name, s)
         assert np.array_equal(np.unique(ys), np.arange(len(np.unique(ys))))
         for b, g, before, after in _boundary_ids(ys, truth, starts):
             assert before == after, (name, b, g)
@@ -428,7 +429,7 @@ def test_stitched_movie_npz(movie_job: tuple[WorkingFolder, Any, Any], tmp_path:
     assert data.linked
     with np.load(path) as saved:
         assert {int(k): v for k, v in json.loads(str(saved["lineage"])).items()} == lineage
-    assert _same_partition(data.y[0, ..., 0], movie_job[1].labels)
+    assert same_up_to_relabel(data.y[0, ..., 0], movie_job[1].labels)
     with pytest.raises(InputError, match=r"channels \[2\] do not select"):
         write_stitched_movie_npz(wf, channels=[2])
     for frame in sorted((wf.stitched / "raw").iterdir()):
@@ -450,9 +451,3 @@ def test_save_npz_extra_keys_must_not_replace_standard_ones(tmp_path: Path) -> N
                     extra={"note": np.str_("hi")})
     with np.load(path) as saved:
         assert str(saved["note"]) == "hi"
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    bijective = len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
-    return bool(bijective and ((pairs[0] == 0) == (pairs[1] == 0)).all())

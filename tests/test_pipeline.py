@@ -29,6 +29,7 @@ from cellcrowd.export.npz import load_npz
 from cellcrowd.files import read_image
 from cellcrowd.layout import parse_montage_name, position_name
 from cellcrowd.pipeline import STAGES, run, status
+from cellcrowd.testing import assert_same_up_to_relabel
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
@@ -121,7 +122,7 @@ def test_full_run_writes_every_output_and_a_rerun_does_nothing(
     assert len(labels) == summary.stage("clean").counts["cleaned"] >= 4
     for label_path in labels:
         name = label_path.name[: -len("_labels.png")]
-        _assert_same_partition(read_image(label_path), read_image(wf.truth_path(name)))
+        assert_same_up_to_relabel(read_image(label_path), read_image(wf.truth_path(name)))
 
     # The QC report is the last stage: a page naming the montages, and its overlays.
     qc = summary.stage("qc")
@@ -208,14 +209,6 @@ def _label_files(summary: pipeline.RunSummary, wf: Any) -> list[Path]:
 
 def _no_key() -> str:
     raise AssertionError("the API key must not be asked for when nothing is to be done")
-
-
-def _assert_same_partition(a: np.ndarray, b: np.ndarray) -> None:
-    assert a.shape == b.shape
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    # a bijection between the ids of a and of b (0 <-> 0)
-    assert len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
-    assert ((pairs[0] == 0) == (pairs[1] == 0)).all()
 
 
 def test_changing_min_size_redoes_clean_and_only_what_depends_on_it(
@@ -423,7 +416,7 @@ def test_full_movie_npz_and_executor(cfg: Config) -> None:
     np.testing.assert_array_equal(data.X[:, 15:20], parts[3].X)
     # ids are joined across parts (renumbered), so each part is a relabelling of its npz
     for i in range(len(data.positions)):
-        _assert_same_partition(data.y[i, 5:10], parts[1].y[i])
+        assert_same_up_to_relabel(data.y[i, 5:10], parts[1].y[i])
     assert not wf.npz_stitched_movie.exists()  # the stitch stage writes that one
 
 

@@ -27,6 +27,7 @@ from cellcrowd.synthetic import (
     synthetic_movie,
     write_movie_frames,
 )
+from cellcrowd.testing import assert_same_up_to_relabel
 
 FRAMES, SHAPE, LENGTH, ROW = 20, (96, 128), 8, 3  # parts of 8, 8, 4 frames; 8 % 3 != 0
 
@@ -55,14 +56,6 @@ def paint_annotations(prep: PrepareResult, encoding: str) -> dict[Path, str]:
     return hashes
 
 
-def assert_bijection(truth: np.ndarray, labels: np.ndarray, where: str) -> None:
-    """``labels`` is ``truth`` with ids renamed one-to-one (0 stays 0)."""
-    pairs = np.unique(np.stack([truth.ravel(), labels.ravel()]), axis=1)
-    assert np.array_equal(pairs[0] == 0, pairs[1] == 0), f"{where}: background differs"
-    assert len(np.unique(pairs[0])) == pairs.shape[1], f"{where}: a true cell got two ids"
-    assert len(np.unique(pairs[1])) == pairs.shape[1], f"{where}: two true cells share an id"
-
-
 def check_npz(prep: PrepareResult, movie: SyntheticMovie, paths: list[Path]) -> None:
     grid: TileGrid = prep.grid
     wf = prep.wf
@@ -78,7 +71,7 @@ def check_npz(prep: PrepareResult, movie: SyntheticMovie, paths: list[Path]) -> 
             raw = np.stack([grid.tile(movie.raw[t], pos) for t in frames])
             truth = np.stack([grid.tile(movie.labels[t], pos) for t in frames])
             np.testing.assert_array_equal(data.X[i, ..., 0], raw)
-            assert_bijection(truth, data.y[i, ..., 0], f"part {part} {pos}")
+            assert_same_up_to_relabel(truth, data.y[i, ..., 0], f"part {part} {pos}")
             assert data.y[i].max() == len(np.unique(truth)) - 1  # relabelled 1..n
 
 

@@ -14,7 +14,6 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cellcrowd.demo import ExampleSettings, emulated_job, make_example
@@ -22,6 +21,7 @@ from cellcrowd.export.npz import load_npz
 from cellcrowd.layout import MontageKey
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import read_label_montage
+from cellcrowd.testing import same_up_to_relabel
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "shared" / "seed" / "post-annotation-notebook.md"
 SETTINGS = ExampleSettings(identifier="3D_post_annotation_example", job_id=1363594, frames=20,
@@ -62,12 +62,6 @@ def adapt(cell: str, values: Mapping[str, object]) -> str:
         else:
             out.append(line)
     return "\n".join(out)
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return (len(set(pairs[0])) == pairs.shape[1] == len(set(pairs[1]))
-            and bool(((pairs[0] == 0) == (pairs[1] == 0)).all()))
 
 
 def test_cells_are_found_and_adapted() -> None:
@@ -139,6 +133,6 @@ def test_seed_notebook_runs_against_the_emulator(
         montage = wf.montage_name(MontageKey(SETTINGS.identifier, x, y, 0))
         truth = read_label_montage(wf.truth_path(montage), log, tile)
         for t in range(SETTINGS.montage_len):
-            assert _same_partition(data.y[i, t, ..., 0], truth[t]), (name, t)
+            assert same_up_to_relabel(data.y[i, t, ..., 0], truth[t]), (name, t)
         raw = data.X[i, ..., 0]
         assert raw.max() > raw.min()  # the raw tiles, not blanks

@@ -26,20 +26,13 @@ from cellcrowd.stitch import (
     stitch_movies,
     stitch_tiles,
 )
+from cellcrowd.testing import assert_same_up_to_relabel
 
 # -- helpers ----------------------------------------------------------------------------
 
 
 def count_cells(labels: np.ndarray) -> int:
     return len(np.unique(labels[labels > 0]))
-
-
-def assert_same_cells(truth: np.ndarray, labels: np.ndarray) -> None:
-    """``labels`` is ``truth`` with ids renamed one-to-one (0 stays 0)."""
-    pairs = np.unique(np.stack([truth.ravel(), labels.ravel()]), axis=1)
-    assert np.array_equal(pairs[0] == 0, pairs[1] == 0), "background differs"
-    assert len(np.unique(pairs[0])) == pairs.shape[1], "a true cell got two ids"
-    assert len(np.unique(pairs[1])) == pairs.shape[1], "two true cells share an id"
 
 
 def boxes_movie(rng: np.random.Generator, shape: tuple[int, int], frames: int,
@@ -106,7 +99,7 @@ def test_stitch_recovers_cut_movie_with_permuted_tile_ids(
     labels, report = stitch_tiles(cut_and_permute(movie, grid, rng), grid)
     assert labels.dtype == np.int32
     assert labels.shape == movie.shape
-    assert_same_cells(movie, labels)
+    assert_same_up_to_relabel(movie, labels)
     n = count_cells(movie)
     assert report.cells == n == labels.max()  # numbered 1..n
     assert not report.conflicts
@@ -121,7 +114,7 @@ def test_without_overlap_every_tile_keeps_its_own_cells() -> None:
     seen: set[int] = set()
     for pos in grid.positions:
         (fy, fx), _ = grid.core_window(pos)
-        assert_same_cells(frame[fy, fx], labels[0, fy, fx])
+        assert_same_up_to_relabel(frame[fy, fx], labels[0, fy, fx])
         ids = set(np.unique(labels[0, fy, fx]).tolist()) - {0}
         assert not ids & seen  # nothing can be matched without shared pixels
         seen |= ids
@@ -234,7 +227,7 @@ def test_missing_tile_leaves_its_pixels_empty_and_is_reported() -> None:
     assert not labels[:, fy, fx].any()
     keep = np.ones(movie.shape, dtype=bool)
     keep[:, fy, fx] = False
-    assert_same_cells(movie[keep], labels[keep])
+    assert_same_up_to_relabel(movie[keep], labels[keep])
 
 
 def test_cell_missing_in_one_tile_counts_as_unmatched() -> None:
@@ -289,7 +282,7 @@ def test_link_parts_keeps_ids_across_parts_and_numbers_new_cells_apart() -> None
     truth = movie.copy()
     truth[0:4, 0:2, 31:33] = 10_001
     truth[7:9, 20:22, 31:33] = 10_002
-    assert_same_cells(truth, joined)
+    assert_same_up_to_relabel(truth, joined)
     assert report.starts == (0, 4, 7)
     assert report.links[0] == count_cells(movie[3])
     assert not report.parents
@@ -479,7 +472,7 @@ def test_stitch_movies_writes_stitched_frames_raw_and_lineage(tmp_path: Path) ->
     raw_back, labels, lineage = read_stitched(wf)
     assert raw_back is not None
     np.testing.assert_array_equal(raw_back, raw)
-    assert_same_cells(movie, labels)
+    assert_same_up_to_relabel(movie, labels)
     assert lineage == result.lineage == read_lineage(wf.stitched_lineage)
     assert result.cells == count_cells(movie)
     assert result.divisions == 0
