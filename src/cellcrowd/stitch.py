@@ -68,6 +68,7 @@ __all__ = [
     "StitchConflict",
     "StitchMoviesResult",
     "StitchReport",
+    "frames_per_label",
     "lineage_from_labels",
     "link_parts",
     "read_lineage",
@@ -650,8 +651,12 @@ def _link_frames(before: NDArray[np.int32], after: NDArray[Any], frame: int,
 # -- lineage ----------------------------------------------------------------------------
 
 
-def _presence(movie: NDArray[Any]) -> dict[int, list[int]]:
-    """Frames (sorted) in which every label is present."""
+def frames_per_label(movie: NDArray[Any]) -> dict[int, list[int]]:
+    """Frames (sorted) in which every label of a ``(T, H, W)`` movie is present.
+
+    >>> frames_per_label(np.array([[[0, 3]], [[0, 0]], [[3, 5]]]))
+    {3: [0, 2], 5: [2]}
+    """
     frames: dict[int, list[int]] = {}
     for t in range(movie.shape[0]):
         for label in np.unique(movie[t]):

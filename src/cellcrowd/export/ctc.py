@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from ..errors import InputError, LineageError
 from ..files import atomic_write_text, read_image, write_image
 from ..layout import WorkingFolder
-from ..stitch import _presence, read_stitched
+from ..stitch import frames_per_label, read_stitched
 from .trk import _int_keys, _movie, _raw, validate_lineage
 
 __all__ = [
@@ -123,7 +123,7 @@ def ctc_tracks(tracked: NDArray[Any], lineage: Mapping[Any, Any]
     movie = _movie(tracked, "tracked")
     lineage = _int_keys(lineage)
     validate_lineage(movie, lineage, strict=False)
-    present = _presence(movie)
+    present = frames_per_label(movie)
     next_label = max(present, default=0) + 1
     runs: dict[int, list[tuple[int, int, int]]] = {}  # label -> [(new label, first, last)]
     for label in sorted(present):
@@ -274,7 +274,7 @@ def validate_ctc(folder: str | Path, *, sequence: str = "01") -> dict[int, CTCTr
             data.masks.size and int(data.masks.max()) > _UINT16_MAX):
         raise LineageError(f"masks must be 2-D 16-bit labels, got {data.masks.shape[1:]} "
                            f"{data.masks.dtype}", path=txt.parent, rule="16-bit labels")
-    present = _presence(data.masks)
+    present = frames_per_label(data.masks)
     for label, frames in sorted(present.items()):
         track = data.tracks.get(label)
         if track is None:

@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from ..errors import InputError, LineageError
 from ..files import atomic_path
 from ..layout import WorkingFolder
-from ..stitch import Lineage, _presence, read_stitched
+from ..stitch import Lineage, frames_per_label, read_stitched
 
 __all__ = [
     "LINEAGE_KEYS",
@@ -185,7 +185,7 @@ def validate_lineage(tracked: NDArray[Any], lineage: Mapping[Any, Any], *,
     """
     movie = _movie(tracked, "tracked")
     lineage = _int_keys(lineage)
-    present = _presence(movie)
+    present = frames_per_label(movie)
     for label in sorted(lineage):
         _check_entry(label, lineage[label], lineage, present, strict)
     orphans = sorted(set(present) - set(lineage))
