@@ -12,7 +12,13 @@ from cellcrowd.errors import AnnotationError, GeometryError, InputError, LogErro
 from cellcrowd.executor import LocalExecutor
 from cellcrowd.files import list_images, read_image, write_image
 from cellcrowd.geometry import MontageLayout, Position, TileGrid
-from cellcrowd.layout import MontageKey, WorkingFolder
+from cellcrowd.layout import (
+    MontageKey,
+    WorkingFolder,
+    montage_of_part,
+    part_numbers,
+    part_of_montage,
+)
 from cellcrowd.logs import ChopperLog, MontageLog, read_montage_log, write_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies, read_label_montage
 from cellcrowd.prepare import PrepareResult, prepare
@@ -44,7 +50,8 @@ def _frames(folder: Path) -> np.ndarray:
 
 
 def _expected(movie: np.ndarray, grid: TileGrid, pos: Position, part: int) -> np.ndarray:
-    return np.stack([grid.tile(f, pos) for f in movie[(part - 1) * LENGTH: part * LENGTH]])
+    start = montage_of_part(part) * LENGTH
+    return np.stack([grid.tile(f, pos) for f in movie[start: start + LENGTH]])
 
 
 def test_montages_to_movies_gives_the_label_tiles(tmp_path: Path) -> None:
@@ -57,7 +64,7 @@ def test_montages_to_movies_gives_the_label_tiles(tmp_path: Path) -> None:
     assert result.files_written == 4 * FRAMES
     wf = result.wf
     for pos in prep.grid.positions:
-        for part, count in ((1, 4), (2, 4), (3, 2)):
+        for part, count in zip(part_numbers(3), (4, 4, 2), strict=True):
             folder = wf.annotated_dir(part, pos)
             names = [p.name for p in list_images(folder)]
             assert names == [wf.annotated_frame(part, pos, f).name for f in range(count)]
@@ -74,15 +81,16 @@ def test_montages_to_movies_reports_missing_and_skipped(tmp_path: Path) -> None:
     skip = ["https://bucket/exp_x_0_y_1_montage_0.png"]  # unpadded URL form
     result = montages_to_movies(wf, skip=skip)
     by_part = result.missing_by_part()
-    assert sorted(by_part) == [1, 3]
-    (skipped,) = by_part[1]
+    first, last = part_of_montage(0), part_of_montage(2)
+    assert sorted(by_part) == [first, last]
+    (skipped,) = by_part[first]
     assert (skipped.montage, skipped.position, skipped.reason) == (
         "exp_x_00_y_01_montage_00", Position(0, 1), "skipped")
-    (missing,) = by_part[3]
+    (missing,) = by_part[last]
     assert missing.montage == gone
     assert "no cleaned labels" in missing.reason
-    assert not wf.annotated_dir(1, Position(0, 1)).exists()
-    assert not wf.annotated_dir(3, Position(1, 0)).exists()
+    assert not wf.annotated_dir(first, Position(0, 1)).exists()
+    assert not wf.annotated_dir(last, Position(1, 0)).exists()
     assert result.files_written == 4 * FRAMES - 4 - 2
 
 
@@ -112,8 +120,8 @@ def test_montages_to_movies_executor(tmp_path: Path) -> None:
         ex.close()
     assert result.files_written == 4 * FRAMES
     pos = Position(1, 1)
-    np.testing.assert_array_equal(_frames(result.wf.annotated_dir(3, pos)),
-                                  _expected(truth, prep.grid, pos, 3))
+    np.testing.assert_array_equal(_frames(result.wf.annotated_dir(part_of_montage(2), pos)),
+                                  _expected(truth, prep.grid, pos, part_of_montage(2)))
 
 
 def test_skip_names_must_be_montage_names(tmp_path: Path) -> None:
@@ -150,8 +158,8 @@ def test_old_chopper_log_uses_the_raw_folder(tmp_path: Path) -> None:
     result = montages_to_movies(prep.wf)
     assert result.files_written == 4 * FRAMES  # last part: 2 real frames (raw folder count)
     pos = Position(0, 1)
-    np.testing.assert_array_equal(_frames(result.wf.annotated_dir(3, pos)),
-                                  _expected(truth, prep.grid, pos, 3))
+    np.testing.assert_array_equal(_frames(result.wf.annotated_dir(part_of_montage(2), pos)),
+                                  _expected(truth, prep.grid, pos, part_of_montage(2)))
 
 
 def test_old_chopper_log_without_raw(tmp_path: Path) -> None:
@@ -170,7 +178,7 @@ def test_unknown_length_takes_every_frame(tmp_path: Path) -> None:
     wf.chopper_log.write_text(json.dumps(data))
     result = montages_to_movies(wf)
     assert result.files_written == 4 * 3 * LENGTH  # the partial montages give blank frames
-    assert len(list_images(result.wf.annotated_dir(3, Position(0, 0)))) == LENGTH
+    assert len(list_images(result.wf.annotated_dir(part_of_montage(2), Position(0, 0)))) == LENGTH
 
 
 # -- read_label_montage ------------------------------------------------------------------
@@ -222,7 +230,7 @@ def test_raw_to_movies_gives_the_raw_tiles(tmp_path: Path, dtype: type, channels
     assert result.files_written == 4 * FRAMES
     wf = result.wf
     for pos in prep.grid.positions:
-        for part, count in ((1, 4), (2, 4), (3, 2)):
+        for part, count in zip(part_numbers(3), (4, 4, 2), strict=True):
             folder = wf.raw_tile_dir(part, pos)
             assert [p.name for p in list_images(folder)] == [
                 wf.raw_tile_frame(part, pos, f).name for f in range(count)]
@@ -246,7 +254,7 @@ def test_raw_to_movies_frame_offset_and_extra_frames(tmp_path: Path, caplog:
         result = raw_to_movies(replace(wf, raw=shifted))
     assert "using raw frames 2 to 11 of 14" in caplog.text
     pos = Position(1, 0)
-    np.testing.assert_array_equal(_frames(result.wf.raw_tile_dir(1, pos)),
+    np.testing.assert_array_equal(_frames(result.wf.raw_tile_dir(part_of_montage(0), pos)),
                                   _expected(movie, prep.grid, pos, 1))
 
 

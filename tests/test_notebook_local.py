@@ -17,7 +17,7 @@ from cellcrowd.export.npz import load_npz
 from cellcrowd.files import list_images, read_image, sha256_file, write_image
 from cellcrowd.geometry import Position
 from cellcrowd.labels import decode_annotation
-from cellcrowd.layout import WorkingFolder
+from cellcrowd.layout import WorkingFolder, montage_of_part, part_numbers
 from cellcrowd.notebook import (
     all_montages_chopper,
     clean_montages,
@@ -78,7 +78,7 @@ def test_seed_notebook_cells(
     num_y = montage_params[2]
     output_directory = os.path.join(base_dir, "npz")
     saved = []
-    for part in (1, 2, 3):
+    for part in part_numbers(3):
         direc_name = os.path.join(base_dir, "movies", f"part{part}")
         file_name_save = os.path.join(output_directory, f"example_movie_P{part}_same.npz")
         samples_to_drop: list[str] = []
@@ -104,9 +104,10 @@ def test_seed_notebook_cells(
     # -- what came out -------------------------------------------------------------------------
     assert montage_params == (4, 2, 1, 3, 0, 0)
     grid = prep.grid
-    for part, path in enumerate(saved, start=1):
+    for part, path in zip(part_numbers(3), saved, strict=True):
         data = load_npz(path)
-        frames = range((part - 1) * 4, min(part * 4, 10))
+        start = montage_of_part(part) * 4
+        frames = range(start, min(start + 4, 10))
         assert (data.part, data.frame_offset) == (part, frames.start)
         assert data.positions == ["x_00_y_00", "x_01_y_00"]
         for i, pos in enumerate(grid.positions):
@@ -219,7 +220,8 @@ def test_make_training_data_options(tmp_path: Path, caplog: pytest.LogCaptureFix
     data = load_npz(path)
     assert data.X.shape == (1, 2, 3, 4, 1)
     np.testing.assert_array_equal(data.X[0, ..., 0], raw)
-    assert (data.part, data.frame_offset, data.positions) == (2, 2, ["x_10_y_00"])
+    assert (data.part, data.frame_offset, data.positions) == (
+        2, montage_of_part(2) * 2, ["x_10_y_00"])
     assert load_npz(tmp_path / "again.npz").frame_offset == -1
     assert len(list_images(part / "x_10_y_00" / "raw")) == 3
 

@@ -28,7 +28,7 @@ from cellcrowd.export.npz import (
 )
 from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import Position
-from cellcrowd.layout import WorkingFolder
+from cellcrowd.layout import WorkingFolder, montage_of_part, part_of_montage
 from cellcrowd.logs import MontageLog, read_chopper_log, write_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.pipeline import working_folder
@@ -87,7 +87,7 @@ def test_write_part_npz_keys_and_values(wf: WorkingFolder) -> None:
         assert list(data["positions"]) == ["x_00_y_00", "x_00_y_01", "x_01_y_00", "x_01_y_01"]
         assert data["part"] == 2
         assert data["identifier"] == "exp"
-        assert data["frame_offset"] == 3
+        assert data["frame_offset"] == montage_of_part(2) * 3
     for i, pos in enumerate(POSITIONS):
         raw, labels = movies[pos]
         np.testing.assert_array_equal(x[i, ..., 0], raw)
@@ -241,7 +241,8 @@ def test_write_parts_npz(wf: WorkingFolder) -> None:
     _write_part(wf, 10, frames=1, seed=10)
     paths = write_parts_npz(wf)
     assert paths == [wf.npz_part(1), wf.npz_part(2), wf.npz_part(10)]
-    assert [load_npz(p).frame_offset for p in paths] == [0, 3, 27]
+    assert [load_npz(p).frame_offset for p in paths] == [
+        montage_of_part(p) * 3 for p in (1, 2, 10)]
     x, y, positions = load_part(wf, 1)
     assert x.shape == (4, 3, 6, 7, 1)
     np.testing.assert_array_equal(y[3, ..., 0], first[Position(1, 1)][1])
@@ -355,7 +356,7 @@ def test_full_movie_keeps_one_id_per_cell_across_parts(
     assert starts == [0, 5, 10]
     assert data.X.shape == (4, 15, *grid.tile_shape, 1)
     assert data.y.shape == (4, 15, *grid.tile_shape, 1)
-    assert (data.part, data.frame_offset, data.missing_positions) == (0, 0, [])
+    assert (data.part, data.frame_offset, data.missing_positions) == (-1, 0, [])
     unlinked = load_npz(write_full_movie_npz(wf, link=False))
     np.testing.assert_array_equal(unlinked.X, data.X)
     checked = changed = 0
@@ -375,20 +376,20 @@ def test_full_movie_keeps_one_id_per_cell_across_parts(
     assert checked >= 10
     assert changed >= checked // 2  # without linking the shuffled ids do not carry over
     np.testing.assert_array_equal(data.X[..., 0][:, 5:10], load_npz(
-        write_part_npz(wf, 2)).X[..., 0])
+        write_part_npz(wf, part_of_montage(1))).X[..., 0])
 
 
 def test_full_movie_needs_a_position_annotated_in_every_part(
     movie_job: tuple[WorkingFolder, Any, Any], tmp_path: Path
 ) -> None:
     wf = _copy_job(movie_job, tmp_path / "work")
-    for part, pos in ((1, Position(0, 0)), (2, Position(0, 1)), (3, Position(1, 0)),
-                      (3, Position(1, 1))):
-        shutil.rmtree(wf.annotated_dir(part, pos))
+    for montage, pos in ((0, Position(0, 0)), (1, Position(0, 1)), (2, Position(1, 0)),
+                         (2, Position(1, 1))):
+        shutil.rmtree(wf.annotated_dir(part_of_montage(montage), pos))
     with pytest.raises(InputError, match="no position is annotated in every part"):
         write_full_movie_npz(wf)
     wf = _copy_job(movie_job, tmp_path / "other")
-    shutil.rmtree(wf.annotated_dir(2, Position(0, 0)))
+    shutil.rmtree(wf.annotated_dir(part_of_montage(1), Position(0, 0)))
     data = load_npz(write_full_movie_npz(wf, samples_to_drop=["x_01_y_01"]))
     assert data.positions == ["x_00_y_01", "x_01_y_00"]
     assert data.missing_positions == ["x_00_y_00"]

@@ -27,7 +27,7 @@ from cellcrowd.errors import ConfigError, InputError, PipelineError
 from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import load_npz
 from cellcrowd.files import read_image
-from cellcrowd.layout import parse_montage_name, position_name
+from cellcrowd.layout import parse_montage_name, part_numbers, position_name
 from cellcrowd.pipeline import STAGES, run, status
 from cellcrowd.testing import assert_same_up_to_relabel
 
@@ -106,7 +106,7 @@ def test_full_run_writes_every_output_and_a_rerun_does_nothing(
     assert report.counts["judgments"] == len(judgments)
     assert summary.stage("fetch").counts  # downloads counted
     assert summary.stage("clean").counts["cleaned"] >= 1
-    for part in range(1, 5):
+    for part in part_numbers(4):
         assert wf.npz_part(part).is_file() or any(
             u.unit == f"part{part}" for u in summary.skipped_units)
     assert wf.trk.is_file()
@@ -409,7 +409,7 @@ def test_full_movie_npz_and_executor(cfg: Config) -> None:
         ex.close()
     wf = pipeline.working_folder(cfg)
     data = load_npz(wf.npz_full_movie)
-    parts = [load_npz(wf.npz_part(p)) for p in range(1, 5)]
+    parts = [load_npz(wf.npz_part(p)) for p in part_numbers(4)]
     assert data.X.shape[1] == SETTINGS.frames
     assert data.positions == parts[0].positions
     assert data.linked

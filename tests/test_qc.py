@@ -18,7 +18,7 @@ from cellcrowd.errors import InputError
 from cellcrowd.export.npz import write_parts_npz
 from cellcrowd.files import read_image, write_image
 from cellcrowd.labels import CleanResult, CleanStats, clean_annotation_file
-from cellcrowd.layout import MontageKey, WorkingFolder
+from cellcrowd.layout import MontageKey, WorkingFolder, part_of_montage
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.prepare import prepare
@@ -199,7 +199,7 @@ def test_montage_table_matches_the_label_files(harvest: Harvest) -> None:
     for key in keys:
         name = wf.montage_name(key)
         row = rows[name]
-        assert (row["part"], row["position"]) == (str(key.montage + 1),
+        assert (row["part"], row["position"]) == (str(key.part),
                                                   f"x_{key.x:02d}_y_{key.y:02d}")
         if (key.x, key.y, key.montage) == SKIPPED:
             assert (row["annotation"], row["cleaned labels"], row["cells"]) == ("no", "no", "—")
@@ -227,7 +227,8 @@ def test_last_partial_montage_counts_only_its_real_frames(harvest: Harvest) -> N
 def test_parts_table_matches_movies_and_npz(harvest: Harvest) -> None:
     wf = harvest.wf
     rows = {int(r["part"]): r for r in _page(wf).rows("parts")}
-    assert sorted(rows) == [1, 2]
+    first, second = part_of_montage(0), part_of_montage(1)
+    assert sorted(rows) == [first, second]
     for part, row in rows.items():
         part_dir = wf.part_dir(part)
         annotated = sorted(p.parent.name for p in part_dir.glob("*/annotated")
@@ -240,10 +241,10 @@ def test_parts_table_matches_movies_and_npz(harvest: Harvest) -> None:
             assert row["X shape"] == str(data["X"].shape)
             assert row["y shape"] == str(data["y"].shape)
         assert row["npz"] == wf.npz_part(part).name
-    assert rows[1]["missing positions"] == "none"
-    assert rows[2]["missing positions"] == "x_01_y_01"
-    assert (rows[1]["annotated frames per position"],
-            rows[2]["annotated frames per position"]) == ("4", "2")
+    assert rows[first]["missing positions"] == "none"
+    assert rows[second]["missing positions"] == "x_01_y_01"
+    assert (rows[first]["annotated frames per position"],
+            rows[second]["annotated frames per position"]) == ("4", "2")
 
 
 def test_stitched_table_counts_cells_per_frame(harvest: Harvest) -> None:
@@ -397,18 +398,19 @@ def test_unreadable_files_are_reported_not_fatal(harvest: Harvest, tmp_path: Pat
     wf = WorkingFolder(base, "exp")
     name = wf.montage_name(MontageKey("exp", 0, 0, 0))
     wf.label_path(name).write_bytes(b"not a png")
-    wf.npz_part(2).write_bytes(b"not an npz")
+    first, second = part_of_montage(0), part_of_montage(1)
+    wf.npz_part(second).write_bytes(b"not an npz")
     rgb = wf.montage_name(MontageKey("exp", 0, 1, 0))
     write_image(wf.label_path(rgb), np.zeros((8, 8, 3), np.uint8))
-    np.savez(wf.npz_part(1), X=np.zeros(2))
+    np.savez(wf.npz_part(first), X=np.zeros(2))
     write_qc_report(wf)
     page = _page(wf)
     rows = {r["montage"]: r for r in page.rows("montages")}
     assert "cannot read this image" in rows[name]["problem"]
     assert "not a label image" in rows[rgb]["problem"]
-    part1 = {r["part"]: r for r in page.rows("parts")}["1"]
+    part1 = {r["part"]: r for r in page.rows("parts")}[str(first)]
     assert "no y array" in part1["problem"]
-    part2 = {r["part"]: r for r in page.rows("parts")}["2"]
+    part2 = {r["part"]: r for r in page.rows("parts")}[str(second)]
     assert "cannot read" in part2["problem"]
     assert part2["X shape"] == "—"
     assert any("could not be read" in item for item in page.lists["missing"])

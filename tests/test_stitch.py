@@ -16,7 +16,7 @@ from skimage.segmentation import expand_labels
 from cellcrowd.errors import InputError, LineageError
 from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import Position, TileGrid, num_montages
-from cellcrowd.layout import WorkingFolder
+from cellcrowd.layout import WorkingFolder, part_of_montage
 from cellcrowd.logs import ChopperLog, MontageLog, write_log
 from cellcrowd.stitch import (
     lineage_from_labels,
@@ -449,7 +449,7 @@ def write_movies_folder(tmp_path: Path, movie: np.ndarray, grid: TileGrid, lengt
         tiles = cut_and_permute(part, grid, rng) % 65_000
         for pos in grid.positions:
             for f in range(part.shape[0]):
-                write_image(wf.annotated_frame(m + 1, pos, f),
+                write_image(wf.annotated_frame(part_of_montage(m), pos, f),
                             tiles[f, pos.y, pos.x].astype(np.uint16))
     if raw is not None:
         for t, frame in enumerate(raw):
@@ -484,12 +484,13 @@ def test_stitch_movies_reports_a_missing_tile(tmp_path: Path) -> None:
     movie = boxes_movie(np.random.default_rng(4), (30, 30), 4, 7, smallest=5)
     grid = TileGrid.for_frame((30, 30), num_x=2, num_y=2, overlap_perc=20)
     wf = write_movies_folder(tmp_path, movie, grid, 2, None)
-    shutil.rmtree(wf.annotated_dir(2, Position(1, 1)))
-    wf.annotated_frame(1, Position(0, 1), 1).unlink()
-    write_image(wf.annotated_frame(2, Position(0, 0), 0), np.zeros((3, 3), np.uint16))
+    first, second = part_of_montage(0), part_of_montage(1)
+    shutil.rmtree(wf.annotated_dir(second, Position(1, 1)))
+    wf.annotated_frame(first, Position(0, 1), 1).unlink()
+    write_image(wf.annotated_frame(second, Position(0, 0), 0), np.zeros((3, 3), np.uint16))
     result = stitch_movies(wf)
     assert [(part, pos) for part, pos, _ in result.missing] == [
-        (1, Position(0, 1)), (2, Position(0, 0)), (2, Position(1, 1))]
+        (first, Position(0, 1)), (second, Position(0, 0)), (second, Position(1, 1))]
     assert "frame 1 of 2 is missing" in result.missing[0][2]
     assert "rerun the movies stage" in result.missing[1][2]
     assert "folder missing" in result.missing[2][2]

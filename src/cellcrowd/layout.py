@@ -21,7 +21,9 @@ The defaults follow the original notebook, so existing folders keep working::
       trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
       qc/index.html    .cellcrowd/manifest.json
 
-Parts are numbered from 1 (``part1`` holds montage 0), as in the seed notebook.
+Parts are numbered from 0 (``part0`` holds montage 0, ``part1`` montage 1), as in the
+original notebook, so its ``direc_name = .../movies/part1`` cell reads montage 1.
+cellcrowd 0.1.0 numbered them from 1; :func:`old_part_folders` finds such folders.
 Numbers are zero-padded (positions 2, frames 3, montages 2 digits) and the padding
 widens, never wraps, for larger counts. Montage names are parsed in both the
 padded (``x_01_y_00_montage_03``) and the older unpadded (``x_1_y_0_montage_3``) forms.
@@ -39,15 +41,25 @@ from .errors import InputError
 from .geometry import Position
 
 __all__ = [
+    "FIRST_PART",
     "MontageKey",
     "Padding",
     "WorkingFolder",
     "montage_name",
+    "montage_of_part",
+    "old_part_folders",
     "parse_montage_name",
+    "parse_part_name",
     "part_name",
+    "part_numbers",
+    "part_of_montage",
     "position_name",
 ]
 
+#: The number of the first part (``movies/part0`` holds montage 0, as in the original).
+FIRST_PART = 0
+
+_PART_RE = re.compile(r"^part(\d+)$")
 _MONTAGE_RE = re.compile(r"^(?P<identifier>.+)_x_(?P<x>\d+)_y_(?P<y>\d+)_montage_(?P<m>\d+)$")
 
 
@@ -94,8 +106,8 @@ class MontageKey:
 
     @property
     def part(self) -> int:
-        """The 1-based part this montage becomes in ``movies/``."""
-        return self.montage + 1
+        """The part this montage becomes in ``movies/`` (see :func:`part_of_montage`)."""
+        return part_of_montage(self.montage)
 
 
 def position_name(pos: Position, padding: Padding = Padding()) -> str:
@@ -104,9 +116,38 @@ def position_name(pos: Position, padding: Padding = Padding()) -> str:
     return f"x_{pos.x:0{w}d}_y_{pos.y:0{w}d}"
 
 
+def part_of_montage(montage: int) -> int:
+    """The part number of montage ``montage`` (0-based): ``part0`` holds montage 0.
+
+    >>> part_of_montage(1)
+    1
+    """
+    return montage + FIRST_PART
+
+
+def montage_of_part(part: int) -> int:
+    """The montage number a part holds (inverse of :func:`part_of_montage`)."""
+    return part - FIRST_PART
+
+
+def part_numbers(montages: int) -> range:
+    """The part numbers of a movie cut into ``montages`` montages per position.
+
+    >>> list(part_numbers(3))
+    [0, 1, 2]
+    """
+    return range(FIRST_PART, FIRST_PART + montages)
+
+
 def part_name(part: int) -> str:
-    """``part1`` (parts count from 1)."""
+    """``part0`` (parts count from 0, as in the original notebook)."""
     return f"part{part}"
+
+
+def parse_part_name(name: str) -> int | None:
+    """The number of a ``part{N}`` folder name, None for other names."""
+    match = _PART_RE.match(name)
+    return int(match[1]) if match else None
 
 
 def montage_name(key: MontageKey, padding: Padding = Padding()) -> str:
@@ -172,6 +213,8 @@ class WorkingFolder:
     >>> wf = WorkingFolder(Path("/data"), "exp")
     >>> wf.annotated_frame(1, Position(0, 2), 7).as_posix()
     '/data/movies/part1/x_00_y_02/annotated/exp_x_00_y_02_frame_007.png'
+    >>> wf.part_dir(part_of_montage(0)).name
+    'part0'
     """
 
     base: Path
@@ -290,6 +333,14 @@ class WorkingFolder:
     def part_dir(self, part: int) -> Path:
         return self.movies / part_name(part)
 
+    def part_folders(self) -> dict[int, Path]:
+        """The ``movies/part{N}`` folders that exist, by part number."""
+        if not self.movies.is_dir():
+            return {}
+        found = {parse_part_name(p.name): p for p in self.movies.iterdir() if p.is_dir()}
+        return {n: p for n, p in sorted(found.items(), key=lambda kv: kv[0] or 0)
+                if n is not None}
+
     def position_dir(self, part: int, pos: Position) -> Path:
         return self.part_dir(part) / position_name(pos, self.padding)
 
@@ -389,3 +440,18 @@ class WorkingFolder:
     def npz_stitched_movie(self) -> Path:
         """The stitched movie as training data: ``npz/{id}_stitched_movie.npz``."""
         return self.npz / f"{self.identifier}_stitched_movie.npz"
+
+
+def old_part_folders(wf: WorkingFolder, montages: int) -> list[Path]:
+    """Part folders numbered from 1, as cellcrowd 0.1.0 wrote them, else ``[]``.
+
+    With ``montages`` montages per position the parts are ``part0`` to
+    ``part{montages - 1}``: a ``part{montages}`` folder (or any higher) can only
+    come from the old numbering, where montage ``m`` went to ``part{m + 1}``.
+    The old folders are returned (every ``part{N}`` folder) so a caller can say
+    which ones to remove.
+    """
+    folders = wf.part_folders()
+    if any(n >= FIRST_PART + montages for n in folders):
+        return list(folders.values())
+    return []

@@ -5,9 +5,9 @@
 
     movies/part{N}/x_XX_y_YY/annotated/{id}_x_XX_y_YY_frame_FFF.png   (uint16)
 
-where montage ``m`` becomes part ``N = m + 1`` and frame numbers restart at 0 in
-each part. :func:`raw_to_movies` cuts the full-size raw frames with the same
-tile grid, so each annotated frame has its raw tile beside it::
+where montage ``m`` becomes part ``N = m`` (from 0, as in the original notebook) and
+frame numbers restart at 0 in each part. :func:`raw_to_movies` cuts the full-size raw
+frames with the same tile grid, so each annotated frame has its raw tile beside it::
 
     movies/part{N}/x_XX_y_YY/raw/{id}_raw_x_XX_y_YY_frame_FFF.tif     (raw dtype)
 
@@ -37,7 +37,13 @@ from .errors import AnnotationError, GeometryError, InputError, LogError
 from .executor import Executor, run_tasks
 from .files import list_images, read_image, write_image
 from .geometry import Position, TileGrid, montage_frame_range, num_montages
-from .layout import MontageKey, WorkingFolder, parse_montage_name
+from .layout import (
+    MontageKey,
+    WorkingFolder,
+    old_part_folders,
+    parse_montage_name,
+    part_of_montage,
+)
 from .logs import ChopperLog, MontageLog, read_logs
 
 __all__ = [
@@ -49,6 +55,7 @@ __all__ = [
     "raw_to_movies",
     "read_label_montage",
     "read_movie_geometry",
+    "refuse_old_parts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +113,7 @@ class MoviesResult:
         return [f"{item.name}: {item.error}" for item in self.items if item.error is not None]
 
     def missing_by_part(self) -> dict[int, list[MissingMontage]]:
-        """Missing montages grouped by part (1-based)."""
+        """Missing montages grouped by part."""
         out: dict[int, list[MissingMontage]] = defaultdict(list)
         for miss in self.missing:
             out[miss.part].append(miss)
@@ -137,6 +144,27 @@ class MovieGeometry:
 
 def _raw_paths(wf: WorkingFolder) -> list[Path]:
     return list_images(wf.raw) if wf.raw.is_dir() else []
+
+
+def refuse_old_parts(wf: WorkingFolder, montages: int) -> None:
+    """Refuse a ``movies/`` folder whose parts are numbered from 1 (cellcrowd 0.1.0).
+
+    Raises
+    ------
+    InputError
+        ``movies/`` holds a part the montage log cannot have (``part{montages}``
+        or higher): the old numbering, where montage ``m`` went to ``part{m + 1}``.
+    """
+    old = old_part_folders(wf, montages)
+    if old:
+        names = ", ".join(p.name for p in old)
+        raise InputError(
+            f"its parts ({names}) are numbered from 1, as cellcrowd 0.1.0 wrote them; parts "
+            "now count from 0 like the original notebook (movies/part0 is montage 0): redo "
+            "the movies with `cellcrowd run CONFIG --force movies`, or delete this folder "
+            "(and the npz folder) and make the movies again",
+            path=wf.movies,
+        )
 
 
 def read_movie_geometry(wf: WorkingFolder) -> MovieGeometry:
@@ -294,10 +322,12 @@ def montages_to_movies(
     LogError
         A log is missing or invalid, or the logs disagree.
     InputError
-        A name in ``skip`` is not a montage name.
+        A name in ``skip`` is not a montage name, or ``movies/`` holds parts numbered
+        from 1 (see :func:`refuse_old_parts`).
     """
     movie = read_movie_geometry(wf)
     wf = movie.wf
+    refuse_old_parts(wf, movie.count)
     skipped = _skip_keys(skip)
     found = _found_labels(wf)
     expected = [MontageKey(wf.identifier, pos.x, pos.y, m)
@@ -372,7 +402,7 @@ def raw_to_movies(
     """Cut the raw frames (``wf.raw``) into the tiles matching the annotated movies.
 
     Frame ``t`` of the movie (counted from the chopper log's ``frame_offset`` in
-    the raw folder) goes to part ``t // L + 1`` as frame ``t % L``; each tile is
+    the raw folder) goes to part ``t // L`` as frame ``t % L``; each tile is
     exactly ``TileGrid.tile(frame, position)``, with the raw dtype and channels.
 
     Raises
@@ -380,10 +410,12 @@ def raw_to_movies(
     LogError
         A log is missing or invalid, or the logs disagree.
     InputError
-        The raw folder is missing, empty, or holds fewer frames than the logs say.
+        The raw folder is missing, empty, or holds fewer frames than the logs say, or
+        ``movies/`` holds parts numbered from 1 (see :func:`refuse_old_parts`).
     """
     movie = read_movie_geometry(wf)
     wf = movie.wf
+    refuse_old_parts(wf, movie.count)
     if not movie.raw_paths:
         raise InputError("no raw frames found: set the raw folder of this movie", path=wf.raw)
     offset = movie.chopper.frame_offset or 0
@@ -401,7 +433,7 @@ def raw_to_movies(
                     offset, offset + wanted - 1, len(movie.raw_paths))
     tasks = []
     for t, source in enumerate(movie.raw_paths[offset:offset + wanted]):
-        part, f = t // length + 1, t % length
+        part, f = part_of_montage(t // length), t % length
         tasks.append(_RawTask(source, movie.grid, tuple(
             (pos, wf.raw_tile_frame(part, pos, f)) for pos in movie.grid.positions)))
     items = tuple(run_tasks(_raw_frame_to_tiles, tasks, executor=executor,

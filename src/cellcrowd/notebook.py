@@ -36,7 +36,7 @@ from .errors import InputError
 from .export.npz import build_training_arrays, save_npz
 from .files import list_images, read_image, write_image
 from .labels import CleanResult, CleanTask, clean_annotations, decode_annotation, relabel_sequential
-from .layout import WorkingFolder, parse_montage_name
+from .layout import WorkingFolder, montage_of_part, parse_montage_name, parse_part_name
 from .logs import read_montage_log
 from .movies import MoviesResult, montages_to_movies, raw_to_movies
 
@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 
 _ANNOTATIONS_SUFFIX = "_annotations"
 _ANNOTATION_SUFFIX = "_annotation"
-_PART_RE = re.compile(r"^part(\d+)$")
 
 
 def _folder_wf(folder: str | Path) -> WorkingFolder:
@@ -240,7 +239,7 @@ def make_training_data(
     Keys written: ``X`` float32 ``(positions, frames, rows, cols, channels)``,
     ``y`` int32 ``(positions, frames, rows, cols, 1)``, ``positions``,
     ``missing_positions``, ``part`` (from the folder name, else -1),
-    ``identifier`` (empty), ``frame_offset`` (``(part - 1) * num_frames`` when
+    ``identifier`` (empty), ``frame_offset`` (``part * num_frames`` when
     both are known, else -1).
 
     Returns
@@ -258,9 +257,10 @@ def make_training_data(
         annotation_dirname=annotation_direc, channel_filters=tuple(channel_names),
         num_frames=num_frames,
     )
-    match = _PART_RE.match(direc.name)
-    part = int(match[1]) if match else -1
-    offset = (part - 1) * num_frames if match and num_frames is not None else -1
+    number = parse_part_name(direc.name)
+    part = -1 if number is None else number
+    offset = (-1 if number is None or num_frames is None
+              else montage_of_part(number) * num_frames)
     return save_npz(dest, arrays, part=part, identifier="", frame_offset=offset)
 
 

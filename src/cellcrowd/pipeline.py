@@ -66,6 +66,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ from .config import Config, get_api_key
 from .errors import CellcrowdError, PipelineError
 from .executor import Executor, make_executor
 from .files import TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
-from .layout import WorkingFolder
+from .layout import WorkingFolder, part_numbers
 from .logs import read_logs
 
 if TYPE_CHECKING:
@@ -296,9 +297,9 @@ def _stages() -> tuple[_Stage, ...]:
         _Stage("fetch", ("report",), _fetch_settings, _no_files, _run_fetch),
         _Stage("clean", ("report", "fetch"), _clean_settings, _log_files, _run_clean,
                version=2),
-        _Stage("movies", ("clean",), _no_settings, _raw_and_logs, _run_movies),
+        _Stage("movies", ("clean",), _no_settings, _raw_and_logs, _run_movies, version=2),
         _Stage("npz", ("movies",), _npz_settings, _log_files, _run_npz,
-               enabled=lambda c: c.outputs.npz_parts or c.outputs.npz_full_movie, version=2),
+               enabled=lambda c: c.outputs.npz_parts or c.outputs.npz_full_movie, version=3),
         _Stage("stitch", ("movies",), _stitch_settings, _raw_and_logs, _run_stitch,
                enabled=lambda c: c.outputs.stitched, version=2),
         _Stage("trk", ("stitch",), _no_settings, _no_files, _run_trk,
@@ -561,6 +562,24 @@ def _remove_temporary_files(base: Path) -> None:
             path.unlink()
 
 
+def _old_parts(wf: WorkingFolder, *, redo: bool) -> None:
+    """Refuse movies made by cellcrowd 0.1.0 (parts from 1); delete them when ``redo``."""
+    from .movies import refuse_old_parts
+
+    try:
+        montages = int(_montage_log(wf).montages_in_pos)
+    except CellcrowdError:
+        return  # the stages that need the log say what is wrong with it
+    try:
+        refuse_old_parts(wf, montages)
+    except CellcrowdError as exc:
+        if not redo:
+            raise PipelineError(str(exc)) from None
+        logger.warning("deleting %s: its parts are numbered from 1 (cellcrowd 0.1.0)",
+                       wf.movies)
+        shutil.rmtree(wf.movies)
+
+
 def _remove_stale(old: Mapping[str, Any] | None, new: Mapping[str, Any], base: Path) -> None:
     """Delete files an earlier run of the stage wrote that this run did not."""
     if not old:
@@ -645,6 +664,7 @@ def run(
     wf = config.working_folder()
     with _lock(wf):
         _remove_temporary_files(wf.base)
+        _old_parts(working_folder(config), redo="movies" in force)
         manifest = _Manifest(wf)
         try:
             for stage in stages:
@@ -871,8 +891,8 @@ def _montage_log(wf: WorkingFolder) -> Any:
 
 
 def _parts(wf: WorkingFolder) -> list[int]:
-    """Part numbers the montage log promises (1-based)."""
-    return list(range(1, int(_montage_log(wf).montages_in_pos) + 1))
+    """Part numbers the montage log promises."""
+    return list(part_numbers(int(_montage_log(wf).montages_in_pos)))
 
 
 def _existing(paths: Sequence[Path]) -> list[Path]:

@@ -32,7 +32,6 @@ import html
 import io
 import json
 import logging
-import re
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -47,7 +46,7 @@ from .errors import InputError, redact
 from .files import atomic_write_text, list_images, natural_key, read_image, write_image
 from .geometry import Position, TileGrid, montage_frame_range, num_montages
 from .labels import CleanStats, decode_annotation
-from .layout import MontageKey, WorkingFolder, parse_montage_name, position_name
+from .layout import MontageKey, WorkingFolder, parse_montage_name, part_numbers, position_name
 from .logs import ChopperLog, MontageLog, read_logs
 
 __all__ = [
@@ -82,7 +81,6 @@ REMOVED_COLOUR = (255, 255, 255)
 PANEL_GAP = 8
 #: Rows shown per table of CSV rows (the counts are always complete).
 MAX_TABLE_ROWS = 500
-_PART_RE = re.compile(r"^part(\d+)$")
 _SPARK = "▁▂▃▄▅▆▇█"
 _BAR_WIDTH = 30
 _DIM = 0.8
@@ -536,11 +534,8 @@ def _npz_shapes(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 
 def _part_numbers(wf: WorkingFolder, geo: _Geometry) -> list[int]:
-    parts = set(range(1, geo.count + 1)) if geo.count else set()
-    if wf.movies.is_dir():
-        parts |= {int(match[1]) for p in wf.movies.iterdir()
-                  if p.is_dir() and (match := _PART_RE.match(p.name))}
-    return sorted(parts)
+    parts = set(part_numbers(geo.count)) if geo.count else set()
+    return sorted(parts | set(wf.part_folders()))
 
 
 def _has_frames(folder: Path) -> int:

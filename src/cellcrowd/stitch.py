@@ -60,7 +60,7 @@ from .errors import InputError, LineageError
 from .executor import Executor, run_tasks
 from .files import atomic_write_text, list_images, read_image, write_image
 from .geometry import Position, TileGrid
-from .layout import WorkingFolder
+from .layout import WorkingFolder, part_of_montage
 
 __all__ = [
     "AmbiguousLink",
@@ -910,8 +910,9 @@ class StitchMoviesResult:
 
     @property
     def conflicts(self) -> list[tuple[int, StitchConflict]]:
-        """Every refused tile match, with its part (1-based)."""
-        return [(i, c) for i, rep in enumerate(self.parts, start=1) for c in rep.conflicts]
+        """Every refused tile match, with its part."""
+        return [(part_of_montage(i), c) for i, rep in enumerate(self.parts)
+                for c in rep.conflicts]
 
 
 def stitch_movies(
@@ -965,7 +966,8 @@ def stitch_movies(
 
     movie = read_movie_geometry(wf)
     wf, grid = movie.wf, movie.grid
-    tasks = [_PartTask(wf, grid, m + 1, movie.frames_in(m), min_iou) for m in range(movie.count)]
+    tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou)
+             for m in range(movie.count)]
     total = sum(task.frames for task in tasks)
     offset = movie.chopper.frame_offset or 0
     raw_paths = movie.raw_paths[offset:offset + total]

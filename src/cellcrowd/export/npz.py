@@ -12,14 +12,15 @@ the movies of one part, one entry per tile position:
 ``missing_positions`` : str
     Positions left out because they had no annotated frames.
 ``part`` : int
-    The part number (1-based; part N holds montage N-1).
+    The part number (from 0, as in the original notebook: part N holds montage N);
+    -1 in the whole-movie files.
 ``identifier`` : str
     The movie's identifier (empty when unknown).
 ``frame_offset`` : int
-    The movie frame of the part's first frame, ``(part - 1) * montage_len``;
+    The movie frame of the part's first frame, ``part * montage_len``;
     -1 when no montage log is available to tell.
 
-Two whole-movie files hold the same keys (``part`` is 0 and ``frame_offset`` 0,
+Two whole-movie files hold the same keys (``part`` is -1 and ``frame_offset`` 0,
 the movie's first frame) plus a few more:
 
 ``npz/{id}_full_movie.npz`` (:func:`write_full_movie_npz`)
@@ -64,7 +65,7 @@ from ..errors import InputError, LogError
 from ..executor import Executor, run_tasks
 from ..files import atomic_path, list_images, natural_key, read_image
 from ..geometry import Position
-from ..layout import WorkingFolder
+from ..layout import WorkingFolder, montage_of_part, part_numbers
 from ..logs import read_montage_log
 
 __all__ = [
@@ -86,7 +87,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _POSITION_RE = re.compile(r"^x_(\d+)_y_(\d+)$")
-_PART_RE = re.compile(r"^part(\d+)$")
 
 
 def _parse_position(name: str) -> Position | None:
@@ -345,7 +345,7 @@ def save_npz(
 
 def _frame_offset(wf: WorkingFolder, part: int) -> int:
     try:
-        return (part - 1) * read_montage_log(wf.montage_log).montage_len
+        return montage_of_part(part) * read_montage_log(wf.montage_log).montage_len
     except LogError as exc:
         logger.warning("frame_offset of part %d unknown (-1): %s", part, exc)
         return -1
@@ -460,8 +460,7 @@ def write_parts_npz(
 
 def _part_folders(wf: WorkingFolder) -> list[int]:
     """Part numbers of the ``movies/part{N}`` folders."""
-    found = ([int(m[1]) for p in wf.movies.iterdir()
-              if p.is_dir() and (m := _PART_RE.match(p.name))] if wf.movies.is_dir() else [])
+    found = list(wf.part_folders())
     if not found:
         raise InputError("no part folders: make the movies first", path=wf.movies)
     return sorted(found)
@@ -470,7 +469,7 @@ def _part_folders(wf: WorkingFolder) -> list[int]:
 def _all_parts(wf: WorkingFolder) -> list[int]:
     """Every part number: from the montage log, else the ``movies/part{N}`` folders."""
     try:
-        return list(range(1, read_montage_log(wf.montage_log).montages_in_pos + 1))
+        return list(part_numbers(read_montage_log(wf.montage_log).montages_in_pos))
     except LogError as exc:
         logger.warning("parts taken from the movies folder (%s)", exc)
     return _part_folders(wf)
@@ -549,7 +548,7 @@ def write_full_movie_npz(
             movie = np.concatenate(labels)
         ys.append(movie.astype(np.int32)[..., None])
     arrays = TrainingArrays(np.stack(xs), np.stack(ys), common, missing)
-    return save_npz(wf.npz_full_movie, arrays, part=0, identifier=wf.identifier,
+    return save_npz(wf.npz_full_movie, arrays, part=-1, identifier=wf.identifier,
                     frame_offset=0, compressed=compressed,
                     extra={"linked": np.bool_(link), "part_starts": starts})
 
@@ -603,7 +602,7 @@ def write_stitched_movie_npz(
     arrays = TrainingArrays(x[None].astype(np.float32), labels.astype(np.int32)[None, ..., None],
                             ["stitched"], [])
     text = json.dumps({str(k): v for k, v in sorted(lineage.items())}, sort_keys=True)
-    return save_npz(wf.npz_stitched_movie, arrays, part=0, identifier=wf.identifier,
+    return save_npz(wf.npz_stitched_movie, arrays, part=-1, identifier=wf.identifier,
                     frame_offset=0, compressed=compressed,
                     extra={"linked": np.bool_(True), "lineage": np.str_(text)})
 
