@@ -18,7 +18,7 @@ from cellcrowd.appen.report import Judgment, Report, read_report, still_broken
 from cellcrowd.download import download_annotations, expected_montage_shape
 from cellcrowd.errors import AuthenticationError
 from cellcrowd.geometry import TileGrid
-from cellcrowd.layout import WorkingFolder
+from cellcrowd.layout import WorkingFolder, parse_montage_name
 from cellcrowd.logs import ChopperLog, MontageLog, write_log
 from cellcrowd.notebook import download_and_unzip, save_annotations_from_csv
 
@@ -296,11 +296,34 @@ def test_notebook_steps_1_and_2(job_factory: Callable[..., CrowdJob], api_key: s
         csv_path = download_and_unzip(JOB, tmp_path)
         assert csv_path == tmp_path / "CSV" / f"job_{JOB}_full_report.csv"
         broken = save_annotations_from_csv(csv_path, tmp_path / "exp_annotations")
+    # The original's answer, from the CSV itself: image_url of each broken row whose
+    # image no row annotated, in report order.
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    fixed = {r["image_url"] for r in rows if r["broken_link"].lower() != "true"}
+    assert broken == [r["image_url"] for r in rows
+                      if r["broken_link"].lower() == "true" and r["image_url"] not in fixed]
+    assert broken and all(url.startswith("http") for url in broken)
     report = read_report(csv_path)
-    assert broken == still_broken(report)
-    assert broken
+    names = still_broken(report)
+    assert sorted({parse_montage_name(u) for u in broken}) == sorted(
+        parse_montage_name(n) for n in names)
     wf = WorkingFolder(tmp_path, "exp")
-    assert wf.reupload_csv(JOB).read_text().count("\n") == len(broken) + 1
-    for montage in {j.montage for j in report} - set(broken):
+    assert wf.reupload_csv(JOB).read_text().count("\n") == len(names) + 1
+    for montage in {j.montage for j in report} - set(names):
         assert wf.annotation_path(montage).exists()
-    assert not any(wf.annotation_path(m).exists() for m in broken)
+    assert not any(wf.annotation_path(m).exists() for m in names)
+
+
+def test_notebook_step_2_without_broken_links(
+    job_factory: Callable[..., CrowdJob], api_key: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = job_factory(4, config=CrowdConfig(workers_per_unit=(1, 1), broken_share=0.0),
+                      seed=5)
+    with Emulator(job, api_key=api_key, report_polls=0) as emu:
+        monkeypatch.setenv("CELLCROWD_API_URL", emu.url)
+        monkeypatch.setenv("APPEN_API_KEY", api_key)
+        csv_path = download_and_unzip(JOB, tmp_path)
+        assert save_annotations_from_csv(csv_path, tmp_path / "exp_annotations") == []
+    assert len(list((tmp_path / "exp_annotations").glob("*_annotation.png"))) == 4

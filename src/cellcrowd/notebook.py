@@ -302,7 +302,9 @@ def save_annotations_from_csv(csv_path: str | Path, annotations_folder: str | Pa
     Returns
     -------
     list of str
-        Montage names (without ``.png``) whose judgments all reported a broken link.
+        As the original: the ``image_url`` of every row whose broken link was never
+        fixed (no judgment of the same image has an annotation), full URLs in report
+        order; ``[]`` when there are none.
     """
     from .appen.client import AppenClient, api_url_from_env, get_api_key
     from .appen.report import read_report, write_broken_link_csvs
@@ -313,7 +315,8 @@ def save_annotations_from_csv(csv_path: str | Path, annotations_folder: str | Pa
     match = _REPORT_NAME.match(csv_path.name)
     job_id = match["job"] if match else csv_path.stem
     report = read_report(csv_path, report_type=match["type"] if match else "full")
-    broken = write_broken_link_csvs(report, csv_path, wf, job_id)
+    still = set(write_broken_link_csvs(report, csv_path, wf, job_id))
+    broken = [j.image_url for j in report if j.broken_link and j.montage in still]
     with AppenClient(get_api_key(), base_url=api_url_from_env()) as client:
         result = download_annotations(report, wf, job_id=job_id, client=client)
     if result.failures:
