@@ -19,6 +19,7 @@ from cellcrowd.appen.client import (
     extract_single_member,
     get_api_key,
     v3_base_url,
+    versioned_base_url,
 )
 from cellcrowd.appen.crowd import CrowdJob
 from cellcrowd.appen.emulator import Emulator, Faults
@@ -256,6 +257,43 @@ def test_unknown_job_is_not_found(
             client.job_status(999)
 
 
+def test_base_url_without_version_is_v1(
+    emulator: Emulator, api_key: str, fake_sleep: Callable[[float], None], tmp_path: Path,
+) -> None:
+    root = emulator.url.removesuffix("/v1")
+    assert versioned_base_url(root + "/") == emulator.url
+    with AppenClient(api_key, base_url=root, sleep=fake_sleep, timeout=10.0) as client:
+        assert client.base_url == emulator.url
+        path = client.download_report(JOB, tmp_path / "r.csv")
+        with AppenClient(api_key, base_url=emulator.url, sleep=fake_sleep,
+                         timeout=10.0) as versioned:
+            again = versioned.download_report(JOB, tmp_path / "again.csv")
+        assert path.read_bytes() == again.read_bytes()
+        with pytest.raises(JobNotFoundError, match=rf"names no API version, so {emulator.url} "
+                           r"was used: give the full versioned URL"):
+            client.download_report(999, tmp_path / "x.csv")
+    # A path without a version is used as given; its 404 says what is missing.
+    with AppenClient(api_key, base_url=root + "/api", sleep=fake_sleep,
+                     max_retries=0) as client, pytest.raises(
+            JobNotFoundError, match=r"/api names no API version: give the full versioned URL"):
+        client.download_report(JOB, tmp_path / "y.csv")
+    with client_for(emulator, api_key, fake_sleep) as client, pytest.raises(
+            JobNotFoundError) as info:
+        client.download_report(999, tmp_path / "z.csv")
+    assert "no API version" not in str(info.value)
+
+
+def test_network_error_names_the_host(tmp_path: Path) -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    with mock_client(refuse, max_retries=1) as client, pytest.raises(
+            TemporaryServiceError, match=r"gave up after 2 attempts at api\.test, .*"
+            r"ConnectError: connection refused.*may not reach api\.test") as info:
+        client.download_report(JOB, tmp_path / "r.csv")
+    assert "secret-key" not in str(info.value)
+
+
 def test_other_client_errors(
     emulator: Emulator, api_key: str, fake_sleep: Callable[[float], None],
 ) -> None:
@@ -323,7 +361,8 @@ def test_retries_run_out(
     faults = Faults(error_rate=1.0, max_faults_per_path=100)
     with Emulator(small_job, api_key=api_key, faults=faults) as emu, client_for(
             emu, api_key, sleeps.append, max_retries=2) as client, pytest.raises(
-            TemporaryServiceError, match=r"gave up after 3 attempts, the last one .* HTTP 5"):
+            TemporaryServiceError,
+            match=r"gave up after 3 attempts at 127\.0\.0\.1:\d+, the last one .* HTTP 5"):
         client.download_report(JOB, tmp_path / "r.csv")
     assert len(sleeps) == 2
     assert list(tmp_path.iterdir()) == []

@@ -303,7 +303,8 @@ def test_notebook_steps_1_and_2(job_factory: Callable[..., CrowdJob], api_key: s
     fixed = {r["image_url"] for r in rows if r["broken_link"].lower() != "true"}
     assert broken == [r["image_url"] for r in rows
                       if r["broken_link"].lower() == "true" and r["image_url"] not in fixed]
-    assert broken and all(url.startswith("http") for url in broken)
+    assert broken
+    assert all(url.startswith("http") for url in broken)
     report = read_report(csv_path)
     names = still_broken(report)
     assert sorted({parse_montage_name(u) for u in broken}) == sorted(

@@ -132,3 +132,33 @@ def test_kill_as_soon_as_a_stage_writes(
     _wait_for(proc, lambda: target.is_dir() and any(target.iterdir()))
     _kill(proc)
     _resume_and_compare(config, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pause", ["fetch:5", "clean:3", "npz:2", "stitch:end"])
+def test_ctrl_c_prints_one_line_and_status_shows_the_running_stage(
+    job: tuple[Example, Config], tmp_path: Path, pause: str
+) -> None:
+    config = _fresh(job, tmp_path / "work")
+    flag = tmp_path / "paused"
+    full = {**os.environ, "CELLCROWD_API_KEY": KEY, "CELLCROWD_TEST_PAUSE_AFTER": pause,
+            "CELLCROWD_TEST_PAUSE_SIGNAL": str(flag)}
+    # Its own process group, so SIGINT reaches the run and its pool workers, like Ctrl-C.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cellcrowd", "-q", "run", str(config), "--workers", "2"],
+        env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_for(proc, flag.exists)
+        stage = status(load_config(config)).stage(pause.split(":")[0])
+        assert stage.state == "running", stage
+        assert f"pid {proc.pid} on " in stage.reason
+        os.killpg(proc.pid, signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130, err.decode()
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert lines == ["cellcrowd: interrupted; run the same command again to resume"]
+    assert status(load_config(config)).stage(pause.split(":")[0]).state == "interrupted"

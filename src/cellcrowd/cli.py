@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .appen.client import API_URL_ENV, api_url_from_env
 from .config import (
     API_KEY_VARIABLES,
     Config,
@@ -51,6 +52,9 @@ def _add_config(p: argparse.ArgumentParser, *, executor: bool = True) -> None:
     p.add_argument("config", type=Path, help="configuration file (TOML; see `cellcrowd init`)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration value, e.g. --set clean.min_size=20")
+    p.add_argument("--api-url", default=None, metavar="URL",
+                   help=f"the service's base URL (before ${API_URL_ENV}, the file's "
+                        "service.api_url and the default)")
     if executor:
         p.add_argument("--workers", type=int, default=None, metavar="N",
                        help="local worker processes (default: the configuration's)")
@@ -151,6 +155,11 @@ def _load(args: argparse.Namespace) -> Config:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. clean.min_size=20")
         overrides[key.strip()] = parse_value(value.strip())
+    # The service URL: --api-url, else $CELLCROWD_API_URL, else the file, else the default.
+    if args.api_url:
+        overrides["service.api_url"] = args.api_url
+    elif os.environ.get(API_URL_ENV, "").strip():
+        overrides["service.api_url"] = api_url_from_env()
     if getattr(args, "workers", None) is not None:
         overrides["executor.workers"] = args.workers
     if getattr(args, "scheduler", None) is not None:
@@ -160,6 +169,34 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _api_key() -> str:
     return get_api_key(prompt=True)
+
+
+_SERVICE_STAGES = ("report", "fetch")
+
+
+def _key_first(config: Config, from_stage: str | None, until_stage: str | None,
+               force: Sequence[str]) -> Callable[[], str]:
+    """Ask for the API key now, before any progress bar, when a service stage will run.
+
+    A prompt drawn under a progress bar is erased by it and looks like a hang; without a
+    terminal :func:`get_api_key` fails at once naming the variables to set. When no
+    service stage will run (or the range is invalid: ``run`` says why) the key is asked
+    for only if a stage turns out to need it.
+    """
+    from .pipeline import STAGES, status
+
+    if any(os.environ.get(name, "").strip() for name in API_KEY_VARIABLES):
+        return _api_key
+    try:
+        lo = STAGES.index(from_stage) if from_stage else 0
+        hi = STAGES.index(until_stage) if until_stage else len(STAGES) - 1
+    except ValueError:
+        return _api_key
+    wanted = set(STAGES[lo:hi + 1]) & set(_SERVICE_STAGES)
+    if not wanted & (set(force) | set(status(config).left)):
+        return _api_key
+    key = _api_key()
+    return lambda: key
 
 
 def _secrets() -> list[str]:
@@ -355,13 +392,14 @@ def _run_pipeline(args: argparse.Namespace, ui: _Ui, *, from_stage: str | None,
     from .pipeline import run
 
     config = _load(args)
+    api_key = _key_first(config, from_stage, until_stage, force)
     if ui.quiet:
         summary = run(config, from_stage=from_stage, until_stage=until_stage, force=force,
-                      api_key=_api_key)
+                      api_key=api_key)
     else:
         with _RichProgress(ui.err) as bars:
             summary = run(config, from_stage=from_stage, until_stage=until_stage,
-                          force=force, progress=bars, api_key=_api_key)
+                          force=force, progress=bars, api_key=api_key)
     _show_summary(ui, summary)
     return 0
 

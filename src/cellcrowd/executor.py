@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -46,6 +47,12 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="cellcrowd-parent-watch", daemon=True).start()
 
 
+def _init_worker(parent: int) -> None:
+    """Worker initializer: Ctrl-C is the parent's to handle (no traceback per worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent)
+
+
 class LocalExecutor:
     """Serial (``workers=1``) or a local process pool (``workers>1``).
 
@@ -67,14 +74,16 @@ class LocalExecutor:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, initializer=_exit_with_parent, initargs=(os.getpid(),)
+                max_workers=self.workers, initializer=_init_worker, initargs=(os.getpid(),)
             )
         # Bounded look-ahead keeps memory at a few tasks' worth of results.
         yield from self._pool.map(fn, task_list, chunksize=1)
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown()
+            # Tasks not yet started are dropped (after Ctrl-C); results of a finished
+            # map were all taken already.
+            self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
 

@@ -67,6 +67,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,7 @@ __all__ = [
     "StageRun",
     "StageStatus",
     "StatusReport",
+    "lock_holder",
     "prepare_folder",
     "run",
     "status",
@@ -189,7 +191,8 @@ class RunSummary:
         raise KeyError(name)
 
 
-StageState = Literal["done", "stale", "pending", "waiting", "failed", "interrupted", "disabled"]
+StageState = Literal["done", "stale", "pending", "waiting", "running", "failed", "interrupted",
+                     "disabled"]
 
 
 @dataclass(frozen=True)
@@ -535,23 +538,55 @@ def _select(
 
 @contextlib.contextmanager
 def _lock(wf: WorkingFolder) -> Iterator[None]:
+    """Hold the folder's lock; the lock file says who holds it (pid, host, start time)."""
     wf.state.mkdir(parents=True, exist_ok=True)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(wf.state / "lock", "w") as fh:
+    with open(wf.state / "lock", "a+") as fh:  # not "w": that would erase the holder
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise PipelineError(
-                f"another cellcrowd run is using {wf.base}: wait for it to finish"
+                f"another cellcrowd run ({_holder_text(fh)}) is using {wf.base}: wait for "
+                "it to finish"
             ) from None
         try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            fh.flush()
             yield
         finally:
+            fh.seek(0)
+            fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _holder_text(fh: Any) -> str:
+    fh.seek(0)
+    return fh.read().strip() or "holder unknown"
+
+
+def lock_holder(wf: WorkingFolder) -> str | None:
+    """Who holds the folder's lock (``pid N on HOST since TIME``), None when nobody does."""
+    path = wf.state / "lock"
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    if not path.is_file():
+        return None
+    with open(path) as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _holder_text(fh)
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    return None
 
 
 def _remove_temporary_files(base: Path) -> None:
@@ -770,6 +805,7 @@ def status(config: Config) -> StatusReport:
     stages = _stages()
     wf = working_folder(config)
     manifest = _Manifest(wf)
+    holder = lock_holder(wf)
     out: list[StageStatus] = []
     will_run: set[str] = set()
     for stage in stages:
@@ -791,6 +827,8 @@ def status(config: Config) -> StatusReport:
             state = "pending"
         elif entry.get("state") == "failed":
             state = "failed"
+        elif entry.get("state") == "running" and holder is not None:
+            state, reason = "running", f"running now ({holder})"
         elif entry.get("state") == "running":
             state = "interrupted"
         else:

@@ -93,6 +93,7 @@ __all__ = [
     "extract_single_member",
     "get_api_key",
     "v3_base_url",
+    "versioned_base_url",
 ]
 
 logger = logging.getLogger(__name__)
@@ -185,6 +186,29 @@ def get_api_key(
     if not key:
         raise ConfigError(f"no API key entered: type the key at the prompt, or {hint}")
     return key
+
+
+def versioned_base_url(base_url: str) -> str:
+    """The v1 base URL: a bare host (``https://api.appen.com``) gets ``/v1`` added.
+
+    >>> versioned_base_url("https://api.appen.com/")
+    'https://api.appen.com/v1'
+    >>> versioned_base_url("https://api.eu.appen.com/v1")
+    'https://api.eu.appen.com/v1'
+    """
+    base = base_url.strip().rstrip("/")
+    if httpx.URL(base).path in ("", "/"):
+        return f"{base}/v1"
+    return base
+
+
+def _host(url: httpx.URL) -> str:
+    """``host`` or ``host:port`` of a URL (never its path or query, where a key may be)."""
+    return f"{url.host}:{url.port}" if url.port else url.host
+
+
+def _has_version(base_url: str) -> bool:
+    return re.search(r"/v\d+$", base_url.strip().rstrip("/")) is not None
 
 
 def v3_base_url(base_url: str) -> str:
@@ -339,8 +363,9 @@ class AppenClient:
                 raise ValueError(f"{name} must be 0 or more, got {value}")
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
-        self.base_url = base_url.rstrip("/")
-        httpx.URL(self.base_url)  # fail early on a malformed URL
+        httpx.URL(base_url)  # fail early on a malformed URL
+        self.base_url = versioned_base_url(base_url)
+        self._given_base_url = base_url.strip().rstrip("/")
         self.max_retries = max_retries
         self.poll_interval = poll_interval
         self.max_polls = max_polls
@@ -440,9 +465,10 @@ class AppenClient:
                 retry_after = None
             if attempt == self.max_retries:
                 raise TemporaryServiceError(
-                    f"{what}: gave up after {self.max_retries + 1} attempts, the last one "
-                    f"failed with {self.redact(reason)}; the service may be overloaded or "
-                    "down: try again later (or raise max_retries)",
+                    f"{what}: gave up after {self.max_retries + 1} attempts at "
+                    f"{_host(start)}, the last one failed with {self.redact(reason)}; the "
+                    "service may be overloaded or down, or the network may not reach "
+                    f"{start.host}: check the base URL and try again later",
                     url=self.redact(str(start)),
                 ) from None
             delay = self._retry_delay(attempt, retry_after)
@@ -526,10 +552,20 @@ class AppenClient:
         if code == 404:
             raise JobNotFoundError(
                 f"{what}: not found (HTTP 404: {detail}); check the job id and the base URL "
-                f"{self.redact(self.base_url)} (EU jobs live at api.eu.appen.com)",
+                f"{self.redact(self.base_url)} (EU jobs live at api.eu.appen.com)"
+                f"{self._version_note()}",
                 url=url, status=code,
             )
         raise ServiceError(f"{what}: HTTP {code} ({detail})", url=url, status=code)
+
+    def _version_note(self) -> str:
+        """What a 404 may owe to a base URL given without an API version."""
+        given = self._given_base_url
+        if _has_version(given):
+            return ""
+        used = "" if given == self.base_url else f", so {self.redact(self.base_url)} was used"
+        return (f"; the base URL {self.redact(given)} names no API version{used}: give the "
+                "full versioned URL, e.g. https://api.appen.com/v1")
 
     def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
