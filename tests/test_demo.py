@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,7 @@ from cellcrowd.demo import ExampleSettings, run_demo
 from cellcrowd.export.ctc import validate_ctc
 from cellcrowd.export.npz import load_npz
 from cellcrowd.export.trk import read_trk, validate_lineage
-from cellcrowd.layout import MontageKey
+from cellcrowd.layout import MontageKey, montage_of_part, part_numbers
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import read_label_montage
 from cellcrowd.pipeline import STAGES, status, working_folder
@@ -43,7 +46,7 @@ def test_demo_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     # Training data: every annotated position's labels are the truth, up to relabelling.
     log = read_montage_log(wf.montage_log)
     checked = 0
-    for part in range(1, log.montages_in_pos + 1):
+    for part in part_numbers(log.montages_in_pos):
         data = load_npz(wf.npz_part(part))
         assert data.X.dtype == np.float32
         assert data.y.dtype == np.int32
@@ -51,7 +54,7 @@ def test_demo_keep(tmp_path: Path, capsys: pytest.CaptureFixture[str],
         assert data.X.shape[1] == ExampleSettings().montage_len
         for i, name in enumerate(data.positions):
             x, y = (int(v) for v in name.split("_")[1::2])
-            montage = wf.montage_name(MontageKey(wf.identifier, x, y, part - 1))
+            montage = wf.montage_name(MontageKey(wf.identifier, x, y, montage_of_part(part)))
             truth = read_label_montage(wf.truth_path(montage), log, data.y.shape[2:4])
             for t in range(data.y.shape[1]):
                 assert same_up_to_relabel(data.y[i, t, ..., 0], truth[t]), (part, name, t)
@@ -78,3 +81,27 @@ def test_demo_in_a_temporary_folder_cleans_up() -> None:
     assert not result.folder.exists()
     assert result.summary.ran == list(STAGES)
     assert result.requests["annotation"] >= 2
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+def test_files_follow_the_umask(tmp_path: Path) -> None:
+    """Under umask 022 every file a demo run writes is 0644 (temporaries may be private,
+    results not: colleagues and the web server hosting montages must read them)."""
+    folder = tmp_path / "demo"
+    code = (
+        "from cellcrowd.demo import ExampleSettings, run_demo\n"
+        "small = ExampleSettings(frames=6, shape=(48, 48), cells=3, divisions=0, "
+        "montage_len=3, row_length=3)\n"
+        f"run_demo({str(folder)!r}, settings=small, workers=2)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], umask=0o022, capture_output=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 50
+    modes = {p.relative_to(folder).as_posix(): oct(stat.S_IMODE(p.stat().st_mode))
+             for p in files}
+    assert {m for m in modes.values()} == {"0o644"}, {k: v for k, v in modes.items()
+                                                      if v != "0o644"}
+    for kind in ("montages", "movies", "npz", "qc", "CSV", ".cellcrowd"):
+        assert any(name.startswith(kind) for name in modes), kind

@@ -17,7 +17,7 @@ from cellcrowd.export.npz import load_npz, write_parts_npz
 from cellcrowd.files import read_image, sha256_file, write_image
 from cellcrowd.geometry import TileGrid
 from cellcrowd.labels import CleanTask, clean_annotations
-from cellcrowd.layout import WorkingFolder
+from cellcrowd.layout import WorkingFolder, montage_of_part, part_numbers
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.prepare import PrepareResult, prepare
@@ -59,10 +59,11 @@ def paint_annotations(prep: PrepareResult, encoding: str) -> dict[Path, str]:
 def check_npz(prep: PrepareResult, movie: SyntheticMovie, paths: list[Path]) -> None:
     grid: TileGrid = prep.grid
     wf = prep.wf
-    assert paths == [wf.npz_part(p) for p in (1, 2, 3)]
-    for part, path in enumerate(paths, start=1):
+    assert paths == [wf.npz_part(p) for p in part_numbers(3)]
+    for part, path in zip(part_numbers(3), paths, strict=True):
         data = load_npz(path)
-        frames = range((part - 1) * LENGTH, min(part * LENGTH, FRAMES))
+        start = montage_of_part(part) * LENGTH
+        frames = range(start, min(start + LENGTH, FRAMES))
         assert data.X.shape == (len(grid), len(frames), *grid.tile_shape, 1)
         assert data.y.shape == data.X.shape
         assert data.frame_offset == frames.start

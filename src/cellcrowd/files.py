@@ -9,6 +9,7 @@ under a real name.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -64,11 +65,22 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
+@functools.cache
+def _file_mode() -> int:
+    """``0o666`` less this process's umask (read once: reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    On error the temporary file is removed and ``path`` is untouched.
+    On error the temporary file is removed and ``path`` is untouched. The temporary
+    file is private while it is written; the result gets the mode a plain ``open``
+    would give it (``0o666`` less the umask: ``0644`` under umask 022), so colleagues
+    and a web server hosting montages can read it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,6 +92,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
