@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import re
 import shutil
@@ -15,9 +16,10 @@ from typing import Any
 import pytest
 
 import cellcrowd
+from cellcrowd import cli
 from cellcrowd.appen import emulator as emulator_module
 from cellcrowd.cli import main
-from cellcrowd.config import Config, load_config
+from cellcrowd.config import API_KEY_VARIABLES, Config, load_config
 from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.pipeline import STAGES, working_folder
 
@@ -73,6 +75,7 @@ def test_init_writes_a_loadable_example_and_refuses_to_overwrite(
     assert out == ""
     assert err.strip().startswith("cellcrowd: error:")
     assert "file exists" in err
+    assert f"cellcrowd init {path} --force" in err  # how to overwrite it
     assert len(err.strip().splitlines()) == 1  # one line, no traceback
     assert _run(capsys, "init", str(path), "--force")[0] == 0
 
@@ -255,3 +258,106 @@ def test_python_dash_m_and_version() -> None:
                           text=True, check=False, timeout=60)
     assert done.returncode == 0
     assert done.stdout.strip() == f"cellcrowd {cellcrowd.__version__}"
+
+
+def _parsers(parser: argparse.ArgumentParser, name: str = "cellcrowd"
+             ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_option_has_help() -> None:
+    seen = 0
+    for name, parser in _parsers(cli._parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            seen += 1
+            hidden = action.help == argparse.SUPPRESS  # -v/-q repeated after the command
+            assert hidden or (action.help or "").strip(), (name, action.option_strings
+                                                          or action.dest)
+    assert seen > 60
+
+
+def test_summary_fits_80_columns(config: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = _run(capsys, "run", str(config))
+    assert code == 0, err
+    assert "totals: units" in out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+    code, out, _ = _run(capsys, "status", str(config))
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= 80
+
+
+def test_api_url_flag_then_environment_then_file(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_file = load_config(config).service.api_url
+    assert _run(capsys, "report", str(config))[0] == 0
+
+    def report_state(*extra: str) -> str:
+        code, out, err = _run(capsys, "status", str(config), *extra)
+        assert code == 0, err
+        return next(line for line in out.splitlines() if " report " in line)
+
+    assert " done " in report_state()
+    monkeypatch.setenv("CELLCROWD_API_URL", "http://127.0.0.1:9/v1")
+    assert "api_url" in report_state()  # the environment beats the file
+    assert " done " in report_state("--api-url", in_file)  # the flag beats both
+    monkeypatch.setenv("CELLCROWD_API_URL", "ftp://nowhere")
+    code, _, err = _run(capsys, "status", str(config))
+    assert code == 2
+    assert "CELLCROWD_API_URL='ftp://nowhere' is not an http(s) URL" in err
+
+
+def test_key_is_asked_before_any_progress_bar(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    served: tuple[Any, Config],
+) -> None:
+    for name in API_KEY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    events: list[str] = []
+    real_enter = cli._RichProgress.__enter__
+
+    def enter(self: Any) -> Any:
+        events.append("bars")
+        return real_enter(self)
+
+    monkeypatch.setattr(cli._RichProgress, "__enter__", enter)
+    # No terminal (pytest's stdin): the run fails at once, naming the variables to set.
+    seen = dict(served[0].counts)
+    code, _out, err = _run(capsys, "run", str(config))
+    assert code == 2
+    assert "no terminal to ask for one: set one of CELLCROWD_API_KEY" in err
+    assert events == []
+    assert dict(served[0].counts) == seen
+    # With a terminal the key is asked for before the bars start.
+    monkeypatch.setattr(cli, "get_api_key", lambda prompt: events.append("key") or KEY)
+    code, _out, err = _run(capsys, "run", str(config), "--until", "fetch")
+    assert code == 0, err
+    assert events == ["key", "bars"]
+    events.clear()
+    code, _out, err = _run(capsys, "run", str(config), "--until", "fetch")  # up to date
+    assert code == 0, err
+    assert events == ["bars"]
+
+
+def test_prepare_warns_when_url_prefix_is_empty(
+    tmp_path: Path, example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(example.config.raw_folder, tmp_path / "raw")
+    path = tmp_path / "c.toml"
+    assert _run(capsys, "init", str(path), "--identifier", "p")[0] == 0
+    small = ["--set", "prepare.montage_len=5", "--set", "prepare.num_x=1", "--set",
+             "prepare.num_y=1", "--workers", "1"]
+    code, _, err = _run(capsys, "prepare", str(path), *small)
+    assert code == 0, err
+    assert "url_prefix is empty" in err
+    code, _, err = _run(capsys, "prepare", str(path), *small,
+                        "--set", "prepare.url_prefix=https://host/m/")
+    assert code == 0, err
+    assert "url_prefix is empty" not in err

@@ -102,8 +102,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a commented example configuration")
     p.add_argument("path", nargs="?", type=Path, default=Path("cellcrowd.toml"),
                    help="file (or folder) to write (default: cellcrowd.toml)")
-    p.add_argument("--identifier", default="my_experiment")
-    p.add_argument("--job-id", type=int, default=0)
+    p.add_argument("--identifier", default="my_experiment",
+                   help="the identifier given when the montages were prepared "
+                        "(default: my_experiment)")
+    p.add_argument("--job-id", type=int, default=0, help="the service's job id (default: 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     p = sub.add_parser("run", help="run every stage that is not up to date")
@@ -138,8 +140,9 @@ def _parser() -> argparse.ArgumentParser:
                       common)
     q = emu.add_parser("serve", help="serve a prepared working folder as a job")
     q.add_argument("folder", type=Path, help="working folder made by `cellcrowd prepare`")
-    q.add_argument("--identifier", required=True)
-    q.add_argument("--job-id", type=int, default=1)
+    q.add_argument("--identifier", required=True,
+                   help="the identifier given to `cellcrowd prepare`")
+    q.add_argument("--job-id", type=int, default=1, help="the job id to serve (default: 1)")
     q.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     q.add_argument("--seed", type=int, default=0, help="seed of the simulated crowd")
     return parser

@@ -425,7 +425,8 @@ def write_example_config(path: str | Path, *, overwrite: bool = False, **values:
         path = path / "cellcrowd.toml"
     if path.exists() and not overwrite:
         raise ConfigError(
-            "file exists: choose another name or delete it first", path=path
+            "file exists: choose another name, or overwrite it with `cellcrowd init "
+            f"{path} --force` (overwrite=True from Python)", path=path
         )
     atomic_write_text(path, example_config(**values))
     return path
