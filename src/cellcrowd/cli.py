@@ -145,6 +145,13 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--job-id", type=int, default=1, help="the job id to serve (default: 1)")
     q.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     q.add_argument("--seed", type=int, default=0, help="seed of the simulated crowd")
+    paint = q.add_mutually_exclusive_group()
+    paint.add_argument("--labels", type=Path, default=None, metavar="DIR",
+                       help="the crowd paints from this label movie: one full-size integer "
+                            "label frame per raw frame (e.g. a segmentation model's output)")
+    paint.add_argument("--annotations", type=Path, default=None, metavar="DIR",
+                       help="serve the {montage}_annotation.png files of an earlier job "
+                            "(default: paint the folder's truth/ montages, synthetic data)")
     return parser
 
 
@@ -216,10 +223,13 @@ class _Ui:
         self.out = Console(highlight=False)
         self.err = Console(stderr=True, highlight=False)
 
-    def print(self, *objects: Any) -> None:
-        """Print (never interpreting ``[...]`` in text as markup), unless quiet."""
+    def print(self, *objects: Any, soft_wrap: bool = False) -> None:
+        """Print (never interpreting ``[...]`` in text as markup), unless quiet.
+
+        ``soft_wrap``: one line however long (for lines scripts read, e.g. a URL).
+        """
         if not self.quiet:
-            self.out.print(*objects, markup=False, highlight=False)
+            self.out.print(*objects, markup=False, highlight=False, soft_wrap=soft_wrap)
 
 
 class _RichProgress:
@@ -488,15 +498,23 @@ def _cmd_demo(args: argparse.Namespace, ui: _Ui) -> int:
 
 def _cmd_emulator(args: argparse.Namespace, ui: _Ui) -> int:
     from .appen.emulator import serve_forever
+    from .appen.serve_folder import crowd_from_annotations, crowd_from_labels
+    from .layout import WorkingFolder
 
     key = get_api_key(prompt=True)
+    wf = WorkingFolder(args.folder, args.identifier)
+    job = (crowd_from_labels(wf, args.labels, job_id=args.job_id, seed=args.seed)
+           if args.labels is not None else
+           crowd_from_annotations(wf, args.annotations, job_id=args.job_id, seed=args.seed)
+           if args.annotations is not None else None)
 
     def ready(emulator: Any) -> None:
         ui.print(f"serving job {args.job_id} of {args.folder} at {emulator.url} (Ctrl-C "
-                 f"stops); clients use the API key in ${API_KEY_VARIABLES[0]}")
+                 f"stops); clients use the API key in ${API_KEY_VARIABLES[0]}",
+                 soft_wrap=True)
 
     serve_forever(args.folder, args.identifier, job_id=args.job_id, api_key=key,
-                  port=args.port, seed=args.seed, ready=ready)
+                  port=args.port, seed=args.seed, ready=ready, job=job)
     return 0
 
 

@@ -706,17 +706,24 @@ def serve_forever(
     crowd: CrowdConfig = _DEFAULT_CROWD,
     ready: Callable[[Emulator], None] | None = None,
     stop: threading.Event | None = None,
+    job: CrowdJob | None = None,
     **options: Any,
 ) -> None:
     """Serve a prepared working folder's simulated job until ``stop`` is set (or Ctrl-C).
 
     For ``cellcrowd emulator serve``: prints nothing; ``ready(emulator)`` is called once
-    the server listens (the CLI prints ``emulator.url`` from it).
+    the server listens (the CLI prints ``emulator.url`` from it). ``job`` serves that
+    job instead of painting the folder's truth montages (see
+    :mod:`cellcrowd.appen.serve_folder`).
     """
     wf = WorkingFolder(Path(base_dir), identifier)
     stop = stop or threading.Event()
-    with serve_job_from_folder(wf, job_id=job_id, api_key=api_key, seed=seed, faults=faults,
-                               crowd=crowd, host=host, port=port, **options) as emulator:
+    server = (Emulator(job, api_key=api_key, faults=faults, host=host, port=port,
+                       **options).start() if job is not None else
+              serve_job_from_folder(wf, job_id=job_id, api_key=api_key, seed=seed,
+                                    faults=faults, crowd=crowd, host=host, port=port,
+                                    **options))
+    with server as emulator:
         if ready is not None:
             ready(emulator)
         try:
