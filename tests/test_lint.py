@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(
     "command",
     [
-        [sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks"],
+        [sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", "benchmarks",
+         "tools"],
         [sys.executable, "-m", "mypy", "--cache-dir", "/dev/null"],
     ],
     ids=["ruff", "mypy"],

@@ -447,6 +447,12 @@ def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
     from .pipeline import prepare_folder
 
     config = _load(args)
+    if not config.prepare.url_prefix:
+        logger.warning(
+            "url_prefix is empty: the upload CSV lists bare file names, which the annotation "
+            "service cannot open; set [prepare] url_prefix in %s (or --set "
+            "prepare.url_prefix=...) to the address the montages will be hosted at, ending "
+            "in '/'", args.config)
     ex = make_executor(config.executor.workers or None, config.executor.scheduler or None)
     try:
         if ui.quiet:

@@ -432,11 +432,6 @@ def prepare(
             f"url_prefix {url_prefix!r} must be empty or end with '/' (the montage file "
             "name is appended to it)"
         )
-    if not url_prefix:
-        logger.warning(
-            "url_prefix is empty: the upload CSV lists bare file names, which the annotation "
-            "service cannot open; set url_prefix ([prepare] url_prefix in the configuration) "
-            "to the address the montages will be hosted at, ending in '/'")
     raw_dir = Path(raw_dir)
     paths, first = _first_frame(raw_dir)
     _check_frames(paths, first)
