@@ -179,3 +179,36 @@ def test_example_config_is_valid_toml_with_placeholders() -> None:
     data = tomllib.loads(example_config(base="some/where", identifier="x", job_id=5))
     assert (data["base"], data["identifier"], data["job_id"]) == ("some/where", "x", 5)
     assert data["service"]["api_url"].endswith("/v1")
+
+
+def _messages() -> list[tuple[str, str]]:
+    """Every string literal of the package (f-string parts included), with its file."""
+    import ast
+
+    import cellcrowd
+
+    root = Path(cellcrowd.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append((path.name, node.value))
+    return found
+
+
+def test_every_hint_names_a_setting_that_exists() -> None:
+    import re
+
+    sections = {name: set(field.annotation.model_fields)  # type: ignore[union-attr]
+                for name, field in Config.model_fields.items()
+                if hasattr(field.annotation, "model_fields")}
+    named = 0
+    for where, text in _messages():
+        # "[service] poll_interval", "--set clean.min_size=20", "prepare.url_prefix=..."
+        for section, key in re.findall(r"\[(\w+)\] (\w+)", text) + re.findall(
+                rf"\b({'|'.join(sections)})\.(\w+)=", text):
+            named += 1
+            assert section in sections, (where, text)
+            assert key in sections[section], (where, text)
+        assert "max_retries)" not in text, (where, text)  # not a setting
+    assert named >= 5

@@ -221,7 +221,8 @@ def v3_base_url(base_url: str) -> str:
     if not base.endswith("/v1"):
         raise ConfigError(
             f"cannot derive the v3 API URL from {redact(base)!r}: the base URL must end in "
-            "'/v1' (e.g. https://api.appen.com/v1), or use api_version='v1'"
+            "'/v1' (e.g. https://api.appen.com/v1), or use the v1 API ([service] "
+            "api_version = \"v1\")"
         )
     return base[: -len("/v1")] + "/v3"
 
@@ -503,7 +504,8 @@ class AppenClient:
                 response.close()
         raise ServiceError(
             f"{what}: more than {self.max_redirects} redirects; the service or its storage "
-            "is misconfigured: report it to the service, or try api_version='v3'",
+            "is misconfigured: report it to the service, or try the v3 API ([service] "
+            "api_version = \"v3\")",
             url=self.redact(str(url)),
         )
 
@@ -691,7 +693,7 @@ class AppenClient:
         raise ReportNotReadyError(
             f"{what} was still being generated after {self.max_polls} polls "
             f"({time.monotonic() - started:.0f} s here): large jobs can take minutes; run the "
-            "download again later, or allow more polls (max_polls / poll_interval)",
+            "download again later, or poll longer: raise [service] poll_interval",
             url=self.redact(url), status=202,
         )
 
