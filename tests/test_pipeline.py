@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -375,10 +376,14 @@ def test_interrupted_stage_and_unreadable_manifest(
 
 
 def test_a_second_run_on_the_same_folder_is_refused(cfg: Config) -> None:
-    with pipeline._lock(cfg.working_folder()), pytest.raises(
-        PipelineError, match="another cellcrowd run is using"
+    wf = cfg.working_folder()
+    assert pipeline.lock_holder(wf) is None
+    with pipeline._lock(wf), pytest.raises(
+        PipelineError, match=rf"another cellcrowd run is using .*\(pid {os.getpid()} on "
     ):
+        assert (pipeline.lock_holder(wf) or "").startswith(f"pid {os.getpid()} on ")
         run(cfg)
+    assert pipeline.lock_holder(wf) is None
 
 
 def test_pause_hook_spec_is_checked(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> None:

@@ -550,7 +550,7 @@ def _lock(wf: WorkingFolder) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise PipelineError(
-                f"another cellcrowd run ({_holder_text(fh)}) is using {wf.base}: wait for "
+                f"another cellcrowd run is using {wf.base} ({_holder_text(fh)}): wait for "
                 "it to finish"
             ) from None
         try:
