@@ -378,11 +378,11 @@ def test_interrupted_stage_and_unreadable_manifest(
 def test_a_second_run_on_the_same_folder_is_refused(cfg: Config) -> None:
     wf = cfg.working_folder()
     assert pipeline.lock_holder(wf) is None
-    with pipeline._lock(wf), pytest.raises(
-        PipelineError, match=rf"another cellcrowd run is using .*\(pid {os.getpid()} on "
-    ):
+    with pipeline._lock(wf):
         assert (pipeline.lock_holder(wf) or "").startswith(f"pid {os.getpid()} on ")
-        run(cfg)
+        with pytest.raises(PipelineError,
+                           match=rf"another cellcrowd run is using .*\(pid {os.getpid()} on "):
+            run(cfg)
     assert pipeline.lock_holder(wf) is None
 
 
