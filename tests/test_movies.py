@@ -255,7 +255,7 @@ def test_raw_to_movies_frame_offset_and_extra_frames(tmp_path: Path, caplog:
     assert "using raw frames 2 to 11 of 14" in caplog.text
     pos = Position(1, 0)
     np.testing.assert_array_equal(_frames(result.wf.raw_tile_dir(part_of_montage(0), pos)),
-                                  _expected(movie, prep.grid, pos, 1))
+                                  _expected(movie, prep.grid, pos, part_of_montage(0)))
 
 
 def test_raw_to_movies_errors(tmp_path: Path) -> None:

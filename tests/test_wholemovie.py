@@ -24,7 +24,7 @@ from cellcrowd.export.trk import export_trk, read_trk, validate_lineage
 from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import Position
 from cellcrowd.labels import CleanTask, clean_annotations
-from cellcrowd.layout import WorkingFolder
+from cellcrowd.layout import WorkingFolder, part_of_montage
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import montages_to_movies
 from cellcrowd.prepare import prepare
@@ -142,11 +142,12 @@ def test_whole_movie_is_stitched_linked_and_exported(tmp_path: Path) -> None:
     tracks = validate_ctc(export_ctc(wf))
     assert sum(1 for t in tracks.values() if t.parent) >= 2 * true
 
-    # A tile of part 2 lost (e.g. a broken link): reported, its core empty, the rest intact.
-    lost = Position(1, 1)
-    shutil.rmtree(wf.annotated_dir(2, lost))
+    # A tile of montage 1's part lost (e.g. a broken link): reported, its core empty, the
+    # rest intact.
+    lost, second = Position(1, 1), part_of_montage(1)
+    shutil.rmtree(wf.annotated_dir(second, lost))
     result = stitch_movies(wf)
-    assert [(part, pos) for part, pos, _ in result.missing] == [(2, lost)]
+    assert [(part, pos) for part, pos, _ in result.missing] == [(second, lost)]
     labels = read_stitched(wf)[1]
     (fy, fx), _ = prep.grid.core_window(lost)
     assert not labels[20:40, fy, fx].any()
