@@ -416,7 +416,7 @@ def _write_failures(failures: list[DownloadFailure], wf: WorkingFolder,
     if not failures:
         if path.exists():
             logger.info("no failures this time: removing the old %s", path.name)
-            path.unlink()
+            remove_file(path)
         return None
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -4,6 +4,12 @@ Every file cellcrowd writes goes through :func:`atomic_path` (or a helper built
 on it): the data is written to a temporary file in the target folder, flushed,
 then renamed into place, so an interrupted run never leaves a half-written file
 under a real name.
+
+Every write, rename and delete also goes through one guard, :func:`check_inside`:
+while a working folder is *confined* (:func:`confine`, done by the pipeline for its
+whole run), a path that resolves outside it (``..`` parts, absolute names, symbolic
+links pointing elsewhere) is refused with an :class:`~cellcrowd.errors.UnsafePathError`
+naming the path and, when given, where its name came from (e.g. a report row).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +29,20 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, UnsafePathError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "TMP_MARK",
     "atomic_path",
+    "check_inside",
+    "confine",
     "atomic_write_bytes",
     "atomic_write_text",
     "list_images",
     "natural_key",
     "read_image",
+    "remove_file",
     "sha256_file",
     "write_image",
 ]
@@ -40,6 +50,77 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Part of every temporary file name: such files are never a finished output.
 TMP_MARK = ".cellcrowd-tmp-"
+#: The folders writes are confined to (innermost last); empty: no confinement.
+_ROOTS: list[Path] = []
+_ROOTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def confine(root: str | Path) -> Iterator[Path]:
+    """Refuse, while the block runs, every write, rename or delete outside ``root``.
+
+    Confinement is process-wide (threads included) and nests: the innermost folder
+    applies. Yields ``root`` resolved (symbolic links followed).
+    """
+    resolved = Path(root).resolve()
+    with _ROOTS_LOCK:
+        _ROOTS.append(resolved)
+    try:
+        yield resolved
+    finally:
+        with _ROOTS_LOCK:
+            _ROOTS.remove(resolved)
+
+
+def check_inside(path: str | Path, root: str | Path | None = None, *,
+                 source: str | None = None) -> Path:
+    """Return ``path`` if it resolves inside ``root``; raise UnsafePathError if not.
+
+    Parameters
+    ----------
+    path : Path
+        The file about to be written, renamed or deleted.
+    root : Path, optional
+        The folder it must stay in; default the confined folder (see :func:`confine`),
+        and no check at all when none is confined.
+    source : str, optional
+        Where the name came from (e.g. ``"report row 12 (unit 5, judgment 9)"``), for
+        the message.
+
+    >>> import tempfile
+import threading
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     check_inside(Path(d) / "a.png", d).name
+    'a.png'
+    """
+    path = Path(path)
+    if root is None:
+        with _ROOTS_LOCK:
+            if not _ROOTS:
+                return path
+            base = _ROOTS[-1]
+    else:
+        base = Path(root).resolve()
+    resolved = path.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UnsafePathError(
+            f"refusing to write or delete outside the working folder {base}: the name "
+            f"resolves to {resolved}" + (f"; it came from {source}" if source else "")
+            + ": the input is malformed or hostile (fix or remove it), or a symbolic link "
+            "in the working folder points elsewhere",
+            path=path,
+        )
+    return path
+
+
+def remove_file(path: str | Path, *, source: str | None = None) -> bool:
+    """Delete a file through the guard (:func:`check_inside`); False if it was not there."""
+    path = check_inside(path, source=source)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def natural_key(name: str | Path) -> tuple[object, ...]:
@@ -70,7 +151,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     On error the temporary file is removed and ``path`` is untouched.
     """
-    path = Path(path)
+    path = check_inside(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent,
                                     suffix=path.suffix)

@@ -74,9 +74,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import __version__
 from .config import Config, get_api_key
-from .errors import CellcrowdError, PipelineError
+from .errors import CellcrowdError, PipelineError, UnsafePathError
 from .executor import Executor, make_executor
-from .files import TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
+from .files import (
+    TMP_MARK,
+    atomic_write_text,
+    confine,
+    list_images,
+    natural_key,
+    remove_file,
+    sha256_file,
+)
 from .layout import WorkingFolder
 from .logs import read_logs
 
@@ -558,18 +566,25 @@ def _remove_temporary_files(base: Path) -> None:
     for path in base.rglob(f"*{TMP_MARK}*"):
         if path.is_file():
             logger.info("removing %s (left by an interrupted run)", path)
-            path.unlink()
+            remove_file(path)
 
 
 def _remove_stale(old: Mapping[str, Any] | None, new: Mapping[str, Any], base: Path) -> None:
-    """Delete files an earlier run of the stage wrote that this run did not."""
+    """Delete files an earlier run of the stage wrote that this run did not.
+
+    Only inside the working folder (:func:`cellcrowd.files.remove_file`): a recorded
+    output that resolves elsewhere is left alone, with a warning.
+    """
     if not old:
         return
-    for rel in set(old.get("outputs", {})) - set(new):
+    for rel in sorted(set(old.get("outputs", {})) - set(new)):
         path = _abs(rel, base)
         if path.is_file():
             logger.info("removing %s (no longer produced)", rel)
-            path.unlink()
+            try:
+                remove_file(path, source="the manifest's list of earlier outputs")
+            except UnsafePathError as exc:
+                logger.warning("not removing a stale output: %s", exc)
 
 
 def run(
@@ -643,7 +658,7 @@ def run(
     pause = _Pause()
     runs: list[StageRun] = []
     wf = config.working_folder()
-    with _lock(wf):
+    with _lock(wf), confine(wf.base):
         _remove_temporary_files(wf.base)
         manifest = _Manifest(wf)
         try:

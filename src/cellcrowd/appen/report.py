@@ -6,11 +6,17 @@ service's chosen answer); the *json* report one unit per line with every judgmen
 the raw row (for JSON lines, a row shaped like the full report's) so the rows can be
 written back as CSV.
 
-Nothing is dropped silently: a row whose ``image_url`` is not a montage name, or whose
-annotation has no URL while ``broken_link`` is false, becomes a :class:`ReportProblem` in
-``Report.problems`` (and one warning line). Malformed values (annotation JSON, booleans,
-trust scores) and missing columns raise :class:`~cellcrowd.errors.ReportError` naming the
-file, the 1-based data row (or JSON line) and the column.
+Nothing is dropped silently, and one bad row never stops the harvest: a row that cannot
+become a usable judgment is a :class:`ReportProblem` in ``Report.problems`` (one warning
+line in all), with its reason: an ``image_url`` that is not a montage name, an annotation
+without URL while ``broken_link`` is false, malformed values (annotation JSON, booleans,
+trust scores), bytes that are not UTF-8 (the rest is decoded; the row and column are
+named), ids that are not what the service issues (digits), a montage of another
+identifier (unless ``allow_other_identifier``), and conflicting duplicates (the same
+judgment id with other content: every copy is a problem, none wins). Every value that
+reaches a file name is checked here, so a report can never name a path. Only a report
+with missing columns, or with rows none of which is usable, raises
+:class:`~cellcrowd.errors.ReportError` naming the file (and the first problem).
 
 Broken links
     A montage is *still broken* when at least one judgment of it reported a broken link
@@ -39,7 +45,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..errors import InputError, ReportError
-from ..files import atomic_write_text, natural_key
+from ..files import atomic_write_text, natural_key, remove_file
 from ..layout import MontageKey, WorkingFolder, parse_montage_name
 
 __all__ = [
@@ -74,6 +80,9 @@ _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", ""})
 _FIELD_LIMIT = 1 << 27  # annotation JSON (polygons) can exceed csv's 128 kB default
 _REPORT_NAME = re.compile(r"^job_.+?_(?P<type>[a-z_]+?)_report\.csv$")
+_SERVICE_ID = re.compile(r"^[0-9]{1,20}$")
+_SAFE_NAME = re.compile(r"^[^/\\\x00-\x1f]+$")
+_ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,8 @@ class ReportProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"row {self.row} (unit {self.unit_id}): {self.reason}"
+        unit = f" (unit {self.unit_id})" if self.unit_id else ""
+        return f"row {self.row}{unit}: {self.reason}"
 
 
 class Report(list[Judgment]):
@@ -266,7 +276,8 @@ def montage_from_url(image_url: str) -> tuple[str, MontageKey]:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_report(path: str | Path, *, report_type: str = "full") -> Report:
+def read_report(path: str | Path, *, report_type: str = "full", identifier: str | None = None,
+                allow_other_identifier: bool = False) -> Report:
     """Read a full, aggregated or JSON-lines report into :class:`Judgment` records.
 
     Parameters
@@ -275,12 +286,23 @@ def read_report(path: str | Path, *, report_type: str = "full") -> Report:
         The report (``wf.report_csv(job_id, report_type)``).
     report_type : {"full", "aggregated", "json"}
         What kind of report it is.
+    identifier : str, optional
+        The configuration's identifier: rows of montages of another identifier are
+        problems (the report is of another experiment), unless ``allow_other_identifier``.
+    allow_other_identifier : bool
+        Use rows of any identifier (the user says the report is the intended one).
 
     Returns
     -------
     Report
         A list of judgments in report order, with ``.problems`` for the rows that could
         not be used (each also logged once as a summary warning).
+
+    Raises
+    ------
+    ReportError
+        The report is missing, empty, not text, lacks a required column, or has rows
+        none of which is usable.
     """
     path = Path(path)
     if report_type not in JUDGMENT_REPORT_TYPES:
@@ -288,25 +310,105 @@ def read_report(path: str | Path, *, report_type: str = "full") -> Report:
             f"report type {report_type!r} holds no judgments: use one of "
             f"{', '.join(JUDGMENT_REPORT_TYPES)}"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ReportError("report not found: download it first (cellcrowd download)",
-                          path=path) from None
-    except UnicodeDecodeError as exc:
-        raise ReportError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start}): is it "
-                          "still zipped?", path=path) from None
-    if not text.strip():
-        raise ReportError("the report is empty (not even a header row): download it again",
-                          path=path)
+    text = _decode(path)
     report = _read_json_lines(text, path) if report_type == "json" else _read_csv(
         text, path, report_type)
+    if identifier is not None and not allow_other_identifier:
+        report = _screen(report, _other_identifier(report, identifier))
+    report = _screen(report, _conflicting_duplicates(report))
+    if report.problems and not report:
+        raise ReportError(
+            f"no usable row: all {len(report.problems)} row(s) were skipped, the first "
+            f"because {report.problems[0]}" + (
+                "; if this report is intended for this configuration, set "
+                "service.allow_other_identifier = true" if identifier is not None and any(
+                    "identifier" in p.reason for p in report.problems) else ""),
+            path=path)
     if report.problems:
         logger.warning(
             "%s: %d row(s) could not be used, first: %s", path.name, len(report.problems),
             report.problems[0],
         )
     return report
+
+
+def _decode(path: Path) -> str:
+    """The report's text; bytes that are not UTF-8 are kept as surrogates (rows flag them)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ReportError("report not found: download it first (cellcrowd download)",
+                          path=path) from None
+    if data.startswith(_ZIP_MAGIC):
+        raise ReportError("this is a zip, not the report inside it: unzip it (or download "
+                          "it again with cellcrowd)", path=path)
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    if not text.strip():
+        raise ReportError("the report is empty (not even a header row): download it again",
+                          path=path)
+    return text
+
+
+def _undecodable(row: Mapping[str, str]) -> str | None:
+    """Why a row holds bytes that are not UTF-8 (named by column), or None."""
+    bad = [k for k, v in row.items() if _has_surrogates(v) or _has_surrogates(k)]
+    if not bad:
+        return None
+    shown = ", ".join(f"{_printable(k)!r}: {_printable(row[k])!r}" for k in bad[:3])
+    return (f"bytes that are not UTF-8 in column(s) {shown} (shown with \ufffd): the report "
+            "was saved in another encoding; download it again, or save it as UTF-8")
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _screen(report: Report, reasons: Mapping[int, str]) -> Report:
+    """The report without the judgments at the given indices, which become problems."""
+    if not reasons:
+        return report
+    kept = [j for i, j in enumerate(report) if i not in reasons]
+    problems = list(report.problems) + [
+        ReportProblem(j.row_number, j.unit_id, j.judgment_id, j.image_url, reasons[i])
+        for i, j in enumerate(report) if i in reasons]
+    problems.sort(key=lambda p: p.row)
+    return Report(kept, problems=problems, path=report.path, report_type=report.report_type,
+                  columns=report.columns)
+
+
+def _other_identifier(report: Report, identifier: str) -> dict[int, str]:
+    """Judgments (by index) of montages of another identifier, with the reason."""
+    return {i: f"the montage {j.montage!r} is of identifier {j.key.identifier!r}, not this "
+               f"configuration's {identifier!r}: is the report of another job? (set "
+               "service.allow_other_identifier = true if it is intended)"
+            for i, j in enumerate(report) if j.key.identifier != identifier}
+
+
+def _conflicting_duplicates(report: Report) -> dict[int, str]:
+    """Judgments (by index) sharing unit and judgment id with another row, with the reason.
+
+    Exact copies are used once (the later copies are problems); copies that differ are
+    all problems, so that no version silently wins.
+    """
+    seen: dict[tuple[str, str], list[int]] = {}
+    for i, j in enumerate(report):
+        seen.setdefault((j.unit_id, j.judgment_id), []).append(i)
+    reasons: dict[int, str] = {}
+    for (unit, jid), where in seen.items():
+        copies = [report[i] for i in where]
+        if all(dict(c.row) == dict(copies[0].row) for c in copies[1:]):
+            reasons.update({i: f"an exact copy of row {copies[0].row_number} (used once)"
+                            for i in where[1:]})
+            continue
+        rows = ", ".join(str(c.row_number) for c in copies)
+        reasons.update({i: f"conflicting duplicate: rows {rows} all have unit {unit}, "
+                           f"judgment {jid} with different content; none is used: ask the "
+                           "service for a fresh report" for i in where})
+    return reasons
 
 
 def _read_csv(text: str, path: Path, report_type: str) -> Report:
@@ -327,7 +429,7 @@ def _read_csv(text: str, path: Path, report_type: str) -> Report:
         for number, row in enumerate(reader, start=1):
             clean = {k: (v if isinstance(v, str) else "") for k, v in row.items()
                      if k is not None}
-            _add(_judgment_from_row(clean, path, number, report_type), judgments, problems)
+            _add(_row_or_problem(clean, path, number, report_type), judgments, problems)
     except csv.Error as exc:
         raise ReportError(f"malformed CSV ({exc})", path=path,
                           row=reader.line_num) from None
@@ -341,6 +443,23 @@ def _add(item: Judgment | ReportProblem, judgments: list[Judgment],
         judgments.append(item)
     else:
         problems.append(item)
+
+
+def _row_or_problem(row: dict[str, str], path: Path, number: int,
+                    report_type: str) -> Judgment | ReportProblem:
+    """The row's judgment, or a problem naming what is wrong with it."""
+    unit = _printable(row.get("_unit_id", "")).strip()
+    jid = "aggregated" if report_type == "aggregated" else _printable(row.get("_id", "")).strip()
+    image_url = _printable(row.get("image_url", "")).strip()
+    undecodable = _undecodable(row)
+    if undecodable is not None:
+        return ReportProblem(number, unit, jid, image_url, undecodable)
+    try:
+        return _judgment_from_row(row, path, number, report_type)
+    except ReportError as exc:
+        where = f"{path}, row {number}, "
+        reason = str(exc)
+        return ReportProblem(number, unit, jid, image_url, reason.removeprefix(where))
 
 
 def _judgment_from_row(row: dict[str, str], path: Path, number: int,
@@ -378,10 +497,18 @@ def _make_judgment(
     url = parse_annotation_url(annotation, path=path, row=number, column="annotation")
     if not ids["unit_id"]:
         return problem("no unit id (_unit_id is empty)")
+    for name, column in (("unit_id", "_unit_id"), ("judgment_id", "_id")):
+        value = ids[name]
+        if not _SERVICE_ID.match(value) and not (name == "judgment_id" and value == "aggregated"):
+            return problem(f"column {column!r}: {value[:80]!r} is not an id the service issues "
+                           "(digits only): the report was edited or is not from the service")
     try:
         montage, key = montage_from_url(image_url)
+        parse_montage_name(montage)
+        if not _SAFE_NAME.match(montage):
+            raise InputError("unsafe characters")
     except InputError:
-        return problem(f"image_url {image_url!r} is not a montage name "
+        return problem(f"image_url {image_url[:200]!r} is not a montage name "
                        "('{identifier}_x_{X}_y_{Y}_montage_{M}.png'): was it uploaded by "
                        "cellcrowd prepare?")
     if url is not None and not re.match(r"(?i)^https?://", url):
@@ -405,7 +532,12 @@ def _read_json_lines(text: str, path: Path) -> Report:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        unit = _json_unit(line, path, number)
+        try:
+            unit = _json_unit(line, path, number)
+        except ReportError as exc:
+            problems.append(ReportProblem(number, "", "", "", str(exc).removeprefix(
+                f"{path}, row {number}, ").removeprefix(f"{path}, row {number}: ")))
+            continue
         unit_id = str(unit.get("id", "")).strip()
         data = unit["data"]
         raw_judgments = unit["results"]["judgments"]
@@ -414,9 +546,14 @@ def _read_json_lines(text: str, path: Path) -> Report:
                                           "the unit has no judgments yet"))
             continue
         for item in raw_judgments:
-            row = _full_row(unit_id, item, data, path, number)
+            try:
+                row = _full_row(unit_id, item, data, path, number)
+            except ReportError as exc:
+                problems.append(ReportProblem(number, unit_id, "", "", str(exc).removeprefix(
+                    f"{path}, row {number}, ")))
+                continue
             columns.update(dict.fromkeys(row))
-            _add(_judgment_from_row(row, path, number, "full"), judgments, problems)
+            _add(_row_or_problem(row, path, number, "full"), judgments, problems)
     return Report(judgments, problems=problems, path=path, report_type="json",
                   columns=tuple(columns))
 
@@ -515,7 +652,7 @@ def write_broken_link_csvs(
         for stale in (broken_csv, reupload_csv):
             if stale.exists():
                 logger.info("no broken links left: removing the old %s", stale.name)
-                stale.unlink()
+                remove_file(stale)
         return []
     wanted = set(names)
     rows = [j for j in judgments if j.broken_link and j.montage in wanted]
