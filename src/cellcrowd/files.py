@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +34,12 @@ from .errors import InputError, UnsafePathError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
     "TMP_MARK",
     "atomic_path",
     "check_inside",
     "confine",
+    "image_header",
     "atomic_write_bytes",
     "atomic_write_text",
     "list_images",
@@ -50,6 +53,8 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Part of every temporary file name: such files are never a finished output.
 TMP_MARK = ".cellcrowd-tmp-"
+#: Largest image plane :func:`read_image` decodes (the header is checked first).
+MAX_PIXELS = 1 << 27
 #: The folders writes are confined to (innermost last); empty: no confinement.
 _ROOTS: list[Path] = []
 _ROOTS_LOCK = threading.Lock()
@@ -89,6 +94,7 @@ def check_inside(path: str | Path, root: str | Path | None = None, *,
 
     >>> import tempfile
 import threading
+import warnings
     >>> with tempfile.TemporaryDirectory() as d:
     ...     check_inside(Path(d) / "a.png", d).name
     'a.png'
@@ -179,20 +185,67 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_image(path: str | Path) -> NDArray[np.generic]:
-    """Read a PNG or TIFF into a numpy array, with a clear error if it cannot be read."""
+def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
+    """An image's shape and dtype name from its header alone (nothing is decoded).
+
+    PNG: ``(rows, cols)`` or ``(rows, cols, channels)`` from PIL's lazy open; TIFF: the
+    series' shape from tifffile. Raises InputError when the header cannot be read.
+    """
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                return np.asarray(img.convert("RGBA" if "transparency" in img.info else "RGB"))
-            return np.asarray(img)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(int(n) for n in series.shape), str(np.dtype(series.dtype))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _pil_shape(img), _PIL_DTYPES.get(img.mode, "uint8")
     except FileNotFoundError:
         raise InputError("image not found", path=path) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read this image's header ({exc}): it may be truncated or "
+                         "not an image: delete it and download or regenerate it",
+                         path=path) from None
+
+
+_PIL_DTYPES = {"I;16": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32", "1": "bool"}
+
+
+def _pil_shape(img: Image.Image) -> tuple[int, ...]:
+    width, height = img.size
+    bands = len(img.getbands()) if img.mode != "P" else (
+        4 if "transparency" in img.info else 3)
+    return (height, width) if bands == 1 else (height, width, bands)
+
+
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> NDArray[np.generic]:
+    """Read a PNG or TIFF into a numpy array, with a clear error if it cannot be read.
+
+    The size is checked from the header first: an image of more than ``max_pixels``
+    pixels per plane (a decompression bomb, or not what cellcrowd writes) is refused
+    before anything is decoded.
+    """
+    path = Path(path)
+    shape, _ = image_header(path)
+    pixels = shape[0] * shape[1] if len(shape) < 3 or shape[-1] <= 4 else shape[-2] * shape[-1]
+    if pixels > max_pixels:
+        raise InputError(f"the image is {'x'.join(map(str, shape))}: more than {max_pixels} "
+                         "pixels, refusing to decode it (a decompression bomb?)", path=path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode == "P":
+                    return np.asarray(img.convert("RGBA" if "transparency" in img.info
+                                                  else "RGB"))
+                return np.asarray(img)
+    except FileNotFoundError:
+        raise InputError("image not found", path=path) from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise InputError(
             f"cannot read this image ({exc}); it may be truncated or not an image: "
             "delete it and download or regenerate it",
