@@ -513,7 +513,8 @@ class _Pause:
         logger.warning("test hook %s: pausing stage %s %s for %g s", _PAUSE_ENV, stage, where,
                        seconds)
         if signal:
-            atomic_write_text(signal, f"{stage} {where}\n")
+            with confine(Path(signal).parent):  # the test's folder, outside the harvest's
+                atomic_write_text(signal, f"{stage} {where}\n")
         time.sleep(seconds)
 
 
@@ -844,11 +845,13 @@ def _no_settings(cfg: Config) -> dict[str, Any]:
 def _report_settings(cfg: Config) -> dict[str, Any]:
     s = cfg.service
     return {"job_id": cfg.job_id, "report_type": s.report_type, "api_url": s.api_url,
-            "api_version": s.api_version, "identifier": cfg.identifier}
+            "api_version": s.api_version, "identifier": cfg.identifier,
+            "allow_other_identifier": s.allow_other_identifier}
 
 
 def _fetch_settings(cfg: Config) -> dict[str, Any]:
-    return {"job_id": cfg.job_id, "report_type": cfg.service.report_type}
+    return {"job_id": cfg.job_id, "report_type": cfg.service.report_type,
+            "max_pixels": cfg.service.max_pixels}
 
 
 def _clean_settings(cfg: Config) -> dict[str, Any]:
@@ -895,23 +898,19 @@ def _existing(paths: Sequence[Path]) -> list[Path]:
 
 
 def _run_report(ctx: _Context) -> StageOutput:
-    from .appen.client import AppenClient
-    from .appen.report import read_report, write_broken_link_csvs
+    from .appen.report import write_broken_link_csvs, write_problems_csv
 
     cfg, wf = ctx.config, ctx.wf
     service = cfg.service
     dest = wf.report_csv(cfg.job_id, service.report_type)
-    client = AppenClient(ctx.api_key(), base_url=service.api_url,
-                         poll_interval=service.poll_interval)
-    try:
+    with _client(ctx) as client:
         client.download_report(cfg.job_id, dest, report_type=service.report_type,
                                api_version=service.api_version)
-    finally:
-        client.close()
-    judgments = read_report(dest, report_type=service.report_type)
+    judgments = _read_judgments(cfg, wf)
     broken = write_broken_link_csvs(judgments, dest, wf, cfg.job_id)
+    write_problems_csv(judgments, wf, cfg.job_id)
     outputs = _existing([dest, wf.broken_links_csv(cfg.job_id, service.report_type),
-                         wf.reupload_csv(cfg.job_id)])
+                         wf.reupload_csv(cfg.job_id), wf.report_problems_csv(cfg.job_id)])
     skipped = [SkippedUnit("report", name, "broken link: the annotator could not open the "
                            f"image; re-upload the rows of {wf.reupload_csv(cfg.job_id).name}")
                for name in broken]
@@ -926,23 +925,32 @@ def _read_judgments(cfg: Config, wf: WorkingFolder) -> Any:
     from .appen.report import read_report
 
     return read_report(wf.report_csv(cfg.job_id, cfg.service.report_type),
-                       report_type=cfg.service.report_type)
+                       report_type=cfg.service.report_type, identifier=cfg.identifier,
+                       allow_other_identifier=cfg.service.allow_other_identifier)
+
+
+def _client(ctx: _Context) -> Any:
+    """A client for the service with the configuration's bounds on every wait."""
+    from .appen.client import AppenClient
+
+    s = ctx.config.service
+    return AppenClient(ctx.api_key(), base_url=s.api_url, poll_interval=s.poll_interval,
+                       max_connections=s.concurrency, max_retry_after=s.max_wait,
+                       request_deadline=s.request_deadline, report_deadline=s.report_deadline)
 
 
 def _run_fetch(ctx: _Context) -> StageOutput:
-    from .appen.client import AppenClient
     from .download import download_annotations
 
     cfg, wf = ctx.config, ctx.wf
     judgments = _read_judgments(cfg, wf)
     usable = {(j.montage, j.unit_id, j.judgment_id) for j in judgments if j.usable}
     ctx.set_total(len(usable))
-    service = cfg.service
-    with AppenClient(ctx.api_key(), base_url=service.api_url,
-                     max_connections=service.concurrency) as client:
+    with _client(ctx) as client:
         result = download_annotations(judgments, wf, job_id=cfg.job_id,
-                                      concurrency=service.concurrency, client=client,
-                                      progress=ctx.item_done)
+                                      concurrency=cfg.service.concurrency, client=client,
+                                      progress=ctx.item_done,
+                                      max_pixels=cfg.service.max_pixels)
     failed = {(f.montage, f.unit, f.judgment) for f in result.failures}
     outputs = [wf.judgment_path(*key) for key in sorted(usable - failed)]
     outputs += [wf.annotation_path(m) for m in sorted(result.chosen)]

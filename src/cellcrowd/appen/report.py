@@ -60,6 +60,7 @@ __all__ = [
     "read_report",
     "still_broken",
     "write_broken_link_csvs",
+    "write_problems_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -669,6 +670,25 @@ def write_broken_link_csvs(
     logger.warning("%d montage(s) still have broken links: listed in %s, ready to re-upload "
                    "from %s", len(names), broken_csv.name, reupload_csv.name)
     return names
+
+
+def write_problems_csv(report: Report, wf: WorkingFolder, job_id: int | str) -> Path | None:
+    """Write ``wf.report_problems_csv(job_id)`` (row, unit, judgment, image_url, reason).
+
+    Returns the file, or None when the report has no problems (a stale file is removed).
+    """
+    path = wf.report_problems_csv(job_id)
+    if not report.problems:
+        if path.exists():
+            logger.info("no report problems left: removing the old %s", path.name)
+            remove_file(path)
+        return None
+    rows = ({"row": str(p.row), "unit": p.unit_id, "judgment": p.judgment_id,
+             "image_url": p.image_url, "reason": p.reason} for p in report.problems)
+    atomic_write_text(path, _csv_text(["row", "unit", "judgment", "image_url", "reason"], rows))
+    logger.warning("%d report row(s) could not be used: listed with the reasons in %s",
+                   len(report.problems), path)
+    return path
 
 
 def _type_from_name(report_csv: Path, judgments: Sequence[Judgment]) -> str:
