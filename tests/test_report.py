@@ -129,7 +129,8 @@ def test_missing_column_names_file_column_and_columns(tmp_path: Path) -> None:
         ({"annotation": '{"url": "https://a/x.png"'}, r"row 2 \(unit 2\): column 'annotation': the "
          r"annotation is not valid JSON"),
         ({"_tainted": "maybe"}, r"row 2 \(unit 2\): column '_tainted': 'maybe' is not a boolean"),
-        ({"broken_link": "yes please"}, r"row 2 \(unit 2\): column 'broken_link': 'yes please' is not"),
+        ({"broken_link": "yes please"}, r"row 2 \(unit 2\): column 'broken_link': 'yes please' "
+         r"is not"),
         ({"_trust": "high"}, r"row 2 \(unit 2\): column '_trust': 'high' is not a number"),
     ],
     ids=["annotation-json", "tainted", "broken-link", "trust"],

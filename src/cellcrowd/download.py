@@ -258,7 +258,7 @@ class _Limits:
     max_pixels: int
 
 
-class _DamagedImage(Exception):
+class _DamagedImageError(Exception):
     """A PNG arrived complete (closing IEND chunk) but does not decode."""
 
 
@@ -325,7 +325,7 @@ def _fetch_one(client: AppenClient, j: Judgment, target: Path,
             return _failure(client, j, url, str(exc))
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             return _failure(client, j, url, f"bad URL ({exc})")
-        except _DamagedImage as exc:
+        except _DamagedImageError as exc:
             if attempt == 2:
                 return _failure(client, j, url, f"the service sent a damaged image twice "
                                 f"({exc}): it arrived complete but does not decode; ask "
@@ -356,7 +356,7 @@ def _save_png(response: httpx.Response, tmp: Path, limits: _Limits, what: str) -
 
 
 def _verify_png(path: Path, limits: _Limits, what: str, url: str) -> None:
-    """Raise DownloadError (wrong content), RetryableError (cut) or _DamagedImage if bad.
+    """Raise DownloadError (wrong content), RetryableError (cut) or _DamagedImageError if bad.
 
     The size is checked from the header before anything is decoded.
     """
@@ -379,7 +379,7 @@ def _verify_png(path: Path, limits: _Limits, what: str, url: str) -> None:
                             url=url) from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
         if complete:
-            raise _DamagedImage(f"{type(exc).__name__}: {exc}") from None
+            raise _DamagedImageError(f"{type(exc).__name__}: {exc}") from None
         raise RetryableError(f"damaged PNG, cut short ({exc})") from None
 
 

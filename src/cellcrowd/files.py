@@ -15,10 +15,12 @@ naming the path and, when given, where its name came from (e.g. a report row).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
 import re
+import shutil
 import tempfile
 import threading
 import warnings
@@ -37,11 +39,12 @@ __all__ = [
     "MAX_PIXELS",
     "TMP_MARK",
     "atomic_path",
-    "check_inside",
-    "confine",
-    "image_header",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_inside",
+    "confine",
+    "describe_os_error",
+    "image_header",
     "list_images",
     "natural_key",
     "read_image",
@@ -117,6 +120,29 @@ import warnings
             path=path,
         )
     return path
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, which file, and the free space if full.
+
+    >>> import errno
+    >>> describe_os_error(OSError(errno.EACCES, "Permission denied", "/x/y.png"))
+    'Permission denied: /x/y.png'
+    """
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        text += f": {exc.filename}"
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        where = Path(str(exc.filename)) if exc.filename is not None else Path.cwd()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = shutil.disk_usage(where).free
+            text += f" ({free / 1e6:.1f} MB left on that disk)"
+        except OSError:
+            pass
+        text += ": free some space and run the same command again; it resumes"
+    return text
 
 
 def remove_file(path: str | Path, *, source: str | None = None) -> bool:

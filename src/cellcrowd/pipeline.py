@@ -80,6 +80,7 @@ from .files import (
     TMP_MARK,
     atomic_write_text,
     confine,
+    describe_os_error,
     list_images,
     natural_key,
     remove_file,
@@ -664,11 +665,15 @@ def run(
         manifest = _Manifest(wf)
         try:
             for stage in stages:
-                stage_run = _run_stage(
-                    stage, config, working_folder(config), manifest,
-                    selected=selected, force=force, progress=progress, pause=pause,
-                    get_executor=get_executor, get_key=get_key,
-                )
+                try:
+                    stage_run = _run_stage(
+                        stage, config, working_folder(config), manifest,
+                        selected=selected, force=force, progress=progress, pause=pause,
+                        get_executor=get_executor, get_key=get_key,
+                    )
+                except OSError as exc:  # writing the manifest or cleaning up
+                    raise PipelineError(
+                        f"stage {stage.name} failed: {describe_os_error(exc)}") from exc
                 runs.append(stage_run)
                 if progress is not None:
                     progress.finish(stage_run)
@@ -731,11 +736,13 @@ def _run_stage(
     try:
         out = stage.body(ctx)
     except CellcrowdError as exc:
-        manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
+        with contextlib.suppress(OSError):
+            manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
         raise
     except OSError as exc:
-        manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
-        raise PipelineError(f"stage {name} failed: {exc}") from exc
+        with contextlib.suppress(OSError):  # the disk may be full: the manifest can wait
+            manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
+        raise PipelineError(f"stage {name} failed: {describe_os_error(exc)}") from exc
     pause.end(name)
     outputs = _record(out.outputs, wf.base)
     _remove_stale(entry, outputs, wf.base)
