@@ -1218,8 +1218,8 @@ def _run_movies(ctx: _Context) -> StageOutput:
     labels = len(list(wf.labels.glob("*_labels.png"))) if wf.labels.is_dir() else 0
     raw = len(list_images(wf.raw)) if wf.raw.is_dir() else 0
     ctx.set_total(labels + raw)
-    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
     raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
+    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
     outputs = [f for item in annotated.items + raw_result.items for f in item.files]
     skipped = [SkippedUnit("movies", f"part{m.part} {position_name(m.position, wf.padding)}",
                            f"left out of part {m.part}: montage {m.montage}: {m.reason}")
