@@ -223,6 +223,10 @@ def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
                 return tuple(int(n) for n in series.shape), str(np.dtype(series.dtype))
+        with open(path, "rb") as fh:
+            header = _png_header(fh.read(29))
+        if header is not None:
+            return header
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
@@ -233,6 +237,22 @@ def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
         raise InputError(f"cannot read this image's header ({exc}): it may be truncated or "
                          "not an image: delete it and download or regenerate it",
                          path=path) from None
+
+
+_PNG_BANDS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> bands (3, palette: ask PIL)
+
+
+def _png_header(head: bytes) -> tuple[tuple[int, ...], str] | None:
+    """Shape and dtype from a PNG's IHDR chunk as :func:`read_image` returns them."""
+    if not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR" or len(head) < 26:
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour = head[24], head[25]
+    bands = _PNG_BANDS.get(colour)
+    if bands is None:
+        return None
+    dtype = "uint16" if depth == 16 else "bool" if depth == 1 and bands == 1 else "uint8"
+    return ((height, width) if bands == 1 else (height, width, bands)), dtype
 
 
 _PIL_DTYPES = {"I;16": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32", "1": "bool"}
