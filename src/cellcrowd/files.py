@@ -37,6 +37,7 @@ from .errors import InputError, UnsafePathError
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
+    "RESOURCE_ERRNOS",
     "TMP_MARK",
     "atomic_path",
     "atomic_write_bytes",
@@ -47,6 +48,7 @@ __all__ = [
     "image_header",
     "list_images",
     "natural_key",
+    "raise_if_resource_error",
     "read_image",
     "remove_file",
     "sha256_file",
@@ -143,6 +145,22 @@ def describe_os_error(exc: OSError) -> str:
             pass
         text += ": free some space and run the same command again; it resumes"
     return text
+
+
+#: OS errors about the machine, not one file: a run stops on them instead of skipping a unit.
+RESOURCE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EMFILE", "ENFILE", "ENOMEM")
+    if hasattr(errno, name))
+
+
+def raise_if_resource_error(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it is a full disk (or another machine-wide OS error).
+
+    Per-unit handlers call it first, so that one full disk is never recorded as a
+    thousand bad units.
+    """
+    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+        raise exc
 
 
 def remove_file(path: str | Path, *, source: str | None = None) -> bool:

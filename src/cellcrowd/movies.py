@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from .errors import AnnotationError, GeometryError, InputError, LogError
 from .executor import Executor, run_tasks
-from .files import image_header, list_images, read_image, write_image
+from .files import image_header, list_images, raise_if_resource_error, read_image, write_image
 from .geometry import Position, TileGrid, montage_frame_range, num_montages
 from .layout import MontageKey, WorkingFolder, parse_montage_name
 from .logs import ChopperLog, MontageLog, read_logs
@@ -230,6 +230,7 @@ def _montage_to_frames(task: _AnnotatedTask) -> ItemResult:
         for frame, target in zip(frames, task.targets, strict=False):
             write_image(target, frame)
     except (OSError, ValueError) as exc:  # InputError subclasses ValueError
+        raise_if_resource_error(exc)
         return ItemResult(task.name, (), str(exc))
     return ItemResult(task.name, task.targets)
 
@@ -360,6 +361,7 @@ def _raw_frame_to_tiles(task: _RawTask) -> ItemResult:
         for pos, target in task.targets:
             write_image(target, task.grid.tile(frame, pos))
     except (OSError, ValueError) as exc:
+        raise_if_resource_error(exc)
         return ItemResult(task.source.name, (), str(exc))
     return ItemResult(task.source.name, tuple(t for _, t in task.targets))
 
