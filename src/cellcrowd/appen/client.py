@@ -354,10 +354,8 @@ class AppenClient:
         self.max_retries = max_retries
         self.poll_interval = poll_interval
         self.max_polls = max_polls
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
-        self.report_deadline = report_deadline
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.max_retry_after, self.report_deadline = max_retry_after, report_deadline
         self.max_redirects = max_redirects
         self.max_connections = max_connections
         self.max_report_bytes = max_report_bytes

@@ -18,17 +18,8 @@ reaches a file name is checked here, so a report can never name a path. Only a r
 with missing columns, or with rows none of which is usable, raises
 :class:`~cellcrowd.errors.ReportError` naming the file (and the first problem).
 
-Broken links
-    A montage is *still broken* when at least one judgment of it reported a broken link
-    and no judgment of it has a usable annotation. In the seed notebook the good
-    judgment comes later in the report (the row was re-uploaded and annotated); here any
-    good judgment of the same image clears its broken ones, so one worker's broken link
-    never discards another worker's annotation. :func:`write_broken_link_csvs` writes
-    ``CSV/job_{id}_{type}_report_broken_links.csv`` (every column of the broken rows of
-    still-broken montages) and ``CSV/job_{id}_reupload.csv`` (``identifier,image_url``,
-    one row per still-broken image). When nothing is still broken no file is written,
-    and stale ones from an earlier run are removed, so an old re-upload list is never
-    mistaken for a current one.
+Broken links and the problem rows are written by :mod:`cellcrowd.appen.report_csvs`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -45,8 +36,15 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..errors import InputError, ReportError
-from ..files import atomic_write_text, natural_key, remove_file
-from ..layout import MontageKey, WorkingFolder, parse_montage_name
+from ..layout import MontageKey, parse_montage_name
+from .report_csvs import still_broken, write_broken_link_csvs, write_problems_csv
+from .screen import (
+    conflicting_duplicates,
+    decode_report,
+    other_identifier,
+    printable,
+    undecodable,
+)
 
 __all__ = [
     "FULL_REPORT_COLUMNS",
@@ -80,10 +78,8 @@ _REQUIRED = {
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", ""})
 _FIELD_LIMIT = 1 << 27  # annotation JSON (polygons) can exceed csv's 128 kB default
-_REPORT_NAME = re.compile(r"^job_.+?_(?P<type>[a-z_]+?)_report\.csv$")
 _SERVICE_ID = re.compile(r"^[0-9]{1,20}$")
 _SAFE_NAME = re.compile(r"^[^/\\\x00-\x1f]+$")
-_ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -311,12 +307,12 @@ def read_report(path: str | Path, *, report_type: str = "full", identifier: str 
             f"report type {report_type!r} holds no judgments: use one of "
             f"{', '.join(JUDGMENT_REPORT_TYPES)}"
         )
-    text = _decode(path)
+    text = decode_report(path)
     report = _read_json_lines(text, path) if report_type == "json" else _read_csv(
         text, path, report_type)
     if identifier is not None and not allow_other_identifier:
-        report = _screen(report, _other_identifier(report, identifier))
-    report = _screen(report, _conflicting_duplicates(report))
+        report = _screen(report, other_identifier(report, identifier))
+    report = _screen(report, conflicting_duplicates(report))
     if report.problems and not report:
         raise ReportError(
             f"no usable row: all {len(report.problems)} row(s) were skipped, the first "
@@ -333,41 +329,6 @@ def read_report(path: str | Path, *, report_type: str = "full", identifier: str 
     return report
 
 
-def _decode(path: Path) -> str:
-    """The report's text; bytes that are not UTF-8 are kept as surrogates (rows flag them)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ReportError("report not found: download it first (cellcrowd download)",
-                          path=path) from None
-    if data.startswith(_ZIP_MAGIC):
-        raise ReportError("this is a zip, not the report inside it: unzip it (or download "
-                          "it again with cellcrowd)", path=path)
-    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    if not text.strip():
-        raise ReportError("the report is empty (not even a header row): download it again",
-                          path=path)
-    return text
-
-
-def _undecodable(row: Mapping[str, str]) -> str | None:
-    """Why a row holds bytes that are not UTF-8 (named by column), or None."""
-    bad = [k for k, v in row.items() if _has_surrogates(v) or _has_surrogates(k)]
-    if not bad:
-        return None
-    shown = ", ".join(f"{_printable(k)!r}: {_printable(row[k])!r}" for k in bad[:3])
-    return (f"bytes that are not UTF-8 in column(s) {shown} (shown with \ufffd): the report "
-            "was saved in another encoding; download it again, or save it as UTF-8")
-
-
-def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _screen(report: Report, reasons: Mapping[int, str]) -> Report:
     """The report without the judgments at the given indices, which become problems."""
     if not reasons:
@@ -379,37 +340,6 @@ def _screen(report: Report, reasons: Mapping[int, str]) -> Report:
     problems.sort(key=lambda p: p.row)
     return Report(kept, problems=problems, path=report.path, report_type=report.report_type,
                   columns=report.columns)
-
-
-def _other_identifier(report: Report, identifier: str) -> dict[int, str]:
-    """Judgments (by index) of montages of another identifier, with the reason."""
-    return {i: f"the montage {j.montage!r} is of identifier {j.key.identifier!r}, not this "
-               f"configuration's {identifier!r}: is the report of another job? (set "
-               "service.allow_other_identifier = true if it is intended)"
-            for i, j in enumerate(report) if j.key.identifier != identifier}
-
-
-def _conflicting_duplicates(report: Report) -> dict[int, str]:
-    """Judgments (by index) sharing unit and judgment id with another row, with the reason.
-
-    Exact copies are used once (the later copies are problems); copies that differ are
-    all problems, so that no version silently wins.
-    """
-    seen: dict[tuple[str, str], list[int]] = {}
-    for i, j in enumerate(report):
-        seen.setdefault((j.unit_id, j.judgment_id), []).append(i)
-    reasons: dict[int, str] = {}
-    for (unit, jid), where in seen.items():
-        copies = [report[i] for i in where]
-        if all(dict(c.row) == dict(copies[0].row) for c in copies[1:]):
-            reasons.update({i: f"an exact copy of row {copies[0].row_number} (used once)"
-                            for i in where[1:]})
-            continue
-        rows = ", ".join(str(c.row_number) for c in copies)
-        reasons.update({i: f"conflicting duplicate: rows {rows} all have unit {unit}, "
-                           f"judgment {jid} with different content; none is used: ask the "
-                           "service for a fresh report" for i in where})
-    return reasons
 
 
 def _read_csv(text: str, path: Path, report_type: str) -> Report:
@@ -449,12 +379,12 @@ def _add(item: Judgment | ReportProblem, judgments: list[Judgment],
 def _row_or_problem(row: dict[str, str], path: Path, number: int,
                     report_type: str) -> Judgment | ReportProblem:
     """The row's judgment, or a problem naming what is wrong with it."""
-    unit = _printable(row.get("_unit_id", "")).strip()
-    jid = "aggregated" if report_type == "aggregated" else _printable(row.get("_id", "")).strip()
-    image_url = _printable(row.get("image_url", "")).strip()
-    undecodable = _undecodable(row)
-    if undecodable is not None:
-        return ReportProblem(number, unit, jid, image_url, undecodable)
+    unit = printable(row.get("_unit_id", "")).strip()
+    jid = "aggregated" if report_type == "aggregated" else printable(row.get("_id", "")).strip()
+    image_url = printable(row.get("image_url", "")).strip()
+    bad_bytes = undecodable(row)
+    if bad_bytes is not None:
+        return ReportProblem(number, unit, jid, image_url, bad_bytes)
     try:
         return _judgment_from_row(row, path, number, report_type)
     except ReportError as exc:
@@ -606,103 +536,3 @@ def _cell(value: object) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
-
-
-# -- broken links ----------------------------------------------------------------------------
-
-
-def still_broken(judgments: Iterable[Judgment]) -> list[str]:
-    """Montages with a broken-link judgment and no usable one, in natural order."""
-    broken: set[str] = set()
-    good: set[str] = set()
-    for j in judgments:
-        if j.usable:
-            good.add(j.montage)
-        elif j.broken_link:
-            broken.add(j.montage)
-    return sorted(broken - good, key=natural_key)
-
-
-def write_broken_link_csvs(
-    judgments: Sequence[Judgment], report_csv: str | Path, wf: WorkingFolder,
-    job_id: int | str, *, report_type: str | None = None,
-) -> list[str]:
-    """Write the broken-link and re-upload CSVs; return the still-broken montage names.
-
-    Parameters
-    ----------
-    judgments : sequence of Judgment
-        The report's judgments (a :class:`Report` or any list).
-    report_csv : Path
-        The report they came from; its name gives the report type when
-        ``report_type`` is not given (``job_{id}_{type}_report.csv``).
-    wf : WorkingFolder
-        Where the CSVs go (``wf.broken_links_csv``, ``wf.reupload_csv``).
-    job_id : int or str
-        The job.
-
-    Returns
-    -------
-    list of str
-        Montage names (image file names without suffix) that no judgment annotated.
-    """
-    kind = report_type or _type_from_name(Path(report_csv), judgments)
-    broken_csv, reupload_csv = wf.broken_links_csv(job_id, kind), wf.reupload_csv(job_id)
-    names = still_broken(judgments)
-    if not names:
-        for stale in (broken_csv, reupload_csv):
-            if stale.exists():
-                logger.info("no broken links left: removing the old %s", stale.name)
-                remove_file(stale)
-        return []
-    wanted = set(names)
-    rows = [j for j in judgments if j.broken_link and j.montage in wanted]
-    columns = list(getattr(judgments, "columns", ()) or ())
-    for j in rows:
-        columns.extend(k for k in j.row if k not in columns)
-    atomic_write_text(broken_csv, _csv_text(columns, (j.row for j in rows)))
-    first: dict[str, Judgment] = {}
-    for j in rows:
-        first.setdefault(j.montage, j)
-    reupload = ({"identifier": j.identifier, "image_url": j.image_url}
-                for j in sorted(first.values(), key=lambda j: natural_key(j.montage)))
-    atomic_write_text(reupload_csv, _csv_text(["identifier", "image_url"], reupload))
-    logger.warning("%d montage(s) still have broken links: listed in %s, ready to re-upload "
-                   "from %s", len(names), broken_csv.name, reupload_csv.name)
-    return names
-
-
-def write_problems_csv(report: Report, wf: WorkingFolder, job_id: int | str) -> Path | None:
-    """Write ``wf.report_problems_csv(job_id)`` (row, unit, judgment, image_url, reason).
-
-    Returns the file, or None when the report has no problems (a stale file is removed).
-    """
-    path = wf.report_problems_csv(job_id)
-    if not report.problems:
-        if path.exists():
-            logger.info("no report problems left: removing the old %s", path.name)
-            remove_file(path)
-        return None
-    rows = ({"row": str(p.row), "unit": p.unit_id, "judgment": p.judgment_id,
-             "image_url": p.image_url, "reason": p.reason} for p in report.problems)
-    atomic_write_text(path, _csv_text(["row", "unit", "judgment", "image_url", "reason"], rows))
-    logger.warning("%d report row(s) could not be used: listed with the reasons in %s",
-                   len(report.problems), path)
-    return path
-
-
-def _type_from_name(report_csv: Path, judgments: Sequence[Judgment]) -> str:
-    kind = getattr(judgments, "report_type", None)
-    match = _REPORT_NAME.match(report_csv.name)
-    if match:
-        return match["type"]
-    return kind if isinstance(kind, str) else "full"
-
-
-def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n",
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
