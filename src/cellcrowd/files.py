@@ -98,8 +98,6 @@ def check_inside(path: str | Path, root: str | Path | None = None, *,
         the message.
 
     >>> import tempfile
-import threading
-import warnings
     >>> with tempfile.TemporaryDirectory() as d:
     ...     check_inside(Path(d) / "a.png", d).name
     'a.png'
