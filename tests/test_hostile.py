@@ -192,3 +192,21 @@ def test_read_image_checks_the_header_before_decoding(tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes(encode_png(np.zeros((8, 8), np.uint8))[:20])
     with pytest.raises(InputError, match=r"cut\.png: cannot read this image's header"):
         read_image(tmp_path / "cut.png")
+
+
+def test_a_judgment_whose_file_would_leave_the_folder_is_a_failed_unit(
+    served: Emulator, api_key: str, tmp_path: Path,
+) -> None:
+    """Defence in depth: even a Judgment built by hand (not read from a report) cannot
+    make fetch write outside the working folder; the failure names the report row."""
+    wf = WorkingFolder(tmp_path / "work", "exp")
+    with AppenClient(api_key, base_url=served.url, sleep=lambda s: None) as client:
+        report = read_report(client.download_report(JOB, wf.report_csv(JOB)))
+        good = next(j for j in report if j.usable)
+        evil = dataclasses.replace(good, montage="../../evil_x_0_y_0_montage_0")
+        result = download_annotations([evil, good], wf, job_id=JOB, client=client)
+    assert (result.failed, result.downloaded) == (1, 1)
+    [failure] = result.failures
+    assert "refusing to write or delete outside the working folder" in failure.reason
+    assert f"report row {good.row_number} (unit {good.unit_id}" in failure.reason
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
