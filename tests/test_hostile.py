@@ -71,6 +71,12 @@ def test_guard_follows_symlinks_and_allows_the_inside(tmp_path: Path) -> None:
         assert remove_file(base / "sub" / "b.txt")
         assert not remove_file(base / "sub" / "b.txt")
     assert list(elsewhere.iterdir()) == []
+    # Two runs in one process: each one's folder is allowed, nothing else.
+    with confine(base), confine(elsewhere):
+        atomic_write_text(base / "c.txt", "c")
+        atomic_write_text(elsewhere / "d.txt", "d")
+        with pytest.raises(UnsafePathError, match=r"e\.txt"):
+            atomic_write_text(tmp_path / "e.txt", "e")
     # Without a confined folder (library use outside a run) nothing is refused.
     assert check_inside(tmp_path / "x" / ".." / "y") == tmp_path / "x" / ".." / "y"
 

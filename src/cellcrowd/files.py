@@ -69,8 +69,9 @@ _ROOTS_LOCK = threading.Lock()
 def confine(root: str | Path) -> Iterator[Path]:
     """Refuse, while the block runs, every write, rename or delete outside ``root``.
 
-    Confinement is process-wide (threads included) and nests: the innermost folder
-    applies. Yields ``root`` resolved (symbolic links followed).
+    Confinement is process-wide (threads included): while any folder is confined, a path
+    must lie inside one of the confined folders (several runs in one process each add
+    their own). Yields ``root`` resolved (symbolic links followed).
     """
     resolved = Path(root).resolve()
     with _ROOTS_LOCK:
@@ -91,7 +92,7 @@ def check_inside(path: str | Path, root: str | Path | None = None, *,
     path : Path
         The file about to be written, renamed or deleted.
     root : Path, optional
-        The folder it must stay in; default the confined folder (see :func:`confine`),
+        The folder it must stay in; default the confined folders (see :func:`confine`),
         and no check at all when none is confined.
     source : str, optional
         Where the name came from (e.g. ``"report row 12 (unit 5, judgment 9)"``), for
@@ -105,15 +106,15 @@ def check_inside(path: str | Path, root: str | Path | None = None, *,
     path = Path(path)
     if root is None:
         with _ROOTS_LOCK:
-            if not _ROOTS:
-                return path
-            base = _ROOTS[-1]
+            bases = list(_ROOTS)
+        if not bases:
+            return path
     else:
-        base = Path(root).resolve()
+        bases = [Path(root).resolve()]
     resolved = path.resolve()
-    if resolved != base and base not in resolved.parents:
+    if not any(resolved == base or base in resolved.parents for base in bases):
         raise UnsafePathError(
-            f"refusing to write or delete outside the working folder {base}: the name "
+            f"refusing to write or delete outside the working folder {bases[-1]}: the name "
             f"resolves to {resolved}" + (f"; it came from {source}" if source else "")
             + ": the input is malformed or hostile (fix or remove it), or a symbolic link "
             "in the working folder points elsewhere",
