@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -270,11 +271,32 @@ def test_raw_to_movies_errors(tmp_path: Path) -> None:
         raw_to_movies(replace(prep.wf, raw=short))
 
 
-def test_raw_to_movies_one_bad_frame_is_not_fatal(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("bad", "pattern"),
+    [
+        (lambda shape, dtype: np.zeros((10, 10), dtype),
+         r"raw frame 3 is 10x10 pixels, but the frames of this movie are {h}x{w} \(exp_overl"),
+        (lambda shape, dtype: np.zeros((*shape, 3), np.uint8),
+         r"raw frame 3 is 3 channels, but the first frame \(img0.tif\) has one channel"),
+        (lambda shape, dtype: np.zeros(shape, np.float32),
+         r"raw frame 3 is float32, but the first frame \(img0.tif\) is {dtype}: frames of "
+         r"mixed dtypes"),
+        (None, r"img3.tif: cannot read this image's header"),
+    ],
+    ids=["size", "rgb-among-grey", "dtype", "unreadable"],
+)
+def test_raw_frames_are_checked_before_any_is_used(
+    tmp_path: Path, bad: Callable[..., np.ndarray] | None, pattern: str,
+) -> None:
     _, _, prep = _setup(tmp_path, labels=False)
-    write_image(prep.wf.raw / "img3.tif", np.zeros((10, 10), np.uint16))
-    result = raw_to_movies(prep.wf)
-    (error,) = result.errors
-    assert error.startswith("img3.tif:")
-    assert "has shape (10, 10)" in error
-    assert result.files_written == 4 * (FRAMES - 1)
+    first = read_image(prep.wf.raw / "img0.tif")
+    target = prep.wf.raw / "img3.tif"
+    if bad is None:
+        target.write_bytes(target.read_bytes()[:40])
+    else:
+        write_image(target, bad(first.shape, first.dtype))
+    expected = pattern.format(h=first.shape[0], w=first.shape[1], dtype=first.dtype)
+    with pytest.raises(InputError, match=expected) as info:
+        raw_to_movies(prep.wf)
+    assert info.value.path == target
+    assert not prep.wf.movies.exists() or not list(prep.wf.movies.rglob("*raw*.tif"))

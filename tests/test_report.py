@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -125,20 +126,31 @@ def test_missing_column_names_file_column_and_columns(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("bad", "pattern"),
     [
-        ({"annotation": '{"url": "https://a/x.png"'}, r"row 2, column 'annotation': the "
+        ({"annotation": '{"url": "https://a/x.png"'}, r"row 2 \(unit 2\): column 'annotation': the "
          r"annotation is not valid JSON"),
-        ({"_tainted": "maybe"}, r"row 2, column '_tainted': 'maybe' is not a boolean"),
-        ({"broken_link": "yes please"}, r"row 2, column 'broken_link': 'yes please' is not"),
-        ({"_trust": "high"}, r"row 2, column '_trust': 'high' is not a number"),
+        ({"_tainted": "maybe"}, r"row 2 \(unit 2\): column '_tainted': 'maybe' is not a boolean"),
+        ({"broken_link": "yes please"}, r"row 2 \(unit 2\): column 'broken_link': 'yes please' "
+         r"is not"),
+        ({"_trust": "high"}, r"row 2 \(unit 2\): column '_trust': 'high' is not a number"),
     ],
     ids=["annotation-json", "tainted", "broken-link", "trust"],
 )
 def test_malformed_values_name_row_and_column(tmp_path: Path, bad: dict[str, str],
                                               pattern: str) -> None:
-    path = write_csv(tmp_path / "r.csv", [full_row("1", "1", M0), full_row("2", "2", M0, **bad)])
-    with pytest.raises(ReportError, match=pattern) as info:
-        read_report(path)
-    assert info.value.row == 2
+    """A malformed value makes its row a problem; the other rows are still used."""
+    path = write_csv(tmp_path / "r.csv", [full_row("1", "1", M0), full_row("2", "2", M0, **bad),
+                                          full_row("3", "3", M1)])
+    report = read_report(path)
+    assert [j.judgment_id for j in report] == ["1", "3"]
+    [problem] = report.problems
+    assert problem.row == 2
+    assert re.match(pattern, str(problem))
+    # The same row alone: nothing usable, so the report stops, naming the row.
+    alone = write_csv(tmp_path / "alone.csv", [full_row("2", "2", M0, **bad)])
+    with pytest.raises(ReportError, match=r"alone\.csv: no usable row: all 1 row\(s\) were "
+                       r"skipped, the first because " + pattern.replace("row 2", "row 1")) as info:
+        read_report(alone)
+    assert info.value.path == alone
 
 
 def test_unusable_rows_are_problems_not_dropped(tmp_path: Path,
@@ -209,7 +221,7 @@ def test_json_lines_report(tmp_path: Path) -> None:
     [
         ("{not json", r"row 1: not valid JSON"),
         ("[1, 2]", r"row 1: expected a JSON object per line, got list"),
-        ('{"id": 1, "data": {}}', r"row 1, column 'results': the unit has no valid 'results'; "
+        ('{"id": 1, "data": {}}', r"row 1: column 'results': the unit has no valid 'results'; "
                                   r"its keys are id, data"),
         ('{"id": 1, "data": {}, "results": {}}', r"column 'results.judgments': the unit has no "
                                                  r"results.judgments list"),
@@ -220,8 +232,15 @@ def test_json_lines_report(tmp_path: Path) -> None:
 def test_malformed_json_lines(tmp_path: Path, line: str, pattern: str) -> None:
     path = tmp_path / "j.csv"
     path.write_text(line + "\n")
-    with pytest.raises(ReportError, match=pattern):
+    with pytest.raises(ReportError, match="no usable row.*" + pattern):
         read_report(path, report_type="json")
+    # Beside a good unit, the bad line is a problem and the good one is used.
+    good = {"id": 55, "data": {"annotation": {"url": "https://a/55.png"}}}
+    path.write_text(line + "\n" + json_unit(1, [good]) + "\n")
+    report = read_report(path, report_type="json")
+    assert [j.judgment_id for j in report] == ["55"]
+    assert [p.row for p in report.problems] == [1]
+    assert re.search(pattern, str(report.problems[0]))
 
 
 def test_unreadable_reports(tmp_path: Path) -> None:
@@ -231,7 +250,7 @@ def test_unreadable_reports(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="the report is empty"):
         read_report(tmp_path / "empty.csv")
     (tmp_path / "zip.csv").write_bytes(b"PK\x03\x04\xff\xfe\x00")
-    with pytest.raises(ReportError, match="not a UTF-8 text file"):
+    with pytest.raises(ReportError, match="this is a zip, not the report inside it"):
         read_report(tmp_path / "zip.csv")
     with pytest.raises(ValueError, match="report type 'workset' holds no judgments"):
         read_report(tmp_path / "empty.csv", report_type="workset")

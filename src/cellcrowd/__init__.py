@@ -30,6 +30,7 @@ from .errors import (
     ReportNotReadyError,
     ServiceError,
     TemporaryServiceError,
+    UnsafePathError,
 )
 from .executor import DaskExecutor, LocalExecutor
 from .geometry import MontageLayout, Position, TileGrid
@@ -67,6 +68,7 @@ __all__ = [
     "ServiceError",
     "TemporaryServiceError",
     "TileGrid",
+    "UnsafePathError",
     "WorkingFolder",
     "__version__",
     "load_config",

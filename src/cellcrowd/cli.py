@@ -36,6 +36,7 @@ from .config import (
     write_example_config,
 )
 from .errors import CellcrowdError, ConfigError, redact
+from .files import describe_os_error
 
 __all__ = ["main"]
 
@@ -549,6 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ImportError as exc:
         ui.err.print(f"cellcrowd: error: {exc}", markup=False, soft_wrap=True)
+        return 2
+    except OSError as exc:
+        ui.err.print(f"cellcrowd: error: {redact(describe_os_error(exc), *_secrets())}",
+                     markup=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         ui.err.print("cellcrowd: interrupted; run the same command again to resume",

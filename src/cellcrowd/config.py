@@ -82,6 +82,16 @@ class ServiceConfig(_Section):
     report_type: ReportType = "full"
     concurrency: int = Field(default=16, ge=1, le=256)
     poll_interval: float = Field(default=10.0, ge=0, le=600)
+    #: Cap (seconds) on any wait the service asks for (``Retry-After`` on 202, 429, 5xx).
+    max_wait: float = Field(default=300.0, ge=0, le=86400)
+    #: Seconds one request may take, from connecting to the last byte of the answer.
+    request_deadline: float = Field(default=600.0, gt=0, le=86400)
+    #: Seconds of waiting for the report to be generated before giving up.
+    report_deadline: float = Field(default=1800.0, gt=0, le=7 * 86400)
+    #: Largest annotation (pixels) accepted when the montage size is unknown.
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    #: Use a report whose montages carry another identifier than this configuration's.
+    allow_other_identifier: bool = False
 
 
 class CleanConfig(_Section):
@@ -363,6 +373,11 @@ api_version = "v1"          # "v1" (jobs/{{id}}.csv) or "v3" (jobs/download.csv)
 report_type = "full"        # full (every judgment), aggregated (one per unit), or json
 concurrency = 16            # annotation images downloaded at once
 poll_interval = 10.0        # seconds between asks while the report is being generated
+max_wait = 300.0            # cap on any wait the service asks for (Retry-After), seconds
+request_deadline = 600.0    # seconds one request may take, connecting to last byte
+report_deadline = 1800.0    # seconds to wait for the report to be generated
+max_pixels = 50000000       # largest annotation (pixels) when the montage size is unknown
+allow_other_identifier = false  # use a report of montages with another identifier
 
 [clean]
 min_size = 10               # drop label fragments smaller than this (pixels)

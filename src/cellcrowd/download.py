@@ -14,11 +14,14 @@ Montages whose judgments all reported a broken link are skipped and listed
 
 How a file is fetched
     The body is streamed into a temporary file in the target folder, checked to be
-    complete (``Content-Length``), to be a PNG that decodes (``verify`` and ``load``), of
-    the montage size when the JSON logs tell it (else merely non-empty and at most
-    ``MAX_SIDE`` pixels a side), then renamed into place. 429, 5xx, connection errors and
-    truncated or undecodable bodies are retried by :meth:`AppenClient.send` (capped
-    backoff, ``Retry-After``); what still fails is recorded in
+    complete (``Content-Length``), of the montage size when the JSON logs tell it (else
+    non-empty, at most ``MAX_SIDE`` pixels a side and ``max_pixels`` pixels in all) *from
+    its header, before anything is decoded* (a decompression bomb is a failed unit, never
+    a crash), to be a PNG that decodes (``verify`` and ``load``), then renamed into place.
+    429, 5xx, connection errors and truncated bodies are retried by
+    :meth:`AppenClient.send` (capped backoff, ``Retry-After``). A PNG that arrives
+    complete (closing ``IEND`` chunk) but does not decode is fetched once more, then
+    recorded as "the service sent a damaged image". What still fails is recorded in
     ``wf.failures_csv(job_id)`` (montage, unit, judgment, redacted URL, reason) and the run
     goes on. A refused key on the API's own host stops the run (every request would fail
     the same way). The API key is sent only to the API's host (scheme, host and port),
@@ -58,12 +61,21 @@ from .errors import (
     DownloadError,
     InputError,
     ServiceError,
+    UnsafePathError,
 )
-from .files import atomic_path, atomic_write_bytes, atomic_write_text, natural_key
+from .files import (
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_inside,
+    natural_key,
+    remove_file,
+)
 from .layout import WorkingFolder
 from .logs import read_logs
 
 __all__ = [
+    "MAX_PIXELS",
     "MAX_SIDE",
     "ChosenAnnotation",
     "DownloadFailure",
@@ -76,6 +88,8 @@ logger = logging.getLogger(__name__)
 
 #: Largest accepted side of an annotation image when the montage size is unknown.
 MAX_SIDE = 30_000
+#: Default largest accepted annotation, in pixels, when the montage size is unknown.
+MAX_PIXELS = 50_000_000
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _FAILURE_COLUMNS = ("montage", "unit", "judgment", "url", "reason")
@@ -160,6 +174,7 @@ def download_annotations(
     progress: Callable[[int], None] | None = None,
     expected_shape: tuple[int, int] | None = None,
     max_bytes: int = 256 << 20,
+    max_pixels: int = MAX_PIXELS,
 ) -> DownloadResult:
     """Download every judgment's annotation PNG; choose one per montage for the next stage.
 
@@ -185,6 +200,9 @@ def download_annotations(
         Montage size to check; default from the JSON logs when they tell it.
     max_bytes : int
         Largest accepted annotation file.
+    max_pixels : int
+        Largest accepted annotation (width x height) when the montage size is unknown;
+        checked from the PNG header before anything is decoded.
 
     Returns
     -------
@@ -196,6 +214,7 @@ def download_annotations(
     tasks = list({(j.montage, j.unit_id, j.judgment_id): j
                   for j in judgments if j.usable}.values())
     shape = expected_shape if expected_shape is not None else expected_montage_shape(wf)
+    limits = _Limits(shape, max_bytes, max_pixels)
     own = client is None
     if client is None:
         client = AppenClient(api_key if api_key is not None else _key_from_env(),
@@ -205,7 +224,7 @@ def download_annotations(
     workers = max(1, min(concurrency, client.max_connections, len(tasks)))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellcrowd-dl") as pool:
-            _run(pool, tasks, wf, client, shape, max_bytes, progress, result, done)
+            _run(pool, tasks, wf, client, limits, progress, result, done)
             copies = _choose(judgments, done, result)
             list(pool.map(_copy_if_changed, copies.values(),
                           [wf.annotation_path(m) for m in copies]))
@@ -230,15 +249,35 @@ def _key_from_env() -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """What an annotation must be: the montage size (if known), bytes, pixels."""
+
+    shape: tuple[int, int] | None
+    max_bytes: int
+    max_pixels: int
+
+
+class _DamagedImageError(Exception):
+    """A PNG arrived complete (closing IEND chunk) but does not decode."""
+
+
 def _run(
     pool: ThreadPoolExecutor, tasks: list[Judgment], wf: WorkingFolder, client: AppenClient,
-    shape: tuple[int, int] | None, max_bytes: int, progress: Callable[[int], None] | None,
+    limits: _Limits, progress: Callable[[int], None] | None,
     result: DownloadResult, done: list[tuple[Judgment, Path]],
 ) -> None:
     futures: dict[Future[str | DownloadFailure], tuple[Judgment, Path]] = {}
     for j in tasks:
         path = wf.judgment_path(j.montage, j.unit_id, j.judgment_id)
-        futures[pool.submit(_fetch_one, client, j, path, shape, max_bytes)] = (j, path)
+        try:
+            check_inside(path, wf.base, source=_row_of(j))
+            check_inside(wf.annotation_path(j.montage), wf.base, source=_row_of(j))
+        except UnsafePathError as exc:
+            result.failed += 1
+            result.failures.append(_failure(client, j, j.annotation_url or "", str(exc)))
+            continue
+        futures[pool.submit(_fetch_one, client, j, path, limits)] = (j, path)
     try:
         for future in as_completed(futures):
             outcome = future.result()
@@ -260,29 +299,40 @@ def _run(
     result.failures.sort(key=lambda f: (natural_key(f.montage), f.unit, f.judgment))
 
 
-def _fetch_one(
-    client: AppenClient, j: Judgment, target: Path, shape: tuple[int, int] | None,
-    max_bytes: int,
-) -> str | DownloadFailure:
+def _row_of(j: Judgment) -> str:
+    return f"report row {j.row_number} (unit {j.unit_id}, judgment {j.judgment_id})"
+
+
+def _fetch_one(client: AppenClient, j: Judgment, target: Path,
+               limits: _Limits) -> str | DownloadFailure:
     """Fetch one annotation: ``"downloaded"``, ``"existing"`` or a failure record."""
     url = j.annotation_url or ""
     if target.exists():
-        problem = _quick_check(target, shape)
+        problem = _quick_check(target, limits)
         if problem is None:
             return "existing"
         logger.info("%s is damaged (%s): downloading it again", target.name, problem)
     what = f"annotation of {j.montage} (unit {j.unit_id}, judgment {j.judgment_id})"
-    try:
-        with atomic_path(target) as tmp:
-            client.send("GET", url, what=what,
-                        handle=lambda r: _save_png(r, tmp, shape, max_bytes, what))
-    except AuthenticationError:
-        raise  # the API refused the key: every other request would fail the same way
-    except (ServiceError, DownloadError) as exc:
-        return _failure(client, j, url, str(exc))
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-        return _failure(client, j, url, f"bad URL ({exc})")
-    return "downloaded"
+    for attempt in (1, 2):
+        try:
+            with atomic_path(target) as tmp:
+                client.send("GET", url, what=what,
+                            handle=lambda r: _save_png(r, tmp, limits, what))
+            return "downloaded"
+        except AuthenticationError:
+            raise  # the API refused the key: every other request would fail the same way
+        except (ServiceError, DownloadError, UnsafePathError) as exc:
+            return _failure(client, j, url, str(exc))
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            return _failure(client, j, url, f"bad URL ({exc})")
+        except _DamagedImageError as exc:
+            if attempt == 2:
+                return _failure(client, j, url, f"the service sent a damaged image twice "
+                                f"({exc}): it arrived complete but does not decode; ask "
+                                "the service about it, or leave the unit out")
+            logger.warning("%s arrived complete but does not decode (%s): fetching it once "
+                           "more", what, exc)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _failure(client: AppenClient, j: Judgment, url: str, reason: str) -> DownloadFailure:
@@ -292,27 +342,31 @@ def _failure(client: AppenClient, j: Judgment, url: str, reason: str) -> Downloa
                            client.redact(reason))
 
 
-def _save_png(response: httpx.Response, tmp: Path, shape: tuple[int, int] | None,
-              max_bytes: int, what: str) -> None:
+def _save_png(response: httpx.Response, tmp: Path, limits: _Limits, what: str) -> None:
     received = 0
     with open(tmp, "wb") as out:
         for chunk in response.iter_bytes(1 << 16):
             received += len(chunk)
-            if received > max_bytes:
-                raise DownloadError(f"{what} is larger than {max_bytes} bytes",
+            if received > limits.max_bytes:
+                raise DownloadError(f"{what} is larger than {limits.max_bytes} bytes",
                                     url=str(response.request.url))
             out.write(chunk)
     check_complete(response, received)
-    _verify_png(tmp, shape, what, str(response.request.url))
+    _verify_png(tmp, limits, what, str(response.request.url))
 
 
-def _verify_png(path: Path, shape: tuple[int, int] | None, what: str, url: str) -> None:
-    """Raise DownloadError (wrong content) or RetryableError (damaged, maybe cut) if bad."""
+def _verify_png(path: Path, limits: _Limits, what: str, url: str) -> None:
+    """Raise DownloadError (wrong content), RetryableError (cut) or _DamagedImageError if bad.
+
+    The size is checked from the header before anything is decoded.
+    """
     with open(path, "rb") as fh:
         head = fh.read(32)
+        fh.seek(max(0, path.stat().st_size - len(_IEND)))
+        complete = fh.read() == _IEND
     if not head.startswith(_PNG_SIGNATURE):
         raise DownloadError(f"{what} is not a PNG (starts {head[:16]!r})", url=url)
-    problem = _size_problem(_png_size(head), shape)
+    problem = _size_problem(_png_size(head), limits)
     if problem:
         raise DownloadError(f"{what}: {problem}", url=url)
     try:
@@ -320,8 +374,13 @@ def _verify_png(path: Path, shape: tuple[int, int] | None, what: str, url: str) 
             img.verify()
         with Image.open(path) as img:
             img.load()
-    except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise RetryableError(f"damaged PNG ({exc})") from None
+    except Image.DecompressionBombError as exc:
+        raise DownloadError(f"{what}: refusing a possible decompression bomb ({exc})",
+                            url=url) from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        if complete:
+            raise _DamagedImageError(f"{type(exc).__name__}: {exc}") from None
+        raise RetryableError(f"damaged PNG, cut short ({exc})") from None
 
 
 def _png_size(head: bytes) -> tuple[int, int] | None:
@@ -332,18 +391,23 @@ def _png_size(head: bytes) -> tuple[int, int] | None:
     return height, width
 
 
-def _size_problem(size: tuple[int, int] | None, shape: tuple[int, int] | None) -> str | None:
+def _size_problem(size: tuple[int, int] | None, limits: _Limits) -> str | None:
     if size is None:
         return "no PNG header (IHDR)"
+    shape = limits.shape
     if shape is not None and size != tuple(shape):
         return (f"the image is {size[0]}x{size[1]} pixels but the montages of this job are "
                 f"{shape[0]}x{shape[1]}: is the report from another job?")
     if not (0 < size[0] <= MAX_SIDE and 0 < size[1] <= MAX_SIDE):
         return f"implausible image size {size[0]}x{size[1]} (at most {MAX_SIDE} a side)"
+    if size[0] * size[1] > limits.max_pixels:
+        return (f"the image is {size[0]}x{size[1]} = {size[0] * size[1]} pixels, more than "
+                f"the limit of {limits.max_pixels} (service.max_pixels): refusing a possible "
+                "decompression bomb; raise the limit if the montages really are this large")
     return None
 
 
-def _quick_check(path: Path, shape: tuple[int, int] | None) -> str | None:
+def _quick_check(path: Path, limits: _Limits) -> str | None:
     """Why an existing file is not a complete PNG of the right size (None if it is)."""
     try:
         with open(path, "rb") as fh:
@@ -356,7 +420,7 @@ def _quick_check(path: Path, shape: tuple[int, int] | None) -> str | None:
         return "not a PNG"
     if tail != _IEND:
         return "no closing IEND chunk (cut short)"
-    return _size_problem(_png_size(head), shape)
+    return _size_problem(_png_size(head), limits)
 
 
 # -- one annotation per montage -----------------------------------------------------------
@@ -416,7 +480,7 @@ def _write_failures(failures: list[DownloadFailure], wf: WorkingFolder,
     if not failures:
         if path.exists():
             logger.info("no failures this time: removing the old %s", path.name)
-            path.unlink()
+            remove_file(path)
         return None
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -9,6 +9,7 @@ expects the usual scientific-Python behaviour keeps working::
     │   ├── LogError                   a JSON log is missing, unreadable or invalid
     │   ├── GeometryError              an image does not fit the tile/montage geometry
     │   ├── ReportError                a job report row or column is malformed
+    │   ├── UnsafePathError            a file name would leave the working folder
     │   ├── AnnotationError            an annotation image cannot be decoded into labels
     │   ├── ConfigError                the configuration file or a flag is invalid
     │   └── LineageError               a lineage / tracking export breaks a format rule
@@ -48,6 +49,7 @@ __all__ = [
     "ReportNotReadyError",
     "ServiceError",
     "TemporaryServiceError",
+    "UnsafePathError",
     "redact",
 ]
 
@@ -124,6 +126,10 @@ class GeometryError(InputError):
 
 class ReportError(InputError):
     """A job report (CSV or JSON lines) has a missing or malformed row or column."""
+
+
+class UnsafePathError(InputError):
+    """A path to write, rename or delete resolves outside the working folder."""
 
 
 class AnnotationError(InputError):

@@ -4,17 +4,27 @@ Every file cellcrowd writes goes through :func:`atomic_path` (or a helper built
 on it): the data is written to a temporary file in the target folder, flushed,
 then renamed into place, so an interrupted run never leaves a half-written file
 under a real name.
+
+Every write, rename and delete also goes through one guard, :func:`check_inside`:
+while a working folder is *confined* (:func:`confine`, done by the pipeline for its
+whole run), a path that resolves outside it (``..`` parts, absolute names, symbolic
+links pointing elsewhere) is refused with an :class:`~cellcrowd.errors.UnsafePathError`
+naming the path and, when given, where its name came from (e.g. a report row).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import io
 import os
 import re
+import shutil
 import tempfile
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,17 +33,25 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
-from .errors import InputError
+from .errors import InputError, UnsafePathError
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "RESOURCE_ERRNOS",
     "TMP_MARK",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_inside",
+    "confine",
+    "describe_os_error",
+    "image_header",
     "list_images",
     "natural_key",
+    "raise_if_resource_error",
     "read_image",
+    "remove_file",
     "sha256_file",
     "write_image",
 ]
@@ -41,6 +59,118 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Part of every temporary file name: such files are never a finished output.
 TMP_MARK = ".cellcrowd-tmp-"
+#: Largest image plane :func:`read_image` decodes (the header is checked first).
+MAX_PIXELS = 1 << 27
+#: The folders writes are confined to (innermost last); empty: no confinement.
+_ROOTS: list[Path] = []
+_ROOTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def confine(root: str | Path) -> Iterator[Path]:
+    """Refuse, while the block runs, every write, rename or delete outside ``root``.
+
+    Confinement is process-wide (threads included): while any folder is confined, a path
+    must lie inside one of the confined folders (several runs in one process each add
+    their own). Yields ``root`` resolved (symbolic links followed).
+    """
+    resolved = Path(root).resolve()
+    with _ROOTS_LOCK:
+        _ROOTS.append(resolved)
+    try:
+        yield resolved
+    finally:
+        with _ROOTS_LOCK:
+            _ROOTS.remove(resolved)
+
+
+def check_inside(path: str | Path, root: str | Path | None = None, *,
+                 source: str | None = None) -> Path:
+    """Return ``path`` if it resolves inside ``root``; raise UnsafePathError if not.
+
+    Parameters
+    ----------
+    path : Path
+        The file about to be written, renamed or deleted.
+    root : Path, optional
+        The folder it must stay in; default the confined folders (see :func:`confine`),
+        and no check at all when none is confined.
+    source : str, optional
+        Where the name came from (e.g. ``"report row 12 (unit 5, judgment 9)"``), for
+        the message.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     check_inside(Path(d) / "a.png", d).name
+    'a.png'
+    """
+    path = Path(path)
+    if root is None:
+        with _ROOTS_LOCK:
+            bases = list(_ROOTS)
+        if not bases:
+            return path
+    else:
+        bases = [Path(root).resolve()]
+    resolved = path.resolve()
+    if not any(resolved == base or base in resolved.parents for base in bases):
+        raise UnsafePathError(
+            f"refusing to write or delete outside the working folder {bases[-1]}: the name "
+            f"resolves to {resolved}" + (f"; it came from {source}" if source else "")
+            + ": the input is malformed or hostile (fix or remove it), or a symbolic link "
+            "in the working folder points elsewhere",
+            path=path,
+        )
+    return path
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, which file, and the free space if full.
+
+    >>> import errno
+    >>> describe_os_error(OSError(errno.EACCES, "Permission denied", "/x/y.png"))
+    'Permission denied: /x/y.png'
+    """
+    text = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        text += f": {exc.filename}"
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        where = Path(str(exc.filename)) if exc.filename is not None else Path.cwd()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = shutil.disk_usage(where).free
+            text += f" ({free / 1e6:.1f} MB left on that disk)"
+        except OSError:
+            pass
+        text += ": free some space and run the same command again; it resumes"
+    return text
+
+
+#: OS errors about the machine, not one file: a run stops on them instead of skipping a unit.
+RESOURCE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EMFILE", "ENFILE", "ENOMEM")
+    if hasattr(errno, name))
+
+
+def raise_if_resource_error(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it is a full disk (or another machine-wide OS error).
+
+    Per-unit handlers call it first, so that one full disk is never recorded as a
+    thousand bad units.
+    """
+    if isinstance(exc, OSError) and exc.errno in RESOURCE_ERRNOS:
+        raise exc
+
+
+def remove_file(path: str | Path, *, source: str | None = None) -> bool:
+    """Delete a file through the guard (:func:`check_inside`); False if it was not there."""
+    path = check_inside(path, source=source)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def natural_key(name: str | Path) -> tuple[object, ...]:
@@ -82,7 +212,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     would give it (``0o666`` less the umask: ``0644`` under umask 022), so colleagues
     and a web server hosting montages can read it.
     """
-    path = Path(path)
+    path = check_inside(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent,
                                     suffix=path.suffix)
@@ -111,20 +241,87 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_image(path: str | Path) -> NDArray[np.generic]:
-    """Read a PNG or TIFF into a numpy array, with a clear error if it cannot be read."""
+def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:
+    """An image's shape and dtype name from its header alone (nothing is decoded).
+
+    PNG: ``(rows, cols)`` or ``(rows, cols, channels)`` from PIL's lazy open; TIFF: the
+    series' shape from tifffile. Raises InputError when the header cannot be read.
+    """
     path = Path(path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
-        with Image.open(path) as img:
-            img.load()
-            if img.mode == "P":
-                return np.asarray(img.convert("RGBA" if "transparency" in img.info else "RGB"))
-            return np.asarray(img)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(int(n) for n in series.shape), str(np.dtype(series.dtype))
+        with open(path, "rb") as fh:
+            header = _png_header(fh.read(29))
+        if header is not None:
+            return header
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return _pil_shape(img), _PIL_DTYPES.get(img.mode, "uint8")
     except FileNotFoundError:
         raise InputError("image not found", path=path) from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, IndexError, Image.DecompressionBombError) as exc:
+        raise InputError(f"cannot read this image's header ({exc}): it may be truncated or "
+                         "not an image: delete it and download or regenerate it",
+                         path=path) from None
+
+
+_PNG_BANDS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> bands (3, palette: ask PIL)
+
+
+def _png_header(head: bytes) -> tuple[tuple[int, ...], str] | None:
+    """Shape and dtype from a PNG's IHDR chunk as :func:`read_image` returns them."""
+    if not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR" or len(head) < 26:
+        return None
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    depth, colour = head[24], head[25]
+    bands = _PNG_BANDS.get(colour)
+    if bands is None:
+        return None
+    dtype = "uint16" if depth == 16 else "bool" if depth == 1 and bands == 1 else "uint8"
+    return ((height, width) if bands == 1 else (height, width, bands)), dtype
+
+
+_PIL_DTYPES = {"I;16": "uint16", "I;16B": "uint16", "I": "int32", "F": "float32", "1": "bool"}
+
+
+def _pil_shape(img: Image.Image) -> tuple[int, ...]:
+    width, height = img.size
+    bands = len(img.getbands()) if img.mode != "P" else (
+        4 if "transparency" in img.info else 3)
+    return (height, width) if bands == 1 else (height, width, bands)
+
+
+def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> NDArray[np.generic]:
+    """Read a PNG or TIFF into a numpy array, with a clear error if it cannot be read.
+
+    The size is checked from the header first: an image of more than ``max_pixels``
+    pixels per plane (a decompression bomb, or not what cellcrowd writes) is refused
+    before anything is decoded.
+    """
+    path = Path(path)
+    shape, _ = image_header(path)
+    pixels = shape[0] * shape[1] if len(shape) < 3 or shape[-1] <= 4 else shape[-2] * shape[-1]
+    if pixels > max_pixels:
+        raise InputError(f"the image is {'x'.join(map(str, shape))}: more than {max_pixels} "
+                         "pixels, refusing to decode it (a decompression bomb?)", path=path)
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return np.asarray(tifffile.imread(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                if img.mode == "P":
+                    return np.asarray(img.convert("RGBA" if "transparency" in img.info
+                                                  else "RGB"))
+                return np.asarray(img)
+    except FileNotFoundError:
+        raise InputError("image not found", path=path) from None
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise InputError(
             f"cannot read this image ({exc}); it may be truncated or not an image: "
             "delete it and download or regenerate it",

@@ -284,6 +284,10 @@ class WorkingFolder:
     def failures_csv(self, job_id: int | str) -> Path:
         return self.csv / f"job_{job_id}_download_failures.csv"
 
+    def report_problems_csv(self, job_id: int | str) -> Path:
+        """Report rows that could not be used, each with its reason."""
+        return self.csv / f"job_{job_id}_report_problems.csv"
+
     # -- montages, annotations, labels --------------------------------------------------
 
     @property

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from .errors import AnnotationError, GeometryError, InputError, LogError
 from .executor import Executor, run_tasks
-from .files import list_images, read_image, write_image
+from .files import image_header, list_images, raise_if_resource_error, read_image, write_image
 from .geometry import Position, TileGrid, montage_frame_range, num_montages
 from .layout import (
     MontageKey,
@@ -51,6 +51,7 @@ __all__ = [
     "MissingMontage",
     "MovieGeometry",
     "MoviesResult",
+    "check_raw_frames",
     "montages_to_movies",
     "raw_to_movies",
     "read_label_montage",
@@ -257,6 +258,7 @@ def _montage_to_frames(task: _AnnotatedTask) -> ItemResult:
         for frame, target in zip(frames, task.targets, strict=False):
             write_image(target, frame)
     except (OSError, ValueError) as exc:  # InputError subclasses ValueError
+        raise_if_resource_error(exc)
         return ItemResult(task.name, (), str(exc))
     return ItemResult(task.name, task.targets)
 
@@ -389,8 +391,54 @@ def _raw_frame_to_tiles(task: _RawTask) -> ItemResult:
         for pos, target in task.targets:
             write_image(target, task.grid.tile(frame, pos))
     except (OSError, ValueError) as exc:
+        raise_if_resource_error(exc)
         return ItemResult(task.source.name, (), str(exc))
     return ItemResult(task.source.name, tuple(t for _, t in task.targets))
+
+
+def check_raw_frames(paths: Sequence[Path], frame_shape: tuple[int, int], *,
+                     source: Path | None = None) -> None:
+    """Check every raw frame from its header, before any is used: one size, dtype, channels.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        The frames, in movie order.
+    frame_shape : (int, int)
+        The frame size the logs give (rows, cols).
+    source : Path, optional
+        The log that gives it, for the message.
+
+    Raises
+    ------
+    InputError
+        Names the first frame that cannot be read, or whose size differs from the logs',
+        or whose channels or dtype differ from the first frame's: what it is and what
+        was expected.
+    """
+    if not paths:
+        return
+    first_shape, first_dtype = image_header(paths[0])
+    said = f" ({source.name} says so)" if source is not None else ""
+    for t, path in enumerate(paths):
+        shape, dtype = image_header(path) if t else (first_shape, first_dtype)
+        problem = None
+        if tuple(shape[:2]) != tuple(frame_shape):
+            problem = (f"{shape[0]}x{shape[1]} pixels, but the frames of this movie are "
+                       f"{frame_shape[0]}x{frame_shape[1]}{said}")
+        elif shape[2:] != first_shape[2:]:
+            problem = (f"{_channels(shape)}, but the first frame ({paths[0].name}) has "
+                       f"{_channels(first_shape)}")
+        elif dtype != first_dtype:
+            problem = (f"{dtype}, but the first frame ({paths[0].name}) is {first_dtype}: "
+                       "frames of mixed dtypes would be at different scales")
+        if problem is not None:
+            raise InputError(f"raw frame {t} is {problem}: every frame of a movie must match; "
+                             "replace or convert this file", path=path)
+
+
+def _channels(shape: tuple[int, ...]) -> str:
+    return f"{shape[2]} channels" if len(shape) > 2 else "one channel (grey)"
 
 
 def raw_to_movies(
@@ -431,6 +479,8 @@ def raw_to_movies(
     if available > wanted:
         logger.info("using raw frames %d to %d of %d (as in the logs)",
                     offset, offset + wanted - 1, len(movie.raw_paths))
+    check_raw_frames(movie.raw_paths[offset:offset + wanted], movie.grid.frame_shape,
+                     source=wf.chopper_log)
     tasks = []
     for t, source in enumerate(movie.raw_paths[offset:offset + wanted]):
         part, f = part_of_montage(t // length), t % length

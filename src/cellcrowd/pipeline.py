@@ -76,9 +76,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from . import __version__
 from .config import Config, get_api_key
-from .errors import CellcrowdError, PipelineError
+from .errors import CellcrowdError, PipelineError, UnsafePathError
 from .executor import Executor, make_executor
-from .files import TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
+from .files import (
+    TMP_MARK,
+    atomic_write_text,
+    confine,
+    describe_os_error,
+    list_images,
+    natural_key,
+    remove_file,
+    sha256_file,
+)
 from .layout import WorkingFolder, part_numbers
 from .logs import read_logs
 
@@ -509,7 +518,8 @@ class _Pause:
         logger.warning("test hook %s: pausing stage %s %s for %g s", _PAUSE_ENV, stage, where,
                        seconds)
         if signal:
-            atomic_write_text(signal, f"{stage} {where}\n")
+            with confine(Path(signal).parent):  # the test's folder, outside the harvest's
+                atomic_write_text(signal, f"{stage} {where}\n")
         time.sleep(seconds)
 
 
@@ -594,7 +604,7 @@ def _remove_temporary_files(base: Path) -> None:
     for path in base.rglob(f"*{TMP_MARK}*"):
         if path.is_file():
             logger.info("removing %s (left by an interrupted run)", path)
-            path.unlink()
+            remove_file(path)
 
 
 def _old_parts(wf: WorkingFolder, *, redo: bool) -> None:
@@ -616,14 +626,21 @@ def _old_parts(wf: WorkingFolder, *, redo: bool) -> None:
 
 
 def _remove_stale(old: Mapping[str, Any] | None, new: Mapping[str, Any], base: Path) -> None:
-    """Delete files an earlier run of the stage wrote that this run did not."""
+    """Delete files an earlier run of the stage wrote that this run did not.
+
+    Only inside the working folder (:func:`cellcrowd.files.remove_file`): a recorded
+    output that resolves elsewhere is left alone, with a warning.
+    """
     if not old:
         return
-    for rel in set(old.get("outputs", {})) - set(new):
+    for rel in sorted(set(old.get("outputs", {})) - set(new)):
         path = _abs(rel, base)
         if path.is_file():
             logger.info("removing %s (no longer produced)", rel)
-            path.unlink()
+            try:
+                remove_file(path, source="the manifest's list of earlier outputs")
+            except UnsafePathError as exc:
+                logger.warning("not removing a stale output: %s", exc)
 
 
 def run(
@@ -697,17 +714,21 @@ def run(
     pause = _Pause()
     runs: list[StageRun] = []
     wf = config.working_folder()
-    with _lock(wf):
+    with _lock(wf), confine(wf.base):
         _remove_temporary_files(wf.base)
         _old_parts(working_folder(config), redo="movies" in force)
         manifest = _Manifest(wf)
         try:
             for stage in stages:
-                stage_run = _run_stage(
-                    stage, config, working_folder(config), manifest,
-                    selected=selected, force=force, progress=progress, pause=pause,
-                    get_executor=get_executor, get_key=get_key,
-                )
+                try:
+                    stage_run = _run_stage(
+                        stage, config, working_folder(config), manifest,
+                        selected=selected, force=force, progress=progress, pause=pause,
+                        get_executor=get_executor, get_key=get_key,
+                    )
+                except OSError as exc:  # writing the manifest or cleaning up
+                    raise PipelineError(
+                        f"stage {stage.name} failed: {describe_os_error(exc)}") from exc
                 runs.append(stage_run)
                 if progress is not None:
                     progress.finish(stage_run)
@@ -770,11 +791,13 @@ def _run_stage(
     try:
         out = stage.body(ctx)
     except CellcrowdError as exc:
-        manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
+        with contextlib.suppress(OSError):
+            manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
         raise
     except OSError as exc:
-        manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
-        raise PipelineError(f"stage {name} failed: {exc}") from exc
+        with contextlib.suppress(OSError):  # the disk may be full: the manifest can wait
+            manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
+        raise PipelineError(f"stage {name} failed: {describe_os_error(exc)}") from exc
     pause.end(name)
     outputs = _record(out.outputs, wf.base)
     _remove_stale(entry, outputs, wf.base)
@@ -887,11 +910,13 @@ def _no_settings(cfg: Config) -> dict[str, Any]:
 def _report_settings(cfg: Config) -> dict[str, Any]:
     s = cfg.service
     return {"job_id": cfg.job_id, "report_type": s.report_type, "api_url": s.api_url,
-            "api_version": s.api_version, "identifier": cfg.identifier}
+            "api_version": s.api_version, "identifier": cfg.identifier,
+            "allow_other_identifier": s.allow_other_identifier}
 
 
 def _fetch_settings(cfg: Config) -> dict[str, Any]:
-    return {"job_id": cfg.job_id, "report_type": cfg.service.report_type}
+    return {"job_id": cfg.job_id, "report_type": cfg.service.report_type,
+            "max_pixels": cfg.service.max_pixels}
 
 
 def _clean_settings(cfg: Config) -> dict[str, Any]:
@@ -938,23 +963,19 @@ def _existing(paths: Sequence[Path]) -> list[Path]:
 
 
 def _run_report(ctx: _Context) -> StageOutput:
-    from .appen.client import AppenClient
-    from .appen.report import read_report, write_broken_link_csvs
+    from .appen.report import write_broken_link_csvs, write_problems_csv
 
     cfg, wf = ctx.config, ctx.wf
     service = cfg.service
     dest = wf.report_csv(cfg.job_id, service.report_type)
-    client = AppenClient(ctx.api_key(), base_url=service.api_url,
-                         poll_interval=service.poll_interval)
-    try:
+    with _client(ctx) as client:
         client.download_report(cfg.job_id, dest, report_type=service.report_type,
                                api_version=service.api_version)
-    finally:
-        client.close()
-    judgments = read_report(dest, report_type=service.report_type)
+    judgments = _read_judgments(cfg, wf)
     broken = write_broken_link_csvs(judgments, dest, wf, cfg.job_id)
+    write_problems_csv(judgments, wf, cfg.job_id)
     outputs = _existing([dest, wf.broken_links_csv(cfg.job_id, service.report_type),
-                         wf.reupload_csv(cfg.job_id)])
+                         wf.reupload_csv(cfg.job_id), wf.report_problems_csv(cfg.job_id)])
     skipped = [SkippedUnit("report", name, "broken link: the annotator could not open the "
                            f"image; re-upload the rows of {wf.reupload_csv(cfg.job_id).name}")
                for name in broken]
@@ -969,23 +990,32 @@ def _read_judgments(cfg: Config, wf: WorkingFolder) -> Any:
     from .appen.report import read_report
 
     return read_report(wf.report_csv(cfg.job_id, cfg.service.report_type),
-                       report_type=cfg.service.report_type)
+                       report_type=cfg.service.report_type, identifier=cfg.identifier,
+                       allow_other_identifier=cfg.service.allow_other_identifier)
+
+
+def _client(ctx: _Context) -> Any:
+    """A client for the service with the configuration's bounds on every wait."""
+    from .appen.client import AppenClient
+
+    s = ctx.config.service
+    return AppenClient(ctx.api_key(), base_url=s.api_url, poll_interval=s.poll_interval,
+                       max_connections=s.concurrency, max_retry_after=s.max_wait,
+                       request_deadline=s.request_deadline, report_deadline=s.report_deadline)
 
 
 def _run_fetch(ctx: _Context) -> StageOutput:
-    from .appen.client import AppenClient
     from .download import download_annotations
 
     cfg, wf = ctx.config, ctx.wf
     judgments = _read_judgments(cfg, wf)
     usable = {(j.montage, j.unit_id, j.judgment_id) for j in judgments if j.usable}
     ctx.set_total(len(usable))
-    service = cfg.service
-    with AppenClient(ctx.api_key(), base_url=service.api_url,
-                     max_connections=service.concurrency) as client:
+    with _client(ctx) as client:
         result = download_annotations(judgments, wf, job_id=cfg.job_id,
-                                      concurrency=service.concurrency, client=client,
-                                      progress=ctx.item_done)
+                                      concurrency=cfg.service.concurrency, client=client,
+                                      progress=ctx.item_done,
+                                      max_pixels=cfg.service.max_pixels)
     failed = {(f.montage, f.unit, f.judgment) for f in result.failures}
     outputs = [wf.judgment_path(*key) for key in sorted(usable - failed)]
     outputs += [wf.annotation_path(m) for m in sorted(result.chosen)]
@@ -1246,8 +1276,8 @@ def _run_movies(ctx: _Context) -> StageOutput:
     labels = len(list(wf.labels.glob("*_labels.png"))) if wf.labels.is_dir() else 0
     raw = len(list_images(wf.raw)) if wf.raw.is_dir() else 0
     ctx.set_total(labels + raw)
-    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
     raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
+    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
     outputs = [f for item in annotated.items + raw_result.items for f in item.files]
     skipped = [SkippedUnit("movies", f"part{m.part} {position_name(m.position, wf.padding)}",
                            f"left out of part {m.part}: montage {m.montage}: {m.reason}")

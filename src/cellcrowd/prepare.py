@@ -44,7 +44,13 @@ from PIL import Image
 
 from .errors import InputError
 from .executor import Executor, run_tasks
-from .files import atomic_write_text, list_images, read_image, write_image
+from .files import (
+    atomic_write_text,
+    list_images,
+    raise_if_resource_error,
+    read_image,
+    write_image,
+)
 from .geometry import MontageLayout, TileGrid, montage_frame_range, num_montages
 from .layout import MontageKey, WorkingFolder
 from .logs import ChopperLog, MontageLog, write_log
@@ -281,6 +287,7 @@ def _write_montage_number(task: _MontageNumberTask) -> list[MontageTaskResult]:
     try:
         frames_last = np.moveaxis(_read_upload_frames(task), 0, -1)  # (H, W, n)
     except (OSError, ValueError) as exc:
+        raise_if_resource_error(exc)
         return [MontageTaskResult(key, None, None, f"{path.name}: {exc}")
                 for key, path in zip(task.keys, task.paths, strict=True)]
     truth_last = np.moveaxis(task.truth, 0, -1) if task.truth is not None else None
@@ -295,6 +302,7 @@ def _write_montage_number(task: _MontageNumberTask) -> list[MontageTaskResult]:
                 truth_stack = np.moveaxis(task.grid.tile(truth_last, pos), -1, 0)
                 write_image(truth_path, task.layout.make(truth_stack).astype(np.uint16))
         except (OSError, ValueError) as exc:
+            raise_if_resource_error(exc)
             results.append(MontageTaskResult(key, None, None, f"{path.name}: {exc}"))
         else:
             results.append(MontageTaskResult(key, path, truth_path))

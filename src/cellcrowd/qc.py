@@ -43,7 +43,14 @@ from numpy.typing import NDArray
 from skimage.segmentation import find_boundaries
 
 from .errors import InputError, redact
-from .files import atomic_write_text, list_images, natural_key, read_image, write_image
+from .files import (
+    atomic_write_text,
+    list_images,
+    natural_key,
+    read_image,
+    remove_file,
+    write_image,
+)
 from .geometry import Position, TileGrid, montage_frame_range, num_montages
 from .labels import CleanStats, decode_annotation
 from .layout import MontageKey, WorkingFolder, parse_montage_name, part_numbers, position_name
@@ -985,7 +992,7 @@ def _write_overlays(wf: WorkingFolder, qc: QcSummary) -> list[_Overlay]:
     for old in list_images(wf.qc) if wf.qc.is_dir() else []:
         if old.name.endswith("_overlay.png") and old not in keep:
             logger.info("QC: removing the old overlay %s", old.name)
-            old.unlink()
+            remove_file(old)
     return written
 
 

@@ -962,7 +962,7 @@ def stitch_movies(
         The movie has more than 65535 cells (they do not fit 16-bit label frames);
         the frames of the parts before the one that overflows are already written.
     """
-    from .movies import read_movie_geometry
+    from .movies import check_raw_frames, read_movie_geometry
 
     movie = read_movie_geometry(wf)
     wf, grid = movie.wf, movie.grid
@@ -975,6 +975,7 @@ def stitch_movies(
         logger.warning("%d raw frames found for %d stitched frames; stitched/raw not written",
                        len(raw_paths), total)
         raw_paths = []
+    check_raw_frames(raw_paths, grid.frame_shape, source=wf.chopper_log)
     # Streaming: each part is linked to the last frame of the one before, written, and
     # fed to the lineage as it arrives; only that last frame and the per-cell records
     # stay in memory (plus results the executor has finished ahead of this loop).

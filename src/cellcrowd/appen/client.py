@@ -29,8 +29,11 @@ Retries
     429, 5xx, connection errors, timeouts and truncated bodies are retried up to
     ``max_retries`` times with capped exponential backoff (``backoff`` × 2^n, at most
     ``max_backoff`` seconds, with jitter), or after the server's ``Retry-After`` when it
-    sends one (capped at ``max_retry_after``). Each retry logs one warning line. Every
-    wait goes through the ``sleep`` function given to the client, so tests can replace it.
+    sends one (capped at ``max_retry_after``; a wait of more than a minute is logged at
+    WARNING). Each retry logs one warning line. Every request, body included, must end
+    within ``request_deadline`` seconds, and a report must be ready within
+    ``report_deadline`` seconds of waiting (:mod:`cellcrowd.appen.http`). Every wait goes
+    through the ``sleep`` function given to the client, so tests can replace it.
     Redirects are followed by hand (at most ``max_redirects``); a retry starts again from
     the original URL, since a signed storage URL may have expired.
 
@@ -47,7 +50,6 @@ Reports
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import functools
 import getpass
 import json
@@ -63,7 +65,6 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -80,6 +81,8 @@ from ..errors import (
     redact,
 )
 from ..files import atomic_path
+from .http import DeadlineTransport, capped_wait
+from .http import retry_after as _retry_after
 
 __all__ = [
     "API_KEY_ENV_VARS",
@@ -312,7 +315,12 @@ class AppenClient:
     auth : {"header", "query"}
         Where the key goes: ``Authorization: Token token=…`` or ``?key=…``.
     backoff, max_backoff, max_retry_after : float
-        First retry delay, its cap, and the cap on a server's ``Retry-After``.
+        First retry delay, its cap, and the cap on a server's ``Retry-After`` (202, 429
+        and 5xx alike).
+    request_deadline : float
+        Seconds each request may take, from connecting to the last byte of the answer.
+    report_deadline : float
+        Seconds of waiting for a report to be generated before giving up.
     max_redirects : int
         Redirects followed per request.
     max_connections : int
@@ -349,6 +357,8 @@ class AppenClient:
         backoff: float = 1.0,
         max_backoff: float = 60.0,
         max_retry_after: float = 300.0,
+        request_deadline: float = 600.0,
+        report_deadline: float = 1800.0,
         max_redirects: int = 5,
         max_connections: int = 64,
         max_report_bytes: int = 4 << 30,
@@ -370,9 +380,8 @@ class AppenClient:
         self.max_retries = max_retries
         self.poll_interval = poll_interval
         self.max_polls = max_polls
-        self.backoff = backoff
-        self.max_backoff = max_backoff
-        self.max_retry_after = max_retry_after
+        self.backoff, self.max_backoff = backoff, max_backoff
+        self.max_retry_after, self.report_deadline = max_retry_after, report_deadline
         self.max_redirects = max_redirects
         self.max_connections = max_connections
         self.max_report_bytes = max_report_bytes
@@ -387,8 +396,9 @@ class AppenClient:
             proxy=proxy,
         )
         self._http = httpx.Client(
-            transport=_AuthTransport(inner, self._credentials),
-            timeout=httpx.Timeout(timeout, pool=None),
+            transport=_AuthTransport(DeadlineTransport(inner, request_deadline),
+                                     self._credentials),
+            timeout=httpx.Timeout(min(timeout, request_deadline), pool=None),
             follow_redirects=False,
             trust_env=False,
             headers={"User-Agent": "cellcrowd"},
@@ -472,7 +482,7 @@ class AppenClient:
                     f"{start.host}: check the base URL and try again later",
                     url=self.redact(str(start)),
                 ) from None
-            delay = self._retry_delay(attempt, retry_after)
+            delay = self._retry_delay(attempt, retry_after, what)
             logger.warning(
                 "%s: %s; retry %d of %d in %.1f s",
                 what, self.redact(reason), attempt + 1, self.max_retries, delay,
@@ -569,9 +579,9 @@ class AppenClient:
         return (f"; the base URL {self.redact(given)} names no API version{used}: give the "
                 "full versioned URL, e.g. https://api.appen.com/v1")
 
-    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
+    def _retry_delay(self, attempt: int, retry_after: float | None, what: str) -> float:
         if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
+            return capped_wait(retry_after, self.max_retry_after, what)
         delay = min(self.max_backoff, self.backoff * 2.0**attempt)
         return delay * (0.5 + 0.5 * self._random.random())
 
@@ -678,22 +688,26 @@ class AppenClient:
                       "filename": f"job_{job_id}_{report_type}_report.zip"}
         else:
             method, params = "GET", {"type": report_type}
-        started = time.monotonic()
+        started, waited = time.monotonic(), 0.0
         for poll in range(self.max_polls + 1):
             wait = self.send(method, url, params=params, what=what,
                              handle=lambda r: self._save_report(r, target, what))
             if wait is None:
                 return
-            if poll == self.max_polls:
+            delay = capped_wait(wait, self.max_retry_after, what) if wait > 0 else (
+                self.poll_interval)
+            spent = max(waited, time.monotonic() - started)
+            if poll == self.max_polls or spent + delay > self.report_deadline:
                 break
-            delay = wait if wait > 0 else self.poll_interval
             logger.info("%s is being generated; asking again in %.0f s (poll %d of %d)",
                         what, delay, poll + 1, self.max_polls)
             self._sleep(delay)
+            waited += delay
         raise ReportNotReadyError(
-            f"{what} was still being generated after {self.max_polls} polls "
-            f"({time.monotonic() - started:.0f} s here): large jobs can take minutes; run the "
-            "download again later, or poll longer: raise [service] poll_interval",
+            f"{what} was still being generated after {poll} polls and "
+            f"{max(waited, time.monotonic() - started):.0f} s of waiting (limits: "
+            f"{self.max_polls} polls, {self.report_deadline:g} s, service.report_deadline): "
+            "large jobs can take minutes; run the download again later, or allow more time",
             url=self.redact(url), status=202,
         )
 
@@ -732,24 +746,6 @@ def _check_report_type(report_type: str) -> None:
         raise ValueError(
             f"unknown report type {report_type!r}: use one of {', '.join(REPORT_TYPES)}"
         )
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (seconds or an HTTP date), if any."""
-    value = response.headers.get("retry-after", "").strip()
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def _server_message(response: httpx.Response) -> str:

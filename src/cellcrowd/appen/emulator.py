@@ -351,6 +351,12 @@ class Emulator:
             self._reports[(job_id, report_type)] = member
         return member
 
+    def replace_report(self, job_id: int, report_type: str, data: bytes) -> None:
+        """Serve ``data`` as the report's single file from now on (hostile-report tests)."""
+        name, _ = self.report_member(job_id, report_type)
+        with self._lock:
+            self._reports[(job_id, report_type)] = (name, data)
+
     def report_zip(self, job_id: int, report_type: str) -> bytes:
         """The zip a ready report is served as."""
         name, data = self.report_member(job_id, report_type)

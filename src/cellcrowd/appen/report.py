@@ -6,23 +6,20 @@ service's chosen answer); the *json* report one unit per line with every judgmen
 the raw row (for JSON lines, a row shaped like the full report's) so the rows can be
 written back as CSV.
 
-Nothing is dropped silently: a row whose ``image_url`` is not a montage name, or whose
-annotation has no URL while ``broken_link`` is false, becomes a :class:`ReportProblem` in
-``Report.problems`` (and one warning line). Malformed values (annotation JSON, booleans,
-trust scores) and missing columns raise :class:`~cellcrowd.errors.ReportError` naming the
-file, the 1-based data row (or JSON line) and the column.
+Nothing is dropped silently, and one bad row never stops the harvest: a row that cannot
+become a usable judgment is a :class:`ReportProblem` in ``Report.problems`` (one warning
+line in all), with its reason: an ``image_url`` that is not a montage name, an annotation
+without URL while ``broken_link`` is false, malformed values (annotation JSON, booleans,
+trust scores), bytes that are not UTF-8 (the rest is decoded; the row and column are
+named), ids that are not what the service issues (digits), a montage of another
+identifier (unless ``allow_other_identifier``), and conflicting duplicates (the same
+judgment id with other content: every copy is a problem, none wins). Every value that
+reaches a file name is checked here, so a report can never name a path. Only a report
+with missing columns, or with rows none of which is usable, raises
+:class:`~cellcrowd.errors.ReportError` naming the file (and the first problem).
 
-Broken links
-    A montage is *still broken* when at least one judgment of it reported a broken link
-    and no judgment of it has a usable annotation. In the seed notebook the good
-    judgment comes later in the report (the row was re-uploaded and annotated); here any
-    good judgment of the same image clears its broken ones, so one worker's broken link
-    never discards another worker's annotation. :func:`write_broken_link_csvs` writes
-    ``CSV/job_{id}_{type}_report_broken_links.csv`` (every column of the broken rows of
-    still-broken montages) and ``CSV/job_{id}_reupload.csv`` (``identifier,image_url``,
-    one row per still-broken image). When nothing is still broken no file is written,
-    and stale ones from an earlier run are removed, so an old re-upload list is never
-    mistaken for a current one.
+Broken links and the problem rows are written by :mod:`cellcrowd.appen.report_csvs`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -39,8 +36,15 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..errors import InputError, ReportError
-from ..files import atomic_write_text, natural_key
-from ..layout import MontageKey, WorkingFolder, parse_montage_name
+from ..layout import MontageKey, parse_montage_name
+from .report_csvs import still_broken, write_broken_link_csvs, write_problems_csv
+from .screen import (
+    conflicting_duplicates,
+    decode_report,
+    other_identifier,
+    printable,
+    undecodable,
+)
 
 __all__ = [
     "FULL_REPORT_COLUMNS",
@@ -54,6 +58,7 @@ __all__ = [
     "read_report",
     "still_broken",
     "write_broken_link_csvs",
+    "write_problems_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,7 +78,8 @@ _REQUIRED = {
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0", ""})
 _FIELD_LIMIT = 1 << 27  # annotation JSON (polygons) can exceed csv's 128 kB default
-_REPORT_NAME = re.compile(r"^job_.+?_(?P<type>[a-z_]+?)_report\.csv$")
+_SERVICE_ID = re.compile(r"^[0-9]{1,20}$")
+_SAFE_NAME = re.compile(r"^[^/\\\x00-\x1f]+$")
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,8 @@ class ReportProblem:
     reason: str
 
     def __str__(self) -> str:
-        return f"row {self.row} (unit {self.unit_id}): {self.reason}"
+        unit = f" (unit {self.unit_id})" if self.unit_id else ""
+        return f"row {self.row}{unit}: {self.reason}"
 
 
 class Report(list[Judgment]):
@@ -266,7 +273,8 @@ def montage_from_url(image_url: str) -> tuple[str, MontageKey]:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def read_report(path: str | Path, *, report_type: str = "full") -> Report:
+def read_report(path: str | Path, *, report_type: str = "full", identifier: str | None = None,
+                allow_other_identifier: bool = False) -> Report:
     """Read a full, aggregated or JSON-lines report into :class:`Judgment` records.
 
     Parameters
@@ -275,12 +283,23 @@ def read_report(path: str | Path, *, report_type: str = "full") -> Report:
         The report (``wf.report_csv(job_id, report_type)``).
     report_type : {"full", "aggregated", "json"}
         What kind of report it is.
+    identifier : str, optional
+        The configuration's identifier: rows of montages of another identifier are
+        problems (the report is of another experiment), unless ``allow_other_identifier``.
+    allow_other_identifier : bool
+        Use rows of any identifier (the user says the report is the intended one).
 
     Returns
     -------
     Report
         A list of judgments in report order, with ``.problems`` for the rows that could
         not be used (each also logged once as a summary warning).
+
+    Raises
+    ------
+    ReportError
+        The report is missing, empty, not text, lacks a required column, or has rows
+        none of which is usable.
     """
     path = Path(path)
     if report_type not in JUDGMENT_REPORT_TYPES:
@@ -288,25 +307,39 @@ def read_report(path: str | Path, *, report_type: str = "full") -> Report:
             f"report type {report_type!r} holds no judgments: use one of "
             f"{', '.join(JUDGMENT_REPORT_TYPES)}"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ReportError("report not found: download it first (cellcrowd download)",
-                          path=path) from None
-    except UnicodeDecodeError as exc:
-        raise ReportError(f"not a UTF-8 text file ({exc.reason} at byte {exc.start}): is it "
-                          "still zipped?", path=path) from None
-    if not text.strip():
-        raise ReportError("the report is empty (not even a header row): download it again",
-                          path=path)
+    text = decode_report(path)
     report = _read_json_lines(text, path) if report_type == "json" else _read_csv(
         text, path, report_type)
+    if identifier is not None and not allow_other_identifier:
+        report = _screen(report, other_identifier(report, identifier))
+    report = _screen(report, conflicting_duplicates(report))
+    if report.problems and not report:
+        raise ReportError(
+            f"no usable row: all {len(report.problems)} row(s) were skipped, the first "
+            f"because {report.problems[0]}" + (
+                "; if this report is intended for this configuration, set "
+                "service.allow_other_identifier = true" if identifier is not None and any(
+                    "identifier" in p.reason for p in report.problems) else ""),
+            path=path)
     if report.problems:
         logger.warning(
             "%s: %d row(s) could not be used, first: %s", path.name, len(report.problems),
             report.problems[0],
         )
     return report
+
+
+def _screen(report: Report, reasons: Mapping[int, str]) -> Report:
+    """The report without the judgments at the given indices, which become problems."""
+    if not reasons:
+        return report
+    kept = [j for i, j in enumerate(report) if i not in reasons]
+    problems = list(report.problems) + [
+        ReportProblem(j.row_number, j.unit_id, j.judgment_id, j.image_url, reasons[i])
+        for i, j in enumerate(report) if i in reasons]
+    problems.sort(key=lambda p: p.row)
+    return Report(kept, problems=problems, path=report.path, report_type=report.report_type,
+                  columns=report.columns)
 
 
 def _read_csv(text: str, path: Path, report_type: str) -> Report:
@@ -327,7 +360,7 @@ def _read_csv(text: str, path: Path, report_type: str) -> Report:
         for number, row in enumerate(reader, start=1):
             clean = {k: (v if isinstance(v, str) else "") for k, v in row.items()
                      if k is not None}
-            _add(_judgment_from_row(clean, path, number, report_type), judgments, problems)
+            _add(_row_or_problem(clean, path, number, report_type), judgments, problems)
     except csv.Error as exc:
         raise ReportError(f"malformed CSV ({exc})", path=path,
                           row=reader.line_num) from None
@@ -341,6 +374,23 @@ def _add(item: Judgment | ReportProblem, judgments: list[Judgment],
         judgments.append(item)
     else:
         problems.append(item)
+
+
+def _row_or_problem(row: dict[str, str], path: Path, number: int,
+                    report_type: str) -> Judgment | ReportProblem:
+    """The row's judgment, or a problem naming what is wrong with it."""
+    unit = printable(row.get("_unit_id", "")).strip()
+    jid = "aggregated" if report_type == "aggregated" else printable(row.get("_id", "")).strip()
+    image_url = printable(row.get("image_url", "")).strip()
+    bad_bytes = undecodable(row)
+    if bad_bytes is not None:
+        return ReportProblem(number, unit, jid, image_url, bad_bytes)
+    try:
+        return _judgment_from_row(row, path, number, report_type)
+    except ReportError as exc:
+        where = f"{path}, row {number}, "
+        reason = str(exc)
+        return ReportProblem(number, unit, jid, image_url, reason.removeprefix(where))
 
 
 def _judgment_from_row(row: dict[str, str], path: Path, number: int,
@@ -378,10 +428,18 @@ def _make_judgment(
     url = parse_annotation_url(annotation, path=path, row=number, column="annotation")
     if not ids["unit_id"]:
         return problem("no unit id (_unit_id is empty)")
+    for name, column in (("unit_id", "_unit_id"), ("judgment_id", "_id")):
+        value = ids[name]
+        if not _SERVICE_ID.match(value) and not (name == "judgment_id" and value == "aggregated"):
+            return problem(f"column {column!r}: {value[:80]!r} is not an id the service issues "
+                           "(digits only): the report was edited or is not from the service")
     try:
         montage, key = montage_from_url(image_url)
+        parse_montage_name(montage)
+        if not _SAFE_NAME.match(montage):
+            raise InputError("unsafe characters")
     except InputError:
-        return problem(f"image_url {image_url!r} is not a montage name "
+        return problem(f"image_url {image_url[:200]!r} is not a montage name "
                        "('{identifier}_x_{X}_y_{Y}_montage_{M}.png'): was it uploaded by "
                        "cellcrowd prepare?")
     if url is not None and not re.match(r"(?i)^https?://", url):
@@ -405,7 +463,12 @@ def _read_json_lines(text: str, path: Path) -> Report:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        unit = _json_unit(line, path, number)
+        try:
+            unit = _json_unit(line, path, number)
+        except ReportError as exc:
+            problems.append(ReportProblem(number, "", "", "", str(exc).removeprefix(
+                f"{path}, row {number}, ").removeprefix(f"{path}, row {number}: ")))
+            continue
         unit_id = str(unit.get("id", "")).strip()
         data = unit["data"]
         raw_judgments = unit["results"]["judgments"]
@@ -414,9 +477,14 @@ def _read_json_lines(text: str, path: Path) -> Report:
                                           "the unit has no judgments yet"))
             continue
         for item in raw_judgments:
-            row = _full_row(unit_id, item, data, path, number)
+            try:
+                row = _full_row(unit_id, item, data, path, number)
+            except ReportError as exc:
+                problems.append(ReportProblem(number, unit_id, "", "", str(exc).removeprefix(
+                    f"{path}, row {number}, ")))
+                continue
             columns.update(dict.fromkeys(row))
-            _add(_judgment_from_row(row, path, number, "full"), judgments, problems)
+            _add(_row_or_problem(row, path, number, "full"), judgments, problems)
     return Report(judgments, problems=problems, path=path, report_type="json",
                   columns=tuple(columns))
 
@@ -468,84 +536,3 @@ def _cell(value: object) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
-
-
-# -- broken links ----------------------------------------------------------------------------
-
-
-def still_broken(judgments: Iterable[Judgment]) -> list[str]:
-    """Montages with a broken-link judgment and no usable one, in natural order."""
-    broken: set[str] = set()
-    good: set[str] = set()
-    for j in judgments:
-        if j.usable:
-            good.add(j.montage)
-        elif j.broken_link:
-            broken.add(j.montage)
-    return sorted(broken - good, key=natural_key)
-
-
-def write_broken_link_csvs(
-    judgments: Sequence[Judgment], report_csv: str | Path, wf: WorkingFolder,
-    job_id: int | str, *, report_type: str | None = None,
-) -> list[str]:
-    """Write the broken-link and re-upload CSVs; return the still-broken montage names.
-
-    Parameters
-    ----------
-    judgments : sequence of Judgment
-        The report's judgments (a :class:`Report` or any list).
-    report_csv : Path
-        The report they came from; its name gives the report type when
-        ``report_type`` is not given (``job_{id}_{type}_report.csv``).
-    wf : WorkingFolder
-        Where the CSVs go (``wf.broken_links_csv``, ``wf.reupload_csv``).
-    job_id : int or str
-        The job.
-
-    Returns
-    -------
-    list of str
-        Montage names (image file names without suffix) that no judgment annotated.
-    """
-    kind = report_type or _type_from_name(Path(report_csv), judgments)
-    broken_csv, reupload_csv = wf.broken_links_csv(job_id, kind), wf.reupload_csv(job_id)
-    names = still_broken(judgments)
-    if not names:
-        for stale in (broken_csv, reupload_csv):
-            if stale.exists():
-                logger.info("no broken links left: removing the old %s", stale.name)
-                stale.unlink()
-        return []
-    wanted = set(names)
-    rows = [j for j in judgments if j.broken_link and j.montage in wanted]
-    columns = list(getattr(judgments, "columns", ()) or ())
-    for j in rows:
-        columns.extend(k for k in j.row if k not in columns)
-    atomic_write_text(broken_csv, _csv_text(columns, (j.row for j in rows)))
-    first: dict[str, Judgment] = {}
-    for j in rows:
-        first.setdefault(j.montage, j)
-    reupload = ({"identifier": j.identifier, "image_url": j.image_url}
-                for j in sorted(first.values(), key=lambda j: natural_key(j.montage)))
-    atomic_write_text(reupload_csv, _csv_text(["identifier", "image_url"], reupload))
-    logger.warning("%d montage(s) still have broken links: listed in %s, ready to re-upload "
-                   "from %s", len(names), broken_csv.name, reupload_csv.name)
-    return names
-
-
-def _type_from_name(report_csv: Path, judgments: Sequence[Judgment]) -> str:
-    kind = getattr(judgments, "report_type", None)
-    match = _REPORT_NAME.match(report_csv.name)
-    if match:
-        return match["type"]
-    return kind if isinstance(kind, str) else "full"
-
-
-def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n",
-                            extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()

@@ -33,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError, LineageError
-from ..files import atomic_write_text, read_image, write_image
+from ..files import atomic_write_text, read_image, remove_file, write_image
 from ..layout import WorkingFolder
 from ..stitch import frames_per_label, read_stitched
 from .trk import _int_keys, _movie, _raw, validate_lineage
@@ -185,7 +185,7 @@ def write_ctc(folder: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
     for directory, pattern in ((raw_dir, _RAW_RE), (tra_dir, _MASK_RE)):
         for path in directory.iterdir():
             if pattern.match(path.name) and path not in written:
-                path.unlink()  # a frame of an earlier, longer export
+                remove_file(path)  # a frame of an earlier, longer export
     logger.info("wrote CTC sequence %s in %s: %d frames, %d tracks", sequence, folder,
                 movie.shape[0], len(tracks))
     return folder
