@@ -65,8 +65,6 @@ merge; it is still scored against the consensus.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -76,10 +74,9 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+from scipy import ndimage
 
+from .cellmatch import Cells, assign, compact, match_cells, overlap_iou
 from .errors import AnnotationError, CellcrowdError, GeometryError
 from .executor import Executor, run_tasks
 from .files import read_image, write_image
@@ -282,123 +279,7 @@ def _check_params(min_iou: float, min_support: float) -> None:
 # -- building blocks -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Cells:
-    """One annotator's labels as compact ids ``1..n`` numbered by first appearance."""
-
-    compact: NDArray[np.int32]  # flat, 0 background
-    ids: NDArray[np.int64]  # original id of compact id c at [c - 1]
-    areas: NDArray[np.int64]  # pixels of compact id c at [c - 1]
-
-    @property
-    def count(self) -> int:
-        return int(self.ids.size)
-
-    def key(self) -> bytes:
-        """Hash of the labels, the same whatever ids the annotator used."""
-        return hashlib.blake2b(self.compact.astype("<i4").tobytes(), digest_size=16).digest()
-
-
-def _compact(flat: NDArray[np.generic]) -> _Cells:
-    fg = np.flatnonzero(flat)
-    values, first, inverse, counts = np.unique(
-        flat[fg], return_index=True, return_inverse=True, return_counts=True)
-    order = np.argsort(first, kind="stable")
-    lut = np.empty(values.size, dtype=np.int32)
-    lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    compact = np.zeros(flat.shape, dtype=np.int32)
-    compact[fg] = lut[inverse.ravel()]
-    return _Cells(compact, values[order].astype(np.int64), counts[order].astype(np.int64))
-
-
-def _overlap_iou(a: _Cells, b: _Cells) -> tuple[NDArray[np.int64], NDArray[np.int64],
-                                                NDArray[np.float64]]:
-    """Pairs (cell of ``a``, cell of ``b``) that share pixels, and their IoU (sparse)."""
-    both = (a.compact > 0) & (b.compact > 0)
-    stride = np.int64(b.count + 1)
-    packed = a.compact[both].astype(np.int64) * stride + b.compact[both]
-    pairs, inter = np.unique(packed, return_counts=True)
-    rows, cols = pairs // stride, pairs % stride
-    union = a.areas[rows - 1] + b.areas[cols - 1] - inter
-    return rows, cols, inter / union
-
-
-def _assign(rows: NDArray[np.int64], cols: NDArray[np.int64], scores: NDArray[np.float64],
-            min_score: float) -> tuple[NDArray[np.int64], NDArray[np.int64],
-                                       NDArray[np.float64]]:
-    """Hungarian assignment maximising the total score over pairs scoring >= ``min_score``.
-
-    The pairs fall apart into independent groups (cells that overlap nothing else
-    form a group of one pair); each group of several pairs is solved on its own.
-    """
-    ok = scores >= min_score
-    rows, cols, scores = rows[ok], cols[ok], scores[ok]
-    if not rows.size:
-        return rows, cols, scores
-    urows, ri = np.unique(rows, return_inverse=True)
-    ucols, ci = np.unique(cols, return_inverse=True)
-    ri, ci = ri.ravel(), ci.ravel()
-    size = urows.size + ucols.size
-    graph = coo_matrix((np.ones(ri.size), (ri, urows.size + ci)), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
-    pair_component = component[ri]
-    pairs_in = np.bincount(pair_component, minlength=size)
-    single = pairs_in[pair_component] == 1
-    out_r, out_c, out_s = [urows[ri[single]]], [ucols[ci[single]]], [scores[single]]
-    for comp in np.flatnonzero(pairs_in > 1).tolist():
-        sel = np.flatnonzero(pair_component == comp)
-        sub_r, r_idx = np.unique(ri[sel], return_inverse=True)
-        sub_c, c_idx = np.unique(ci[sel], return_inverse=True)
-        matrix = np.zeros((sub_r.size, sub_c.size))
-        matrix[r_idx.ravel(), c_idx.ravel()] = scores[sel]
-        r, c = linear_sum_assignment(matrix, maximize=True)
-        keep = matrix[r, c] >= min_score
-        out_r.append(urows[sub_r[r[keep]]])
-        out_c.append(ucols[sub_c[c[keep]]])
-        out_s.append(matrix[r[keep], c[keep]])
-    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_s)
-
-
-def _match(cells: list[_Cells], weights: list[float], min_iou: float
-           ) -> tuple[list[NDArray[np.int64]], NDArray[np.float64]]:
-    """Group cells across annotators (rule 2).
-
-    Returns, per annotator, the consensus cell of each compact id (index ``c``;
-    entry 0 unused) and each consensus cell's support.
-    """
-    offsets = np.cumsum([0] + [c.count for c in cells])
-    owner = np.repeat(np.arange(len(cells)), [c.count for c in cells])
-    found: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]] = []
-    for j, k in itertools.combinations(range(len(cells)), 2):
-        r, c, iou = _assign(*_overlap_iou(cells[j], cells[k]), min_iou)
-        found.append((offsets[j] + r - 1, offsets[k] + c - 1, iou))
-    parent = list(range(int(offsets[-1])))
-    seen = [1 << int(k) for k in owner]  # annotators in each root's group (bit mask)
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    if found:
-        a, b, iou = (np.concatenate(x) for x in zip(*found, strict=True))
-        for e in np.lexsort((b, a, -iou)).tolist():
-            ra, rb = root(int(a[e])), root(int(b[e]))
-            if ra != rb and not seen[ra] & seen[rb]:
-                low, high = min(ra, rb), max(ra, rb)
-                parent[high] = low
-                seen[low] |= seen[high]
-    roots = np.array([root(n) for n in range(len(parent))], dtype=np.int64)
-    _, group = np.unique(roots, return_inverse=True)
-    group = group.ravel().astype(np.int64)
-    support = np.bincount(group, weights=np.asarray(weights)[owner])
-    group_of = [np.concatenate([[-1], group[offsets[k]:offsets[k + 1]]]).astype(np.int64)
-                for k in range(len(cells))]
-    return group_of, support.astype(np.float64)
-
-
-def _fuse(cells: list[_Cells], weights: list[float], group_of: list[NDArray[np.int64]],
+def _fuse(cells: list[Cells], weights: list[float], group_of: list[NDArray[np.int64]],
           support: NDArray[np.float64], kept: NDArray[np.bool_], min_support: float,
           tol: float) -> NDArray[np.int64]:
     """Pixel vote (rule 4): the winning consensus cell index per pixel, -1 for background."""
@@ -422,11 +303,11 @@ def _fuse(cells: list[_Cells], weights: list[float], group_of: list[NDArray[np.i
     return winner
 
 
-def _agreement(index: int, weight: float, cells: _Cells, consensus: _Cells
+def _agreement(index: int, weight: float, cells: Cells, consensus: Cells
                ) -> AnnotatorAgreement:
     n, m = cells.count, consensus.count
-    rows, cols, iou = _overlap_iou(cells, consensus)
-    _, _, paired = _assign(rows, cols, iou, np.nextafter(0.0, 1.0))
+    rows, cols, iou = overlap_iou(cells, consensus)
+    _, _, paired = assign(rows, cols, iou, np.nextafter(0.0, 1.0))
     matched = int(np.count_nonzero(paired >= AGREEMENT_IOU))
     if n == 0 and m == 0:
         return AnnotatorAgreement(index, weight, 0, 0, 1.0, 1.0, 1.0, 1.0)
@@ -439,7 +320,7 @@ def _agreement(index: int, weight: float, cells: _Cells, consensus: _Cells
     )
 
 
-def _dropped(order: list[int], cells: list[_Cells], group_of: list[NDArray[np.int64]],
+def _dropped(order: list[int], cells: list[Cells], group_of: list[NDArray[np.int64]],
              share: NDArray[np.float64], kept: NDArray[np.bool_], present: NDArray[np.bool_]
              ) -> list[DroppedCell]:
     """Every member of a consensus cell missing from the output, by annotator and id."""
@@ -539,7 +420,7 @@ def merge_labels(
     weight_list = _check_weights(weights, len(images))
     _check_params(min_iou, min_support)
     shape = images[0].shape
-    all_cells = [_compact(_flatten(image, layout, i)) for i, image in enumerate(images)]
+    all_cells = [compact(_flatten(image, layout, i)) for i, image in enumerate(images)]
 
     active = [i for i, w in enumerate(weight_list) if w > 0]
     order = sorted(active, key=lambda i: (-weight_list[i], all_cells[i].key()))
@@ -548,10 +429,10 @@ def merge_labels(
     total = float(sum(weights_in_order))
     tol = _REL_TOL * total
 
-    group_of, support = _match(cells, weights_in_order, min_iou)
+    group_of, support = match_cells(cells, weights_in_order, min_iou)
     kept = support > min_support * total + tol
     winner = _fuse(cells, weights_in_order, group_of, support, kept, min_support, tol)
-    consensus = _compact(winner + 1)
+    consensus = compact(winner + 1)
     present = np.zeros(support.size, dtype=bool)
     present[consensus.ids - 1] = True
     dropped = _dropped(order, cells, group_of, support / total, kept, present)

@@ -26,8 +26,9 @@ only partly filled larger holes and wrapped ids above 255. Here:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
@@ -38,8 +39,8 @@ from skimage.measure import label as _skimage_label
 
 from .errors import AnnotationError, CellcrowdError
 from .executor import Executor, run_tasks
-from .files import read_image, write_image
-from .geometry import MontageLayout
+from .files import atomic_write_text, natural_key, read_image, write_image
+from .geometry import MontageLayout, TileGrid
 from .logs import MontageLog
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "clean_task",
     "decode_annotation",
     "relabel_sequential",
+    "tile_window",
+    "write_clean_stats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -226,8 +229,24 @@ def _border(image: NDArray[np.intp]) -> NDArray[np.intp]:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
+#: Where real image data lies inside a frame (row and column slices); the rest is the
+#: zero padding of a tile that continues past the image's edge. None: all of it.
+Window = tuple[slice, slice]
+
+
+def _edges(shape: tuple[int, int], window: Window | None
+           ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """The image data mask, and the edge mask: frame border plus the data's own border."""
+    data = np.zeros(shape, dtype=bool)
+    data[window if window is not None else (slice(None), slice(None))] = True
+    edge = np.zeros(shape, dtype=bool)
+    edge[[0, -1], :] = edge[:, [0, -1]] = True
+    inner = ndimage.binary_erosion(data, border_value=1)  # data pixels next to padding: edge
+    return data, edge | (data & ~inner)
+
+
 def _drop_specks(
-    labels: NDArray[np.int32], min_size: int
+    labels: NDArray[np.int32], min_size: int, window: Window | None = None
 ) -> tuple[NDArray[np.int32], int, int]:
     """Drop every 8-connected part of a cell under ``min_size`` px (see :func:`clean_labels`)."""
     comps: NDArray[np.intp] = np.asarray(
@@ -240,15 +259,17 @@ def _drop_specks(
     sizes = np.bincount(flat, minlength=count + 1)
     cell = np.zeros(count + 1, dtype=np.int64)
     cell[flat] = labels.ravel()
-    on_edge = np.zeros(count + 1, dtype=bool)
-    on_edge[_border(comps)] = True
-    # The largest part of each cell (ties: the first in raster order).
-    order = np.lexsort((np.arange(1, count + 1), -sizes[1:], cell[1:])) + 1
+    data, edge = _edges(labels.shape, window)  # type: ignore[arg-type]
+    on_edge = np.bincount(flat[edge.ravel()], minlength=count + 1) > 0
+    in_data = np.bincount(flat[data.ravel()], minlength=count + 1)
+    # The largest part of each cell with image data (ties: the first in raster order);
+    # a part lying only in the padding never is: the cell is not in this frame.
+    order = np.lexsort((np.arange(1, count + 1), -sizes[1:], in_data[1:] == 0, cell[1:])) + 1
     first = np.ones(count, dtype=bool)
     first[1:] = cell[order[1:]] != cell[order[:-1]]
     largest = np.zeros(count + 1, dtype=bool)
     largest[order[first]] = True
-    keep = (sizes >= min_size) | (largest & on_edge)
+    keep = (sizes >= min_size) | (largest & on_edge & (in_data > 0))
     keep[0] = True
     dropped = ~keep
     out = np.where(keep[comps], labels, 0).astype(np.int32)
@@ -285,16 +306,17 @@ def _fill_holes(
 
 
 def _clean_frame(
-    labels: NDArray[np.generic], min_size: int, max_hole: int
+    labels: NDArray[np.generic], min_size: int, max_hole: int, window: Window | None = None
 ) -> tuple[NDArray[np.int32], CleanStats]:
-    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size)
+    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size, window)
     filled, holes, pixels = _fill_holes(kept, max_hole)
     cells = int(np.unique(filled).size - (1 if (filled == 0).any() else 0))
     return filled, CleanStats(cells, specks, removed, holes, pixels)
 
 
 def clean_labels(
-    labels: NDArray[np.generic], *, min_size: int = 10, max_hole: int = 64
+    labels: NDArray[np.generic], *, min_size: int = 10, max_hole: int = 64,
+    window: Window | None = None,
 ) -> NDArray[np.int32]:
     """Clean one label frame per cell: drop small parts, fill small holes, keep boundaries.
 
@@ -302,8 +324,11 @@ def clean_labels(
        side or a corner). A part under ``min_size`` pixels is dropped, also
        where it touches another cell (the original worked on the binary mask
        and kept those). Exception: a cell's largest part (ties: the first in
-       raster order) is kept, however small, when it touches the frame edge,
-       because tiles cut real cells at their borders into small slivers.
+       raster order) is kept, however small, when it touches an edge (the
+       frame's, or the image's: the border of ``window``), because tiles cut
+       real cells at their borders into small slivers. A part lying wholly in
+       the zero padding outside ``window`` is never a cell's largest part: a
+       speck there is dropped unless it has ``min_size`` pixels on its own.
     2. A background region (4-connected) under ``max_hole`` pixels that does
        not touch the frame edge and whose 4-neighbours all belong to ONE cell
        is filled with that cell, completely. Regions bordered by several cells
@@ -320,6 +345,10 @@ def clean_labels(
         Smallest part kept, in pixels.
     max_hole : int
         Holes of fewer pixels than this are filled.
+    window : (slice, slice), optional
+        Where the image's data lies in the frame, when the frame is a tile that
+        continues past the image's edge into zero padding
+        (:func:`tile_window`). Default: the whole frame is image.
 
     Returns
     -------
@@ -349,7 +378,7 @@ def clean_labels(
     labels = np.asarray(labels)
     _check_labels(labels)
     _check_sizes(min_size, max_hole)
-    return _clean_frame(labels, min_size, max_hole)[0]
+    return _clean_frame(labels, min_size, max_hole, window)[0]
 
 
 def relabel_sequential(labels: NDArray[np.generic]) -> NDArray[np.generic]:
@@ -389,6 +418,7 @@ def clean_montage(
     *,
     min_size: int = 10,
     max_hole: int = 64,
+    window: Window | None = None,
 ) -> tuple[NDArray[np.uint16], CleanStats]:
     """Clean every frame of a label montage on its own, then relabel the montage to ``1..n``.
 
@@ -397,7 +427,8 @@ def clean_montage(
     the montage is never cleaned as a whole). The same id in several frames is
     the same cell and gets the same new id; new ids follow the sorted old ids.
     Anything painted in the buffers between frames is dropped (counted in
-    ``pixels_removed``).
+    ``pixels_removed``). ``window`` is where image data lies in every frame
+    (:func:`tile_window`; see :func:`clean_labels`).
 
     Returns
     -------
@@ -423,7 +454,7 @@ def clean_montage(
                        - int(np.count_nonzero(frames)))
     cleaned = np.empty(frames.shape, dtype=np.int32)
     for k, frame in enumerate(frames):
-        cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole)
+        cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole, window)
         stats = stats + frame_stats
     values, inverse = np.unique(cleaned, return_inverse=True)
     cells = int(values.size - (1 if values[0] == 0 else 0))
@@ -439,6 +470,44 @@ def clean_montage(
     return montage.astype(np.uint16), final
 
 
+def tile_window(grid: TileGrid, montage: str) -> Window:
+    """Where the image's data lies in each frame of ``montage`` (a tile of ``grid``).
+
+    The position comes from the montage's name; the rest of its frames is the
+    zero padding of a tile that continues past the image's edge.
+
+    Raises
+    ------
+    InputError
+        If ``montage`` is not a montage name.
+    GeometryError
+        If its position is outside the grid.
+
+    Examples
+    --------
+    >>> grid = TileGrid.for_frame((10, 10), num_x=2, num_y=2, overlap_perc=20)
+    >>> tile_window(grid, "exp_x_01_y_01_montage_00")
+    (slice(0, 6, None), slice(0, 6, None))
+    """
+    from .layout import parse_montage_name
+
+    return grid.frame_window(parse_montage_name(montage).position)[1]
+
+
+def write_clean_stats(path: str | Path, stats: Mapping[str, Sequence[CleanStats]]) -> Path:
+    """Write what cleaning did per montage as JSON (format: ``WorkingFolder.clean_stats_path``).
+
+    ``stats`` maps a montage to the stats of each of its cleaned judgments; the
+    counts are summed and ``judgments`` says how many there were.
+    """
+    montages = {}
+    for name in sorted(stats, key=natural_key):
+        total = sum(stats[name], CleanStats())
+        montages[name] = {**asdict(total), "judgments": len(stats[name])}
+    return atomic_write_text(Path(path), json.dumps(
+        {"version": 1, "montages": montages}, indent=1) + "\n")
+
+
 def clean_annotation_file(
     src: str | Path,
     dst: str | Path,
@@ -447,10 +516,12 @@ def clean_annotation_file(
     encoding: Encoding = "auto",
     min_size: int = 10,
     max_hole: int = 64,
+    window: Window | None = None,
 ) -> CleanStats:
     """Read a downloaded annotation PNG, clean it, write the labels as a uint16 PNG.
 
     ``dst`` is written atomically; ``src`` (the download) is never touched.
+    ``window``: where image data lies in each frame (:func:`clean_labels`).
 
     Raises
     ------
@@ -474,7 +545,8 @@ def clean_annotation_file(
         raise AnnotationError(str(exc), path=src) from None
     layout = montage_log.layout_for_montage(image.shape, source=str(src))
     try:
-        cleaned, stats = clean_montage(decoded, layout, min_size=min_size, max_hole=max_hole)
+        cleaned, stats = clean_montage(decoded, layout, min_size=min_size, max_hole=max_hole,
+                                       window=window)
     except AnnotationError as exc:
         raise AnnotationError(str(exc), path=src) from None
     write_image(dst, cleaned)
@@ -493,6 +565,7 @@ class CleanTask:
     encoding: Encoding = "auto"
     min_size: int = 10
     max_hole: int = 64
+    window: Window | None = None
 
     @property
     def name(self) -> str:
@@ -520,7 +593,7 @@ def clean_task(task: CleanTask) -> CleanResult:
     try:
         stats = clean_annotation_file(
             task.src, task.dst, montage_log=task.montage_log, encoding=task.encoding,
-            min_size=task.min_size, max_hole=task.max_hole,
+            min_size=task.min_size, max_hole=task.max_hole, window=task.window,
         )
     except (CellcrowdError, ValueError, TypeError, OSError) as exc:
         logger.warning("skipping %s: %s", task.name, exc)

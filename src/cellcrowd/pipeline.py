@@ -83,6 +83,7 @@ from .logs import read_logs
 if TYPE_CHECKING:
     from .appen.report import Judgment
     from .geometry import MontageLayout
+    from .labels import Window
 
 __all__ = [
     "STAGES",
@@ -952,7 +953,7 @@ def _run_clean(ctx: _Context) -> StageOutput:
 def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
     """``consensus = false``: clean the one annotation per montage the fetch stage chose."""
     from .appen.report import still_broken
-    from .labels import CleanTask, clean_annotations
+    from .labels import CleanTask, clean_annotations, write_clean_stats
 
     cfg, wf = ctx.config, ctx.wf
     montages = sorted({j.montage for j in judgments if j.usable}, key=natural_key)
@@ -960,11 +961,12 @@ def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
     tasks = []
     log = _montage_log(wf)
     c = cfg.clean
+    window = _windows(wf)
     for name in montages:
         src = wf.annotation_path(name)
         if src.is_file():
             tasks.append(CleanTask(src, wf.label_path(name), log, name, c.encoding,
-                                   c.min_size, c.max_hole))
+                                   c.min_size, c.max_hole, window(name)))
         else:
             skipped.append(SkippedUnit("clean", name, "no annotation could be downloaded "
                                        f"(see {wf.failures_csv(cfg.job_id).name})"))
@@ -973,7 +975,9 @@ def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
     outputs = [r.dst for r in results if r.ok]
     skipped += [SkippedUnit("clean", r.montage, f"annotation unusable: {r.error}")
                 for r in results if not r.ok]
-    counts = {"montages": len(montages), "cleaned": len(outputs),
+    stats = {r.montage: [r.stats] for r in results if r.stats is not None}
+    outputs.append(write_clean_stats(wf.clean_stats_path, stats))
+    counts = {"montages": len(montages), "cleaned": len(outputs) - 1,
               "broken_links": len(still_broken(judgments)), "skipped": len(skipped)}
     return StageOutput(outputs, counts, skipped)
 
@@ -984,6 +988,26 @@ def _judgment_unit(montage: str, j: Judgment) -> str:
 
 def _judgment_order(j: Judgment) -> tuple[Any, ...]:
     return natural_key(j.unit_id), natural_key(j.judgment_id)
+
+
+def _windows(wf: WorkingFolder) -> Callable[[str], Window | None]:
+    """Where image data lies in a montage's frames (None for every montage when old
+    logs cannot tell the tile grid, or for a name that is not a montage name)."""
+    from .labels import tile_window
+
+    try:
+        grid = read_logs(wf.chopper_log, wf.montage_log)[0].tile_grid()
+    except CellcrowdError as exc:
+        logger.info("cleaning without the image's edges in padded tiles (%s)", exc)
+        return lambda name: None
+
+    def window(name: str) -> Window | None:
+        try:
+            return tile_window(grid, name)
+        except CellcrowdError:
+            return None
+
+    return window
 
 
 def _merge_layout(wf: WorkingFolder) -> MontageLayout | None:
