@@ -70,13 +70,19 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
-from .cellmatch import Cells, assign, compact, match_cells, overlap_iou
+from .agreement import (
+    AnnotatorAgreement,
+    CellRecord,
+    ConsensusReport,
+    DroppedCell,
+    annotator_agreement,
+)
+from .cellfuse import fuse_pixels
+from .cellmatch import Cells, compact, match_cells, overlap_iou
 from .errors import AnnotationError, CellcrowdError, GeometryError
 from .executor import Executor, run_tasks
 from .files import read_image, write_image
@@ -84,6 +90,7 @@ from .geometry import MontageLayout
 
 __all__ = [
     "AnnotatorAgreement",
+    "CellRecord",
     "ConsensusReport",
     "DroppedCell",
     "MergeResult",
@@ -97,133 +104,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: IoU at which a cell counts as found again, for the F1 agreement score.
-AGREEMENT_IOU = 0.5
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
 _REL_TOL = 1e-9
-
-
-# -- report ----------------------------------------------------------------------------------
-
-
-class DroppedCell(NamedTuple):
-    """A cell of one annotator that is not in the consensus.
-
-    Attributes
-    ----------
-    annotator : int
-        Index of the annotator in the input.
-    label : int
-        The cell's id in that annotator's labels.
-    pixels : int
-        The cell's size in that annotator's labels.
-    support : float
-        Summed weight of the annotators who found the cell, as a fraction of the total.
-    reason : str
-        ``"support"`` (too few annotators found it) or ``"overruled"`` (enough did,
-        but other cells won every one of its pixels).
-    """
-
-    annotator: int
-    label: int
-    pixels: int
-    support: float
-    reason: str = "support"
-
-
-@dataclass(frozen=True)
-class AnnotatorAgreement:
-    """How well one annotator agrees with the consensus.
-
-    The annotator's cells and the consensus cells are paired by Hungarian
-    assignment maximising the total IoU (pairs that overlap at all).
-
-    Attributes
-    ----------
-    annotator : int
-        Index of the annotator in the input.
-    weight : float
-        The weight it was given (0: ignored by the merge).
-    cells : int
-        Its number of cells.
-    matched : int
-        Pairs with IoU at least :data:`AGREEMENT_IOU` (0.5).
-    precision, recall, f1 : float
-        ``matched / cells``, ``matched / consensus cells`` and their harmonic mean
-        (1.0 when both are empty).
-    mean_iou : float
-        Mean over the annotator's cells of the IoU with its paired consensus cell
-        (0 for unpaired cells; 1.0 when both are empty, 0.0 when only it is).
-    """
-
-    annotator: int
-    weight: float
-    cells: int
-    matched: int
-    precision: float
-    recall: float
-    f1: float
-    mean_iou: float
-
-
-@dataclass(frozen=True)
-class ConsensusReport:
-    """What :func:`merge_labels` did.
-
-    Attributes
-    ----------
-    annotators : int
-        Number of inputs.
-    weights : tuple of float
-        The weight of each input (equal weights when none were given).
-    cells_per_annotator : tuple of int
-        Cells in each input.
-    consensus_cells : int
-        Cells in the output.
-    dropped : tuple of DroppedCell
-        Every input cell left out of the consensus, sorted by annotator and id
-        (cells of weight-0 annotators are not listed: see ``ignored``).
-    agreement : tuple of AnnotatorAgreement
-        One per input, in input order.
-    ignored : tuple of int
-        Inputs of weight 0 (no part in the merge).
-    method : {"single", "vote"}
-        ``"single"`` when only one annotator had a positive weight (its labels are
-        returned, renumbered), ``"vote"`` otherwise.
-    min_iou, min_support : float
-        The parameters used.
-    """
-
-    annotators: int
-    weights: tuple[float, ...]
-    cells_per_annotator: tuple[int, ...]
-    consensus_cells: int
-    dropped: tuple[DroppedCell, ...]
-    agreement: tuple[AnnotatorAgreement, ...]
-    ignored: tuple[int, ...] = ()
-    method: Literal["single", "vote"] = "vote"
-    min_iou: float = 0.5
-    min_support: float = 0.5
-
-    @property
-    def single(self) -> bool:
-        """True when only one annotator contributed."""
-        return self.method == "single"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only, ready for :func:`json.dumps`."""
-        return {
-            "annotators": self.annotators,
-            "weights": list(self.weights),
-            "cells_per_annotator": list(self.cells_per_annotator),
-            "consensus_cells": self.consensus_cells,
-            "dropped": [d._asdict() for d in self.dropped],
-            "agreement": [vars(a).copy() for a in self.agreement],
-            "ignored": list(self.ignored),
-            "method": self.method,
-            "min_iou": self.min_iou,
-            "min_support": self.min_support,
-        }
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -269,55 +151,16 @@ def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
     return values
 
 
-def _check_params(min_iou: float, min_support: float) -> None:
+def _check_params(min_iou: float, min_support: float, min_cover: float | None = None) -> None:
     if not 0 < min_iou <= 1:
         raise ValueError(f"min_iou must be above 0 and at most 1, got {min_iou!r}")
+    if min_cover is not None and not 0 < min_cover <= 1:
+        raise ValueError(f"min_cover must be above 0 and at most 1, got {min_cover!r}")
     if not 0 <= min_support < 1:
         raise ValueError(f"min_support must be at least 0 and below 1, got {min_support!r}")
 
 
 # -- building blocks -------------------------------------------------------------------------
-
-
-def _fuse(cells: list[Cells], weights: list[float], group_of: list[NDArray[np.int64]],
-          support: NDArray[np.float64], kept: NDArray[np.bool_], min_support: float,
-          tol: float) -> NDArray[np.int64]:
-    """Pixel vote (rule 4): the winning consensus cell index per pixel, -1 for background."""
-    if not support.size:
-        return np.full(cells[0].compact.shape if cells else (0,), -1, dtype=np.int64)
-    stacked = np.stack([np.where(kept[g], g, -1)[c.compact] if g.size > 1
-                        else np.full(c.compact.shape, -1, dtype=np.int64)
-                        for c, g in zip(cells, group_of, strict=True)])
-    winner = np.full(stacked.shape[1], -1, dtype=np.int64)
-    fg = np.flatnonzero((stacked >= 0).any(axis=0))
-    stacked = stacked[:, fg]
-    votes = np.zeros(stacked.shape, dtype=np.float64)
-    for a in range(len(cells)):
-        for b in range(len(cells)):
-            votes[a] += weights[b] * (stacked[b] == stacked[a])
-    need = min_support * support[np.maximum(stacked, 0)] + tol
-    votes = np.where((stacked >= 0) & (votes > need), votes, -np.inf)
-    best = votes.max(axis=0)
-    chosen = np.where(votes == best, stacked, np.iinfo(np.int64).max).min(axis=0)
-    winner[fg] = np.where(np.isfinite(best), chosen, -1)
-    return winner
-
-
-def _agreement(index: int, weight: float, cells: Cells, consensus: Cells
-               ) -> AnnotatorAgreement:
-    n, m = cells.count, consensus.count
-    rows, cols, iou = overlap_iou(cells, consensus)
-    _, _, paired = assign(rows, cols, iou, np.nextafter(0.0, 1.0))
-    matched = int(np.count_nonzero(paired >= AGREEMENT_IOU))
-    if n == 0 and m == 0:
-        return AnnotatorAgreement(index, weight, 0, 0, 1.0, 1.0, 1.0, 1.0)
-    return AnnotatorAgreement(
-        index, weight, n, matched,
-        precision=matched / n if n else 0.0,
-        recall=matched / m if m else 0.0,
-        f1=2 * matched / (n + m),
-        mean_iou=float(paired.sum()) / n if n else 0.0,
-    )
 
 
 def _dropped(order: list[int], cells: list[Cells], group_of: list[NDArray[np.int64]],
@@ -332,6 +175,24 @@ def _dropped(order: list[int], cells: list[Cells], group_of: list[NDArray[np.int
                                        float(share[group]),
                                        "overruled" if kept[group] else "support"))
     return sorted(dropped)
+
+
+def _cell_records(cells: list[Cells], group_of: list[NDArray[np.int64]],
+                  share: NDArray[np.float64], consensus: Cells) -> tuple[CellRecord, ...]:
+    """Support, number of annotators and their mean IoU with it, for each output cell."""
+    group = consensus.ids - 1  # the group of output id k at [k - 1]
+    members = np.zeros(share.size, dtype=np.int64)
+    iou_sum = np.zeros(share.size)
+    for c, g in zip(cells, group_of, strict=True):
+        members += np.bincount(g[1:], minlength=share.size)
+        rows, cols, iou = overlap_iou(c, consensus)
+        same = g[rows] == group[cols - 1]
+        iou_sum += np.bincount(group[cols[same] - 1], weights=iou[same], minlength=share.size)
+    return tuple(
+        CellRecord(k + 1, round(float(share[gi]), 6), int(members[gi]),
+                   round(float(iou_sum[gi] / max(members[gi], 1)), 6),
+                   bool(2 * members[gi] <= len(cells)))
+        for k, gi in enumerate(group.tolist()))
 
 
 def _flatten(image: NDArray[np.generic], layout: MontageLayout | None, index: int
@@ -357,6 +218,9 @@ def merge_labels(
     min_iou: float = 0.5,
     min_support: float = 0.5,
     layout: MontageLayout | None = None,
+    min_cover: float | None = None,
+    smooth: bool = False,
+    reliable: Sequence[bool] | None = None,
 ) -> tuple[NDArray[np.int32], ConsensusReport]:
     """Merge several annotators' label montages of one unit into one (trust-weighted vote).
 
@@ -383,6 +247,14 @@ def merge_labels(
     layout : MontageLayout, optional
         The montage layout: sizes are checked, pixels in buffers are ignored and
         output ids follow frame order.
+    min_cover : float, optional
+        Also match two cells when their overlap covers at least this share of the
+        smaller one (small and edge cells; :mod:`cellcrowd.cellmatch`), in (0, 1].
+    smooth : bool
+        Decide contested pixels by their neighbourhood's vote (:mod:`cellcrowd.cellfuse`).
+    reliable : sequence of bool, optional
+        One per annotator. When exactly two annotators take part, a cell only one
+        of them drew is kept if that one is reliable (reported as low support).
 
     Returns
     -------
@@ -394,8 +266,8 @@ def merge_labels(
     ------
     ValueError
         No images, images of different shapes or not 2-D, negative ids, a wrong
-        number of weights, negative or non-finite weights, all weights 0, or
-        ``min_iou`` / ``min_support`` out of range.
+        number of weights or reliable flags, negative or non-finite weights, all
+        weights 0, or ``min_iou`` / ``min_support`` / ``min_cover`` out of range.
     TypeError
         If an image does not hold integers.
     GeometryError
@@ -418,10 +290,12 @@ def merge_labels(
     """
     images = _check_images(label_images)
     weight_list = _check_weights(weights, len(images))
-    _check_params(min_iou, min_support)
-    shape = images[0].shape
+    _check_params(min_iou, min_support, min_cover)
+    lone = [False] * len(images) if reliable is None else [bool(r) for r in reliable]
+    if len(lone) != len(images):
+        raise ValueError(f"got {len(lone)} reliable flags for {len(images)} label images: "
+                         "pass one each")
     all_cells = [compact(_flatten(image, layout, i)) for i, image in enumerate(images)]
-
     active = [i for i, w in enumerate(weight_list) if w > 0]
     order = sorted(active, key=lambda i: (-weight_list[i], all_cells[i].key()))
     cells = [all_cells[i] for i in order]
@@ -429,31 +303,33 @@ def merge_labels(
     total = float(sum(weights_in_order))
     tol = _REL_TOL * total
 
-    group_of, support = match_cells(cells, weights_in_order, min_iou)
+    group_of, support = match_cells(cells, weights_in_order, min_iou, min_cover)
     kept = support > min_support * total + tol
-    winner = _fuse(cells, weights_in_order, group_of, support, kept, min_support, tol)
+    if len(order) == 2:  # a cell of one reliable annotator of two stays (low support)
+        for k, g in zip(order, group_of, strict=True):
+            kept[g[1:]] |= lone[k]
+    frames = (layout.length, *layout.frame_shape) if layout else (1, *images[0].shape)
+    winner = fuse_pixels(cells, weights_in_order, group_of, support, kept, min_support, tol,
+                         frames=frames, smooth=smooth)
     consensus = compact(winner + 1)
     present = np.zeros(support.size, dtype=bool)
     present[consensus.ids - 1] = True
     dropped = _dropped(order, cells, group_of, support / total, kept, present)
-
-    flat = consensus.compact
-    if layout is not None:
-        out = layout.make(flat.reshape(layout.length, *layout.frame_shape)).astype(np.int32)
-    else:
-        out = flat.reshape(shape).astype(np.int32)
+    flat = consensus.compact.reshape(frames)
+    out = (layout.make(flat) if layout is not None else flat[0]).astype(np.int32)
     report = ConsensusReport(
         annotators=len(images),
         weights=tuple(weight_list),
         cells_per_annotator=tuple(c.count for c in all_cells),
         consensus_cells=consensus.count,
         dropped=tuple(dropped),
-        agreement=tuple(_agreement(i, weight_list[i], c, consensus)
+        agreement=tuple(annotator_agreement(i, weight_list[i], c, consensus)
                         for i, c in enumerate(all_cells)),
         ignored=tuple(i for i, w in enumerate(weight_list) if w == 0),
         method="single" if len(active) == 1 else "vote",
         min_iou=float(min_iou),
         min_support=float(min_support),
+        cells=_cell_records(cells, group_of, support / total, consensus),
     )
     if dropped:
         logger.debug("consensus of %d annotators: %d cells, %d input cells dropped",

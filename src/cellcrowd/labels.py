@@ -25,8 +25,8 @@ only partly filled larger holes and wrapped ids above 255. Here:
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -259,7 +259,7 @@ def _drop_specks(
     sizes = np.bincount(flat, minlength=count + 1)
     cell = np.zeros(count + 1, dtype=np.int64)
     cell[flat] = labels.ravel()
-    data, edge = _edges(labels.shape, window)  # type: ignore[arg-type]
+    data, edge = _edges(labels.shape, window)
     on_edge = np.bincount(flat[edge.ravel()], minlength=count + 1) > 0
     in_data = np.bincount(flat[data.ravel()], minlength=count + 1)
     # The largest part of each cell with image data (ties: the first in raster order);
