@@ -5,13 +5,12 @@ weight of annotators who put it in their cell of that group; a group takes a
 pixel only when that weight is more than ``min_support`` of the group's
 support (the summed weight of its members). Ties go to the lower group index.
 
-With ``smooth=True`` (a STAPLE-like fusion with a neighbourhood prior) the
-pixels every member drew stay in, and a *contested* pixel (some members drew
-it, some did not) is in when the mean of the group's vote share over its 3x3
-neighbourhood within the frame is at least ``min_support`` (one half by
-default). Two annotators of equal weight who
+With ``smooth=True`` (a STAPLE-like fusion with a neighbourhood prior) a pixel
+whose vote share is a near tie (within :data:`TIE_BAND` of ``min_support``) is
+in when the mean of the group's vote share over its 3x3 neighbourhood within
+the frame is at least ``min_support``. Two annotators of about equal weight who
 drew a boundary a pixel or two apart then meet halfway, instead of keeping only
-the pixels both drew.
+the pixels both drew (or only one annotator's).
 """
 
 from __future__ import annotations
@@ -21,8 +20,10 @@ from numpy.typing import NDArray
 
 from .cellmatch import Cells
 
-__all__ = ["fuse_pixels"]
+__all__ = ["TIE_BAND", "fuse_pixels"]
 
+#: Vote shares this close to ``min_support`` count as a tie (``smooth``).
+TIE_BAND = 0.1
 _OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
@@ -74,7 +75,8 @@ def fuse_pixels(cells: list[Cells], weights: list[float], group_of: list[NDArray
     voted = (stacked >= 0) & (votes > min_support * group_support + tol)
     if smooth and frames is not None:
         share = np.where(stacked >= 0, votes / np.maximum(group_support, tol), 0.0)
-        who, where = np.nonzero((stacked >= 0) & (votes < group_support - tol))
+        near_tie = np.abs(share - min_support) <= TIE_BAND
+        who, where = np.nonzero((stacked >= 0) & near_tie)
         near = _neighbourhood_share(stacked, share, fg, frames, who, where)
         voted[who, where] = near >= min_support - tol
     votes = np.where(voted, votes, -np.inf)

@@ -95,11 +95,13 @@ __all__ = [
     "DroppedCell",
     "MergeResult",
     "MergeTask",
+    "flatten_labels",
     "judgment_weights",
     "merge_label_files",
     "merge_labels",
     "merge_task",
     "merge_tasks",
+    "read_labels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +179,18 @@ def _dropped(order: list[int], cells: list[Cells], group_of: list[NDArray[np.int
     return sorted(dropped)
 
 
+def _likely(group_of: list[NDArray[np.int64]], odds: list[tuple[float, float]], groups: int,
+            prior_odds: float) -> NDArray[np.bool_]:
+    """Groups whose log-odds of being a cell (prior plus each annotator's word) is >= 0."""
+    score = np.full(groups, float(prior_odds))
+    for g, (drew, missed) in zip(group_of, odds, strict=True):
+        member = np.zeros(groups, dtype=bool)
+        member[g[1:]] = True
+        score += np.where(member, drew, missed)
+    out: NDArray[np.bool_] = score >= 0
+    return out
+
+
 def _cell_records(cells: list[Cells], group_of: list[NDArray[np.int64]],
                   share: NDArray[np.float64], consensus: Cells) -> tuple[CellRecord, ...]:
     """Support, number of annotators and their mean IoU with it, for each output cell."""
@@ -195,8 +209,9 @@ def _cell_records(cells: list[Cells], group_of: list[NDArray[np.int64]],
         for k, gi in enumerate(group.tolist()))
 
 
-def _flatten(image: NDArray[np.generic], layout: MontageLayout | None, index: int
-             ) -> NDArray[np.generic]:
+def flatten_labels(image: NDArray[np.generic], layout: MontageLayout | None, index: int = 0
+                   ) -> NDArray[np.generic]:
+    """A label montage as one flat array of its frames' pixels (buffers left out)."""
     if layout is None:
         return image.ravel()
     if image.shape != layout.montage_shape:
@@ -220,6 +235,8 @@ def merge_labels(
     layout: MontageLayout | None = None,
     min_cover: float | None = None,
     smooth: bool = False,
+    odds: Sequence[tuple[float, float]] | None = None,
+    prior_odds: float = 0.0,
     reliable: Sequence[bool] | None = None,
 ) -> tuple[NDArray[np.int32], ConsensusReport]:
     """Merge several annotators' label montages of one unit into one (trust-weighted vote).
@@ -252,9 +269,17 @@ def merge_labels(
         smaller one (small and edge cells; :mod:`cellcrowd.cellmatch`), in (0, 1].
     smooth : bool
         Decide contested pixels by their neighbourhood's vote (:mod:`cellcrowd.cellfuse`).
+    odds : sequence of (float, float), optional
+        One per annotator: the log-odds that a cell is real when the annotator drew
+        it, and when it did not (a Dawid-Skene model, :mod:`cellcrowd.reliability`).
+        Given, a matched cell is kept when ``prior_odds`` plus the odds of every
+        annotator who takes part is at least 0, instead of by ``min_support``: one
+        reliable annotator of two can keep a cell (reported as low support).
+    prior_odds : float
+        The log-odds that a cell somebody drew is real, before the annotators' word.
     reliable : sequence of bool, optional
         One per annotator. When exactly two annotators take part, a cell only one
-        of them drew is kept if that one is reliable (reported as low support).
+        of them drew is also kept when that one is reliable (low support).
 
     Returns
     -------
@@ -266,7 +291,7 @@ def merge_labels(
     ------
     ValueError
         No images, images of different shapes or not 2-D, negative ids, a wrong
-        number of weights or reliable flags, negative or non-finite weights, all
+        number of weights or odds, negative or non-finite weights, all
         weights 0, or ``min_iou`` / ``min_support`` / ``min_cover`` out of range.
     TypeError
         If an image does not hold integers.
@@ -291,11 +316,11 @@ def merge_labels(
     images = _check_images(label_images)
     weight_list = _check_weights(weights, len(images))
     _check_params(min_iou, min_support, min_cover)
-    lone = [False] * len(images) if reliable is None else [bool(r) for r in reliable]
-    if len(lone) != len(images):
-        raise ValueError(f"got {len(lone)} reliable flags for {len(images)} label images: "
-                         "pass one each")
-    all_cells = [compact(_flatten(image, layout, i)) for i, image in enumerate(images)]
+    for name, given in (("odds", odds), ("reliable flags", reliable)):
+        if given is not None and len(given) != len(images):
+            raise ValueError(f"got {len(given)} {name} for {len(images)} label images: pass "
+                             "one each")
+    all_cells = [compact(flatten_labels(image, layout, i)) for i, image in enumerate(images)]
     active = [i for i, w in enumerate(weight_list) if w > 0]
     order = sorted(active, key=lambda i: (-weight_list[i], all_cells[i].key()))
     cells = [all_cells[i] for i in order]
@@ -304,10 +329,13 @@ def merge_labels(
     tol = _REL_TOL * total
 
     group_of, support = match_cells(cells, weights_in_order, min_iou, min_cover)
-    kept = support > min_support * total + tol
-    if len(order) == 2:  # a cell of one reliable annotator of two stays (low support)
+    if odds is None:
+        kept = support > min_support * total + tol
+    else:
+        kept = _likely(group_of, [odds[i] for i in order], support.size, prior_odds)
+    if reliable is not None and len(order) == 2:  # one reliable annotator of two
         for k, g in zip(order, group_of, strict=True):
-            kept[g[1:]] |= lone[k]
+            kept[g[1:]] |= bool(reliable[k])
     frames = (layout.length, *layout.frame_shape) if layout else (1, *images[0].shape)
     winner = fuse_pixels(cells, weights_in_order, group_of, support, kept, min_support, tol,
                          frames=frames, smooth=smooth)
@@ -386,7 +414,14 @@ def judgment_weights(trusts: Sequence[float | None], tainted: Sequence[bool]) ->
 # -- files and tasks -------------------------------------------------------------------------
 
 
-def _read_labels(path: Path) -> NDArray[np.generic]:
+def read_labels(path: str | Path) -> NDArray[np.generic]:
+    """A cleaned label image (2-D integer ids).
+
+    Raises
+    ------
+    AnnotationError
+        If the file holds no 2-D integer image (the message names the file).
+    """
     image = read_image(path)
     if image.ndim != 2 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
         raise AnnotationError(
@@ -406,6 +441,11 @@ def merge_label_files(
     min_iou: float = 0.5,
     min_support: float = 0.5,
     layout: MontageLayout | None = None,
+    min_cover: float | None = None,
+    smooth: bool = False,
+    odds: Sequence[tuple[float, float]] | None = None,
+    prior_odds: float = 0.0,
+    reliable: Sequence[bool] | None = None,
 ) -> ConsensusReport:
     """Merge cleaned label files of one montage (see :func:`merge_labels`) into ``dst``.
 
@@ -428,7 +468,7 @@ def merge_label_files(
             f"the consensus must not overwrite one of its sources ({dst}): write it elsewhere "
             "(WorkingFolder.label_path)"
         )
-    images = [_read_labels(p) for p in paths]
+    images = [read_labels(p) for p in paths]
     for p, image in zip(paths, images, strict=True):
         if image.shape != images[0].shape:
             raise GeometryError(
@@ -438,7 +478,9 @@ def merge_label_files(
                 path=p,
             )
     labels, report = merge_labels(images, weights=weights, min_iou=min_iou,
-                                  min_support=min_support, layout=layout)
+                                  min_support=min_support, layout=layout,
+                                  min_cover=min_cover, smooth=smooth, odds=odds,
+                                  prior_odds=prior_odds, reliable=reliable)
     small = labels.size == 0 or int(labels.max()) <= _UINT16_MAX
     write_image(dst, labels.astype(np.uint16) if small else labels)
     logger.debug("%d judgments -> %s: %d cells, %d dropped", len(paths), dst.name,
@@ -457,6 +499,11 @@ class MergeTask:
     min_iou: float = 0.5
     min_support: float = 0.5
     layout: MontageLayout | None = None
+    min_cover: float | None = None
+    smooth: bool = False
+    odds: tuple[tuple[float, float], ...] | None = None
+    prior_odds: float = 0.0
+    reliable: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -478,7 +525,9 @@ def merge_task(task: MergeTask) -> MergeResult:
     try:
         report = merge_label_files(task.srcs, task.dst, weights=task.weights,
                                    min_iou=task.min_iou, min_support=task.min_support,
-                                   layout=task.layout)
+                                   layout=task.layout, min_cover=task.min_cover,
+                                   smooth=task.smooth, odds=task.odds,
+                                   prior_odds=task.prior_odds, reliable=task.reliable)
     except (CellcrowdError, ValueError, TypeError, OSError) as exc:
         logger.warning("skipping %s: %s", task.montage, exc)
         return MergeResult(task.montage, Path(task.dst), None, f"{type(exc).__name__}: {exc}")
