@@ -175,13 +175,16 @@ def test_consensus_off_cleans_the_chosen_annotation_as_before(
     assert clean.status == "ran"
     assert "montages_merged" not in clean.counts
     assert clean.skipped == ()
-    # Only the label montages, each the chosen annotation cleaned; the consensus files go.
-    assert sorted(clean.outputs) == sorted(wf.labels.glob("*_labels.png"))
+    # Only the label montages, each the chosen annotation cleaned, and what cleaning did;
+    # the consensus files go.
+    labels = sorted(wf.labels.glob("*_labels.png"))
+    assert sorted(clean.outputs) == sorted([*labels, wf.clean_stats_path])
+    assert not wf.consensus_workers_path.exists()
     assert not any(p.exists() for p in merged)
     assert not any(wf.labels.glob("judgments/*.png"))
     log = read_montage_log(wf.montage_log)
     with_fake = 0
-    for path in clean.outputs:
+    for path in labels:
         montage = path.name[: -len("_labels.png")]
         expected = tmp_path / f"{montage}.png"
         clean_annotation_file(wf.annotation_path(montage), expected, montage_log=log)

@@ -272,9 +272,11 @@ def merge_labels(
     odds : sequence of (float, float), optional
         One per annotator: the log-odds that a cell is real when the annotator drew
         it, and when it did not (a Dawid-Skene model, :mod:`cellcrowd.reliability`).
-        Given, a matched cell is kept when ``prior_odds`` plus the odds of every
-        annotator who takes part is at least 0, instead of by ``min_support``: one
-        reliable annotator of two can keep a cell (reported as low support).
+        Given, a matched cell is kept when more than ``min_support`` of the
+        annotators who take part drew it (each counts once: the weights then only
+        fuse pixels), or when ``prior_odds`` plus the odds of every annotator who
+        takes part is at least 0: a reliable annotator can keep a cell the
+        majority missed (reported as low support).
     prior_odds : float
         The log-odds that a cell somebody drew is real, before the annotators' word.
     reliable : sequence of bool, optional
@@ -331,8 +333,10 @@ def merge_labels(
     group_of, support = match_cells(cells, weights_in_order, min_iou, min_cover)
     if odds is None:
         kept = support > min_support * total + tol
-    else:
-        kept = _likely(group_of, [odds[i] for i in order], support.size, prior_odds)
+    else:  # a majority of heads, or the odds: weights (shape quality) do not decide this
+        heads = sum(np.bincount(g[1:], minlength=support.size) for g in group_of)
+        kept = (heads > min_support * len(order)) | _likely(
+            group_of, [odds[i] for i in order], support.size, prior_odds)
     if reliable is not None and len(order) == 2:  # one reliable annotator of two
         for k, g in zip(order, group_of, strict=True):
             kept[g[1:]] |= bool(reliable[k])

@@ -8,10 +8,11 @@ only partly filled larger holes and wrapped ids above 255. Here:
   colour per cell, or grey ids) into ``int32`` ids;
 * :func:`clean_labels` cleans ONE frame *per cell*: every 8-connected part of
   a cell under ``min_size`` pixels is dropped, even where it touches another
-  cell (except a cell's largest part when it touches the frame edge: tiles
-  cut real cells into slivers there); then every 4-connected background
-  region under ``max_hole`` pixels that does not touch the frame edge and is
-  bordered by a single cell is filled with that cell, completely. Nothing
+  cell (except a cell's largest part with image data when it touches the
+  frame's or the image's edge: tiles cut real cells into slivers there); then
+  every 4-connected background region under ``max_hole`` pixels that does not
+  touch the frame edge and is bordered by a single cell is filled with that
+  cell, completely. Nothing
   else changes: no morphology, so boundaries stay where the annotator put them;
 * :func:`clean_montage` splits a montage into its frames with
   :class:`~cellcrowd.geometry.MontageLayout`, cleans each frame on its own
@@ -235,18 +236,33 @@ Window = tuple[slice, slice]
 
 
 def _edges(shape: tuple[int, int], window: Window | None
-           ) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
-    """The image data mask, and the edge mask: frame border plus the data's own border."""
+           ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
+    """The image data mask, the frame's border, and the image's border inside the frame."""
     data = np.zeros(shape, dtype=bool)
     data[window if window is not None else (slice(None), slice(None))] = True
-    edge = np.zeros(shape, dtype=bool)
-    edge[[0, -1], :] = edge[:, [0, -1]] = True
-    inner = ndimage.binary_erosion(data, border_value=1)  # data pixels next to padding: edge
-    return data, edge | (data & ~inner)
+    frame_edge = np.zeros(shape, dtype=bool)
+    frame_edge[[0, -1], :] = frame_edge[:, [0, -1]] = True
+    inner = ndimage.binary_erosion(data, border_value=1)  # data pixels next to padding
+    return data, frame_edge, data & ~inner
+
+
+#: How far (px) a sliver at the image's edge may be from its cell in the frame before or
+#: after it (cells move a few pixels from frame to frame).
+REACH = 3
+
+
+def _seen_nearby(piece: tuple[slice, slice], cell: int,
+                 neighbours: Sequence[NDArray[np.generic]]) -> bool:
+    """Whether ``cell`` has pixels within :data:`REACH` of the box ``piece`` in a neighbour."""
+    rows, cols = piece
+    box = (slice(max(rows.start - REACH, 0), rows.stop + REACH),
+           slice(max(cols.start - REACH, 0), cols.stop + REACH))
+    return any(bool((n[box] == cell).any()) for n in neighbours)
 
 
 def _drop_specks(
-    labels: NDArray[np.int32], min_size: int, window: Window | None = None
+    labels: NDArray[np.int32], min_size: int, window: Window | None = None,
+    neighbours: Sequence[NDArray[np.generic]] | None = None,
 ) -> tuple[NDArray[np.int32], int, int]:
     """Drop every 8-connected part of a cell under ``min_size`` px (see :func:`clean_labels`)."""
     comps: NDArray[np.intp] = np.asarray(
@@ -259,8 +275,9 @@ def _drop_specks(
     sizes = np.bincount(flat, minlength=count + 1)
     cell = np.zeros(count + 1, dtype=np.int64)
     cell[flat] = labels.ravel()
-    data, edge = _edges(labels.shape, window)
-    on_edge = np.bincount(flat[edge.ravel()], minlength=count + 1) > 0
+    data, frame_edge, image_edge = _edges(labels.shape, window)
+    on_frame = np.bincount(flat[frame_edge.ravel()], minlength=count + 1) > 0
+    on_image = np.bincount(flat[image_edge.ravel()], minlength=count + 1) > 0
     in_data = np.bincount(flat[data.ravel()], minlength=count + 1)
     # The largest part of each cell with image data (ties: the first in raster order);
     # a part lying only in the padding never is: the cell is not in this frame.
@@ -269,7 +286,11 @@ def _drop_specks(
     first[1:] = cell[order[1:]] != cell[order[:-1]]
     largest = np.zeros(count + 1, dtype=bool)
     largest[order[first]] = True
-    keep = (sizes >= min_size) | (largest & on_edge & (in_data > 0))
+    keep = (sizes >= min_size) | (largest & (on_frame | on_image) & (in_data > 0))
+    if neighbours:  # a sliver only at the image's edge: its cell is there before or after
+        boxes = ndimage.find_objects(comps)
+        for piece in np.flatnonzero(keep & (sizes < min_size) & ~on_frame).tolist():
+            keep[piece] = _seen_nearby(boxes[piece - 1], int(cell[piece]), neighbours)
     keep[0] = True
     dropped = ~keep
     out = np.where(keep[comps], labels, 0).astype(np.int32)
@@ -306,9 +327,11 @@ def _fill_holes(
 
 
 def _clean_frame(
-    labels: NDArray[np.generic], min_size: int, max_hole: int, window: Window | None = None
+    labels: NDArray[np.generic], min_size: int, max_hole: int, window: Window | None = None,
+    neighbours: Sequence[NDArray[np.generic]] | None = None,
 ) -> tuple[NDArray[np.int32], CleanStats]:
-    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size, window)
+    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size, window,
+                                         neighbours)
     filled, holes, pixels = _fill_holes(kept, max_hole)
     cells = int(np.unique(filled).size - (1 if (filled == 0).any() else 0))
     return filled, CleanStats(cells, specks, removed, holes, pixels)
@@ -428,7 +451,10 @@ def clean_montage(
     the same cell and gets the same new id; new ids follow the sorted old ids.
     Anything painted in the buffers between frames is dropped (counted in
     ``pixels_removed``). ``window`` is where image data lies in every frame
-    (:func:`tile_window`; see :func:`clean_labels`).
+    (:func:`tile_window`; see :func:`clean_labels`). Frames are consecutive time
+    points, so a small part kept only for touching the image's edge (not the
+    frame's) must also have its cell within :data:`REACH` px of it in the frame
+    before or after: a real sliver persists, a speck of another id does not.
 
     Returns
     -------
@@ -454,7 +480,8 @@ def clean_montage(
                        - int(np.count_nonzero(frames)))
     cleaned = np.empty(frames.shape, dtype=np.int32)
     for k, frame in enumerate(frames):
-        cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole, window)
+        near = [frames[i] for i in (k - 1, k + 1) if 0 <= i < len(frames)]
+        cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole, window, near)
         stats = stats + frame_stats
     values, inverse = np.unique(cleaned, return_inverse=True)
     cells = int(values.size - (1 if values[0] == 0 else 0))

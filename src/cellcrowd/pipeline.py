@@ -296,7 +296,7 @@ def _stages() -> tuple[_Stage, ...]:
         _Stage("report", (), _report_settings, _no_files, _run_report),
         _Stage("fetch", ("report",), _fetch_settings, _no_files, _run_fetch),
         _Stage("clean", ("report", "fetch"), _clean_settings, _log_files, _run_clean,
-               version=2),
+               version=3),
         _Stage("movies", ("clean",), _no_settings, _raw_and_logs, _run_movies),
         _Stage("npz", ("movies",), _npz_settings, _log_files, _run_npz,
                enabled=lambda c: c.outputs.npz_parts or c.outputs.npz_full_movie, version=2),
@@ -839,8 +839,9 @@ def _fetch_settings(cfg: Config) -> dict[str, Any]:
 
 def _clean_settings(cfg: Config) -> dict[str, Any]:
     clean = cfg.clean.model_dump()
-    if not cfg.clean.consensus:  # the consensus thresholds do not matter then
-        del clean["min_iou"], clean["min_support"]
+    del clean["min_agreement"]  # only read by `cellcrowd review`
+    if not _consensus(cfg):  # the consensus settings do not matter then
+        del clean["min_iou"], clean["min_support"], clean["strategy"]
     return {"job_id": cfg.job_id, "report_type": cfg.service.report_type, **clean}
 
 
@@ -943,9 +944,13 @@ def _run_fetch(ctx: _Context) -> StageOutput:
     return StageOutput(outputs, counts, skipped, retry=retry)
 
 
+def _consensus(cfg: Config) -> bool:
+    return cfg.clean.consensus and cfg.clean.strategy != "latest"
+
+
 def _run_clean(ctx: _Context) -> StageOutput:
     judgments = _read_judgments(ctx.config, ctx.wf)
-    if ctx.config.clean.consensus:
+    if _consensus(ctx.config):
         return _clean_with_consensus(ctx, judgments)
     return _clean_chosen(ctx, judgments)
 
@@ -1020,16 +1025,6 @@ def _merge_layout(wf: WorkingFolder) -> MontageLayout | None:
         return None
 
 
-def _weights(montage: str, js: Sequence[Judgment]) -> tuple[float, ...] | None:
-    from .consensus import judgment_weights
-
-    try:
-        return tuple(judgment_weights([j.trust for j in js], [j.tainted for j in js]))
-    except ValueError as exc:
-        logger.warning("%s: %s in the report; the judgments get equal weights", montage, exc)
-        return None
-
-
 def _finders(weights: Sequence[float], annotator: int, support: float) -> int | None:
     """How many annotators (with ``annotator``) make up ``support`` of the total weight.
 
@@ -1074,22 +1069,16 @@ def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[Sk
     return out
 
 
-def _mean_agreement(report: Any) -> float:
-    """Mean F1 of the annotators who took part (weight > 0) against the consensus."""
-    scores = [a.f1 for a in report.agreement if a.weight > 0] or [
-        a.f1 for a in report.agreement]
-    return sum(scores) / len(scores) if scores else 1.0
-
-
 def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
     """Clean every usable judgment of a montage; merge several into one (consensus)."""
     from .appen.report import still_broken
-    from .consensus import MergeTask, merge_tasks
-    from .labels import CleanTask, clean_annotations
+    from .jobconsensus import JudgmentLabels, mean_agreement, merge_job
+    from .labels import CleanTask, clean_annotations, write_clean_stats
 
     cfg, wf = ctx.config, ctx.wf
     c = cfg.clean
     log = _montage_log(wf)
+    window = _windows(wf)
     failures_csv = wf.failures_csv(cfg.job_id).name
     by_montage: dict[str, dict[tuple[str, str], Judgment]] = {}
     for j in judgments:
@@ -1127,12 +1116,13 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
             j = present[0]
             singles.append(CleanTask(wf.judgment_path(name, j.unit_id, j.judgment_id),
                                      wf.label_path(name), log, name, c.encoding,
-                                     c.min_size, c.max_hole))
+                                     c.min_size, c.max_hole, window(name)))
         else:
             several[name] = present
     each = [CleanTask(wf.judgment_path(name, j.unit_id, j.judgment_id),
                       wf.judgment_label_path(name, j.unit_id, j.judgment_id), log,
-                      _judgment_unit(name, j), c.encoding, c.min_size, c.max_hole)
+                      _judgment_unit(name, j), c.encoding, c.min_size, c.max_hole,
+                      window(name))
             for name, js in several.items() for j in js]
     ctx.set_total(len(singles) + len(each) + len(several))
     results = clean_annotations(singles + each, executor=ctx.executor, progress=ctx.item_done)
@@ -1140,17 +1130,18 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
     skipped += [SkippedUnit("clean", r.montage, f"annotation unusable: {r.error}")
                 for r in results[:len(singles)] if not r.ok]
 
-    layout = _merge_layout(wf) if several else None
-    tasks: list[MergeTask] = []
+    stats = {r.montage: [r.stats] for r in results[:len(singles)] if r.stats is not None}
+    inputs: dict[str, list[JudgmentLabels]] = {}
     used: dict[str, list[Judgment]] = {}
     start = len(singles)
     for name, js in several.items():
         ok = []
         start += len(js)
         for j, r in zip(js, results[start - len(js):start], strict=True):
-            if r.ok:
+            if r.stats is not None:
                 ok.append(j)
                 outputs.append(r.dst)
+                stats.setdefault(name, []).append(r.stats)
             else:
                 left_out += 1
                 skipped.append(SkippedUnit("clean", r.montage, f"annotation unusable: "
@@ -1160,10 +1151,17 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
             ctx.item_done(1)
             continue
         used[name] = ok
-        tasks.append(MergeTask(
-            name, tuple(wf.judgment_label_path(name, j.unit_id, j.judgment_id) for j in ok),
-            wf.label_path(name), _weights(name, ok), c.min_iou, c.min_support, layout))
-    merged = merge_tasks(tasks, executor=ctx.executor, progress=ctx.item_done)
+        inputs[name] = [JudgmentLabels(
+            j.unit_id, j.judgment_id, j.worker_id, j.trust, j.tainted,
+            wf.judgment_label_path(name, j.unit_id, j.judgment_id)) for j in ok]
+    outputs.append(write_clean_stats(wf.clean_stats_path, stats))
+    merged: list[Any] = []
+    if inputs:
+        job = merge_job(wf, inputs, strategy="vote" if c.strategy == "vote" else "reliability",
+                        min_iou=c.min_iou, min_support=c.min_support, layout=_merge_layout(wf),
+                        executor=ctx.executor, progress=ctx.item_done)
+        outputs += job.files
+        merged = job.results
 
     dropped = 0
     agreements: list[float] = []
@@ -1171,25 +1169,12 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
         if m.report is None:
             skipped.append(SkippedUnit("clean", m.montage, f"consensus failed: {m.error}"))
             continue
-        js = used[m.montage]
-        agreement = _mean_agreement(m.report)
+        agreement = mean_agreement(m.report)
         agreements.append(agreement)
-        drops = _dropped_units(m.montage, js, m.report)
+        drops = _dropped_units(m.montage, used[m.montage], m.report)
         dropped += len(drops)
         skipped += drops
-        report_path = wf.consensus_report_path(m.montage)
-        atomic_write_text(report_path, json.dumps({
-            "montage": m.montage,
-            "labels": m.dst.name,
-            "judgments": [{"unit_id": j.unit_id, "judgment_id": j.judgment_id,
-                           "worker_id": j.worker_id, "trust": j.trust, "tainted": j.tainted,
-                           "labels": wf.judgment_label_path(m.montage, j.unit_id,
-                                                            j.judgment_id).name}
-                          for j in js],
-            "mean_agreement": round(agreement, 6),
-            **m.report.to_dict(),
-        }, indent=1, sort_keys=True) + "\n")
-        outputs += [m.dst, report_path]
+        outputs.append(m.dst)
         logger.info("%s: %d annotators -> %d cells, %d dropped, mean agreement (F1) %.2f",
                     m.montage, m.report.annotators, m.report.consensus_cells, len(drops),
                     agreement)

@@ -52,6 +52,7 @@ from .errors import CellcrowdError
 from .geometry import MontageLayout
 
 __all__ = [
+    "FP_PRIOR",
     "MIN_WEIGHT",
     "EvidenceTask",
     "Reliability",
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 #: Smallest pixel vote weight of a worker who takes part (shape agreement 1/2 or less).
 MIN_WEIGHT = 0.05
+#: Prior share of the things that are no cell a worker draws: neutral, learnt from the job.
+FP_PRIOR = 0.5
 _LIMIT = 0.999
 
 
@@ -285,7 +288,7 @@ def _maximise(s: _Stacked, real: NDArray[np.float64], p: _Params, seed: NDArray[
         return out
 
     sens = share(pr * drew, pr, seed)
-    fp = share((1 - pr) * drew, 1 - pr, 1 - seed)
+    fp = share((1 - pr) * drew, 1 - pr, np.full(n, FP_PRIOR))
     drew_vote = np.where(s.drew & s.voting, vote_weight(p.shape)[np.maximum(s.worker, 0)], 0.0)
     # IoU with the group's fused shape, approximated by the vote-weighted mean IoU with
     # every drawing (its own included, IoU 1), as the weighted pixel vote would fuse it.
@@ -340,7 +343,7 @@ def estimate_reliability(
     quiet = np.array([w in set(silent) for w in workers], dtype=bool)
     seed = _priors(workers, trust)
     stacked = _stack(evidence, index, quiet)
-    params = _Params(seed.copy(), 1 - seed, seed.copy(), 0.5)
+    params = _Params(seed.copy(), np.full(seed.size, FP_PRIOR), seed.copy(), 0.5)
     converged, step = not workers, 0
     while not converged and step < max_iterations:
         step += 1
