@@ -1180,10 +1180,11 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
                     agreement)
     labelled = sum(1 for p in outputs if p.parent == wf.labels and p.suffix == ".png")
     counts = {"montages": len(montages), "cleaned": labelled,
-              "montages_merged": len(agreements), "cells_dropped": dropped,
-              "judgments_left_out": left_out,
               "broken_links": len(still_broken(judgments)),
               "skipped": len(montages) - labelled}
+    if several or left_out:  # else the counts (and the QC page) of the single path
+        counts.update(montages_merged=len(agreements), cells_dropped=dropped,
+                      judgments_left_out=left_out)
     if agreements:
         counts["mean_agreement_pct"] = round(100 * sum(agreements) / len(agreements))
     return StageOutput(outputs, counts, skipped)
