@@ -10,25 +10,29 @@ reliability needs every unit they did. Two steps:
     two annotators' cells in it. Picklable; :func:`evidence_task` runs it on files.
 :func:`estimate_reliability`
     Job-wide, an EM in the spirit of Dawid-Skene and STAPLE, vectorised over
-    every group of the job. Start: each worker's reliability is its report
-    ``_trust`` (the mean of the known ones when missing). Then, until it settles:
+    every group of the job. Each worker has a *sensitivity* (the share of real
+    cells it draws), a *false-positive* share (of the things that are no cell,
+    the share it draws) and a *shape* agreement (the IoU of its cells with the
+    fused cell). They start at its report ``_trust`` (the mean of the known ones
+    when missing), :data:`FP_PRIOR`, and its trust; then, until they settle:
 
-    1. *E-step.* Each worker votes with the weight ``log(r / (1 - r))`` (the
-       Dawid-Skene log-odds of a symmetric annotator, at least
-       :data:`MIN_WEIGHT`); a group is a cell when the weight of those who drew
-       it is more than ``min_support`` of the unit's weight, or, in a unit of
-       two annotators, when a *reliable* worker (reliability at least
-       :data:`RELIABLE_SHARE` of the job's best) drew it.
-    2. *M-step.* A worker earns, for each cell of its units, the weighted mean
-       IoU of its cell with the others' cells of that group (its own mean
-       shape agreement when nobody else drew it) and 0 for a cell it missed;
-       each cell it drew that is not a cell counts 0 as well. Its reliability
-       is the mean of what it earned, shrunk towards its trust by
-       ``prior_cells`` pseudo-cells: an object-level F1 weighted by shape.
+    1. *E-step.* A group drawn by most of its unit's voters is a cell; any other
+       is one with the Dawid-Skene posterior from the prior log-odds 0 plus, for
+       each voter, ``log(sens / fp)`` when it drew the group and
+       ``log((1 - sens) / (1 - fp))`` when it did not.
+    2. *M-step.* Sensitivity and false positives are those shares over every
+       group of the worker's units, weighted by the posteriors; shape is the
+       mean, over its cells of real groups drawn by others too, of the
+       vote-weighted mean IoU with every drawing of the group (its own included,
+       as the weighted pixel vote fuses them). Every estimate is shrunk towards
+       its start by ``prior_cells`` pseudo-cells.
 
-    Careless workers (missed and merged cells, sloppy borders) thus lose on
-    every count, and a majority of them cannot outvote careful ones once the
-    careful ones' weights have grown.
+    A worker's *reliability* is ``sensitivity * (1 - false_positive) * shape``;
+    its pixel vote weight is the log-odds of its shape (:func:`vote_weight`),
+    and its say on whether a group is a cell are the two log-odds above
+    (:attr:`WorkerReliability.odds`). Careless workers (missed and merged cells,
+    sloppy borders, specks) lose on every count, and a majority of them cannot
+    outvote careful ones on pixels once the careful ones' weights have grown.
 
 Workers are identified by strings (the report's ``_worker_id``). A worker with
 weight 0 (tainted: failed quality control later) takes no part in the votes but
@@ -261,13 +265,15 @@ class _Params:
 
 
 def _posterior(s: _Stacked, p: _Params) -> NDArray[np.float64]:
-    """E-step: the probability that each group is a cell."""
+    """E-step: the probability that each group is a cell (1 when most voters drew it)."""
     w = np.maximum(s.worker, 0)
     drew_lo = np.log(p.sens / p.fp)[w]
     missed_lo = np.log((1 - p.sens) / (1 - p.fp))[w]
     score = math.log(p.prior / (1 - p.prior)) + np.where(
         s.voting, np.where(s.drew, drew_lo, missed_lo), 0.0).sum(axis=1)
-    out: NDArray[np.float64] = 1 / (1 + np.exp(-np.clip(score, -50, 50)))
+    heads = (s.drew & s.voting).sum(axis=1)
+    majority = heads > 0.5 * s.voting.sum(axis=1)  # a cell, as the merge keeps it
+    out: NDArray[np.float64] = np.where(majority, 1.0, 1 / (1 + np.exp(-np.clip(score, -50, 50))))
     return out
 
 
