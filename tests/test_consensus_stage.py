@@ -23,7 +23,7 @@ from cellcrowd.appen.report import read_report
 from cellcrowd.config import Config, example_config, load_config
 from cellcrowd.consensus import ConsensusReport, DroppedCell
 from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
-from cellcrowd.errors import ConfigError
+from cellcrowd.errors import ConfigError, InputError
 from cellcrowd.files import read_image
 from cellcrowd.geometry import MontageLayout
 from cellcrowd.labels import clean_annotation_file
@@ -270,3 +270,45 @@ def test_dropped_cells_are_named(
     assert unit.stage == "clean"
     assert unit.unit == f"m: cell {cell.label} of judgment j{cell.annotator}"
     assert unit.reason == reason
+
+
+def test_review_lists_units_with_low_agreement_or_no_labels(
+    job: tuple[Any, Config], cfg: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cellcrowd.cli import main
+
+    run(cfg, until_stage="clean")
+    wf = pipeline.working_folder(cfg)
+    judgments = read_report(wf.report_csv(cfg.job_id))
+    rows = {j.montage: (j.identifier, j.image_url) for j in judgments}
+    agreement = {m: json.loads(wf.consensus_report_path(m).read_text())["mean_agreement"]
+                 for m in rows}
+    threshold = float(np.median(list(agreement.values())))
+    failed = sorted(rows)[-1]
+    wf.label_path(failed).unlink()  # as if its consensus had failed
+    config = str(cfg.base / "cellcrowd.toml")
+    assert main(["review", config, "--set", f"clean.min_agreement={threshold}"]) == 0
+    out = capsys.readouterr().out
+    expected = sorted({m for m, a in agreement.items() if a < threshold} | {failed})
+    assert 0 < len(expected) < len(rows)
+    lines = wf.review_csv(cfg.job_id).read_text().splitlines()
+    assert lines[0] == "identifier,image_url"
+    assert lines[1:] == [",".join(rows[m]) for m in expected]
+    assert f"{failed}: failed: no clean labels" in out
+    assert f"{len(expected)} unit(s) to upload again" in out
+    # Nothing below 0 agreement and every label back: no CSV, the old one removed.
+    run(cfg, until_stage="clean")
+    assert main(["review", config, "--set", "clean.min_agreement=0"]) == 0
+    assert "nothing to review" in capsys.readouterr().out
+    assert not wf.review_csv(cfg.job_id).exists()
+
+
+def test_review_names_an_unreadable_consensus_report(cfg: Config) -> None:
+    from cellcrowd.review import write_review_csv
+
+    run(cfg, until_stage="clean")
+    wf = pipeline.working_folder(cfg)
+    broken = sorted(wf.labels.glob("*_consensus.json"))[0]
+    broken.write_text("{}")
+    with pytest.raises(InputError, match="unreadable consensus report .*'mean_agreement'"):
+        write_review_csv(wf, cfg.job_id)
