@@ -310,5 +310,5 @@ def test_review_names_an_unreadable_consensus_report(cfg: Config) -> None:
     wf = pipeline.working_folder(cfg)
     broken = sorted(wf.labels.glob("*_consensus.json"))[0]
     broken.write_text("{}")
-    with pytest.raises(InputError, match="unreadable consensus report .*'mean_agreement'"):
+    with pytest.raises(InputError, match=r"unreadable consensus report .*'mean_agreement'"):
         write_review_csv(wf, cfg.job_id)
