@@ -45,6 +45,15 @@ total weight):
    pixel: raster order of the montage, or, when a ``layout`` is given, frame
    order then raster order within the frame.
 
+Options (used by the job-wide consensus, :mod:`cellcrowd.jobconsensus`):
+``min_cover`` also matches two cells when their overlap covers that share of the
+smaller one (:mod:`cellcrowd.cellmatch`); ``odds`` keeps a cell whose drawers'
+Dawid-Skene log-odds outweigh the others' (:mod:`cellcrowd.reliability`), and
+then a cell most annotators drew is kept whatever their weights; ``reliable``
+keeps, with two annotators, the lone cells of a reliable one; ``smooth`` settles
+near ties of the pixel vote by the neighbourhood (:mod:`cellcrowd.cellfuse`).
+The report lists every output cell with its support and agreement.
+
 With ``min_support = 0.5`` and equal weights that is a strict majority: a cell
 seen by 2 of 3 annotators is kept, one seen by 1 of 3 (or 1 of 2) is dropped;
 a pixel is in when most of the cell's annotators put it there. With a single

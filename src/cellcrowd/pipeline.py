@@ -18,12 +18,15 @@ Stages, in order (each calls the library functions of its module)::
 stage uses every usable judgment of a montage (the files the fetch stage
 downloaded, one per judgment): one judgment is cleaned straight into the
 montage's labels; several are each cleaned into
-``{id}_labels/judgments/`` and merged by :func:`cellcrowd.consensus.merge_label_files`
-(cells matched across annotators, trust-weighted vote; tainted workers weigh 0),
-with a report ``{id}_labels/{montage}_consensus.json`` next to the labels. Cells
-too few annotators found are dropped and named, like broken-link and
-undownloaded judgments, in the stage's skipped units. ``consensus = false``
-cleans only the judgment the fetch stage chose (``wf.annotation_path``).
+``{id}_labels/judgments/`` and merged by :func:`cellcrowd.jobconsensus.merge_job`
+(``[clean] strategy``: ``"reliability"``, job-wide worker reliability first, or
+``"vote"``, a trust-weighted vote per montage; tainted workers weigh 0), with a
+report ``{id}_labels/{montage}_consensus.json`` next to the labels and the
+workers' ``consensus_workers.json``. Cells too few annotators found are dropped
+and named, like broken-link and undownloaded judgments, in the stage's skipped
+units. ``consensus = false`` (or ``strategy = "latest"``) cleans only the
+judgment the fetch stage chose (``wf.annotation_path``). Either way what
+cleaning did per montage goes to ``clean_stats.json``.
 
 **Whole movies as training data.** The npz stage's full movie
 (``outputs.npz_full_movie``) puts each position's parts one after another with
