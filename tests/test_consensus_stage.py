@@ -145,7 +145,7 @@ def test_several_annotators_are_merged_into_the_truth(
         assert report["mean_agreement"] < 1.0
         key = f"{montage}: cell {drop['label']} of judgment {fakes[montage]}"
         assert skipped.pop(key) == ("dropped: found by 1 of 3 annotators (more than 50% of "
-                                    "the weight needed)")
+                                    "them, or reliable enough ones, needed)")
     assert skipped == {}  # nothing else was left out
 
     # The rerun retries the failed download, which now works: the montage is merged from
@@ -266,7 +266,7 @@ def test_dropped_cells_are_named(
     weights: tuple[float, ...], cell: DroppedCell, reason: str
 ) -> None:
     js: list[Any] = [_J(f"j{i}") for i in range(len(weights))]
-    (unit,) = pipeline._dropped_units("m", js, _report(weights, cell))
+    (unit,) = pipeline._dropped_units("m", js, _report(weights, cell), "vote")
     assert unit.stage == "clean"
     assert unit.unit == f"m: cell {cell.label} of judgment j{cell.annotator}"
     assert unit.reason == reason

@@ -1052,7 +1052,8 @@ def _finders(weights: Sequence[float], annotator: int, support: float) -> int | 
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[SkippedUnit]:
+def _dropped_units(montage: str, js: Sequence[Judgment], report: Any, strategy: str
+                   ) -> list[SkippedUnit]:
     """One record per input cell the consensus left out."""
     active = sum(1 for w in report.weights if w > 0)
     out = []
@@ -1062,9 +1063,12 @@ def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[Sk
         found = (f"found by {count} of {active} annotators" if count is not None else
                  f"found by annotators with {cell.support:.0%} of the trust weight of "
                  f"{active} annotators")
-        if cell.reason == "support":
+        if cell.reason == "support" and strategy == "vote":
             reason = (f"dropped: {found} (more than {report.min_support:.0%} of the weight "
                       "needed)")
+        elif cell.reason == "support":
+            reason = (f"dropped: {found} (more than {report.min_support:.0%} of them, or "
+                      "reliable enough ones, needed)")
         else:
             reason = f"dropped: {found}, but other cells won every one of its pixels"
         out.append(SkippedUnit("clean", f"{montage}: cell {cell.label} of judgment "
@@ -1159,8 +1163,9 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
             wf.judgment_label_path(name, j.unit_id, j.judgment_id)) for j in ok]
     outputs.append(write_clean_stats(wf.clean_stats_path, stats))
     merged: list[Any] = []
+    strategy: Literal["vote", "reliability"] = "vote" if c.strategy == "vote" else "reliability"
     if inputs:
-        job = merge_job(wf, inputs, strategy="vote" if c.strategy == "vote" else "reliability",
+        job = merge_job(wf, inputs, strategy=strategy,
                         min_iou=c.min_iou, min_support=c.min_support, layout=_merge_layout(wf),
                         executor=ctx.executor, progress=ctx.item_done)
         outputs += job.files
@@ -1174,7 +1179,7 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
             continue
         agreement = mean_agreement(m.report)
         agreements.append(agreement)
-        drops = _dropped_units(m.montage, used[m.montage], m.report)
+        drops = _dropped_units(m.montage, used[m.montage], m.report, strategy)
         dropped += len(drops)
         skipped += drops
         outputs.append(m.dst)
