@@ -341,7 +341,7 @@ def test_assignment_by_parts_is_optimal(seed: int) -> None:
     """Solving each group of overlapping cells alone gives the optimum of the whole."""
     from scipy.optimize import linear_sum_assignment
 
-    from cellcrowd.consensus import _assign
+    from cellcrowd.cellmatch import assign as _assign
 
     rng = np.random.default_rng(seed)
     dense = np.where(rng.random((30, 25)) < 0.08, rng.random((30, 25)), 0.0)

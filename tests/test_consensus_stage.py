@@ -23,7 +23,7 @@ from cellcrowd.appen.report import read_report
 from cellcrowd.config import Config, example_config, load_config
 from cellcrowd.consensus import ConsensusReport, DroppedCell
 from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
-from cellcrowd.errors import ConfigError
+from cellcrowd.errors import ConfigError, InputError
 from cellcrowd.files import read_image
 from cellcrowd.geometry import MontageLayout
 from cellcrowd.labels import clean_annotation_file
@@ -145,7 +145,7 @@ def test_several_annotators_are_merged_into_the_truth(
         assert report["mean_agreement"] < 1.0
         key = f"{montage}: cell {drop['label']} of judgment {fakes[montage]}"
         assert skipped.pop(key) == ("dropped: found by 1 of 3 annotators (more than 50% of "
-                                    "the weight needed)")
+                                    "them, or reliable enough ones, needed)")
     assert skipped == {}  # nothing else was left out
 
     # The rerun retries the failed download, which now works: the montage is merged from
@@ -175,13 +175,16 @@ def test_consensus_off_cleans_the_chosen_annotation_as_before(
     assert clean.status == "ran"
     assert "montages_merged" not in clean.counts
     assert clean.skipped == ()
-    # Only the label montages, each the chosen annotation cleaned; the consensus files go.
-    assert sorted(clean.outputs) == sorted(wf.labels.glob("*_labels.png"))
+    # Only the label montages, each the chosen annotation cleaned, and what cleaning did;
+    # the consensus files go.
+    labels = sorted(wf.labels.glob("*_labels.png"))
+    assert sorted(clean.outputs) == sorted([*labels, wf.clean_stats_path])
+    assert not wf.consensus_workers_path.exists()
     assert not any(p.exists() for p in merged)
     assert not any(wf.labels.glob("judgments/*.png"))
     log = read_montage_log(wf.montage_log)
     with_fake = 0
-    for path in clean.outputs:
+    for path in labels:
         montage = path.name[: -len("_labels.png")]
         expected = tmp_path / f"{montage}.png"
         clean_annotation_file(wf.annotation_path(montage), expected, montage_log=log)
@@ -263,7 +266,49 @@ def test_dropped_cells_are_named(
     weights: tuple[float, ...], cell: DroppedCell, reason: str
 ) -> None:
     js: list[Any] = [_J(f"j{i}") for i in range(len(weights))]
-    (unit,) = pipeline._dropped_units("m", js, _report(weights, cell))
+    (unit,) = pipeline._dropped_units("m", js, _report(weights, cell), "vote")
     assert unit.stage == "clean"
     assert unit.unit == f"m: cell {cell.label} of judgment j{cell.annotator}"
     assert unit.reason == reason
+
+
+def test_review_lists_units_with_low_agreement_or_no_labels(
+    job: tuple[Any, Config], cfg: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cellcrowd.cli import main
+
+    run(cfg, until_stage="clean")
+    wf = pipeline.working_folder(cfg)
+    judgments = read_report(wf.report_csv(cfg.job_id))
+    rows = {j.montage: (j.identifier, j.image_url) for j in judgments}
+    agreement = {m: json.loads(wf.consensus_report_path(m).read_text())["mean_agreement"]
+                 for m in rows}
+    threshold = float(np.median(list(agreement.values())))
+    failed = sorted(rows)[-1]
+    wf.label_path(failed).unlink()  # as if its consensus had failed
+    config = str(cfg.base / "cellcrowd.toml")
+    assert main(["review", config, "--set", f"clean.min_agreement={threshold}"]) == 0
+    out = capsys.readouterr().out
+    expected = sorted({m for m, a in agreement.items() if a < threshold} | {failed})
+    assert 0 < len(expected) < len(rows)
+    lines = wf.review_csv(cfg.job_id).read_text().splitlines()
+    assert lines[0] == "identifier,image_url"
+    assert lines[1:] == [",".join(rows[m]) for m in expected]
+    assert f"{failed}: failed: no clean labels" in out
+    assert f"{len(expected)} unit(s) to upload again" in out
+    # Nothing below 0 agreement and every label back: no CSV, the old one removed.
+    run(cfg, until_stage="clean")
+    assert main(["review", config, "--set", "clean.min_agreement=0"]) == 0
+    assert "nothing to review" in capsys.readouterr().out
+    assert not wf.review_csv(cfg.job_id).exists()
+
+
+def test_review_names_an_unreadable_consensus_report(cfg: Config) -> None:
+    from cellcrowd.review import write_review_csv
+
+    run(cfg, until_stage="clean")
+    wf = pipeline.working_folder(cfg)
+    broken = sorted(wf.labels.glob("*_consensus.json"))[0]
+    broken.write_text("{}")
+    with pytest.raises(InputError, match=r"unreadable consensus report .*'mean_agreement'"):
+        write_review_csv(wf, cfg.job_id)

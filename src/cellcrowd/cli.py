@@ -121,6 +121,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show what is done, left, stale, failed or skipped")
     _add_config(p, executor=False)
 
+    p = sub.add_parser("review", help="write the CSV of units to judge again (low agreement, "
+                       "broken, failed), ready to upload")
+    _add_config(p, executor=False)
+
     p = sub.add_parser("prepare", help="cut the raw movie into montages for upload")
     _add_config(p)
 
@@ -436,6 +440,23 @@ def _cmd_status(args: argparse.Namespace, ui: _Ui) -> int:
     return 0
 
 
+def _cmd_review(args: argparse.Namespace, ui: _Ui) -> int:
+    from .pipeline import working_folder
+    from .review import write_review_csv
+
+    cfg = _load(args)
+    path, items = write_review_csv(working_folder(cfg), cfg.job_id,
+                                   report_type=cfg.service.report_type,
+                                   min_agreement=cfg.clean.min_agreement)
+    for item in items:
+        ui.print(f"{item.montage}: {item.reason}")
+    if items:
+        ui.print(f"wrote {path}: {len(items)} unit(s) to upload again for another judgment")
+    else:
+        ui.print("nothing to review: every unit was judged, cleaned and agreed on")
+    return 0
+
+
 def _cmd_init(args: argparse.Namespace, ui: _Ui) -> int:
     path = write_example_config(args.path, overwrite=args.force, identifier=args.identifier,
                                 job_id=args.job_id)
@@ -530,6 +551,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, _Ui], int]] = {
     "init": _cmd_init,
     "run": _cmd_run,
     "status": _cmd_status,
+    "review": _cmd_review,
     "prepare": _cmd_prepare,
     "export": _cmd_stage,
     "emulator": _cmd_emulator,

@@ -102,6 +102,13 @@ class CleanConfig(_Section):
     encoding: Encoding = "auto"
     #: Merge every usable judgment of a montage (False: only the one chosen by ``fetch``).
     consensus: bool = True
+    #: How several judgments become one: "reliability" (job-wide worker reliability, then
+    #: a reliability-weighted consensus), "vote" (each montage on its own, trust-weighted
+    #: majority) or "latest" (only the judgment ``fetch`` chose, as the original tool;
+    #: the same as ``consensus = false``).
+    strategy: Literal["reliability", "vote", "latest"] = "reliability"
+    #: Review (``cellcrowd review``) units whose annotators agree less than this (mean F1).
+    min_agreement: float = Field(default=0.7, ge=0, le=1)
     #: Smallest IoU for two annotators' cells to be one cell, in (0, 1].
     min_iou: float = Field(default=0.5, gt=0, le=1)
     #: Share of the annotators' trust weight a cell (and each pixel) must exceed, in [0, 1).
@@ -384,9 +391,14 @@ min_size = 10               # drop label fragments smaller than this (pixels)
 max_hole = 64               # fill holes inside a cell up to this size (pixels)
 encoding = "auto"           # how ids are painted: "red" channel, distinct "rgb", or "auto"
 consensus = true            # merge all judgments of a montage (false: only the best one)
+strategy = "reliability"    # "reliability" (job-wide worker reliability, then a weighted
+                            # consensus), "vote" (trust-weighted majority per montage), or
+                            # "latest" (only the judgment fetch chose, as consensus = false)
 min_iou = 0.5               # consensus: IoU for two annotators' cells to be one cell (0, 1]
 min_support = 0.5           # consensus: keep a cell (a pixel) when annotators holding more
-                            # than this share of the trust weight drew it [0, 1)
+                            # than this share of the weight drew it [0, 1)
+min_agreement = 0.7         # cellcrowd review: re-judge units whose annotators agree less
+                            # (mean F1 with the consensus) [0, 1]
 
 [outputs]
 npz_parts = true            # npz/<identifier>_partN.npz, one per montage number

@@ -45,6 +45,15 @@ total weight):
    pixel: raster order of the montage, or, when a ``layout`` is given, frame
    order then raster order within the frame.
 
+Options (used by the job-wide consensus, :mod:`cellcrowd.jobconsensus`):
+``min_cover`` also matches two cells when their overlap covers that share of the
+smaller one (:mod:`cellcrowd.cellmatch`); ``odds`` keeps a cell whose drawers'
+Dawid-Skene log-odds outweigh the others' (:mod:`cellcrowd.reliability`), and
+then a cell most annotators drew is kept whatever their weights; ``reliable``
+keeps, with two annotators, the lone cells of a reliable one; ``smooth`` settles
+near ties of the pixel vote by the neighbourhood (:mod:`cellcrowd.cellfuse`).
+The report lists every output cell with its support and agreement.
+
 With ``min_support = 0.5`` and equal weights that is a strict majority: a cell
 seen by 2 of 3 annotators is kept, one seen by 1 of 3 (or 1 of 2) is dropped;
 a pixel is in when most of the cell's annotators put it there. With a single
@@ -65,21 +74,24 @@ merge; it is still scored against the consensus.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from .agreement import (
+    AnnotatorAgreement,
+    CellRecord,
+    ConsensusReport,
+    DroppedCell,
+    annotator_agreement,
+)
+from .cellfuse import fuse_pixels
+from .cellmatch import Cells, compact, match_cells, overlap_iou
 from .errors import AnnotationError, CellcrowdError, GeometryError
 from .executor import Executor, run_tasks
 from .files import read_image, write_image
@@ -87,146 +99,24 @@ from .geometry import MontageLayout
 
 __all__ = [
     "AnnotatorAgreement",
+    "CellRecord",
     "ConsensusReport",
     "DroppedCell",
     "MergeResult",
     "MergeTask",
+    "flatten_labels",
     "judgment_weights",
     "merge_label_files",
     "merge_labels",
     "merge_task",
     "merge_tasks",
+    "read_labels",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: IoU at which a cell counts as found again, for the F1 agreement score.
-AGREEMENT_IOU = 0.5
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
 _REL_TOL = 1e-9
-
-
-# -- report ----------------------------------------------------------------------------------
-
-
-class DroppedCell(NamedTuple):
-    """A cell of one annotator that is not in the consensus.
-
-    Attributes
-    ----------
-    annotator : int
-        Index of the annotator in the input.
-    label : int
-        The cell's id in that annotator's labels.
-    pixels : int
-        The cell's size in that annotator's labels.
-    support : float
-        Summed weight of the annotators who found the cell, as a fraction of the total.
-    reason : str
-        ``"support"`` (too few annotators found it) or ``"overruled"`` (enough did,
-        but other cells won every one of its pixels).
-    """
-
-    annotator: int
-    label: int
-    pixels: int
-    support: float
-    reason: str = "support"
-
-
-@dataclass(frozen=True)
-class AnnotatorAgreement:
-    """How well one annotator agrees with the consensus.
-
-    The annotator's cells and the consensus cells are paired by Hungarian
-    assignment maximising the total IoU (pairs that overlap at all).
-
-    Attributes
-    ----------
-    annotator : int
-        Index of the annotator in the input.
-    weight : float
-        The weight it was given (0: ignored by the merge).
-    cells : int
-        Its number of cells.
-    matched : int
-        Pairs with IoU at least :data:`AGREEMENT_IOU` (0.5).
-    precision, recall, f1 : float
-        ``matched / cells``, ``matched / consensus cells`` and their harmonic mean
-        (1.0 when both are empty).
-    mean_iou : float
-        Mean over the annotator's cells of the IoU with its paired consensus cell
-        (0 for unpaired cells; 1.0 when both are empty, 0.0 when only it is).
-    """
-
-    annotator: int
-    weight: float
-    cells: int
-    matched: int
-    precision: float
-    recall: float
-    f1: float
-    mean_iou: float
-
-
-@dataclass(frozen=True)
-class ConsensusReport:
-    """What :func:`merge_labels` did.
-
-    Attributes
-    ----------
-    annotators : int
-        Number of inputs.
-    weights : tuple of float
-        The weight of each input (equal weights when none were given).
-    cells_per_annotator : tuple of int
-        Cells in each input.
-    consensus_cells : int
-        Cells in the output.
-    dropped : tuple of DroppedCell
-        Every input cell left out of the consensus, sorted by annotator and id
-        (cells of weight-0 annotators are not listed: see ``ignored``).
-    agreement : tuple of AnnotatorAgreement
-        One per input, in input order.
-    ignored : tuple of int
-        Inputs of weight 0 (no part in the merge).
-    method : {"single", "vote"}
-        ``"single"`` when only one annotator had a positive weight (its labels are
-        returned, renumbered), ``"vote"`` otherwise.
-    min_iou, min_support : float
-        The parameters used.
-    """
-
-    annotators: int
-    weights: tuple[float, ...]
-    cells_per_annotator: tuple[int, ...]
-    consensus_cells: int
-    dropped: tuple[DroppedCell, ...]
-    agreement: tuple[AnnotatorAgreement, ...]
-    ignored: tuple[int, ...] = ()
-    method: Literal["single", "vote"] = "vote"
-    min_iou: float = 0.5
-    min_support: float = 0.5
-
-    @property
-    def single(self) -> bool:
-        """True when only one annotator contributed."""
-        return self.method == "single"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only, ready for :func:`json.dumps`."""
-        return {
-            "annotators": self.annotators,
-            "weights": list(self.weights),
-            "cells_per_annotator": list(self.cells_per_annotator),
-            "consensus_cells": self.consensus_cells,
-            "dropped": [d._asdict() for d in self.dropped],
-            "agreement": [vars(a).copy() for a in self.agreement],
-            "ignored": list(self.ignored),
-            "method": self.method,
-            "min_iou": self.min_iou,
-            "min_support": self.min_support,
-        }
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -272,9 +162,11 @@ def _check_weights(weights: Sequence[float] | None, count: int) -> list[float]:
     return values
 
 
-def _check_params(min_iou: float, min_support: float) -> None:
+def _check_params(min_iou: float, min_support: float, min_cover: float | None = None) -> None:
     if not 0 < min_iou <= 1:
         raise ValueError(f"min_iou must be above 0 and at most 1, got {min_iou!r}")
+    if min_cover is not None and not 0 < min_cover <= 1:
+        raise ValueError(f"min_cover must be above 0 and at most 1, got {min_cover!r}")
     if not 0 <= min_support < 1:
         raise ValueError(f"min_support must be at least 0 and below 1, got {min_support!r}")
 
@@ -282,164 +174,7 @@ def _check_params(min_iou: float, min_support: float) -> None:
 # -- building blocks -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Cells:
-    """One annotator's labels as compact ids ``1..n`` numbered by first appearance."""
-
-    compact: NDArray[np.int32]  # flat, 0 background
-    ids: NDArray[np.int64]  # original id of compact id c at [c - 1]
-    areas: NDArray[np.int64]  # pixels of compact id c at [c - 1]
-
-    @property
-    def count(self) -> int:
-        return int(self.ids.size)
-
-    def key(self) -> bytes:
-        """Hash of the labels, the same whatever ids the annotator used."""
-        return hashlib.blake2b(self.compact.astype("<i4").tobytes(), digest_size=16).digest()
-
-
-def _compact(flat: NDArray[np.generic]) -> _Cells:
-    fg = np.flatnonzero(flat)
-    values, first, inverse, counts = np.unique(
-        flat[fg], return_index=True, return_inverse=True, return_counts=True)
-    order = np.argsort(first, kind="stable")
-    lut = np.empty(values.size, dtype=np.int32)
-    lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    compact = np.zeros(flat.shape, dtype=np.int32)
-    compact[fg] = lut[inverse.ravel()]
-    return _Cells(compact, values[order].astype(np.int64), counts[order].astype(np.int64))
-
-
-def _overlap_iou(a: _Cells, b: _Cells) -> tuple[NDArray[np.int64], NDArray[np.int64],
-                                                NDArray[np.float64]]:
-    """Pairs (cell of ``a``, cell of ``b``) that share pixels, and their IoU (sparse)."""
-    both = (a.compact > 0) & (b.compact > 0)
-    stride = np.int64(b.count + 1)
-    packed = a.compact[both].astype(np.int64) * stride + b.compact[both]
-    pairs, inter = np.unique(packed, return_counts=True)
-    rows, cols = pairs // stride, pairs % stride
-    union = a.areas[rows - 1] + b.areas[cols - 1] - inter
-    return rows, cols, inter / union
-
-
-def _assign(rows: NDArray[np.int64], cols: NDArray[np.int64], scores: NDArray[np.float64],
-            min_score: float) -> tuple[NDArray[np.int64], NDArray[np.int64],
-                                       NDArray[np.float64]]:
-    """Hungarian assignment maximising the total score over pairs scoring >= ``min_score``.
-
-    The pairs fall apart into independent groups (cells that overlap nothing else
-    form a group of one pair); each group of several pairs is solved on its own.
-    """
-    ok = scores >= min_score
-    rows, cols, scores = rows[ok], cols[ok], scores[ok]
-    if not rows.size:
-        return rows, cols, scores
-    urows, ri = np.unique(rows, return_inverse=True)
-    ucols, ci = np.unique(cols, return_inverse=True)
-    ri, ci = ri.ravel(), ci.ravel()
-    size = urows.size + ucols.size
-    graph = coo_matrix((np.ones(ri.size), (ri, urows.size + ci)), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
-    pair_component = component[ri]
-    pairs_in = np.bincount(pair_component, minlength=size)
-    single = pairs_in[pair_component] == 1
-    out_r, out_c, out_s = [urows[ri[single]]], [ucols[ci[single]]], [scores[single]]
-    for comp in np.flatnonzero(pairs_in > 1).tolist():
-        sel = np.flatnonzero(pair_component == comp)
-        sub_r, r_idx = np.unique(ri[sel], return_inverse=True)
-        sub_c, c_idx = np.unique(ci[sel], return_inverse=True)
-        matrix = np.zeros((sub_r.size, sub_c.size))
-        matrix[r_idx.ravel(), c_idx.ravel()] = scores[sel]
-        r, c = linear_sum_assignment(matrix, maximize=True)
-        keep = matrix[r, c] >= min_score
-        out_r.append(urows[sub_r[r[keep]]])
-        out_c.append(ucols[sub_c[c[keep]]])
-        out_s.append(matrix[r[keep], c[keep]])
-    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_s)
-
-
-def _match(cells: list[_Cells], weights: list[float], min_iou: float
-           ) -> tuple[list[NDArray[np.int64]], NDArray[np.float64]]:
-    """Group cells across annotators (rule 2).
-
-    Returns, per annotator, the consensus cell of each compact id (index ``c``;
-    entry 0 unused) and each consensus cell's support.
-    """
-    offsets = np.cumsum([0] + [c.count for c in cells])
-    owner = np.repeat(np.arange(len(cells)), [c.count for c in cells])
-    found: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]] = []
-    for j, k in itertools.combinations(range(len(cells)), 2):
-        r, c, iou = _assign(*_overlap_iou(cells[j], cells[k]), min_iou)
-        found.append((offsets[j] + r - 1, offsets[k] + c - 1, iou))
-    parent = list(range(int(offsets[-1])))
-    seen = [1 << int(k) for k in owner]  # annotators in each root's group (bit mask)
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
-    if found:
-        a, b, iou = (np.concatenate(x) for x in zip(*found, strict=True))
-        for e in np.lexsort((b, a, -iou)).tolist():
-            ra, rb = root(int(a[e])), root(int(b[e]))
-            if ra != rb and not seen[ra] & seen[rb]:
-                low, high = min(ra, rb), max(ra, rb)
-                parent[high] = low
-                seen[low] |= seen[high]
-    roots = np.array([root(n) for n in range(len(parent))], dtype=np.int64)
-    _, group = np.unique(roots, return_inverse=True)
-    group = group.ravel().astype(np.int64)
-    support = np.bincount(group, weights=np.asarray(weights)[owner])
-    group_of = [np.concatenate([[-1], group[offsets[k]:offsets[k + 1]]]).astype(np.int64)
-                for k in range(len(cells))]
-    return group_of, support.astype(np.float64)
-
-
-def _fuse(cells: list[_Cells], weights: list[float], group_of: list[NDArray[np.int64]],
-          support: NDArray[np.float64], kept: NDArray[np.bool_], min_support: float,
-          tol: float) -> NDArray[np.int64]:
-    """Pixel vote (rule 4): the winning consensus cell index per pixel, -1 for background."""
-    if not support.size:
-        return np.full(cells[0].compact.shape if cells else (0,), -1, dtype=np.int64)
-    stacked = np.stack([np.where(kept[g], g, -1)[c.compact] if g.size > 1
-                        else np.full(c.compact.shape, -1, dtype=np.int64)
-                        for c, g in zip(cells, group_of, strict=True)])
-    winner = np.full(stacked.shape[1], -1, dtype=np.int64)
-    fg = np.flatnonzero((stacked >= 0).any(axis=0))
-    stacked = stacked[:, fg]
-    votes = np.zeros(stacked.shape, dtype=np.float64)
-    for a in range(len(cells)):
-        for b in range(len(cells)):
-            votes[a] += weights[b] * (stacked[b] == stacked[a])
-    need = min_support * support[np.maximum(stacked, 0)] + tol
-    votes = np.where((stacked >= 0) & (votes > need), votes, -np.inf)
-    best = votes.max(axis=0)
-    chosen = np.where(votes == best, stacked, np.iinfo(np.int64).max).min(axis=0)
-    winner[fg] = np.where(np.isfinite(best), chosen, -1)
-    return winner
-
-
-def _agreement(index: int, weight: float, cells: _Cells, consensus: _Cells
-               ) -> AnnotatorAgreement:
-    n, m = cells.count, consensus.count
-    rows, cols, iou = _overlap_iou(cells, consensus)
-    _, _, paired = _assign(rows, cols, iou, np.nextafter(0.0, 1.0))
-    matched = int(np.count_nonzero(paired >= AGREEMENT_IOU))
-    if n == 0 and m == 0:
-        return AnnotatorAgreement(index, weight, 0, 0, 1.0, 1.0, 1.0, 1.0)
-    return AnnotatorAgreement(
-        index, weight, n, matched,
-        precision=matched / n if n else 0.0,
-        recall=matched / m if m else 0.0,
-        f1=2 * matched / (n + m),
-        mean_iou=float(paired.sum()) / n if n else 0.0,
-    )
-
-
-def _dropped(order: list[int], cells: list[_Cells], group_of: list[NDArray[np.int64]],
+def _dropped(order: list[int], cells: list[Cells], group_of: list[NDArray[np.int64]],
              share: NDArray[np.float64], kept: NDArray[np.bool_], present: NDArray[np.bool_]
              ) -> list[DroppedCell]:
     """Every member of a consensus cell missing from the output, by annotator and id."""
@@ -453,8 +188,39 @@ def _dropped(order: list[int], cells: list[_Cells], group_of: list[NDArray[np.in
     return sorted(dropped)
 
 
-def _flatten(image: NDArray[np.generic], layout: MontageLayout | None, index: int
-             ) -> NDArray[np.generic]:
+def _likely(group_of: list[NDArray[np.int64]], odds: list[tuple[float, float]], groups: int,
+            prior_odds: float) -> NDArray[np.bool_]:
+    """Groups whose log-odds of being a cell (prior plus each annotator's word) is >= 0."""
+    score = np.full(groups, float(prior_odds))
+    for g, (drew, missed) in zip(group_of, odds, strict=True):
+        member = np.zeros(groups, dtype=bool)
+        member[g[1:]] = True
+        score += np.where(member, drew, missed)
+    out: NDArray[np.bool_] = score >= 0
+    return out
+
+
+def _cell_records(cells: list[Cells], group_of: list[NDArray[np.int64]],
+                  share: NDArray[np.float64], consensus: Cells) -> tuple[CellRecord, ...]:
+    """Support, number of annotators and their mean IoU with it, for each output cell."""
+    group = consensus.ids - 1  # the group of output id k at [k - 1]
+    members = np.zeros(share.size, dtype=np.int64)
+    iou_sum = np.zeros(share.size)
+    for c, g in zip(cells, group_of, strict=True):
+        members += np.bincount(g[1:], minlength=share.size)
+        rows, cols, iou = overlap_iou(c, consensus)
+        same = g[rows] == group[cols - 1]
+        iou_sum += np.bincount(group[cols[same] - 1], weights=iou[same], minlength=share.size)
+    return tuple(
+        CellRecord(k + 1, round(float(share[gi]), 6), int(members[gi]),
+                   round(float(iou_sum[gi] / max(members[gi], 1)), 6),
+                   bool(2 * members[gi] <= len(cells)))
+        for k, gi in enumerate(group.tolist()))
+
+
+def flatten_labels(image: NDArray[np.generic], layout: MontageLayout | None, index: int = 0
+                   ) -> NDArray[np.generic]:
+    """A label montage as one flat array of its frames' pixels (buffers left out)."""
     if layout is None:
         return image.ravel()
     if image.shape != layout.montage_shape:
@@ -476,6 +242,11 @@ def merge_labels(
     min_iou: float = 0.5,
     min_support: float = 0.5,
     layout: MontageLayout | None = None,
+    min_cover: float | None = None,
+    smooth: bool = False,
+    odds: Sequence[tuple[float, float]] | None = None,
+    prior_odds: float = 0.0,
+    reliable: Sequence[bool] | None = None,
 ) -> tuple[NDArray[np.int32], ConsensusReport]:
     """Merge several annotators' label montages of one unit into one (trust-weighted vote).
 
@@ -502,6 +273,24 @@ def merge_labels(
     layout : MontageLayout, optional
         The montage layout: sizes are checked, pixels in buffers are ignored and
         output ids follow frame order.
+    min_cover : float, optional
+        Also match two cells when their overlap covers at least this share of the
+        smaller one (small and edge cells; :mod:`cellcrowd.cellmatch`), in (0, 1].
+    smooth : bool
+        Decide contested pixels by their neighbourhood's vote (:mod:`cellcrowd.cellfuse`).
+    odds : sequence of (float, float), optional
+        One per annotator: the log-odds that a cell is real when the annotator drew
+        it, and when it did not (a Dawid-Skene model, :mod:`cellcrowd.reliability`).
+        Given, a matched cell is kept when more than ``min_support`` of the
+        annotators who take part drew it (each counts once: the weights then only
+        fuse pixels), or when ``prior_odds`` plus the odds of every annotator who
+        takes part is at least 0: a reliable annotator can keep a cell the
+        majority missed (reported as low support).
+    prior_odds : float
+        The log-odds that a cell somebody drew is real, before the annotators' word.
+    reliable : sequence of bool, optional
+        One per annotator. When exactly two annotators take part, a cell only one
+        of them drew is also kept when that one is reliable (low support).
 
     Returns
     -------
@@ -513,8 +302,8 @@ def merge_labels(
     ------
     ValueError
         No images, images of different shapes or not 2-D, negative ids, a wrong
-        number of weights, negative or non-finite weights, all weights 0, or
-        ``min_iou`` / ``min_support`` out of range.
+        number of weights or odds, negative or non-finite weights, all
+        weights 0, or ``min_iou`` / ``min_support`` / ``min_cover`` out of range.
     TypeError
         If an image does not hold integers.
     GeometryError
@@ -537,10 +326,12 @@ def merge_labels(
     """
     images = _check_images(label_images)
     weight_list = _check_weights(weights, len(images))
-    _check_params(min_iou, min_support)
-    shape = images[0].shape
-    all_cells = [_compact(_flatten(image, layout, i)) for i, image in enumerate(images)]
-
+    _check_params(min_iou, min_support, min_cover)
+    for name, given in (("odds", odds), ("reliable flags", reliable)):
+        if given is not None and len(given) != len(images):
+            raise ValueError(f"got {len(given)} {name} for {len(images)} label images: pass "
+                             "one each")
+    all_cells = [compact(flatten_labels(image, layout, i)) for i, image in enumerate(images)]
     active = [i for i, w in enumerate(weight_list) if w > 0]
     order = sorted(active, key=lambda i: (-weight_list[i], all_cells[i].key()))
     cells = [all_cells[i] for i in order]
@@ -548,31 +339,38 @@ def merge_labels(
     total = float(sum(weights_in_order))
     tol = _REL_TOL * total
 
-    group_of, support = _match(cells, weights_in_order, min_iou)
-    kept = support > min_support * total + tol
-    winner = _fuse(cells, weights_in_order, group_of, support, kept, min_support, tol)
-    consensus = _compact(winner + 1)
+    group_of, support = match_cells(cells, weights_in_order, min_iou, min_cover)
+    if odds is None:
+        kept = support > min_support * total + tol
+    else:  # a majority of heads, or the odds: weights (shape quality) do not decide this
+        heads = sum(np.bincount(g[1:], minlength=support.size) for g in group_of)
+        kept = (heads > min_support * len(order)) | _likely(
+            group_of, [odds[i] for i in order], support.size, prior_odds)
+    if reliable is not None and len(order) == 2:  # one reliable annotator of two
+        for k, g in zip(order, group_of, strict=True):
+            kept[g[1:]] |= bool(reliable[k])
+    frames = (layout.length, *layout.frame_shape) if layout else (1, *images[0].shape)
+    winner = fuse_pixels(cells, weights_in_order, group_of, support, kept, min_support, tol,
+                         frames=frames, smooth=smooth)
+    consensus = compact(winner + 1)
     present = np.zeros(support.size, dtype=bool)
     present[consensus.ids - 1] = True
     dropped = _dropped(order, cells, group_of, support / total, kept, present)
-
-    flat = consensus.compact
-    if layout is not None:
-        out = layout.make(flat.reshape(layout.length, *layout.frame_shape)).astype(np.int32)
-    else:
-        out = flat.reshape(shape).astype(np.int32)
+    flat = consensus.compact.reshape(frames)
+    out = (layout.make(flat) if layout is not None else flat[0]).astype(np.int32)
     report = ConsensusReport(
         annotators=len(images),
         weights=tuple(weight_list),
         cells_per_annotator=tuple(c.count for c in all_cells),
         consensus_cells=consensus.count,
         dropped=tuple(dropped),
-        agreement=tuple(_agreement(i, weight_list[i], c, consensus)
+        agreement=tuple(annotator_agreement(i, weight_list[i], c, consensus)
                         for i, c in enumerate(all_cells)),
         ignored=tuple(i for i, w in enumerate(weight_list) if w == 0),
         method="single" if len(active) == 1 else "vote",
         min_iou=float(min_iou),
         min_support=float(min_support),
+        cells=_cell_records(cells, group_of, support / total, consensus),
     )
     if dropped:
         logger.debug("consensus of %d annotators: %d cells, %d input cells dropped",
@@ -629,7 +427,14 @@ def judgment_weights(trusts: Sequence[float | None], tainted: Sequence[bool]) ->
 # -- files and tasks -------------------------------------------------------------------------
 
 
-def _read_labels(path: Path) -> NDArray[np.generic]:
+def read_labels(path: str | Path) -> NDArray[np.generic]:
+    """A cleaned label image (2-D integer ids).
+
+    Raises
+    ------
+    AnnotationError
+        If the file holds no 2-D integer image (the message names the file).
+    """
     image = read_image(path)
     if image.ndim != 2 or image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
         raise AnnotationError(
@@ -649,6 +454,11 @@ def merge_label_files(
     min_iou: float = 0.5,
     min_support: float = 0.5,
     layout: MontageLayout | None = None,
+    min_cover: float | None = None,
+    smooth: bool = False,
+    odds: Sequence[tuple[float, float]] | None = None,
+    prior_odds: float = 0.0,
+    reliable: Sequence[bool] | None = None,
 ) -> ConsensusReport:
     """Merge cleaned label files of one montage (see :func:`merge_labels`) into ``dst``.
 
@@ -671,7 +481,7 @@ def merge_label_files(
             f"the consensus must not overwrite one of its sources ({dst}): write it elsewhere "
             "(WorkingFolder.label_path)"
         )
-    images = [_read_labels(p) for p in paths]
+    images = [read_labels(p) for p in paths]
     for p, image in zip(paths, images, strict=True):
         if image.shape != images[0].shape:
             raise GeometryError(
@@ -681,7 +491,9 @@ def merge_label_files(
                 path=p,
             )
     labels, report = merge_labels(images, weights=weights, min_iou=min_iou,
-                                  min_support=min_support, layout=layout)
+                                  min_support=min_support, layout=layout,
+                                  min_cover=min_cover, smooth=smooth, odds=odds,
+                                  prior_odds=prior_odds, reliable=reliable)
     small = labels.size == 0 or int(labels.max()) <= _UINT16_MAX
     write_image(dst, labels.astype(np.uint16) if small else labels)
     logger.debug("%d judgments -> %s: %d cells, %d dropped", len(paths), dst.name,
@@ -700,6 +512,11 @@ class MergeTask:
     min_iou: float = 0.5
     min_support: float = 0.5
     layout: MontageLayout | None = None
+    min_cover: float | None = None
+    smooth: bool = False
+    odds: tuple[tuple[float, float], ...] | None = None
+    prior_odds: float = 0.0
+    reliable: tuple[bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -721,7 +538,9 @@ def merge_task(task: MergeTask) -> MergeResult:
     try:
         report = merge_label_files(task.srcs, task.dst, weights=task.weights,
                                    min_iou=task.min_iou, min_support=task.min_support,
-                                   layout=task.layout)
+                                   layout=task.layout, min_cover=task.min_cover,
+                                   smooth=task.smooth, odds=task.odds,
+                                   prior_odds=task.prior_odds, reliable=task.reliable)
     except (CellcrowdError, ValueError, TypeError, OSError) as exc:
         logger.warning("skipping %s: %s", task.montage, exc)
         return MergeResult(task.montage, Path(task.dst), None, f"{type(exc).__name__}: {exc}")

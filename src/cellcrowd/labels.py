@@ -8,10 +8,11 @@ only partly filled larger holes and wrapped ids above 255. Here:
   colour per cell, or grey ids) into ``int32`` ids;
 * :func:`clean_labels` cleans ONE frame *per cell*: every 8-connected part of
   a cell under ``min_size`` pixels is dropped, even where it touches another
-  cell (except a cell's largest part when it touches the frame edge: tiles
-  cut real cells into slivers there); then every 4-connected background
-  region under ``max_hole`` pixels that does not touch the frame edge and is
-  bordered by a single cell is filled with that cell, completely. Nothing
+  cell (except a cell's largest part with image data when it touches the
+  frame's or the image's edge: tiles cut real cells into slivers there); then
+  every 4-connected background region under ``max_hole`` pixels that does not
+  touch the frame edge and is bordered by a single cell is filled with that
+  cell, completely. Nothing
   else changes: no morphology, so boundaries stay where the annotator put them;
 * :func:`clean_montage` splits a montage into its frames with
   :class:`~cellcrowd.geometry.MontageLayout`, cleans each frame on its own
@@ -25,21 +26,22 @@ only partly filled larger holes and wrapped ids above 255. Here:
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.measure import label as _skimage_label
 
+from .decode import Encoding, decode_annotation
 from .errors import AnnotationError, CellcrowdError
 from .executor import Executor, run_tasks
-from .files import read_image, write_image
-from .geometry import MontageLayout
+from .files import atomic_write_text, natural_key, read_image, write_image
+from .geometry import MontageLayout, TileGrid
 from .logs import MontageLog
 
 __all__ = [
@@ -53,11 +55,12 @@ __all__ = [
     "clean_task",
     "decode_annotation",
     "relabel_sequential",
+    "tile_window",
+    "write_clean_stats",
 ]
 
 logger = logging.getLogger(__name__)
 
-Encoding = Literal["auto", "red", "rgb"]
 _INT32_MAX = int(np.iinfo(np.int32).max)
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
 
@@ -98,110 +101,6 @@ class CleanStats:
                             for f in fields(self)))
 
 
-# -- decoding --------------------------------------------------------------------------------
-
-
-def _check_colour_dtype(image: NDArray[np.generic]) -> None:
-    if image.dtype not in (np.uint8, np.uint16):
-        raise AnnotationError(
-            f"a colour annotation must be 8- or 16-bit (uint8/uint16), got dtype {image.dtype}"
-        )
-
-
-def _decode_grey(image: NDArray[np.generic]) -> NDArray[np.int32]:
-    if image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
-        raise AnnotationError(
-            f"a grey annotation must hold integer cell ids, got dtype {image.dtype}: "
-            "save label images as uint8/uint16 PNG or integer TIFF"
-        )
-    if image.size and (int(image.min()) < 0 or int(image.max()) > _INT32_MAX):
-        raise AnnotationError(
-            f"grey annotation ids must lie in 0..{_INT32_MAX}, got "
-            f"{int(image.min())}..{int(image.max())}"
-        )
-    return image.astype(np.int32)
-
-
-def decode_annotation(
-    image: NDArray[np.generic], *, encoding: Encoding = "auto"
-) -> NDArray[np.int32]:
-    """Turn an annotation image into cell ids (0 = background).
-
-    Accepted images:
-
-    * ``(H, W)`` integer: the ids themselves (``encoding`` is not used);
-    * ``(H, W, 2)`` uint8/uint16: grey ids and alpha;
-    * ``(H, W, 3)`` or ``(H, W, 4)`` uint8/uint16: RGB(A).
-
-    Pixels whose alpha is 0 are background. Encodings of colour images:
-
-    ``"red"``
-        The id is the red channel (the original tool); green and blue are ignored.
-    ``"rgb"``
-        Every distinct non-black colour is one cell; ids ``1..n`` follow the
-        sorted packed colour value ``R·2^16 + G·2^8 + B`` (deterministic).
-    ``"auto"``
-        ``"red"`` when green and blue are 0 on every painted pixel (alpha not 0
-        and colour not black), else ``"rgb"``.
-
-    Parameters
-    ----------
-    image : ndarray
-        The annotation as read from its PNG.
-    encoding : {"auto", "red", "rgb"}
-        How colours map to ids.
-
-    Returns
-    -------
-    ndarray of int32, shape (H, W)
-
-    Raises
-    ------
-    AnnotationError
-        For an unsupported shape, dtype, encoding or out-of-range grey ids.
-
-    Examples
-    --------
-    >>> rgba = np.zeros((2, 3, 4), np.uint8)
-    >>> rgba[0, :2] = [9, 200, 30, 255]
-    >>> rgba[1, 2] = [50, 0, 70, 255]
-    >>> decode_annotation(rgba).tolist()
-    [[1, 1, 0], [0, 0, 2]]
-    >>> rgba[..., 1:3] = 0
-    >>> decode_annotation(rgba).tolist()
-    [[9, 9, 0], [0, 0, 50]]
-    """
-    if encoding not in ("auto", "red", "rgb"):
-        raise AnnotationError(f"encoding must be 'auto', 'red' or 'rgb', got {encoding!r}")
-    image = np.asarray(image)
-    if image.ndim == 2:
-        return _decode_grey(image)
-    if image.ndim != 3 or image.shape[2] not in (2, 3, 4):
-        raise AnnotationError(
-            f"an annotation must be (H, W) grey, (H, W, 2) grey+alpha, or (H, W, 3|4) "
-            f"RGB(A), got shape {image.shape}"
-        )
-    _check_colour_dtype(image)
-    alpha = image[..., -1] if image.shape[2] in (2, 4) else None
-    if image.shape[2] == 2:
-        ids = image[..., 0].astype(np.int32)
-        return np.where(alpha != 0, ids, 0).astype(np.int32) if alpha is not None else ids
-    rgb = image[..., :3].astype(np.uint64)
-    visible = np.ones(image.shape[:2], bool) if alpha is None else alpha != 0
-    painted = visible & rgb.any(axis=2)
-    if encoding == "auto":
-        encoding = "red" if not rgb[..., 1:][painted].any() else "rgb"
-        logger.debug("annotation colours decoded as %r", encoding)
-    if encoding == "red":
-        return np.where(visible, image[..., 0], 0).astype(np.int32)
-    shift = 8 * image.dtype.itemsize
-    packed = (rgb[..., 0] << (2 * shift)) | (rgb[..., 1] << shift) | rgb[..., 2]
-    out = np.zeros(image.shape[:2], dtype=np.int32)
-    _, inverse = np.unique(packed[painted], return_inverse=True)
-    out[painted] = inverse.reshape(-1) + 1
-    return out
-
-
 # -- cleaning one frame ----------------------------------------------------------------------
 
 
@@ -226,8 +125,39 @@ def _border(image: NDArray[np.intp]) -> NDArray[np.intp]:
     return np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
+#: Where real image data lies inside a frame (row and column slices); the rest is the
+#: zero padding of a tile that continues past the image's edge. None: all of it.
+Window = tuple[slice, slice]
+
+
+def _edges(shape: tuple[int, int], window: Window | None
+           ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
+    """The image data mask, the frame's border, and the image's border inside the frame."""
+    data = np.zeros(shape, dtype=bool)
+    data[window if window is not None else (slice(None), slice(None))] = True
+    frame_edge = np.zeros(shape, dtype=bool)
+    frame_edge[[0, -1], :] = frame_edge[:, [0, -1]] = True
+    inner = ndimage.binary_erosion(data, border_value=1)  # data pixels next to padding
+    return data, frame_edge, data & ~inner
+
+
+#: How far (px) a sliver at the image's edge may be from its cell in the frame before or
+#: after it (cells move a few pixels from frame to frame).
+REACH = 3
+
+
+def _seen_nearby(piece: tuple[slice, slice], cell: int,
+                 neighbours: Sequence[NDArray[np.generic]]) -> bool:
+    """Whether ``cell`` has pixels within :data:`REACH` of the box ``piece`` in a neighbour."""
+    rows, cols = piece
+    box = (slice(max(rows.start - REACH, 0), rows.stop + REACH),
+           slice(max(cols.start - REACH, 0), cols.stop + REACH))
+    return any(bool((n[box] == cell).any()) for n in neighbours)
+
+
 def _drop_specks(
-    labels: NDArray[np.int32], min_size: int
+    labels: NDArray[np.int32], min_size: int, window: Window | None = None,
+    neighbours: Sequence[NDArray[np.generic]] | None = None,
 ) -> tuple[NDArray[np.int32], int, int]:
     """Drop every 8-connected part of a cell under ``min_size`` px (see :func:`clean_labels`)."""
     comps: NDArray[np.intp] = np.asarray(
@@ -240,15 +170,22 @@ def _drop_specks(
     sizes = np.bincount(flat, minlength=count + 1)
     cell = np.zeros(count + 1, dtype=np.int64)
     cell[flat] = labels.ravel()
-    on_edge = np.zeros(count + 1, dtype=bool)
-    on_edge[_border(comps)] = True
-    # The largest part of each cell (ties: the first in raster order).
-    order = np.lexsort((np.arange(1, count + 1), -sizes[1:], cell[1:])) + 1
+    data, frame_edge, image_edge = _edges(labels.shape, window)
+    on_frame = np.bincount(flat[frame_edge.ravel()], minlength=count + 1) > 0
+    on_image = np.bincount(flat[image_edge.ravel()], minlength=count + 1) > 0
+    in_data = np.bincount(flat[data.ravel()], minlength=count + 1)
+    # The largest part of each cell with image data (ties: the first in raster order);
+    # a part lying only in the padding never is: the cell is not in this frame.
+    order = np.lexsort((np.arange(1, count + 1), -sizes[1:], in_data[1:] == 0, cell[1:])) + 1
     first = np.ones(count, dtype=bool)
     first[1:] = cell[order[1:]] != cell[order[:-1]]
     largest = np.zeros(count + 1, dtype=bool)
     largest[order[first]] = True
-    keep = (sizes >= min_size) | (largest & on_edge)
+    keep = (sizes >= min_size) | (largest & (on_frame | on_image) & (in_data > 0))
+    if neighbours:  # a sliver only at the image's edge: its cell is there before or after
+        boxes = ndimage.find_objects(comps)
+        for piece in np.flatnonzero(keep & (sizes < min_size) & ~on_frame).tolist():
+            keep[piece] = _seen_nearby(boxes[piece - 1], int(cell[piece]), neighbours)
     keep[0] = True
     dropped = ~keep
     out = np.where(keep[comps], labels, 0).astype(np.int32)
@@ -285,16 +222,19 @@ def _fill_holes(
 
 
 def _clean_frame(
-    labels: NDArray[np.generic], min_size: int, max_hole: int
+    labels: NDArray[np.generic], min_size: int, max_hole: int, window: Window | None = None,
+    neighbours: Sequence[NDArray[np.generic]] | None = None,
 ) -> tuple[NDArray[np.int32], CleanStats]:
-    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size)
+    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size, window,
+                                         neighbours)
     filled, holes, pixels = _fill_holes(kept, max_hole)
     cells = int(np.unique(filled).size - (1 if (filled == 0).any() else 0))
     return filled, CleanStats(cells, specks, removed, holes, pixels)
 
 
 def clean_labels(
-    labels: NDArray[np.generic], *, min_size: int = 10, max_hole: int = 64
+    labels: NDArray[np.generic], *, min_size: int = 10, max_hole: int = 64,
+    window: Window | None = None,
 ) -> NDArray[np.int32]:
     """Clean one label frame per cell: drop small parts, fill small holes, keep boundaries.
 
@@ -302,8 +242,11 @@ def clean_labels(
        side or a corner). A part under ``min_size`` pixels is dropped, also
        where it touches another cell (the original worked on the binary mask
        and kept those). Exception: a cell's largest part (ties: the first in
-       raster order) is kept, however small, when it touches the frame edge,
-       because tiles cut real cells at their borders into small slivers.
+       raster order) is kept, however small, when it touches an edge (the
+       frame's, or the image's: the border of ``window``), because tiles cut
+       real cells at their borders into small slivers. A part lying wholly in
+       the zero padding outside ``window`` is never a cell's largest part: a
+       speck there is dropped unless it has ``min_size`` pixels on its own.
     2. A background region (4-connected) under ``max_hole`` pixels that does
        not touch the frame edge and whose 4-neighbours all belong to ONE cell
        is filled with that cell, completely. Regions bordered by several cells
@@ -320,6 +263,10 @@ def clean_labels(
         Smallest part kept, in pixels.
     max_hole : int
         Holes of fewer pixels than this are filled.
+    window : (slice, slice), optional
+        Where the image's data lies in the frame, when the frame is a tile that
+        continues past the image's edge into zero padding
+        (:func:`tile_window`). Default: the whole frame is image.
 
     Returns
     -------
@@ -349,7 +296,7 @@ def clean_labels(
     labels = np.asarray(labels)
     _check_labels(labels)
     _check_sizes(min_size, max_hole)
-    return _clean_frame(labels, min_size, max_hole)[0]
+    return _clean_frame(labels, min_size, max_hole, window)[0]
 
 
 def relabel_sequential(labels: NDArray[np.generic]) -> NDArray[np.generic]:
@@ -389,6 +336,7 @@ def clean_montage(
     *,
     min_size: int = 10,
     max_hole: int = 64,
+    window: Window | None = None,
 ) -> tuple[NDArray[np.uint16], CleanStats]:
     """Clean every frame of a label montage on its own, then relabel the montage to ``1..n``.
 
@@ -397,7 +345,11 @@ def clean_montage(
     the montage is never cleaned as a whole). The same id in several frames is
     the same cell and gets the same new id; new ids follow the sorted old ids.
     Anything painted in the buffers between frames is dropped (counted in
-    ``pixels_removed``).
+    ``pixels_removed``). ``window`` is where image data lies in every frame
+    (:func:`tile_window`; see :func:`clean_labels`). Frames are consecutive time
+    points, so a small part kept only for touching the image's edge (not the
+    frame's) must also have its cell within :data:`REACH` px of it in the frame
+    before or after: a real sliver persists, a speck of another id does not.
 
     Returns
     -------
@@ -423,7 +375,8 @@ def clean_montage(
                        - int(np.count_nonzero(frames)))
     cleaned = np.empty(frames.shape, dtype=np.int32)
     for k, frame in enumerate(frames):
-        cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole)
+        near = [frames[i] for i in (k - 1, k + 1) if 0 <= i < len(frames)]
+        cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole, window, near)
         stats = stats + frame_stats
     values, inverse = np.unique(cleaned, return_inverse=True)
     cells = int(values.size - (1 if values[0] == 0 else 0))
@@ -439,6 +392,44 @@ def clean_montage(
     return montage.astype(np.uint16), final
 
 
+def tile_window(grid: TileGrid, montage: str) -> Window:
+    """Where the image's data lies in each frame of ``montage`` (a tile of ``grid``).
+
+    The position comes from the montage's name; the rest of its frames is the
+    zero padding of a tile that continues past the image's edge.
+
+    Raises
+    ------
+    InputError
+        If ``montage`` is not a montage name.
+    GeometryError
+        If its position is outside the grid.
+
+    Examples
+    --------
+    >>> grid = TileGrid.for_frame((10, 10), num_x=2, num_y=2, overlap_perc=20)
+    >>> tile_window(grid, "exp_x_01_y_01_montage_00")
+    (slice(0, 6, None), slice(0, 6, None))
+    """
+    from .layout import parse_montage_name
+
+    return grid.frame_window(parse_montage_name(montage).position)[1]
+
+
+def write_clean_stats(path: str | Path, stats: Mapping[str, Sequence[CleanStats]]) -> Path:
+    """Write what cleaning did per montage as JSON (format: ``WorkingFolder.clean_stats_path``).
+
+    ``stats`` maps a montage to the stats of each of its cleaned judgments; the
+    counts are summed and ``judgments`` says how many there were.
+    """
+    montages = {}
+    for name in sorted(stats, key=natural_key):
+        total = sum(stats[name], CleanStats())
+        montages[name] = {**asdict(total), "judgments": len(stats[name])}
+    return atomic_write_text(Path(path), json.dumps(
+        {"version": 1, "montages": montages}, indent=1) + "\n")
+
+
 def clean_annotation_file(
     src: str | Path,
     dst: str | Path,
@@ -447,10 +438,12 @@ def clean_annotation_file(
     encoding: Encoding = "auto",
     min_size: int = 10,
     max_hole: int = 64,
+    window: Window | None = None,
 ) -> CleanStats:
     """Read a downloaded annotation PNG, clean it, write the labels as a uint16 PNG.
 
     ``dst`` is written atomically; ``src`` (the download) is never touched.
+    ``window``: where image data lies in each frame (:func:`clean_labels`).
 
     Raises
     ------
@@ -474,7 +467,8 @@ def clean_annotation_file(
         raise AnnotationError(str(exc), path=src) from None
     layout = montage_log.layout_for_montage(image.shape, source=str(src))
     try:
-        cleaned, stats = clean_montage(decoded, layout, min_size=min_size, max_hole=max_hole)
+        cleaned, stats = clean_montage(decoded, layout, min_size=min_size, max_hole=max_hole,
+                                       window=window)
     except AnnotationError as exc:
         raise AnnotationError(str(exc), path=src) from None
     write_image(dst, cleaned)
@@ -493,6 +487,7 @@ class CleanTask:
     encoding: Encoding = "auto"
     min_size: int = 10
     max_hole: int = 64
+    window: Window | None = None
 
     @property
     def name(self) -> str:
@@ -520,7 +515,7 @@ def clean_task(task: CleanTask) -> CleanResult:
     try:
         stats = clean_annotation_file(
             task.src, task.dst, montage_log=task.montage_log, encoding=task.encoding,
-            min_size=task.min_size, max_hole=task.max_hole,
+            min_size=task.min_size, max_hole=task.max_hole, window=task.window,
         )
     except (CellcrowdError, ValueError, TypeError, OSError) as exc:
         logger.warning("skipping %s: %s", task.name, exc)

@@ -18,12 +18,15 @@ Stages, in order (each calls the library functions of its module)::
 stage uses every usable judgment of a montage (the files the fetch stage
 downloaded, one per judgment): one judgment is cleaned straight into the
 montage's labels; several are each cleaned into
-``{id}_labels/judgments/`` and merged by :func:`cellcrowd.consensus.merge_label_files`
-(cells matched across annotators, trust-weighted vote; tainted workers weigh 0),
-with a report ``{id}_labels/{montage}_consensus.json`` next to the labels. Cells
-too few annotators found are dropped and named, like broken-link and
-undownloaded judgments, in the stage's skipped units. ``consensus = false``
-cleans only the judgment the fetch stage chose (``wf.annotation_path``).
+``{id}_labels/judgments/`` and merged by :func:`cellcrowd.jobconsensus.merge_job`
+(``[clean] strategy``: ``"reliability"``, job-wide worker reliability first, or
+``"vote"``, a trust-weighted vote per montage; tainted workers weigh 0), with a
+report ``{id}_labels/{montage}_consensus.json`` next to the labels and the
+workers' ``consensus_workers.json``. Cells too few annotators found are dropped
+and named, like broken-link and undownloaded judgments, in the stage's skipped
+units. ``consensus = false`` (or ``strategy = "latest"``) cleans only the
+judgment the fetch stage chose (``wf.annotation_path``). Either way what
+cleaning did per montage goes to ``clean_stats.json``.
 
 **Whole movies as training data.** The npz stage's full movie
 (``outputs.npz_full_movie``) puts each position's parts one after another with
@@ -94,6 +97,7 @@ from .logs import read_logs
 if TYPE_CHECKING:
     from .appen.report import Judgment
     from .geometry import MontageLayout
+    from .labels import Window
 
 __all__ = [
     "STAGES",
@@ -308,7 +312,7 @@ def _stages() -> tuple[_Stage, ...]:
         _Stage("report", (), _report_settings, _no_files, _run_report),
         _Stage("fetch", ("report",), _fetch_settings, _no_files, _run_fetch),
         _Stage("clean", ("report", "fetch"), _clean_settings, _log_files, _run_clean,
-               version=2),
+               version=3),
         _Stage("movies", ("clean",), _no_settings, _raw_and_logs, _run_movies, version=2),
         _Stage("npz", ("movies",), _npz_settings, _log_files, _run_npz,
                enabled=lambda c: c.outputs.npz_parts or c.outputs.npz_full_movie, version=3),
@@ -921,8 +925,9 @@ def _fetch_settings(cfg: Config) -> dict[str, Any]:
 
 def _clean_settings(cfg: Config) -> dict[str, Any]:
     clean = cfg.clean.model_dump()
-    if not cfg.clean.consensus:  # the consensus thresholds do not matter then
-        del clean["min_iou"], clean["min_support"]
+    del clean["min_agreement"]  # only read by `cellcrowd review`
+    if not _consensus(cfg):  # the consensus settings do not matter then
+        del clean["min_iou"], clean["min_support"], clean["strategy"]
     return {"job_id": cfg.job_id, "report_type": cfg.service.report_type, **clean}
 
 
@@ -1030,9 +1035,13 @@ def _run_fetch(ctx: _Context) -> StageOutput:
     return StageOutput(outputs, counts, skipped, retry=retry)
 
 
+def _consensus(cfg: Config) -> bool:
+    return cfg.clean.consensus and cfg.clean.strategy != "latest"
+
+
 def _run_clean(ctx: _Context) -> StageOutput:
     judgments = _read_judgments(ctx.config, ctx.wf)
-    if ctx.config.clean.consensus:
+    if _consensus(ctx.config):
         return _clean_with_consensus(ctx, judgments)
     return _clean_chosen(ctx, judgments)
 
@@ -1040,7 +1049,7 @@ def _run_clean(ctx: _Context) -> StageOutput:
 def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
     """``consensus = false``: clean the one annotation per montage the fetch stage chose."""
     from .appen.report import still_broken
-    from .labels import CleanTask, clean_annotations
+    from .labels import CleanTask, clean_annotations, write_clean_stats
 
     cfg, wf = ctx.config, ctx.wf
     montages = sorted({j.montage for j in judgments if j.usable}, key=natural_key)
@@ -1048,11 +1057,12 @@ def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
     tasks = []
     log = _montage_log(wf)
     c = cfg.clean
+    window = _windows(wf)
     for name in montages:
         src = wf.annotation_path(name)
         if src.is_file():
             tasks.append(CleanTask(src, wf.label_path(name), log, name, c.encoding,
-                                   c.min_size, c.max_hole))
+                                   c.min_size, c.max_hole, window(name)))
         else:
             skipped.append(SkippedUnit("clean", name, "no annotation could be downloaded "
                                        f"(see {wf.failures_csv(cfg.job_id).name})"))
@@ -1061,7 +1071,9 @@ def _clean_chosen(ctx: _Context, judgments: Any) -> StageOutput:
     outputs = [r.dst for r in results if r.ok]
     skipped += [SkippedUnit("clean", r.montage, f"annotation unusable: {r.error}")
                 for r in results if not r.ok]
-    counts = {"montages": len(montages), "cleaned": len(outputs),
+    stats = {r.montage: [r.stats] for r in results if r.stats is not None}
+    outputs.append(write_clean_stats(wf.clean_stats_path, stats))
+    counts = {"montages": len(montages), "cleaned": len(outputs) - 1,
               "broken_links": len(still_broken(judgments)), "skipped": len(skipped)}
     return StageOutput(outputs, counts, skipped)
 
@@ -1074,6 +1086,26 @@ def _judgment_order(j: Judgment) -> tuple[Any, ...]:
     return natural_key(j.unit_id), natural_key(j.judgment_id)
 
 
+def _windows(wf: WorkingFolder) -> Callable[[str], Window | None]:
+    """Where image data lies in a montage's frames (None for every montage when old
+    logs cannot tell the tile grid, or for a name that is not a montage name)."""
+    from .labels import tile_window
+
+    try:
+        grid = read_logs(wf.chopper_log, wf.montage_log)[0].tile_grid()
+    except CellcrowdError as exc:
+        logger.info("cleaning without the image's edges in padded tiles (%s)", exc)
+        return lambda name: None
+
+    def window(name: str) -> Window | None:
+        try:
+            return tile_window(grid, name)
+        except CellcrowdError:
+            return None
+
+    return window
+
+
 def _merge_layout(wf: WorkingFolder) -> MontageLayout | None:
     """The montages' layout from the logs (None when old logs cannot tell the tile size)."""
     try:
@@ -1081,16 +1113,6 @@ def _merge_layout(wf: WorkingFolder) -> MontageLayout | None:
         return montage.layout(chopper.tile_grid().tile_shape)
     except CellcrowdError as exc:
         logger.info("consensus without a montage layout (%s): buffers are not checked", exc)
-        return None
-
-
-def _weights(montage: str, js: Sequence[Judgment]) -> tuple[float, ...] | None:
-    from .consensus import judgment_weights
-
-    try:
-        return tuple(judgment_weights([j.trust for j in js], [j.tainted for j in js]))
-    except ValueError as exc:
-        logger.warning("%s: %s in the report; the judgments get equal weights", montage, exc)
         return None
 
 
@@ -1118,7 +1140,8 @@ def _finders(weights: Sequence[float], annotator: int, support: float) -> int | 
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[SkippedUnit]:
+def _dropped_units(montage: str, js: Sequence[Judgment], report: Any, strategy: str
+                   ) -> list[SkippedUnit]:
     """One record per input cell the consensus left out."""
     active = sum(1 for w in report.weights if w > 0)
     out = []
@@ -1128,9 +1151,12 @@ def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[Sk
         found = (f"found by {count} of {active} annotators" if count is not None else
                  f"found by annotators with {cell.support:.0%} of the trust weight of "
                  f"{active} annotators")
-        if cell.reason == "support":
+        if cell.reason == "support" and strategy == "vote":
             reason = (f"dropped: {found} (more than {report.min_support:.0%} of the weight "
                       "needed)")
+        elif cell.reason == "support":
+            reason = (f"dropped: {found} (more than {report.min_support:.0%} of them, or "
+                      "reliable enough ones, needed)")
         else:
             reason = f"dropped: {found}, but other cells won every one of its pixels"
         out.append(SkippedUnit("clean", f"{montage}: cell {cell.label} of judgment "
@@ -1138,22 +1164,16 @@ def _dropped_units(montage: str, js: Sequence[Judgment], report: Any) -> list[Sk
     return out
 
 
-def _mean_agreement(report: Any) -> float:
-    """Mean F1 of the annotators who took part (weight > 0) against the consensus."""
-    scores = [a.f1 for a in report.agreement if a.weight > 0] or [
-        a.f1 for a in report.agreement]
-    return sum(scores) / len(scores) if scores else 1.0
-
-
 def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
     """Clean every usable judgment of a montage; merge several into one (consensus)."""
     from .appen.report import still_broken
-    from .consensus import MergeTask, merge_tasks
-    from .labels import CleanTask, clean_annotations
+    from .jobconsensus import JudgmentLabels, mean_agreement, merge_job
+    from .labels import CleanTask, clean_annotations, write_clean_stats
 
     cfg, wf = ctx.config, ctx.wf
     c = cfg.clean
     log = _montage_log(wf)
+    window = _windows(wf)
     failures_csv = wf.failures_csv(cfg.job_id).name
     by_montage: dict[str, dict[tuple[str, str], Judgment]] = {}
     for j in judgments:
@@ -1191,12 +1211,13 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
             j = present[0]
             singles.append(CleanTask(wf.judgment_path(name, j.unit_id, j.judgment_id),
                                      wf.label_path(name), log, name, c.encoding,
-                                     c.min_size, c.max_hole))
+                                     c.min_size, c.max_hole, window(name)))
         else:
             several[name] = present
     each = [CleanTask(wf.judgment_path(name, j.unit_id, j.judgment_id),
                       wf.judgment_label_path(name, j.unit_id, j.judgment_id), log,
-                      _judgment_unit(name, j), c.encoding, c.min_size, c.max_hole)
+                      _judgment_unit(name, j), c.encoding, c.min_size, c.max_hole,
+                      window(name))
             for name, js in several.items() for j in js]
     ctx.set_total(len(singles) + len(each) + len(several))
     results = clean_annotations(singles + each, executor=ctx.executor, progress=ctx.item_done)
@@ -1204,17 +1225,18 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
     skipped += [SkippedUnit("clean", r.montage, f"annotation unusable: {r.error}")
                 for r in results[:len(singles)] if not r.ok]
 
-    layout = _merge_layout(wf) if several else None
-    tasks: list[MergeTask] = []
+    stats = {r.montage: [r.stats] for r in results[:len(singles)] if r.stats is not None}
+    inputs: dict[str, list[JudgmentLabels]] = {}
     used: dict[str, list[Judgment]] = {}
     start = len(singles)
     for name, js in several.items():
         ok = []
         start += len(js)
         for j, r in zip(js, results[start - len(js):start], strict=True):
-            if r.ok:
+            if r.stats is not None:
                 ok.append(j)
                 outputs.append(r.dst)
+                stats.setdefault(name, []).append(r.stats)
             else:
                 left_out += 1
                 skipped.append(SkippedUnit("clean", r.montage, f"annotation unusable: "
@@ -1224,10 +1246,18 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
             ctx.item_done(1)
             continue
         used[name] = ok
-        tasks.append(MergeTask(
-            name, tuple(wf.judgment_label_path(name, j.unit_id, j.judgment_id) for j in ok),
-            wf.label_path(name), _weights(name, ok), c.min_iou, c.min_support, layout))
-    merged = merge_tasks(tasks, executor=ctx.executor, progress=ctx.item_done)
+        inputs[name] = [JudgmentLabels(
+            j.unit_id, j.judgment_id, j.worker_id, j.trust, j.tainted,
+            wf.judgment_label_path(name, j.unit_id, j.judgment_id)) for j in ok]
+    outputs.append(write_clean_stats(wf.clean_stats_path, stats))
+    merged: list[Any] = []
+    strategy: Literal["vote", "reliability"] = "vote" if c.strategy == "vote" else "reliability"
+    if inputs:
+        job = merge_job(wf, inputs, strategy=strategy,
+                        min_iou=c.min_iou, min_support=c.min_support, layout=_merge_layout(wf),
+                        executor=ctx.executor, progress=ctx.item_done)
+        outputs += job.files
+        merged = job.results
 
     dropped = 0
     agreements: list[float] = []
@@ -1235,34 +1265,22 @@ def _clean_with_consensus(ctx: _Context, judgments: Any) -> StageOutput:
         if m.report is None:
             skipped.append(SkippedUnit("clean", m.montage, f"consensus failed: {m.error}"))
             continue
-        js = used[m.montage]
-        agreement = _mean_agreement(m.report)
+        agreement = mean_agreement(m.report)
         agreements.append(agreement)
-        drops = _dropped_units(m.montage, js, m.report)
+        drops = _dropped_units(m.montage, used[m.montage], m.report, strategy)
         dropped += len(drops)
         skipped += drops
-        report_path = wf.consensus_report_path(m.montage)
-        atomic_write_text(report_path, json.dumps({
-            "montage": m.montage,
-            "labels": m.dst.name,
-            "judgments": [{"unit_id": j.unit_id, "judgment_id": j.judgment_id,
-                           "worker_id": j.worker_id, "trust": j.trust, "tainted": j.tainted,
-                           "labels": wf.judgment_label_path(m.montage, j.unit_id,
-                                                            j.judgment_id).name}
-                          for j in js],
-            "mean_agreement": round(agreement, 6),
-            **m.report.to_dict(),
-        }, indent=1, sort_keys=True) + "\n")
-        outputs += [m.dst, report_path]
+        outputs.append(m.dst)
         logger.info("%s: %d annotators -> %d cells, %d dropped, mean agreement (F1) %.2f",
                     m.montage, m.report.annotators, m.report.consensus_cells, len(drops),
                     agreement)
     labelled = sum(1 for p in outputs if p.parent == wf.labels and p.suffix == ".png")
     counts = {"montages": len(montages), "cleaned": labelled,
-              "montages_merged": len(agreements), "cells_dropped": dropped,
-              "judgments_left_out": left_out,
               "broken_links": len(still_broken(judgments)),
               "skipped": len(montages) - labelled}
+    if several or left_out:  # else the counts (and the QC page) of the single path
+        counts.update(montages_merged=len(agreements), cells_dropped=dropped,
+                      judgments_left_out=left_out)
     if agreements:
         counts["mean_agreement_pct"] = round(100 * sum(agreements) / len(agreements))
     return StageOutput(outputs, counts, skipped)

@@ -14,7 +14,10 @@ What the simulated crowd does
       notebook's re-upload case);
     * each annotation is the truth montage painted by
       :func:`cellcrowd.synthetic.paint_annotation` (ids in the red channel or as RGB
-      colours, with the small holes and stray pixels of real annotators) as an RGBA PNG.
+      colours, with the small holes and stray pixels of real annotators) as an RGBA PNG;
+    * with ``styles``, the first workers draw as careful or careless annotators do
+      (:mod:`cellcrowd.appen.annotators`: boundary noise, missed and merged cells,
+      specks) before their drawing is painted.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from ..files import read_image
 from ..geometry import MontageLayout
 from ..layout import WorkingFolder
 from ..logs import read_montage_log
+from .annotators import AnnotatorStyle, paint_styled
 from .report import montage_from_url
 
 __all__ = [
@@ -90,6 +94,7 @@ class SimWorker:
     region: str
     city: str
     ip: str
+    style: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +151,10 @@ class CrowdConfig:
         How annotation images carry cell ids.
     artifacts : bool
         Paint the small holes and stray pixels real annotators leave.
+    styles : tuple of AnnotatorStyle
+        Worker ``i`` (of the pool, in order) draws in ``styles[i]`` (e.g.
+        :data:`~cellcrowd.appen.annotators.CAREFUL`); workers past the end draw as
+        the painter does.
     """
 
     workers_per_unit: tuple[int, int] = (1, 3)
@@ -156,6 +165,7 @@ class CrowdConfig:
     reupload: bool = True
     encoding: Literal["red", "rgb"] = "red"
     artifacts: bool = True
+    styles: tuple[AnnotatorStyle, ...] = ()
 
     def __post_init__(self) -> None:
         low, high = self.workers_per_unit
@@ -169,6 +179,9 @@ class CrowdConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if not 0.0 <= self.trust_range[0] <= self.trust_range[1] <= 1.0:
             raise ValueError(f"trust_range must lie within [0, 1], got {self.trust_range}")
+        if len(self.styles) > self.pool_size:
+            raise ValueError(f"{len(self.styles)} styles for a pool of {self.pool_size} "
+                             "workers: give at most one per worker")
 
 
 def encode_png(image: NDArray[Any]) -> bytes:
@@ -209,6 +222,7 @@ def _workers(config: CrowdConfig, rng: np.random.Generator) -> list[SimWorker]:
             channel=("neodev", "clixsense", "instagc")[i % 3],
             country=country, region=region, city=city,
             ip=f"10.{i // 250}.{i % 250}.{int(rng.integers(1, 255))}",
+            style=config.styles[i].name if i < len(config.styles) else "",
         ))
     return workers
 
@@ -260,15 +274,19 @@ def simulate_crowd(
     reuploaded = int(rng.integers(len(rows))) if config.reupload and rows else -1
     units: list[SimUnit] = []
     judgments: list[SimJudgment] = []
+    styles = {w.worker_id: s for w, s in zip(workers, config.styles, strict=False)}
 
     def judge(unit: SimUnit, worker: SimWorker, when: datetime, broken: bool) -> None:
         index = len(judgments)
         annotation = None
         if not broken:
             truth = load(unit.montage)
-            annotation = encode_png(painter(truth, encoding=config.encoding, layout=layout,
-                                            artifacts=config.artifacts,
-                                            seed=seed * 100_003 + index))
+            style = styles.get(worker.worker_id)
+            paint = (painter if style is None
+                     else functools.partial(paint_styled, style=style))
+            annotation = encode_png(paint(truth, encoding=config.encoding, layout=layout,
+                                          artifacts=config.artifacts,
+                                          seed=seed * 100_003 + index))
         took = timedelta(seconds=int(rng.integers(40, 900)))
         judgments.append(SimJudgment(judgment_base + 3 * index, unit.unit_id, worker, when,
                                      when + took, broken, annotation))

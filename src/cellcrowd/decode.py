@@ -1,0 +1,124 @@
+"""Annotation images -> cell ids: the colours of one crowd annotation decoded.
+
+:func:`decode_annotation` (also importable from :mod:`cellcrowd.labels`) turns
+a PNG array (ids in the red channel, one colour per cell, or grey ids) into
+``int32`` ids.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .errors import AnnotationError
+
+__all__ = ["Encoding", "decode_annotation"]
+
+logger = logging.getLogger(__name__)
+
+Encoding = Literal["auto", "red", "rgb"]
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
+def _check_colour_dtype(image: NDArray[np.generic]) -> None:
+    if image.dtype not in (np.uint8, np.uint16):
+        raise AnnotationError(
+            f"a colour annotation must be 8- or 16-bit (uint8/uint16), got dtype {image.dtype}"
+        )
+
+
+def _decode_grey(image: NDArray[np.generic]) -> NDArray[np.int32]:
+    if image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
+        raise AnnotationError(
+            f"a grey annotation must hold integer cell ids, got dtype {image.dtype}: "
+            "save label images as uint8/uint16 PNG or integer TIFF"
+        )
+    if image.size and (int(image.min()) < 0 or int(image.max()) > _INT32_MAX):
+        raise AnnotationError(
+            f"grey annotation ids must lie in 0..{_INT32_MAX}, got "
+            f"{int(image.min())}..{int(image.max())}"
+        )
+    return image.astype(np.int32)
+
+
+def decode_annotation(
+    image: NDArray[np.generic], *, encoding: Encoding = "auto"
+) -> NDArray[np.int32]:
+    """Turn an annotation image into cell ids (0 = background).
+
+    Accepted images:
+
+    * ``(H, W)`` integer: the ids themselves (``encoding`` is not used);
+    * ``(H, W, 2)`` uint8/uint16: grey ids and alpha;
+    * ``(H, W, 3)`` or ``(H, W, 4)`` uint8/uint16: RGB(A).
+
+    Pixels whose alpha is 0 are background. Encodings of colour images:
+
+    ``"red"``
+        The id is the red channel (the original tool); green and blue are ignored.
+    ``"rgb"``
+        Every distinct non-black colour is one cell; ids ``1..n`` follow the
+        sorted packed colour value ``R·2^16 + G·2^8 + B`` (deterministic).
+    ``"auto"``
+        ``"red"`` when green and blue are 0 on every painted pixel (alpha not 0
+        and colour not black), else ``"rgb"``.
+
+    Parameters
+    ----------
+    image : ndarray
+        The annotation as read from its PNG.
+    encoding : {"auto", "red", "rgb"}
+        How colours map to ids.
+
+    Returns
+    -------
+    ndarray of int32, shape (H, W)
+
+    Raises
+    ------
+    AnnotationError
+        For an unsupported shape, dtype, encoding or out-of-range grey ids.
+
+    Examples
+    --------
+    >>> rgba = np.zeros((2, 3, 4), np.uint8)
+    >>> rgba[0, :2] = [9, 200, 30, 255]
+    >>> rgba[1, 2] = [50, 0, 70, 255]
+    >>> decode_annotation(rgba).tolist()
+    [[1, 1, 0], [0, 0, 2]]
+    >>> rgba[..., 1:3] = 0
+    >>> decode_annotation(rgba).tolist()
+    [[9, 9, 0], [0, 0, 50]]
+    """
+    if encoding not in ("auto", "red", "rgb"):
+        raise AnnotationError(f"encoding must be 'auto', 'red' or 'rgb', got {encoding!r}")
+    image = np.asarray(image)
+    if image.ndim == 2:
+        return _decode_grey(image)
+    if image.ndim != 3 or image.shape[2] not in (2, 3, 4):
+        raise AnnotationError(
+            f"an annotation must be (H, W) grey, (H, W, 2) grey+alpha, or (H, W, 3|4) "
+            f"RGB(A), got shape {image.shape}"
+        )
+    _check_colour_dtype(image)
+    alpha = image[..., -1] if image.shape[2] in (2, 4) else None
+    if image.shape[2] == 2:
+        ids = image[..., 0].astype(np.int32)
+        return np.where(alpha != 0, ids, 0).astype(np.int32) if alpha is not None else ids
+    rgb = image[..., :3].astype(np.uint64)
+    visible = np.ones(image.shape[:2], bool) if alpha is None else alpha != 0
+    painted = visible & rgb.any(axis=2)
+    if encoding == "auto":
+        encoding = "red" if not rgb[..., 1:][painted].any() else "rgb"
+        logger.debug("annotation colours decoded as %r", encoding)
+    if encoding == "red":
+        return np.where(visible, image[..., 0], 0).astype(np.int32)
+    shift = 8 * image.dtype.itemsize
+    packed = (rgb[..., 0] << (2 * shift)) | (rgb[..., 1] << shift) | rgb[..., 2]
+    out = np.zeros(image.shape[:2], dtype=np.int32)
+    _, inverse = np.unique(packed[painted], return_inverse=True)
+    out[painted] = inverse.reshape(-1) + 1
+    return out
