@@ -25,6 +25,7 @@ from cellcrowd.prepare import prepare
 from cellcrowd.qc import (
     PALETTE,
     PANEL_GAP,
+    THUMB_SIDE,
     cells_per_frame,
     collect_qc,
     fill_overlay,
@@ -38,6 +39,7 @@ JOB = 4242
 FRAMES, LENGTH, ROW = 6, 4, 2  # two parts: 4 frames, then 2 (a partial montage)
 SKIPPED = (1, 1, 1)  # x, y, montage left without annotation/labels
 EVIL = "<script>alert('qc')</script>"
+BROKEN = ("exp_x_01_y_00_montage_01", "exp_x_00_y_01_montage_00")  # in the fixture's CSV
 
 
 # -- reading the page back --------------------------------------------------------------------
@@ -51,6 +53,7 @@ class _Page(HTMLParser):
         self.tables: dict[str, list[list[str]]] = {}
         self.lists: dict[str, list[str]] = {}
         self.images: list[dict[str, str | None]] = []
+        self.links: list[str] = []
         self.ids: list[str] = []
         self.texts: list[str] = []
         self._table: str | None = None
@@ -79,6 +82,8 @@ class _Page(HTMLParser):
             self._item = []
         elif tag == "img":
             self.images.append(attr)
+        elif tag == "a" and attr.get("href"):
+            self.links.append(unquote(str(attr["href"])))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None and self._row is not None:
@@ -193,7 +198,7 @@ def _distinct(a: np.ndarray) -> int:
 
 def test_montage_table_matches_the_label_files(harvest: Harvest) -> None:
     wf = harvest.wf
-    rows = {r["montage"]: r for r in _page(wf).rows("montages")}
+    rows = {r["montage"]: r for r in _page(wf).rows("units")}
     keys = [MontageKey("exp", x, y, m) for m in range(2) for x in range(2) for y in range(2)]
     assert sorted(rows) == sorted(wf.montage_name(k) for k in keys)
     for key in keys:
@@ -213,13 +218,14 @@ def test_montage_table_matches_the_label_files(harvest: Harvest) -> None:
             min(per_frame), max(per_frame))
         assert int(row["pixels removed"]) == harvest.stats[name].pixels_removed
         assert int(row["pixels filled"]) == harvest.stats[name].pixels_filled
-        assert row["problem"] == "—"
+        assert ("broken link" in row["problem"]) == (name in BROKEN)
+        assert "unusable" not in row["needs"]
 
 
 def test_last_partial_montage_counts_only_its_real_frames(harvest: Harvest) -> None:
     wf = harvest.wf
     name = wf.montage_name(MontageKey("exp", 0, 0, 1))
-    row = {r["montage"]: r for r in _page(wf).rows("montages")}[name]
+    row = {r["montage"]: r for r in _page(wf).rows("units")}[name]
     # Frames 2 and 3 of the last montage are blank cells: a min of 0 would be wrong.
     assert int(row["min cells/frame"]) > 0
 
@@ -288,7 +294,7 @@ def test_stages_and_missing_list(harvest: Harvest) -> None:
 
 def test_run_summary_is_shown_escaped(harvest: Harvest) -> None:
     text = harvest.wf.qc_index.read_text(encoding="utf-8")
-    assert "<script" not in text.lower()
+    assert "<script>alert" not in text.lower()
     assert "&lt;script&gt;" in text
     run = {r["item"]: r["value"] for r in _page(harvest.wf).rows("run")}
     assert run["note"] == EVIL
@@ -301,9 +307,15 @@ def test_run_summary_is_shown_escaped(harvest: Harvest) -> None:
 def test_overlays_exist_with_the_right_size_and_pixels(harvest: Harvest) -> None:
     wf = harvest.wf
     page = _page(wf)
-    sources = [unquote(str(img["src"])) for img in page.images]
+    sources = [link for link in page.links if link.endswith("_overlay.png")]
     labelled = sorted(p.name for p in wf.labels.iterdir())
     assert len(sources) == len(labelled) == 7
+    thumbs = [unquote(str(img["src"])) for img in page.images]
+    assert len(thumbs) == 8  # every unit, the one without labels too (its raw montage)
+    for src in thumbs:
+        with Image.open(wf.qc / src) as im:
+            assert max(im.size) <= THUMB_SIDE
+            assert (wf.qc / src).parent == wf.qc_thumbnail("x").parent
     for src in sources:
         path = wf.qc / src
         montage = src.removesuffix("_overlay.png")
@@ -327,16 +339,17 @@ def test_overlays_are_evenly_spaced_and_old_ones_removed(harvest: Harvest,
     shutil.copytree(harvest.wf.base, base)
     wf = WorkingFolder(base, "exp")
     write_qc_report(wf, max_overlays=3)
-    names = sorted(p.name.removesuffix("_labels.png") for p in wf.labels.iterdir())
+    names = [m.name for m in collect_qc(wf).montages if m.labels]
     chosen = [names[0], names[3], names[6]]
-    assert sorted(p.name for p in wf.qc.glob("*.png")) == [f"{n}_overlay.png" for n in chosen]
-    assert [unquote(str(i["src"])) for i in _page(wf).images] == [
-        f"{n}_overlay.png" for n in chosen]
+    assert sorted(p.name for p in wf.qc.glob("*.png")) == sorted(
+        f"{n}_overlay.png" for n in chosen)
+    assert sorted(link for link in _page(wf).links if link.endswith("_overlay.png")) == sorted(
+        f"{n}_overlay.png" for n in chosen)
     write_qc_report(wf, max_overlays=0)
     assert not list(wf.qc.glob("*.png"))
     page = _page(wf)
-    assert page.images == []
-    assert "No overlays were asked for" in page.text
+    assert not [link for link in page.links if link.endswith("_overlay.png")]
+    assert len(page.images) == 8  # thumbnails are never capped
 
 
 def test_rerun_is_byte_identical(harvest: Harvest, tmp_path: Path) -> None:
@@ -344,9 +357,10 @@ def test_rerun_is_byte_identical(harvest: Harvest, tmp_path: Path) -> None:
     shutil.copytree(harvest.wf.base, base)
     wf = WorkingFolder(base, "exp")
     write_qc_report(wf, job_id=JOB, summary={"n": 1})
-    first = {p.name: p.read_bytes() for p in sorted(wf.qc.iterdir())}
+    first = {p: p.read_bytes() for p in sorted(wf.qc.rglob("*")) if p.is_file()}
+    assert len(first) == 1 + 7 + 8 + 2  # page, overlays, thumbnails, CSV tables
     write_qc_report(wf, job_id=JOB, summary={"n": 1})
-    assert {p.name: p.read_bytes() for p in sorted(wf.qc.iterdir())} == first
+    assert {p: p.read_bytes() for p in sorted(wf.qc.rglob("*")) if p.is_file()} == first
 
 
 # -- partial and broken folders -----------------------------------------------------------------
@@ -369,13 +383,14 @@ def test_prepare_only_folder_says_what_is_missing_and_escapes_names(tmp_path: Pa
     for hint in ("cellcrowd fetch", "cellcrowd clean", "cellcrowd movies", "cellcrowd npz",
                  "cellcrowd stitch", "no job id given"):
         assert hint in missing
-    rows = page.rows("montages")
+    rows = page.rows("units")
     assert len(rows) == 8
     assert {r["montage"] for r in rows} == {
         h.wf.montage_name(MontageKey(identifier, x, y, m))
         for x in range(2) for y in range(2) for m in range(2)}
     assert all(r["raw montage"] == "yes" and r["cells"] == "—" for r in rows)
-    assert page.images == []
+    assert len(page.images) == 8  # thumbnails of the raw montages
+    assert not [link for link in page.links if link.endswith("_overlay.png")]
 
 
 def test_empty_folder_gets_a_report(tmp_path: Path) -> None:
@@ -403,7 +418,7 @@ def test_unreadable_files_are_reported_not_fatal(harvest: Harvest, tmp_path: Pat
     np.savez(wf.npz_part(1), X=np.zeros(2))
     write_qc_report(wf)
     page = _page(wf)
-    rows = {r["montage"]: r for r in page.rows("montages")}
+    rows = {r["montage"]: r for r in page.rows("units")}
     assert "cannot read this image" in rows[name]["problem"]
     assert "not a label image" in rows[rgb]["problem"]
     part1 = {r["part"]: r for r in page.rows("parts")}["1"]
