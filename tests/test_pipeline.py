@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -135,8 +136,10 @@ def test_full_run_writes_every_output_and_a_rerun_does_nothing(
     assert overlays
     assert all(p.is_file() and p.parent == wf.qc for p in overlays)
     assert qc.counts["overlays"] == len(overlays)
-    thumbs = [p for p in qc.outputs if p.parent == wf.qc_thumbnail("x").parent]
-    assert len(thumbs) == qc.counts["montages"]  # every unit has a thumbnail
+    thumb = r'<img class="thumb" loading="lazy" src="(?P<src>[^"]+)"'
+    shown = {m["src"] for m in re.finditer(thumb, page)}
+    assert len(shown) == qc.counts["montages"]  # every unit has a thumbnail
+    assert {wf.qc / unquote(src) for src in shown} <= set(qc.outputs)
     assert {wf.qc_units_csv, wf.qc_workers_csv} <= set(qc.outputs)
     merged = re.search(r"montages merged from several judgments</td>\s*<td[^>]*>(\d+)<", page)
     assert merged is not None

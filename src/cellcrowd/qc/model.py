@@ -231,8 +231,9 @@ class QcSummary:
 class OverlayFile:
     """The images of one montage as written: full overlay and thumbnail (None: not written).
 
-    ``size`` and ``thumb_size`` are (width, height) in pixels; ``notes`` say what
-    could not be shown and why.
+    ``size`` and ``thumb_size`` are (width, height) in pixels; ``thumbnail`` is
+    ``path`` itself when the overlay is small; ``notes`` say what could not be shown
+    and why.
     """
 
     montage: str

@@ -35,7 +35,11 @@ THUMB_SIDE = 240
 
 @dataclass(frozen=True)
 class QcFiles:
-    """Every file :func:`write_qc` wrote: the page, the images, the CSV tables."""
+    """Every file :func:`write_qc` wrote: the page, the images, the CSV tables.
+
+    ``thumbnails`` are the separate small images; an overlay no larger than
+    :data:`THUMB_SIDE` is shown as its own thumbnail.
+    """
 
     index: Path
     overlays: tuple[Path, ...]
@@ -104,7 +108,8 @@ def write_qc(qc: QcSummary) -> QcFiles:
               atomic_write_text(wf.qc_workers_csv, _workers_csv(qc)))
     index = atomic_write_text(wf.qc_index, render_html(qc, images))
     files = QcFiles(index, tuple(o.path for o in images if o.path is not None),
-                    tuple(o.thumbnail for o in images if o.thumbnail is not None), tables)
+                    tuple(o.thumbnail for o in images
+                          if o.thumbnail is not None and o.thumbnail != o.path), tables)
     logger.info("QC report written to %s (%d overlay(s), %d thumbnail(s); %d thing(s) "
                 "missing)", index, len(files.overlays), len(files.thumbnails),
                 len(qc.missing))
@@ -156,11 +161,13 @@ def _write_images(wf: WorkingFolder, m: MontageQc, full: bool) -> OverlayFile:
     image, notes = _overlay_of(m)
     if image is None:
         return OverlayFile(m.name, notes=tuple(notes))
-    small = thumbnail(image, THUMB_SIDE)
-    thumb = write_image(wf.qc_thumbnail(m.name), small)
     path = None
     if full and (m.labels or m.annotation):
         path = write_image(wf.qc_overlay(m.name), image)
+    small = thumbnail(image, THUMB_SIDE)
+    # A small overlay is its own thumbnail: one file less per unit.
+    thumb = path if path is not None and small.shape == image.shape else write_image(
+        wf.qc_thumbnail(m.name), small)
     return OverlayFile(m.name, path, (image.shape[1], image.shape[0]), thumb,
                        (small.shape[1], small.shape[0]), tuple(notes))
 
