@@ -15,7 +15,7 @@ The work is split by what it touches:
 from __future__ import annotations
 
 from .collect import collect_qc
-from .html import MAX_TABLE_ROWS, render_html
+from .html import MAX_TABLE_ROWS, PAGE_SIZE, render_html
 from .model import (
     CsvTable,
     ExportLink,
@@ -43,6 +43,7 @@ from .report import THUMB_SIDE, QcFiles, write_qc, write_qc_report
 
 __all__ = [
     "MAX_TABLE_ROWS",
+    "PAGE_SIZE",
     "PALETTE",
     "PANEL_GAP",
     "REMOVED_COLOUR",

@@ -26,6 +26,7 @@ MAX_TABLE_ROWS = 500
 PAGE_SIZE = 50
 _SPARK = "▁▂▃▄▅▆▇█"
 _BAR_WIDTH = 30
+_THUMB_HEIGHT = 96  # px: thumbnails lower than this are shown enlarged (2x-4x)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em 2em;
@@ -50,7 +51,8 @@ nav a { margin-right: 1em; }
 .controls { margin: 0.5em 0; display: flex; gap: 1em; align-items: center; flex-wrap: wrap; }
 .kind { display: inline-block; border-radius: 3px; padding: 0 4px; margin: 1px;
         background: #fde2e1; color: #8a1c1c; font-size: 0.85em; white-space: nowrap; }
-.facts th { width: 12em; }
+.facts th { min-width: 14em; }
+#units td.text { min-width: 22em; font-size: 0.9em; }
 pre { background: #f6f6f6; padding: 0.5em; }
 """
 
@@ -174,8 +176,9 @@ def _thumb(m: MontageQc, image: OverlayFile | None, base: Path) -> str:
         note = "; ".join(image.notes) if image is not None and image.notes else "no image"
         return f'<td class="none">{_e(note)}</td>'
     w, h = image.thumb_size
+    zoom = max(1, min(4, _THUMB_HEIGHT // max(h, 1)))  # tiny montages shown larger
     img = (f'<img class="thumb" loading="lazy" src="{_href(image.thumbnail, base)}" '
-           f'width="{w}" height="{h}" alt="{_e(m.name)}">')
+           f'width="{w * zoom}" height="{h * zoom}" alt="{_e(m.name)}">')
     if image.path is not None:
         img = f'<a href="{_href(image.path, base)}">{img}</a>'
     return f"<td>{img}</td>"
@@ -187,9 +190,10 @@ def _unit_row(rank: int, m: MontageQc, image: OverlayFile | None, base: Path) ->
     cells = [_cell(v) for v in (
         m.name, m.part, m.position)] + [f"<td>{needs}</td>"] + [_cell(v) for v in (
         m.agreement, m.judgments, m.raw, m.annotation, m.labels, m.cells,
-        m.min_cells_per_frame, m.max_cells_per_frame, m.pixels_removed, m.pixels_filled,
-        "; ".join(p.detail for p in m.problems) or None,
-        "; ".join(dict.fromkeys(p.advice for p in m.problems)) or None)]
+        m.min_cells_per_frame, m.max_cells_per_frame, m.pixels_removed, m.pixels_filled)]
+    for text in ("; ".join(p.detail for p in m.problems),
+                 "; ".join(dict.fromkeys(p.advice for p in m.problems))):
+        cells.append(f'<td class="text">{_e(text)}</td>' if text else _cell(None))
     return (f'<tr id="unit-{_e(m.name)}" data-unit="{_e(m.name)}" data-kinds="{_e(kinds)}">'
             f'<td class="n">{rank}</td>{_thumb(m, image, base)}{"".join(cells)}</tr>')
 
@@ -362,17 +366,17 @@ def render_html(qc: QcSummary, overlays: Sequence[OverlayFile] = ()) -> str:
     images = {o.montage: o for o in overlays}
     sections = [
         ("advice", "What to do", _advice_html(qc)),
-        ("stages", "Stages", _stages_html(qc)),
-        ("units", "Units, those that need a look first", _units_html(qc, images)),
         ("plots", "Plots", _plots_html(qc)),
+        ("units", "Units, those that need a look first", _units_html(qc, images)),
         ("workers", "Workers", _workers_html(qc)),
+        ("stages", "Stages", _stages_html(qc)),
         ("parts", "Parts (movies and npz)", _parts_html(qc)),
         ("job", "Broken links and download failures", _job_html(qc)),
         ("stitched", "Stitched movie", _stitched_html(qc)),
         ("exports", "Exports", _exports_html(qc)),
     ]
     if qc.run:
-        sections.insert(2, ("run", "Run summary", _table("run", ("item", "value"), qc.run)))
+        sections.insert(5, ("run", "Run summary", _table("run", ("item", "value"), qc.run)))
     nav = " ".join(f'<a href="#{a}-section">{_e(t)}</a>' for a, t, _ in sections)
     body = "\n".join(_section(a, t, b) for a, t, b in sections)
     script = _JS.replace("PAGE_SIZE", str(PAGE_SIZE))
