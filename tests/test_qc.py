@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from cellcrowd.qc import (
     PALETTE,
     PANEL_GAP,
     THUMB_SIDE,
+    WorkerQc,
     cells_per_frame,
     collect_qc,
     fill_overlay,
     outline_overlay,
+    overlay_panels,
     stretch_to_uint8,
+    thumbnail,
     write_qc_report,
 )
 from cellcrowd.synthetic import paint_annotation, synthetic_movie, write_movie_frames
@@ -524,10 +528,135 @@ def test_overlays_do_not_modify_inputs_and_cycle_the_palette() -> None:
         (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2), int),
                                  palette=np.zeros((2, 4), np.uint8)), "palette"),
         (lambda: fill_overlay(np.zeros((2, 2)), np.zeros((2, 2), int), alpha=2), "alpha"),
+        (lambda: overlay_panels(np.zeros((2, 2)), None, None), "labels or an annotation"),
+        (lambda: overlay_panels(np.zeros((2, 2)), np.zeros((2, 2), int), np.zeros((2, 3), int)),
+         "must be the same size"),
+        (lambda: thumbnail(np.zeros((4, 4)), 2), "thumbnail needs"),
     ],
     ids=["cells-2d", "stretch-3d", "stretch-percentiles", "overlay-shape", "overlay-float",
-         "overlay-palette", "fill-alpha"],
+         "overlay-palette", "fill-alpha", "panels-none", "panels-shape", "thumbnail-grey"],
 )
 def test_array_helpers_refuse_bad_input(call: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()  # type: ignore[operator]
+
+
+# -- agreement, workers, cleaning stats, manifest ------------------------------------------------
+
+
+def _copy(harvest: Harvest, tmp_path: Path) -> WorkingFolder:
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    return WorkingFolder(base, "exp")
+
+
+def _consensus_report(workers: list[str], f1: list[float]) -> dict[str, object]:
+    """A consensus report as the clean stage writes it (cellcrowd.consensus today)."""
+    return {"judgments": [{"unit_id": "1", "judgment_id": str(i), "worker_id": w}
+                          for i, w in enumerate(workers)],
+            "agreement": [{"annotator": i, "weight": 1.0, "f1": v} for i, v in enumerate(f1)],
+            "mean_agreement": sum(f1) / len(f1)}
+
+
+def test_reports_beside_the_labels_fill_agreement_workers_and_pixels(
+        harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    rng = np.random.default_rng(7)
+    names = [m.name for m in collect_qc(wf).montages if m.labels][:3]
+    scores = {n: [float(v) for v in rng.uniform(0.2, 1.0, 2)] for n in names}
+    pairs = [["a", "b"], ["b", "c"], ["a", "c"]]
+    for name, workers in zip(names, pairs, strict=True):
+        wf.consensus_report_path(name).write_text(
+            json.dumps(_consensus_report(workers, scores[name])), encoding="utf-8")
+    wf.workers_json.write_text(json.dumps({"workers": [
+        {"worker_id": "a", "reliability": 0.25}, {"worker_id": "b", "reliability": 0.75}]}))
+    stats = {n: {"pixels_removed": int(rng.integers(0, 99)), "pixels_filled": 3} for n in names}
+    wf.clean_stats_json.write_text(json.dumps({"montages": stats}))
+    write_qc_report(wf)
+    page = _page(wf)
+    units = {r["montage"]: r for r in page.rows("units")}
+    for name in names:
+        mean = sum(scores[name]) / 2
+        assert units[name]["agreement"] == f"{mean:.3f}"
+        assert units[name]["judgments"] == "2"
+        assert ("low agreement" in units[name]["needs"]) == (mean < 0.7)
+        assert int(units[name]["pixels removed"]) == stats[name]["pixels_removed"]
+    workers = {r["worker"]: r for r in page.rows("workers")}
+    assert sorted(workers) == ["a", "b", "c"]
+    assert (workers["a"]["reliability"], workers["c"]["reliability"]) == ("0.250", "—")
+    for worker in "abc":
+        mine = [scores[n][p.index(worker)] for n, p in zip(names, pairs, strict=True)
+                if worker in p]
+        assert int(workers[worker]["units"]) == len(mine)
+        assert workers[worker]["agreement"] == f"{sum(mine) / len(mine):.3f}"
+    assert wf.qc_workers_csv.read_text(encoding="utf-8").splitlines()[1].startswith("a,0.25,2,")
+
+
+def test_absent_or_broken_report_files_show_dashes(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    name = next(m.name for m in collect_qc(wf).montages if m.labels)
+    wf.consensus_report_path(name).write_text("{not json", encoding="utf-8")
+    wf.workers_json.write_text(json.dumps({"w9": {"units": "many"}}))
+    wf.clean_stats_json.write_text(json.dumps({name: "nothing"}))
+    qc = collect_qc(wf)
+    (row,) = [m for m in qc.montages if m.name == name]
+    assert (row.agreement, row.judgments, row.pixels_removed) == (None, None, None)
+    assert qc.workers == (WorkerQc("w9", 0, None, None),)
+    write_qc_report(wf, qc=qc)
+    assert _page(wf).rows("workers") == [
+        {"worker": "w9", "reliability": "—", "units": "0", "agreement": "—"}]
+
+
+def _manifest(wf: WorkingFolder, stages: dict[str, dict[str, object]]) -> None:
+    wf.manifest.parent.mkdir(parents=True, exist_ok=True)
+    wf.manifest.write_text(json.dumps({"version": 1, "stages": stages}), encoding="utf-8")
+
+
+def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    labelled = sorted(p for p in wf.labels.glob("*_labels.png"))
+    recorded = labelled[: len(labelled) // 2]
+    npz = wf.npz_part(1)
+    _manifest(wf, {
+        "clean": {"state": "done", "outputs": {p.relative_to(wf.base).as_posix(): [0, ""]
+                                               for p in recorded}},
+        "npz": {"state": "done", "outputs": {npz.relative_to(wf.base).as_posix(): [0, ""]}},
+        "stitch": {"state": "failed", "error": "disk full"},
+    })
+    qc = collect_qc(wf)
+    assert {m.labels_path for m in qc.montages if m.labels} == set(recorded)
+    assert [p.npz for p in qc.parts] == [npz, None]  # part 2's file is not recorded
+    assert any("stage stitch is failed: disk full" in m for m in qc.missing)
+    (link,) = qc.exports
+    assert (link.stage, link.path) == ("npz", npz)
+    assert f'np.load("npz/{npz.name}")' in str(link.snippet)
+    write_qc_report(wf, qc=qc)
+    assert f"../npz/{npz.name}" in _page(wf).links
+
+
+def test_problems_carry_advice_and_come_first(harvest: Harvest) -> None:
+    qc = collect_qc(harvest.wf, job_id=JOB)
+    by_name = {m.name: m for m in qc.montages}
+    for name in BROKEN:
+        (broken,) = [p for p in by_name[name].problems if p.kind == "broken"]
+        assert qc.wf.reupload_csv(JOB).name in broken.advice
+        assert "fetch" not in broken.advice.replace("fetching again cannot help", "")
+    skipped = qc.wf.montage_name(MontageKey("exp", *SKIPPED))
+    assert [p.kind for p in by_name[skipped].problems] == ["not harvested"]
+    order = qc.by_attention()
+    scores = [m.attention for m in order]
+    assert scores == sorted(scores, reverse=True)
+    assert {m.name for m in order[:len(BROKEN)]} == set(BROKEN)  # weight 5 beats 1
+    units = list(csv.DictReader(qc.wf.qc_units_csv.read_text("utf-8").splitlines()))
+    assert [u["montage"] for u in units] == [m.name for m in order]
+
+
+def test_thumbnail_is_the_block_mean_and_never_enlarged() -> None:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (37, 90, 3)).astype(np.uint8)
+    small = thumbnail(rgb, 30)
+    step = -(-90 // 30)
+    assert small.shape == (37 // step, 90 // step, 3)
+    block = rgb[step:2 * step, 2 * step:3 * step].reshape(-1, 3).mean(axis=0)
+    np.testing.assert_array_equal(small[1, 2], np.rint(block).astype(np.uint8))
+    np.testing.assert_array_equal(thumbnail(rgb, 500), rgb)

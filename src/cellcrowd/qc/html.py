@@ -9,6 +9,7 @@ are relative, so the folder can be moved or copied.
 from __future__ import annotations
 
 import html
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -128,11 +129,8 @@ def _section(anchor: str, title: str, body: str) -> str:
 
 
 def _href(path: Path, base: Path) -> str:
-    try:
-        rel = path.relative_to(base).as_posix()
-    except ValueError:
-        rel = path.as_posix()
-    return _e(quote(rel))
+    """``path`` relative to the page's folder ``base`` (``../`` for the working folder's)."""
+    return _e(quote(Path(os.path.relpath(path, base)).as_posix()))
 
 
 # -- sections ---------------------------------------------------------------------------------
