@@ -550,12 +550,14 @@ def _copy(harvest: Harvest, tmp_path: Path) -> WorkingFolder:
     return WorkingFolder(base, "exp")
 
 
-def _consensus_report(workers: list[str], f1: list[float]) -> dict[str, object]:
-    """A consensus report as the clean stage writes it (cellcrowd.consensus today)."""
+def _consensus_report(workers: list[str], f1: list[float], low: list[bool]
+                      ) -> dict[str, object]:
+    """A consensus report as the clean stage writes it (with per-cell records)."""
     return {"judgments": [{"unit_id": "1", "judgment_id": str(i), "worker_id": w}
                           for i, w in enumerate(workers)],
             "agreement": [{"annotator": i, "weight": 1.0, "f1": v} for i, v in enumerate(f1)],
-            "mean_agreement": sum(f1) / len(f1)}
+            "mean_agreement": sum(f1) / len(f1),
+            "cells": [{"id": i + 1, "support": 0.5, "low_support": v} for i, v in enumerate(low)]}
 
 
 def test_reports_beside_the_labels_fill_agreement_workers_and_pixels(
@@ -565,13 +567,14 @@ def test_reports_beside_the_labels_fill_agreement_workers_and_pixels(
     names = [m.name for m in collect_qc(wf).montages if m.labels][:3]
     scores = {n: [float(v) for v in rng.uniform(0.2, 1.0, 2)] for n in names}
     pairs = [["a", "b"], ["b", "c"], ["a", "c"]]
+    low = {n: [bool(v) for v in rng.random(int(rng.integers(0, 6))) < 0.5] for n in names}
     for name, workers in zip(names, pairs, strict=True):
         wf.consensus_report_path(name).write_text(
-            json.dumps(_consensus_report(workers, scores[name])), encoding="utf-8")
-    wf.workers_json.write_text(json.dumps({"workers": [
+            json.dumps(_consensus_report(workers, scores[name], low[name])), encoding="utf-8")
+    wf.consensus_workers_path.write_text(json.dumps({"workers": [
         {"worker_id": "a", "reliability": 0.25}, {"worker_id": "b", "reliability": 0.75}]}))
     stats = {n: {"pixels_removed": int(rng.integers(0, 99)), "pixels_filled": 3} for n in names}
-    wf.clean_stats_json.write_text(json.dumps({"montages": stats}))
+    wf.clean_stats_path.write_text(json.dumps({"version": 1, "montages": stats}))
     write_qc_report(wf)
     page = _page(wf)
     units = {r["montage"]: r for r in page.rows("units")}
@@ -579,6 +582,7 @@ def test_reports_beside_the_labels_fill_agreement_workers_and_pixels(
         mean = sum(scores[name]) / 2
         assert units[name]["agreement"] == f"{mean:.3f}"
         assert units[name]["judgments"] == "2"
+        assert units[name]["low-support cells"] == str(sum(low[name]))
         assert ("low agreement" in units[name]["needs"]) == (mean < 0.7)
         assert int(units[name]["pixels removed"]) == stats[name]["pixels_removed"]
     workers = {r["worker"]: r for r in page.rows("workers")}
@@ -596,8 +600,8 @@ def test_absent_or_broken_report_files_show_dashes(harvest: Harvest, tmp_path: P
     wf = _copy(harvest, tmp_path)
     name = next(m.name for m in collect_qc(wf).montages if m.labels)
     wf.consensus_report_path(name).write_text("{not json", encoding="utf-8")
-    wf.workers_json.write_text(json.dumps({"w9": {"units": "many"}}))
-    wf.clean_stats_json.write_text(json.dumps({name: "nothing"}))
+    wf.consensus_workers_path.write_text(json.dumps({"w9": {"units": "many"}}))
+    wf.clean_stats_path.write_text(json.dumps({name: "nothing"}))
     qc = collect_qc(wf)
     (row,) = [m for m in qc.montages if m.name == name]
     assert (row.agreement, row.judgments, row.pixels_removed) == (None, None, None)

@@ -155,9 +155,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
         else:
             labels = _crowd(truth, rng) if name in crowded else truth * (name not in empty)
             Image.fromarray(labels.astype(np.uint16)).save(wf.label_path(name))
-    wf.clean_stats_json.write_text(json.dumps({n: {"pixels_removed": r, "pixels_filled": f}
-                                               for n, (r, f) in stats.items()}))
-    wf.workers_json.write_text(json.dumps({"workers": [
+    wf.clean_stats_path.write_text(json.dumps({"version": 1, "montages": {
+        n: {"pixels_removed": r, "pixels_filled": f} for n, (r, f) in stats.items()}}))
+    wf.consensus_workers_path.write_text(json.dumps({"workers": [
         {"worker_id": w, "reliability": round(float(rng.uniform(0.3, 1.0)), 3)}
         for w in WORKERS]}))
     _write_job_csvs(wf, broken, failed)
@@ -250,7 +250,7 @@ def test_sections_plots_and_tables(job: Job, page: _Dom) -> None:
     assert job.wf.reupload_csv(JOB).name in broken["advice"]
     assert "cannot help" in broken["advice"]
     workers = list(csv.DictReader(job.wf.qc_workers_csv.read_text(encoding="utf-8").splitlines()))
-    listed = json.loads(job.wf.workers_json.read_text())["workers"]
+    listed = json.loads(job.wf.consensus_workers_path.read_text())["workers"]
     assert {w["worker"]: float(w["reliability"]) for w in workers} == {
         w["worker_id"]: w["reliability"] for w in listed}
     seen = {j["worker_id"] for m in job.merged

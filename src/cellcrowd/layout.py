@@ -10,16 +10,16 @@ The defaults follow the original notebook, so existing folders keep working::
       CSV/{id}_upload.csv                       identifier,image_url (uploaded rows)
       CSV/job_{job}_{type}_report.csv           the report, unzipped and renamed
       CSV/job_{job}_{type}_report_broken_links.csv, CSV/job_{job}_reupload.csv
-      CSV/job_{job}_download_failures.csv
+      CSV/job_{job}_download_failures.csv, CSV/job_{job}_review.csv (``cellcrowd review``)
       {id}_annotations/{montage}_annotation.png               one judgment per unit
       {id}_annotations/judgments/{montage}_unit_{U}_judgment_{J}.png   every judgment
       {id}_labels/{montage}_labels.png          cleaned labels (uint16); downloads untouched
+      {id}_labels/clean_stats.json, {id}_labels/consensus_workers.json   (clean stage)
       movies/part{N}/x_XX_y_YY/annotated/{id}_x_XX_y_YY_frame_FFF.png
       movies/part{N}/x_XX_y_YY/raw/{id}_raw_x_XX_y_YY_frame_FFF.tif
       npz/{id}_part{N}.npz, npz/{id}_full_movie.npz
       stitched/{annotated,raw}/{id}_frame_FFF.{png,tif}, stitched/lineage.json
       trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
-      {id}_labels/workers.json, {id}_labels/clean_stats.json, {id}_labels/{montage}_consensus.json
       qc/index.html, qc/{montage}_overlay.png, qc/thumbs/{montage}.png, qc/units.csv,
       qc/workers.csv    .cellcrowd/manifest.json
 
@@ -391,16 +391,6 @@ class WorkingFolder:
         """The QC page's worker table as CSV: ``qc/workers.csv``."""
         return self.qc / "workers.csv"
 
-    @property
-    def workers_json(self) -> Path:
-        """Each worker's estimated reliability over the job: ``{id}_labels/workers.json``."""
-        return self.labels / "workers.json"
-
-    @property
-    def clean_stats_json(self) -> Path:
-        """Pixels cleaning removed and filled, per montage: ``{id}_labels/clean_stats.json``."""
-        return self.labels / "clean_stats.json"
-
     def judgment_label_path(self, montage: str, unit: str | int, judgment: str | int) -> Path:
         """Cleaned labels of one judgment, before the consensus of a montage's judgments:
         ``{id}_labels/judgments/{montage}_unit_{U}_judgment_{J}_labels.png``."""
@@ -410,6 +400,29 @@ class WorkingFolder:
         """What the consensus of a montage's judgments did (JSON), next to its labels:
         ``{id}_labels/{montage}_consensus.json``."""
         return self.labels / f"{montage}_consensus.json"
+
+    def review_csv(self, job_id: int | str) -> Path:
+        """Units that need another judgment (``cellcrowd review``), in the re-upload CSV's
+        format (``identifier,image_url``): ``CSV/job_{job}_review.csv``."""
+        return self.csv / f"job_{job_id}_review.csv"
+
+    @property
+    def clean_stats_path(self) -> Path:
+        """What cleaning did per montage (JSON, written by the clean stage):
+        ``{id}_labels/clean_stats.json``.
+
+        ``{"version": 1, "montages": {MONTAGE: {"cells", "specks_removed",
+        "pixels_removed", "holes_filled", "pixels_filled", "judgments"}}}``: counts of
+        :class:`cellcrowd.labels.CleanStats`, summed over the montage's cleaned
+        judgments (``judgments`` of them); montages that could not be cleaned are absent.
+        """
+        return self.labels / "clean_stats.json"
+
+    @property
+    def consensus_workers_path(self) -> Path:
+        """Job-wide worker reliability and unit agreement of the consensus (JSON):
+        ``{id}_labels/consensus_workers.json``; format in :mod:`cellcrowd.jobconsensus`."""
+        return self.labels / "consensus_workers.json"
 
     @property
     def npz_stitched_movie(self) -> Path:

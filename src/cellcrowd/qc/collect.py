@@ -15,7 +15,7 @@ import json
 import logging
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,16 @@ __all__ = ["collect_qc"]
 
 logger = logging.getLogger(__name__)
 
-#: Counted per montage from the consensus reports: unit agreement and workers' F1.
-_Consensus = tuple[int | None, float | None, list[tuple[str, float]]]
+
+
+@dataclass(frozen=True)
+class _UnitReport:
+    """What a montage's consensus report says (all None/empty without one)."""
+
+    judgments: int | None = None
+    agreement: float | None = None
+    low_support: int | None = None
+    scores: tuple[tuple[str, float], ...] = ()  # (worker id, F1 with the consensus)
 
 
 def collect_qc(
@@ -87,7 +95,8 @@ def collect_qc(
     manifest = Manifest(wf)
     summary_stats, run = _split_summary(summary)
     stats = {**_clean_stats_file(wf), **summary_stats}
-    montages = _montages(wf, geo, manifest, stats)
+    reports = {m: _consensus(wf, m) for m in (wf.montage_name(k) for k in _keys(wf, geo))}
+    montages = _montages(wf, geo, manifest, stats, reports)
     broken = broken_links(wf, job_id) if job_id is not None else None
     failures = read_csv(wf.failures_csv(job_id)) if job_id is not None else None
     montages = montage_problems(wf, montages, manifest, job_id, broken, failures)
@@ -100,7 +109,7 @@ def collect_qc(
         wf=wf, job_id=job_id, stages=tuple(stages), montages=montages, parts=parts,
         broken_links=broken, failures=failures, stitched=stitched,
         overlays=_evenly_spaced(with_images, max_overlays), run=run, missing=tuple(missing),
-        grid=_grid_text(geo), workers=_workers(wf, montages),
+        grid=_grid_text(geo), workers=_workers(wf, reports),
         exports=export_links(wf, manifest),
         montage_len=geo.montage_log.montage_len if geo.montage_log else None,
     )
@@ -134,7 +143,8 @@ def _keys(wf: WorkingFolder, geo: Geometry) -> list[MontageKey]:
 
 
 def _montages(wf: WorkingFolder, geo: Geometry, manifest: Manifest,
-              stats: Mapping[str, tuple[int | None, int | None]]) -> tuple[MontageQc, ...]:
+              stats: Mapping[str, tuple[int | None, int | None]],
+              reports: Mapping[str, _UnitReport]) -> tuple[MontageQc, ...]:
     annotations = manifest.outputs("fetch")
     labels = manifest.outputs("clean")
     out = []
@@ -149,9 +159,10 @@ def _montages(wf: WorkingFolder, geo: Geometry, manifest: Manifest,
             labels_path=label_path,
         )
         removed, filled = stats.get(name, (None, None))
-        judgments, agreement, _ = _consensus(wf, name)
+        report = reports.get(name, _UnitReport())
         out.append(replace(_with_label_numbers(base, geo), pixels_removed=removed,
-                           pixels_filled=filled, judgments=judgments, agreement=agreement))
+                           pixels_filled=filled, judgments=report.judgments,
+                           agreement=report.agreement, low_support_cells=report.low_support))
     return tuple(out)
 
 
@@ -179,11 +190,12 @@ def _with_label_numbers(m: MontageQc, geo: Geometry) -> MontageQc:
                    frame_counts=tuple(int(v) for v in per_frame))
 
 
-def _consensus(wf: WorkingFolder, montage: str) -> _Consensus:
-    """Judgments merged, the unit's agreement and each worker's F1, from the consensus report."""
+def _consensus(wf: WorkingFolder, montage: str) -> _UnitReport:
+    """Judgments merged, the unit's agreement, cells kept on low support and each worker's
+    F1, from the montage's consensus report."""
     data = _read_json(wf.consensus_report_path(montage))
     if not isinstance(data, dict):
-        return None, None, []
+        return _UnitReport()
     judgments = data.get("judgments")
     workers = [str(j.get("worker_id")) if isinstance(j, dict) else "?"
                for j in (judgments if isinstance(judgments, list) else [])]
@@ -196,12 +208,15 @@ def _consensus(wf: WorkingFolder, montage: str) -> _Consensus:
         f1 = number(entry.get("f1")) if isinstance(entry, dict) else None
         if f1 is not None and i < len(workers):
             scores.append((workers[i], f1))
-    return (len(workers) or None), agreement, scores
+    cells = data.get("cells")
+    low = (sum(1 for c in cells if isinstance(c, dict) and c.get("low_support") is True)
+           if isinstance(cells, list) else None)
+    return _UnitReport(len(workers) or None, agreement, low, tuple(scores))
 
 
 def _clean_stats_file(wf: WorkingFolder) -> dict[str, tuple[int | None, int | None]]:
     """Pixels removed and filled per montage from the cleaning stats file ({} if none)."""
-    data = _read_json(wf.clean_stats_json)
+    data = _read_json(wf.clean_stats_path)
     if isinstance(data, dict) and isinstance(data.get("montages"), dict):
         data = data["montages"]
     if not isinstance(data, dict):
@@ -259,14 +274,13 @@ def _format(value: object) -> str:
 # -- workers ----------------------------------------------------------------------------------
 
 
-def _workers(wf: WorkingFolder, montages: Sequence[MontageQc]) -> tuple[WorkerQc, ...]:
-    """Units done and mean agreement (F1) per worker from the consensus reports, with the
-    reliability the workers file estimated (None without one)."""
+def _workers(wf: WorkingFolder, reports: Mapping[str, _UnitReport]) -> tuple[WorkerQc, ...]:
+    """Per worker the reliability, units and agreement of the job's workers file; units done
+    and mean agreement (F1) from the consensus reports where the file has none."""
     scores: dict[str, list[float]] = {}
-    for m in montages:
-        if m.judgments:
-            for worker, f1 in _consensus(wf, m.name)[2]:
-                scores.setdefault(worker, []).append(f1)
+    for report in reports.values():
+        for worker, f1 in report.scores:
+            scores.setdefault(worker, []).append(f1)
     listed = _workers_file(wf)
     out = []
     for worker in sorted(set(scores) | set(listed), key=natural_key):
@@ -284,7 +298,7 @@ def _workers(wf: WorkingFolder, montages: Sequence[MontageQc]) -> tuple[WorkerQc
 def _workers_file(wf: WorkingFolder) -> dict[str, dict[str, Any]]:
     """Per worker id, the record of the workers file: a list of records with ``worker_id``
     or a mapping of worker id to record (optionally under a ``workers`` key)."""
-    data = _read_json(wf.workers_json)
+    data = _read_json(wf.consensus_workers_path)
     if isinstance(data, dict) and "workers" in data:
         data = data["workers"]
     if isinstance(data, list):

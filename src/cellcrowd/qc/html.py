@@ -164,8 +164,8 @@ def _stages_html(qc: QcSummary) -> str:
 
 
 UNIT_COLUMNS = ("rank", "thumbnail", "montage", "part", "position", "needs", "agreement",
-                "judgments", "raw montage", "annotation", "cleaned labels", "cells",
-                "min cells/frame", "max cells/frame", "pixels removed", "pixels filled",
+                "judgments", "low-support cells", "raw montage", "annotation", "cleaned labels",
+                "cells", "min cells/frame", "max cells/frame", "pixels removed", "pixels filled",
                 "problem", "advice")
 
 
@@ -187,7 +187,7 @@ def _unit_row(rank: int, m: MontageQc, image: OverlayFile | None, base: Path) ->
     needs = "".join(f'<span class="kind">{_e(p.kind)}</span>' for p in m.problems)
     cells = [_cell(v) for v in (
         m.name, m.part, m.position)] + [f"<td>{needs}</td>"] + [_cell(v) for v in (
-        m.agreement, m.judgments, m.raw, m.annotation, m.labels, m.cells,
+        m.agreement, m.judgments, m.low_support_cells, m.raw, m.annotation, m.labels, m.cells,
         m.min_cells_per_frame, m.max_cells_per_frame, m.pixels_removed, m.pixels_filled)]
     for text in ("; ".join(p.detail for p in m.problems),
                  "; ".join(dict.fromkeys(p.advice for p in m.problems))):

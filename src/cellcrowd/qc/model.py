@@ -52,7 +52,8 @@ class MontageQc:
     """One montage (one unit of the job): its files, numbers and problems.
 
     Numbers are None when the file or field they come from is missing.
-    ``agreement`` is the unit's agreement of annotators with the consensus (0..1).
+    ``agreement`` is the unit's agreement of annotators with the consensus (0..1),
+    ``low_support_cells`` the consensus cells kept on the word of too few annotators.
     """
 
     name: str
@@ -71,6 +72,7 @@ class MontageQc:
     frame_counts: tuple[int, ...] = ()
     judgments: int | None = None
     agreement: float | None = None
+    low_support_cells: int | None = None
     problems: tuple[Problem, ...] = ()
 
     @property

@@ -198,7 +198,7 @@ def _units_csv(qc: QcSummary) -> str:
     header = [c for c in UNIT_COLUMNS if c != "thumbnail"]
     rows = [(i + 1, m.name, m.part, m.position, " ".join(p.kind for p in m.problems),
              None if m.agreement is None else round(m.agreement, 6), m.judgments,
-             m.raw, m.annotation, m.labels, m.cells, m.min_cells_per_frame,
+             m.low_support_cells, m.raw, m.annotation, m.labels, m.cells, m.min_cells_per_frame,
              m.max_cells_per_frame, m.pixels_removed, m.pixels_filled,
              "; ".join(p.detail for p in m.problems),
              "; ".join(dict.fromkeys(p.advice for p in m.problems)))
