@@ -631,6 +631,9 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
     assert {m.labels_path for m in qc.montages if m.labels} == set(recorded)
     assert [p.npz for p in qc.parts] == [npz, None]  # part 2's file is not recorded
     assert any("stage stitch is failed: disk full" in m for m in qc.missing)
+    assert [(r.name, r.state, r.error) for r in qc.runs] == [
+        ("clean", "done", None), ("npz", "done", None), ("stitch", "failed", "disk full")]
+    assert qc.stitched is None  # the stitch stage recorded no frames
     (link,) = qc.exports
     assert (link.stage, link.path) == ("npz", npz)
     assert f'np.load("npz/{npz.name}")' in str(link.snippet)

@@ -25,6 +25,7 @@ from .model import (
     Problem,
     QcSummary,
     StageQc,
+    StageRunQc,
     StitchedQc,
     WorkerQc,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "QcFiles",
     "QcSummary",
     "StageQc",
+    "StageRunQc",
     "StitchedQc",
     "WorkerQc",
     "cells_per_frame",

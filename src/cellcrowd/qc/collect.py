@@ -101,7 +101,7 @@ def collect_qc(
     failures = read_csv(wf.failures_csv(job_id)) if job_id is not None else None
     montages = montage_problems(wf, montages, manifest, job_id, broken, failures)
     parts = tuple(_part_qc(wf, part, geo, manifest) for part in _part_numbers(wf, geo))
-    stitched = _stitched_qc(wf)
+    stitched = _stitched_qc(wf, manifest.outputs("stitch"))
     stages, missing = assess(wf, geo, manifest, montages, parts, stitched, job_id,
                              broken, failures)
     with_images = [m.name for m in montages if m.labels or m.annotation]
@@ -112,6 +112,7 @@ def collect_qc(
         grid=_grid_text(geo), workers=_workers(wf, reports),
         exports=export_links(wf, manifest),
         montage_len=geo.montage_log.montage_len if geo.montage_log else None,
+        runs=manifest.runs(),
     )
 
 
@@ -351,9 +352,12 @@ def _part_qc(wf: WorkingFolder, part: int, geo: Geometry, manifest: Manifest) ->
     )
 
 
-def _stitched_qc(wf: WorkingFolder) -> StitchedQc | None:
+def _stitched_qc(wf: WorkingFolder, recorded: set[Path] | None) -> StitchedQc | None:
     folder = wf.stitched_frame("annotated", 0).parent
-    paths = list_images(folder) if folder.is_dir() else []
+    if recorded is not None:
+        paths = sorted((p for p in recorded if p.parent == folder), key=natural_key)
+    else:
+        paths = list_images(folder) if folder.is_dir() else []
     if not paths:
         return None
     per_frame: list[int] = []

@@ -160,7 +160,14 @@ def _stages_html(qc: QcSummary) -> str:
         missing = f'<h3>Missing or incomplete</h3>\n<ul id="missing">\n{items}\n</ul>'
     else:
         missing = '<p id="missing">Nothing is missing.</p>'
-    return table + "\n" + missing
+    runs = ""
+    if qc.runs:
+        records = [(r.name, r.state, ", ".join(f"{k}={v}" for k, v in r.counts) or None,
+                    r.skipped, r.error) for r in qc.runs]
+        runs = ("<h3>As the manifest records the stages</h3>\n"
+                + _table("runs", ("stage", "state", "counts", "units skipped", "error"),
+                         records))
+    return table + "\n" + missing + "\n" + runs
 
 
 UNIT_COLUMNS = ("rank", "thumbnail", "montage", "part", "position", "needs", "agreement",

@@ -18,6 +18,7 @@ __all__ = [
     "Problem",
     "QcSummary",
     "StageQc",
+    "StageRunQc",
     "StitchedQc",
     "WorkerQc",
 ]
@@ -36,6 +37,17 @@ class StageQc:
     name: str
     status: str
     detail: str
+
+
+@dataclass(frozen=True)
+class StageRunQc:
+    """A pipeline stage as the manifest records it: state, counts, units it skipped."""
+
+    name: str
+    state: str
+    counts: tuple[tuple[str, str], ...]
+    skipped: int
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +205,7 @@ class QcSummary:
     workers: tuple[WorkerQc, ...] = ()
     exports: tuple[ExportLink, ...] = field(default=())
     montage_len: int | None = None
+    runs: tuple[StageRunQc, ...] = ()
 
     def totals(self) -> dict[str, int]:
         """Flat counts (files present, cells, failures) for printing or comparing."""

@@ -26,7 +26,7 @@ from ..files import list_images, read_image
 from ..geometry import TileGrid, montage_frame_range, num_montages
 from ..layout import WorkingFolder
 from ..logs import ChopperLog, MontageLog, read_logs
-from .model import CsvTable
+from .model import CsvTable, StageRunQc
 
 __all__ = [
     "Geometry",
@@ -134,9 +134,12 @@ class Manifest:
         return self.stages.get(stage, {}).get("state") == "done"
 
     def outputs(self, stage: str) -> set[Path] | None:
-        """The files a finished stage wrote (None when it has not finished)."""
-        if not self.done(stage):
+        """The files a finished stage wrote: none when it failed or is running, None when
+        the manifest does not know the stage (then the files themselves are looked at)."""
+        if stage not in self.stages:
             return None
+        if not self.done(stage):
+            return set()
         recorded = self.stages[stage].get("outputs", {})
         return {self._abs(rel) for rel in recorded} if isinstance(recorded, Mapping) else None
 
@@ -150,6 +153,15 @@ class Manifest:
         rows = self.stages.get(stage, {}).get("skipped", [])
         return [(str(d.get("unit", "")), str(d.get("reason", "")))
                 for d in rows if isinstance(d, Mapping)] if isinstance(rows, list) else []
+
+    def runs(self) -> tuple[StageRunQc, ...]:
+        """Every recorded stage: state, counts (as text), skipped units, error."""
+        return tuple(
+            StageRunQc(name, str(entry.get("state", "?")),
+                       tuple((str(k), str(v)) for k, v in self.counts(name).items()),
+                       len(self.skipped(name)),
+                       str(entry["error"]) if entry.get("error") else None)
+            for name, entry in self.stages.items())
 
     def _abs(self, rel: str) -> Path:
         path = Path(rel)
