@@ -105,7 +105,7 @@ def montage_problems(
         found: list[tuple[str, str]] = []
         if m.name in failed and not m.labels:
             found.append(("failed", f"download failed: {failed[m.name]}"))
-        if m.name in broken_names:
+        if m.name in broken_names and not m.labels:  # else its other judgments were used
             found.append(("broken", f"{broken_names[m.name]} judgment(s) with a broken link"))
         if m.error or m.name in unusable:
             found.append(("unusable", m.error or unusable[m.name]))
