@@ -242,7 +242,7 @@ def _plots_html(qc: QcSummary) -> str:
     label = "estimated reliability"
     if not rated:
         rated = [(w.worker_id, w.agreement) for w in qc.workers if w.agreement is not None]
-        label = "mean agreement with the consensus (no reliability estimate found)"
+        label = "mean agreement (no reliability estimate)"
     plots = [
         line_plot(series, svg_id="plot-cells", title="Cells per frame over time, per position",
                   xlabel="frame", ylabel="cells"),
@@ -250,7 +250,7 @@ def _plots_html(qc: QcSummary) -> str:
                   title=f"Agreement of annotators per unit ({len(agreements)} units)",
                   xlabel="agreement (F1 with the consensus)"),
         bar_chart([(w, float(v)) for w, v in rated if v is not None], svg_id="plot-workers",
-                  title=f"Workers: {label}", xlabel=label.split(" (")[0]),
+                  title=f"Workers: {label}", xlabel=label.split(" (")[0], width=480),
     ]
     return '<div class="plots">\n' + "\n".join(plots) + "\n</div>"
 
