@@ -626,6 +626,7 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
                                                for p in recorded}},
         "npz": {"state": "done", "outputs": {npz.relative_to(wf.base).as_posix(): [0, ""]}},
         "stitch": {"state": "failed", "error": "disk full"},
+        "qc": {"state": "running"},  # the stage making this report
     })
     qc = collect_qc(wf)
     assert {m.labels_path for m in qc.montages if m.labels} == set(recorded)
@@ -634,6 +635,7 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
     assert [(r.name, r.state, r.error) for r in qc.runs] == [
         ("clean", "done", None), ("npz", "done", None), ("stitch", "failed", "disk full")]
     assert qc.stitched is None  # the stitch stage recorded no frames
+    assert not any("stage qc" in m for m in qc.missing)
     (link,) = qc.exports
     assert (link.stage, link.path) == ("npz", npz)
     assert f'np.load("npz/{npz.name}")' in str(link.snippet)

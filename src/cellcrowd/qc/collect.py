@@ -379,7 +379,7 @@ def _stitched_qc(wf: WorkingFolder, recorded: set[Path] | None) -> StitchedQc | 
     return StitchedQc(tuple(per_frame), int(seen.size), divisions)
 
 
-#: Export stages whose outputs the page links, and how to load each kind of file.
+#: How to load each kind of export file the page links (None: a link without a snippet).
 _SNIPPETS = {
     ".npz": 'import numpy as np\ndata = np.load("{path}")\nX, y = data["X"], data["y"]',
     ".trk": None,

@@ -162,11 +162,11 @@ def _stages_html(qc: QcSummary) -> str:
         missing = '<p id="missing">Nothing is missing.</p>'
     runs = ""
     if qc.runs:
-        records = [(r.name, r.state, ", ".join(f"{k}={v}" for k, v in r.counts) or None,
-                    r.skipped, r.error) for r in qc.runs]
+        # Not the counts: some (downloads, files already there) depend on how often a run
+        # was interrupted, and the page of a resumed run is the same bytes.
+        records = [(r.name, r.state, r.error) for r in qc.runs]
         runs = ("<h3>As the manifest records the stages</h3>\n"
-                + _table("runs", ("stage", "state", "counts", "units skipped", "error"),
-                         records))
+                + _table("runs", ("stage", "state", "error"), records))
     return table + "\n" + missing + "\n" + runs
 
 
