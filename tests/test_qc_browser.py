@@ -263,3 +263,19 @@ def test_screenshot_of_the_top_of_the_page(job: Job, page: _Dom) -> None:
         assert im.size == (1280, 1600)
         grey = np.asarray(im.convert("L"))
     assert grey.std() > 10  # text and plots, not a blank page
+
+
+def test_the_filter_shows_the_units_of_one_kind(job: Job, page: _Dom, chromium: str,
+                                                 tmp_path: Path) -> None:
+    # A copy of the page that picks "broken" in the filter, as a person would.
+    pick = ('<script>var k = document.getElementById("unit-kind"); k.value = "broken"; '
+            "k.onchange();</script></body>")
+    copy = job.wf.qc / "filtered.html"
+    copy.write_text(job.wf.qc_index.read_text(encoding="utf-8").replace("</body>", pick),
+                    encoding="utf-8")
+    try:
+        dom = _Dom(_run(chromium, tmp_path, "--dump-dom", copy.resolve().as_uri()))
+    finally:
+        copy.unlink()
+    assert {u for u, _, hidden in dom.units if not hidden} == job.broken
+    assert dom.page_text.strip().endswith(f"of {len(job.broken)} (page 1 of 1)")
