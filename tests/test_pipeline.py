@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -132,10 +133,15 @@ def test_full_run_writes_every_output_and_a_rerun_does_nothing(
     page = wf.qc_index.read_text(encoding="utf-8")
     for label_path in labels:
         assert label_path.name[: -len("_labels.png")] in page
-    overlays = [p for p in qc.outputs if p != wf.qc_index]
+    overlays = [p for p in qc.outputs if p.name.endswith("_overlay.png")]
     assert overlays
     assert all(p.is_file() and p.parent == wf.qc for p in overlays)
     assert qc.counts["overlays"] == len(overlays)
+    thumb = r'<img class="thumb" loading="lazy" src="(?P<src>[^"]+)"'
+    shown = {m["src"] for m in re.finditer(thumb, page)}
+    assert len(shown) == qc.counts["montages"]  # every unit has a thumbnail
+    assert {wf.qc / unquote(src) for src in shown} <= set(qc.outputs)
+    assert {wf.qc_units_csv, wf.qc_workers_csv} <= set(qc.outputs)
     merged = re.search(r"montages merged from several judgments</td>\s*<td[^>]*>(\d+)<", page)
     assert merged is not None
     assert int(merged[1]) == summary.stage("clean").counts["montages_merged"] >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ from cellcrowd.prepare import prepare
 from cellcrowd.qc import (
     PALETTE,
     PANEL_GAP,
+    THUMB_SIDE,
+    WorkerQc,
     cells_per_frame,
     collect_qc,
     fill_overlay,
     outline_overlay,
+    overlay_panels,
     stretch_to_uint8,
+    thumbnail,
     write_qc_report,
 )
 from cellcrowd.synthetic import paint_annotation, synthetic_movie, write_movie_frames
@@ -38,6 +43,7 @@ JOB = 4242
 FRAMES, LENGTH, ROW = 6, 4, 2  # two parts: 4 frames, then 2 (a partial montage)
 SKIPPED = (1, 1, 1)  # x, y, montage left without annotation/labels
 EVIL = "<script>alert('qc')</script>"
+BROKEN = ("exp_x_01_y_00_montage_01", "exp_x_00_y_01_montage_00")  # in the fixture's CSV
 
 
 # -- reading the page back --------------------------------------------------------------------
@@ -51,6 +57,7 @@ class _Page(HTMLParser):
         self.tables: dict[str, list[list[str]]] = {}
         self.lists: dict[str, list[str]] = {}
         self.images: list[dict[str, str | None]] = []
+        self.links: list[str] = []
         self.ids: list[str] = []
         self.texts: list[str] = []
         self._table: str | None = None
@@ -79,6 +86,8 @@ class _Page(HTMLParser):
             self._item = []
         elif tag == "img":
             self.images.append(attr)
+        elif tag == "a" and attr.get("href"):
+            self.links.append(unquote(str(attr["href"])))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in ("td", "th") and self._cell is not None and self._row is not None:
@@ -193,7 +202,7 @@ def _distinct(a: np.ndarray) -> int:
 
 def test_montage_table_matches_the_label_files(harvest: Harvest) -> None:
     wf = harvest.wf
-    rows = {r["montage"]: r for r in _page(wf).rows("montages")}
+    rows = {r["montage"]: r for r in _page(wf).rows("units")}
     keys = [MontageKey("exp", x, y, m) for m in range(2) for x in range(2) for y in range(2)]
     assert sorted(rows) == sorted(wf.montage_name(k) for k in keys)
     for key in keys:
@@ -213,13 +222,14 @@ def test_montage_table_matches_the_label_files(harvest: Harvest) -> None:
             min(per_frame), max(per_frame))
         assert int(row["pixels removed"]) == harvest.stats[name].pixels_removed
         assert int(row["pixels filled"]) == harvest.stats[name].pixels_filled
-        assert row["problem"] == "—"
+        assert "broken link" not in row["problem"]  # its other judgments were used
+        assert "unusable" not in row["needs"]
 
 
 def test_last_partial_montage_counts_only_its_real_frames(harvest: Harvest) -> None:
     wf = harvest.wf
     name = wf.montage_name(MontageKey("exp", 0, 0, 1))
-    row = {r["montage"]: r for r in _page(wf).rows("montages")}[name]
+    row = {r["montage"]: r for r in _page(wf).rows("units")}[name]
     # Frames 2 and 3 of the last montage are blank cells: a min of 0 would be wrong.
     assert int(row["min cells/frame"]) > 0
 
@@ -289,7 +299,7 @@ def test_stages_and_missing_list(harvest: Harvest) -> None:
 
 def test_run_summary_is_shown_escaped(harvest: Harvest) -> None:
     text = harvest.wf.qc_index.read_text(encoding="utf-8")
-    assert "<script" not in text.lower()
+    assert "<script>alert" not in text.lower()
     assert "&lt;script&gt;" in text
     run = {r["item"]: r["value"] for r in _page(harvest.wf).rows("run")}
     assert run["note"] == EVIL
@@ -302,9 +312,15 @@ def test_run_summary_is_shown_escaped(harvest: Harvest) -> None:
 def test_overlays_exist_with_the_right_size_and_pixels(harvest: Harvest) -> None:
     wf = harvest.wf
     page = _page(wf)
-    sources = [unquote(str(img["src"])) for img in page.images]
+    sources = [link for link in page.links if link.endswith("_overlay.png")]
     labelled = sorted(p.name for p in wf.labels.iterdir())
     assert len(sources) == len(labelled) == 7
+    thumbs = [unquote(str(img["src"])) for img in page.images]
+    assert len(thumbs) == 8  # every unit, the one without labels too (its raw montage)
+    for src in thumbs:
+        with Image.open(wf.qc / src) as im:
+            assert max(im.size) <= THUMB_SIDE
+            assert (wf.qc / src).parent in (wf.qc, wf.qc_thumbnail("x").parent)
     for src in sources:
         path = wf.qc / src
         montage = src.removesuffix("_overlay.png")
@@ -328,16 +344,17 @@ def test_overlays_are_evenly_spaced_and_old_ones_removed(harvest: Harvest,
     shutil.copytree(harvest.wf.base, base)
     wf = WorkingFolder(base, "exp")
     write_qc_report(wf, max_overlays=3)
-    names = sorted(p.name.removesuffix("_labels.png") for p in wf.labels.iterdir())
+    names = [m.name for m in collect_qc(wf).montages if m.labels]
     chosen = [names[0], names[3], names[6]]
-    assert sorted(p.name for p in wf.qc.glob("*.png")) == [f"{n}_overlay.png" for n in chosen]
-    assert [unquote(str(i["src"])) for i in _page(wf).images] == [
-        f"{n}_overlay.png" for n in chosen]
+    assert sorted(p.name for p in wf.qc.glob("*.png")) == sorted(
+        f"{n}_overlay.png" for n in chosen)
+    assert sorted(link for link in _page(wf).links if link.endswith("_overlay.png")) == sorted(
+        f"{n}_overlay.png" for n in chosen)
     write_qc_report(wf, max_overlays=0)
     assert not list(wf.qc.glob("*.png"))
     page = _page(wf)
-    assert page.images == []
-    assert "No overlays were asked for" in page.text
+    assert not [link for link in page.links if link.endswith("_overlay.png")]
+    assert len(page.images) == 8  # thumbnails are never capped
 
 
 def test_rerun_is_byte_identical(harvest: Harvest, tmp_path: Path) -> None:
@@ -345,9 +362,12 @@ def test_rerun_is_byte_identical(harvest: Harvest, tmp_path: Path) -> None:
     shutil.copytree(harvest.wf.base, base)
     wf = WorkingFolder(base, "exp")
     write_qc_report(wf, job_id=JOB, summary={"n": 1})
-    first = {p.name: p.read_bytes() for p in sorted(wf.qc.iterdir())}
+    first = {p: p.read_bytes() for p in sorted(wf.qc.rglob("*")) if p.is_file()}
+    names = [p.name.removesuffix("_labels.png") for p in wf.labels.glob("*_labels.png")]
+    assert {wf.qc_index, wf.qc_units_csv, wf.qc_workers_csv} | {
+        wf.qc_overlay(n) for n in names} <= set(first)
     write_qc_report(wf, job_id=JOB, summary={"n": 1})
-    assert {p.name: p.read_bytes() for p in sorted(wf.qc.iterdir())} == first
+    assert {p: p.read_bytes() for p in sorted(wf.qc.rglob("*")) if p.is_file()} == first
 
 
 # -- partial and broken folders -----------------------------------------------------------------
@@ -370,13 +390,14 @@ def test_prepare_only_folder_says_what_is_missing_and_escapes_names(tmp_path: Pa
     for hint in ("cellcrowd fetch", "cellcrowd clean", "cellcrowd movies", "cellcrowd npz",
                  "cellcrowd stitch", "no job id given"):
         assert hint in missing
-    rows = page.rows("montages")
+    rows = page.rows("units")
     assert len(rows) == 8
     assert {r["montage"] for r in rows} == {
         h.wf.montage_name(MontageKey(identifier, x, y, m))
         for x in range(2) for y in range(2) for m in range(2)}
     assert all(r["raw montage"] == "yes" and r["cells"] == "—" for r in rows)
-    assert page.images == []
+    assert len(page.images) == 8  # thumbnails of the raw montages
+    assert not [link for link in page.links if link.endswith("_overlay.png")]
 
 
 def test_empty_folder_gets_a_report(tmp_path: Path) -> None:
@@ -405,7 +426,7 @@ def test_unreadable_files_are_reported_not_fatal(harvest: Harvest, tmp_path: Pat
     np.savez(wf.npz_part(first), X=np.zeros(2))
     write_qc_report(wf)
     page = _page(wf)
-    rows = {r["montage"]: r for r in page.rows("montages")}
+    rows = {r["montage"]: r for r in page.rows("units")}
     assert "cannot read this image" in rows[name]["problem"]
     assert "not a label image" in rows[rgb]["problem"]
     part1 = {r["part"]: r for r in page.rows("parts")}[str(first)]
@@ -509,10 +530,148 @@ def test_overlays_do_not_modify_inputs_and_cycle_the_palette() -> None:
         (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2), int),
                                  palette=np.zeros((2, 4), np.uint8)), "palette"),
         (lambda: fill_overlay(np.zeros((2, 2)), np.zeros((2, 2), int), alpha=2), "alpha"),
+        (lambda: overlay_panels(np.zeros((2, 2)), None, None), "labels or an annotation"),
+        (lambda: overlay_panels(np.zeros((2, 2)), np.zeros((2, 2), int), np.zeros((2, 3), int)),
+         "must be the same size"),
+        (lambda: thumbnail(np.zeros((4, 4)), 2), "thumbnail needs"),
     ],
     ids=["cells-2d", "stretch-3d", "stretch-percentiles", "overlay-shape", "overlay-float",
-         "overlay-palette", "fill-alpha"],
+         "overlay-palette", "fill-alpha", "panels-none", "panels-shape", "thumbnail-grey"],
 )
 def test_array_helpers_refuse_bad_input(call: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()  # type: ignore[operator]
+
+
+# -- agreement, workers, cleaning stats, manifest ------------------------------------------------
+
+
+def _copy(harvest: Harvest, tmp_path: Path) -> WorkingFolder:
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    return WorkingFolder(base, "exp")
+
+
+def _consensus_report(workers: list[str], f1: list[float], low: list[bool]
+                      ) -> dict[str, object]:
+    """A consensus report as the clean stage writes it (with per-cell records)."""
+    return {"judgments": [{"unit_id": "1", "judgment_id": str(i), "worker_id": w}
+                          for i, w in enumerate(workers)],
+            "agreement": [{"annotator": i, "weight": 1.0, "f1": v} for i, v in enumerate(f1)],
+            "mean_agreement": sum(f1) / len(f1),
+            "cells": [{"id": i + 1, "support": 0.5, "low_support": v} for i, v in enumerate(low)]}
+
+
+def test_reports_beside_the_labels_fill_agreement_workers_and_pixels(
+        harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    rng = np.random.default_rng(7)
+    names = [m.name for m in collect_qc(wf).montages if m.labels][:3]
+    scores = {n: [float(v) for v in rng.uniform(0.2, 1.0, 2)] for n in names}
+    pairs = [["a", "b"], ["b", "c"], ["a", "c"]]
+    low = {n: [bool(v) for v in rng.random(int(rng.integers(0, 6))) < 0.5] for n in names}
+    for name, workers in zip(names, pairs, strict=True):
+        wf.consensus_report_path(name).write_text(
+            json.dumps(_consensus_report(workers, scores[name], low[name])), encoding="utf-8")
+    wf.consensus_workers_path.write_text(json.dumps({"workers": [
+        {"worker_id": "a", "reliability": 0.25}, {"worker_id": "b", "reliability": 0.75}]}))
+    stats = {n: {"pixels_removed": int(rng.integers(0, 99)), "pixels_filled": 3} for n in names}
+    wf.clean_stats_path.write_text(json.dumps({"version": 1, "montages": stats}))
+    write_qc_report(wf)
+    page = _page(wf)
+    units = {r["montage"]: r for r in page.rows("units")}
+    for name in names:
+        mean = sum(scores[name]) / 2
+        assert units[name]["agreement"] == f"{mean:.3f}"
+        assert units[name]["judgments"] == "2"
+        assert units[name]["low-support cells"] == str(sum(low[name]))
+        assert ("low agreement" in units[name]["needs"]) == (mean < 0.7)
+        assert int(units[name]["pixels removed"]) == stats[name]["pixels_removed"]
+    workers = {r["worker"]: r for r in page.rows("workers")}
+    assert sorted(workers) == ["a", "b", "c"]
+    assert (workers["a"]["reliability"], workers["c"]["reliability"]) == ("0.250", "—")
+    for worker in "abc":
+        mine = [scores[n][p.index(worker)] for n, p in zip(names, pairs, strict=True)
+                if worker in p]
+        assert int(workers[worker]["units"]) == len(mine)
+        assert workers[worker]["agreement"] == f"{sum(mine) / len(mine):.3f}"
+    assert wf.qc_workers_csv.read_text(encoding="utf-8").splitlines()[1].startswith("a,0.25,2,")
+
+
+def test_absent_or_broken_report_files_show_dashes(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    name = next(m.name for m in collect_qc(wf).montages if m.labels)
+    wf.consensus_report_path(name).write_text("{not json", encoding="utf-8")
+    wf.consensus_workers_path.write_text(json.dumps({"w9": {"units": "many"}}))
+    wf.clean_stats_path.write_text(json.dumps({name: "nothing"}))
+    qc = collect_qc(wf)
+    (row,) = [m for m in qc.montages if m.name == name]
+    assert (row.agreement, row.judgments, row.pixels_removed) == (None, None, None)
+    assert qc.workers == (WorkerQc("w9", 0, None, None),)
+    write_qc_report(wf, qc=qc)
+    assert _page(wf).rows("workers") == [
+        {"worker": "w9", "reliability": "—", "units": "0", "agreement": "—"}]
+
+
+def _manifest(wf: WorkingFolder, stages: dict[str, dict[str, object]]) -> None:
+    wf.manifest.parent.mkdir(parents=True, exist_ok=True)
+    wf.manifest.write_text(json.dumps({"version": 1, "stages": stages}), encoding="utf-8")
+
+
+def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    labelled = sorted(p for p in wf.labels.glob("*_labels.png"))
+    recorded = labelled[: len(labelled) // 2]
+    npz = wf.npz_part(1)
+    _manifest(wf, {
+        "clean": {"state": "done", "outputs": {p.relative_to(wf.base).as_posix(): [0, ""]
+                                               for p in recorded}},
+        "npz": {"state": "done", "outputs": {npz.relative_to(wf.base).as_posix(): [0, ""]}},
+        "stitch": {"state": "failed", "error": "disk full"},
+        "qc": {"state": "running"},  # the stage making this report
+    })
+    qc = collect_qc(wf)
+    assert {m.labels_path for m in qc.montages if m.labels} == set(recorded)
+    assert [p.npz for p in qc.parts] == [npz, None]  # part 2's file is not recorded
+    assert any("stage stitch is failed: disk full" in m for m in qc.missing)
+    assert [(r.name, r.state, r.error) for r in qc.runs] == [
+        ("clean", "done", None), ("npz", "done", None), ("stitch", "failed", "disk full")]
+    assert qc.stitched is None  # the stitch stage recorded no frames
+    assert not any("stage qc" in m for m in qc.missing)
+    (link,) = qc.exports
+    assert (link.stage, link.path) == ("npz", npz)
+    assert f'np.load("npz/{npz.name}")' in str(link.snippet)
+    write_qc_report(wf, qc=qc)
+    assert f"../npz/{npz.name}" in _page(wf).links
+
+
+def test_problems_carry_advice_and_come_first(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    still_broken, used_others = BROKEN
+    wf.label_path(still_broken).unlink()  # no judgment of it came back
+    write_qc_report(wf, job_id=JOB)
+    qc = collect_qc(wf, job_id=JOB)
+    by_name = {m.name: m for m in qc.montages}
+    (broken,) = [p for p in by_name[still_broken].problems if p.kind == "broken"]
+    assert qc.wf.reupload_csv(JOB).name in broken.advice
+    assert "fetch" not in broken.advice.replace("fetching again cannot help", "")
+    assert "broken" not in [p.kind for p in by_name[used_others].problems]
+    skipped = qc.wf.montage_name(MontageKey("exp", *SKIPPED))
+    assert [p.kind for p in by_name[skipped].problems] == ["not harvested"]
+    order = qc.by_attention()
+    scores = [m.attention for m in order]
+    assert scores == sorted(scores, reverse=True)
+    assert order[0].name == still_broken  # weight 5 beats the others
+    units = list(csv.DictReader(qc.wf.qc_units_csv.read_text("utf-8").splitlines()))
+    assert [u["montage"] for u in units] == [m.name for m in order]
+
+
+def test_thumbnail_is_the_block_mean_and_never_enlarged() -> None:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (37, 90, 3)).astype(np.uint8)
+    small = thumbnail(rgb, 30)
+    step = -(-90 // 30)
+    assert small.shape == (37 // step, 90 // step, 3)
+    block = rgb[step:2 * step, 2 * step:3 * step].reshape(-1, 3).mean(axis=0)
+    np.testing.assert_array_equal(small[1, 2], np.rint(block).astype(np.uint8))
+    np.testing.assert_array_equal(thumbnail(rgb, 500), rgb)

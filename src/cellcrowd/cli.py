@@ -326,7 +326,7 @@ def _where(stage: Any, base: Path) -> str:
     page = _qc_page(stage)
     if page is not None:
         others = len(stage.outputs) - 1
-        more = f" (+{others} overlay{'s' if others != 1 else ''})" if others else ""
+        more = f" (+{others} image{'s' if others != 1 else ''} and tables)" if others else ""
         return f"{_relative(page, base)}{more}"
     where = stage.location
     if where is None:

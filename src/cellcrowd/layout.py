@@ -20,7 +20,8 @@ The defaults follow the original notebook, so existing folders keep working::
       npz/{id}_part{N}.npz, npz/{id}_full_movie.npz
       stitched/{annotated,raw}/{id}_frame_FFF.{png,tif}, stitched/lineage.json
       trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
-      qc/index.html    .cellcrowd/manifest.json
+      qc/index.html, qc/{montage}_overlay.png, qc/thumbs/{montage}.png, qc/units.csv,
+      qc/workers.csv    .cellcrowd/manifest.json
 
 Parts are numbered from 0 (``part0`` holds montage 0, ``part1`` montage 1), as in the
 original notebook, so its ``direc_name = .../movies/part1`` cell reads montage 1.
@@ -430,6 +431,20 @@ class WorkingFolder:
     def qc_overlay(self, montage: str) -> Path:
         """A QC overlay image of a montage: ``qc/{montage}_overlay.png``."""
         return self.qc / f"{montage}_overlay.png"
+
+    def qc_thumbnail(self, montage: str) -> Path:
+        """A montage's small overlay on the QC page: ``qc/thumbs/{montage}.png``."""
+        return self.qc / "thumbs" / f"{montage}.png"
+
+    @property
+    def qc_units_csv(self) -> Path:
+        """The QC page's unit table as CSV: ``qc/units.csv``."""
+        return self.qc / "units.csv"
+
+    @property
+    def qc_workers_csv(self) -> Path:
+        """The QC page's worker table as CSV: ``qc/workers.csv``."""
+        return self.qc / "workers.csv"
 
     def judgment_label_path(self, montage: str, unit: str | int, judgment: str | int) -> Path:
         """Cleaned labels of one judgment, before the consensus of a montage's judgments:

@@ -12,7 +12,7 @@ Stages, in order (each calls the library functions of its module)::
              (and the stitched movie's .npz when outputs.npz_full_movie)     export/npz.py
     trk      DeepCell .trk of the stitched movie                             export/trk.py
     ctc      Cell Tracking Challenge folders of the stitched movie           export/ctc.py
-    qc       the quality-control report, qc/index.html and overlays          qc.py
+    qc       the quality-control report, qc/index.html and overlays          qc/
 
 **Several annotators.** With ``[clean] consensus = true`` (the default) the clean
 stage uses every usable judgment of a montage (the files the fetch stage
@@ -1395,7 +1395,7 @@ _QC_COUNTS = (
 
 
 def _run_qc(ctx: _Context) -> StageOutput:
-    from .qc import collect_qc, write_qc_report
+    from .qc import collect_qc, write_qc
 
     cfg = ctx.config
     summary: dict[str, object] = {}
@@ -1404,9 +1404,9 @@ def _run_qc(ctx: _Context) -> StageOutput:
         if value is not None:
             summary[label] = value
     qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id)
-    index = write_qc_report(qc.wf, qc=qc)
-    overlays = _existing([qc.wf.qc_overlay(name) for name in qc.overlays])
+    files = write_qc(qc)
     totals = qc.totals()
     counts = {"montages": totals["montages"], "labels": totals["labels"],
-              "overlays": len(overlays), "missing": len(qc.missing)}
-    return StageOutput([index, *overlays], counts)
+              "overlays": len(files.overlays), "missing": len(qc.missing),
+              "units_to_check": totals["units_to_check"]}
+    return StageOutput(files.paths, counts)

@@ -1,0 +1,209 @@
+"""Reading what the stages recorded, for :mod:`.collect`: never raises on a bad file.
+
+The manifest (``.cellcrowd/manifest.json``) says which stages ran and what they
+wrote; the logs give the job's geometry; the consensus reports, the workers file
+and the cleaning stats next to the labels give agreement, reliability and pixel
+counts. Whatever is missing or unreadable comes back as None (or empty), with a
+log line, so that the report shows "—" instead of failing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError, redact
+from ..files import list_images, read_image
+from ..geometry import TileGrid, montage_frame_range, num_montages
+from ..layout import WorkingFolder
+from ..logs import ChopperLog, MontageLog, read_logs
+from .model import CsvTable, StageRunQc
+
+__all__ = [
+    "Geometry",
+    "Manifest",
+    "npz_shapes",
+    "number",
+    "present",
+    "read_csv",
+    "read_geometry",
+    "read_json",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the logs say; any part may be unknown."""
+
+    grid: TileGrid | None = None
+    montage_log: MontageLog | None = None
+    count: int | None = None
+    num_frames: int | None = None
+    error: str | None = None
+
+    def frames_in(self, montage: int) -> int | None:
+        """Real frames in montage ``montage`` (the last may be partial)."""
+        if self.montage_log is None:
+            return None
+        length = self.montage_log.montage_len
+        if self.num_frames is None or montage * length >= self.num_frames:
+            return length
+        return len(montage_frame_range(montage, length, self.num_frames))
+
+
+def read_geometry(wf: WorkingFolder) -> tuple[WorkingFolder, Geometry]:
+    """The job's geometry from the logs, and ``wf`` with its padding widened to fit them."""
+    if not wf.chopper_log.is_file() and not wf.montage_log.is_file():
+        return wf, Geometry(error="no JSON logs")
+    try:
+        chopper, mlog = read_logs(wf.chopper_log, wf.montage_log)
+    except InputError as exc:
+        return wf, Geometry(error=str(exc))
+    grid, error = _grid(wf, chopper)
+    num_frames = chopper.num_images
+    if num_frames is None and wf.raw.is_dir():
+        available = len(list_images(wf.raw)) - (chopper.frame_offset or 0)
+        num_frames = min(available, mlog.montages_in_pos * mlog.montage_len) or None
+    if num_frames is not None and num_montages(num_frames, mlog.montage_len) != (
+            mlog.montages_in_pos):
+        num_frames = None  # the logs disagree; movies.py says so in detail
+    wf = wf.with_counts(
+        num_x=mlog.num_x_segments, num_y=mlog.num_y_segments,
+        frames=num_frames if num_frames is not None else mlog.montages_in_pos * mlog.montage_len,
+        montages=mlog.montages_in_pos)
+    return wf, Geometry(grid, mlog, mlog.montages_in_pos, num_frames, error)
+
+
+def _grid(wf: WorkingFolder, chopper: ChopperLog) -> tuple[TileGrid | None, str | None]:
+    shape = None
+    if chopper.original_y is None or chopper.original_x is None:
+        raw = list_images(wf.raw) if wf.raw.is_dir() else []
+        if raw:
+            try:
+                first = read_image(raw[0])
+                shape = (int(first.shape[0]), int(first.shape[1]))
+            except InputError as exc:
+                return None, str(exc)
+    try:
+        return chopper.tile_grid(shape, source=str(wf.chopper_log)), None
+    except InputError as exc:
+        return None, str(exc)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``, or None when it is absent or unreadable (logged)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("QC: cannot read %s (%s): its numbers are shown as —", path, exc)
+        return None
+
+
+def number(value: object) -> float | None:
+    """``value`` as a float when it is a real number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class Manifest:
+    """The stages' records in ``.cellcrowd/manifest.json`` (empty when there is none)."""
+
+    def __init__(self, wf: WorkingFolder) -> None:
+        self.base = wf.base
+        data = read_json(wf.manifest)
+        stages = data.get("stages") if isinstance(data, dict) else None
+        # The qc stage's own entry says "running" while this report is being made.
+        self.stages: dict[str, dict[str, Any]] = {
+            str(k): v for k, v in (stages or {}).items() if isinstance(v, dict) and k != "qc"}
+
+    def done(self, stage: str) -> bool:
+        """The stage finished (its outputs are recorded)."""
+        return self.stages.get(stage, {}).get("state") == "done"
+
+    def outputs(self, stage: str) -> set[Path] | None:
+        """The files a finished stage wrote: none when it failed or is running, None when
+        the manifest does not know the stage (then the files themselves are looked at)."""
+        if stage not in self.stages:
+            return None
+        if not self.done(stage):
+            return set()
+        recorded = self.stages[stage].get("outputs", {})
+        return {self._abs(rel) for rel in recorded} if isinstance(recorded, Mapping) else None
+
+    def counts(self, stage: str) -> dict[str, Any]:
+        """The counts a stage recorded ({} when none)."""
+        counts = self.stages.get(stage, {}).get("counts", {})
+        return dict(counts) if isinstance(counts, Mapping) else {}
+
+    def skipped(self, stage: str) -> list[tuple[str, str]]:
+        """(unit, reason) of every unit a stage left out."""
+        rows = self.stages.get(stage, {}).get("skipped", [])
+        return [(str(d.get("unit", "")), str(d.get("reason", "")))
+                for d in rows if isinstance(d, Mapping)] if isinstance(rows, list) else []
+
+    def runs(self) -> tuple[StageRunQc, ...]:
+        """Every recorded stage: state, counts (as text), skipped units, error."""
+        return tuple(
+            StageRunQc(name, str(entry.get("state", "?")),
+                       tuple((str(k), str(v)) for k, v in self.counts(name).items()),
+                       len(self.skipped(name)),
+                       str(entry["error"]) if entry.get("error") else None)
+            for name, entry in self.stages.items())
+
+    def _abs(self, rel: str) -> Path:
+        path = Path(rel)
+        return path if path.is_absolute() else self.base / path
+
+
+def present(path: Path, recorded: set[Path] | None) -> Path | None:
+    """``path`` when its stage recorded it (or, without a record, when it exists)."""
+    if recorded is not None:
+        return path if path in recorded else None
+    return path if path.is_file() else None
+
+
+def read_csv(path: Path) -> CsvTable | None:
+    """A CSV's header and rows (values redacted); None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        rows = [tuple(redact(cell) for cell in row) for row in csv.reader(io.StringIO(text))
+                if row]
+    except (OSError, csv.Error) as exc:
+        return CsvTable(path, (), (), f"cannot read {path.name}: {exc}")
+    if not rows:
+        return CsvTable(path, (), ())
+    return CsvTable(path, rows[0], tuple(rows[1:]))
+
+
+def npz_shapes(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of ``X`` and ``y`` in an ``.npz``, read from the array headers (no full load)."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [k for k in ("X", "y") if k not in data.files]
+    if missing:
+        raise InputError(f"no {' or '.join(missing)} array in this .npz", path=path)
+    shapes = []
+    with zipfile.ZipFile(path) as archive:
+        for key in ("X", "y"):
+            with archive.open(f"{key}.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, _ = reader(fh)
+                shapes.append(tuple(int(v) for v in shape))
+    return shapes[0], shapes[1]
