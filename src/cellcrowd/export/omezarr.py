@@ -22,6 +22,7 @@ consensus reports give them, ``support`` and ``agreement``
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,14 @@ def _lazy_movie(paths: list[Path], read: Any, shape: tuple[int, ...], dtype: Any
                            for p in paths])
 
 
+def _writer() -> Any:
+    """``ome_zarr.writer`` (its import builds a deprecated default ``Scaler``: not ours)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Call to deprecated class Scaler",
+                                DeprecationWarning)
+        return require("ome_zarr.writer")
+
+
 def write_omezarr(store: Any, raw_paths: list[Path], label_paths: list[Path],
                   table: CellTable) -> None:
     """Write the OME-Zarr of a stitched movie into a zarr store, frame by frame.
@@ -103,23 +112,25 @@ def write_omezarr(store: Any, raw_paths: list[Path], label_paths: list[Path],
     InputError
         A raw frame's size differs from the labels'.
     """
-    zarr, writer = require("zarr"), require("ome_zarr.writer")
+    zarr, writer = require("zarr"), _writer()
     first = _raw_frame(raw_paths[0], table.shape)
     raw = _lazy_movie(raw_paths, lambda p: _raw_frame(p, table.shape), first.shape,
                       first.dtype)
     labels = _lazy_movie(label_paths, _label_frame, (1, *table.shape), np.uint16)
     factors = _scale_factors(table.shape)
     group = zarr.open_group(store, mode="w", zarr_format=3)
-    writer.write_image(raw, group, scale_factors=factors, axes="tcyx",
-                       storage_options={"chunks": first.shape}, name="raw movie")
     present = sorted(table.lineage)
-    writer.write_labels(
-        labels, group, name=LABELS_NAME, scaler=None, scale_factors=factors, axes="tyx",
-        storage_options={"chunks": (1, *table.shape)},
-        label_metadata={
-            "colors": [{"label-value": lab, "rgba": label_colour(lab)} for lab in present],
-            "properties": [table.properties(lab) for lab in present],
-        })
+    # One frame at a time: the synchronous scheduler computes one chunk (frame) after another.
+    with require("dask").config.set(scheduler="synchronous"):
+        writer.write_image(raw, group, scale_factors=factors, axes="tcyx",
+                           storage_options={"chunks": first.shape}, name="raw movie")
+        writer.write_labels(
+            labels, group, name=LABELS_NAME, scaler=None, scale_factors=factors, axes="tyx",
+            storage_options={"chunks": (1, *table.shape)},
+            label_metadata={
+                "colors": [{"label-value": lab, "rgba": label_colour(lab)} for lab in present],
+                "properties": [table.properties(lab) for lab in present],
+            })
 
 
 def export_omezarr(wf: WorkingFolder, target: ExportTarget | None = None, *,
