@@ -84,7 +84,8 @@ def test_omezarr_opens_with_the_ome_zarr_reader(demo: tuple[Path, WorkingFolder]
         assert (p["first_frame"], p["last_frame"]) == (in_frames[0], in_frames[-1])
         assert p["track_id"] == label
         assert p["parent"] == (lineage[label]["parent"] or 0)
-        assert p["montages"] and all(m.startswith(f"{wf.identifier}_x_") for m in p["montages"])
+        assert p["montages"]
+        assert all(m.startswith(f"{wf.identifier}_x_") for m in p["montages"])
         assert 0 <= p["agreement"] <= 1  # the demo's consensus reports give it
     assert sorted(labels.metadata["color"]) == present
 
@@ -93,7 +94,7 @@ def test_label_montages_are_those_whose_tiles_overlap(demo: tuple[Path, WorkingF
     _, wf = demo
     table = cell_table(wf)
     # A cell living through every part came from montages of every montage number.
-    _, stitched, lineage = read_stitched(wf)
+    _, _, lineage = read_stitched(wf)
     longest = max(lineage, key=lambda k: len(lineage[k]["frames"]))
     numbers = {int(m.rsplit("_", 1)[1]) for m in table.montages[longest]}
     first, last = min(lineage[longest]["frames"]), max(lineage[longest]["frames"])
@@ -252,7 +253,8 @@ def test_exports_to_s3_read_back_equal(demo: tuple[Path, WorkingFolder],
                  "--set", f"outputs.export_storage_options.endpoint_url={s3['endpoint_url']}",
                  "--force"]) == 0, capsys.readouterr().err
     receipt = json.loads(wf.export_receipt("geff").read_text())
-    assert receipt["location"] == f"s3://lab/runs/2/{wf.geff_name()}" and receipt["remote"]
+    assert receipt["location"] == f"s3://lab/runs/2/{wf.geff_name()}"
+    assert receipt["remote"]
     # (geff's metadata reader opens the group in mode "a", so the store must be writable)
     got, _ = geff.read(remote.store(f"s3://lab/runs/2/{wf.geff_name()}"), backend="networkx")
     # (the stage moved its output to s3: the local copy it wrote before is gone)
@@ -276,11 +278,13 @@ def test_auto_follows_the_extra(demo: tuple[Path, WorkingFolder],
     import cellcrowd.export.zarrstore as zs
 
     cfg = load_config(demo[0])
-    assert cfg.outputs.omezarr == "auto" and cfg.outputs.wants("omezarr")
+    assert cfg.outputs.omezarr == "auto"
+    assert cfg.outputs.wants("omezarr")
     monkeypatch.setattr(zs, "zarr_extra_installed", lambda: False)
-    assert not cfg.outputs.wants("omezarr") and not cfg.outputs.wants("geff")
+    assert not cfg.outputs.wants("omezarr")
+    assert not cfg.outputs.wants("geff")
     assert cfg.with_overrides({"outputs.geff": True}).outputs.wants("geff")
-    with pytest.raises(ConfigError, match="outputs.omezarr is built from the stitched movie"):
+    with pytest.raises(ConfigError, match=r"outputs\.omezarr is built from the stitched movie"):
         cfg.with_overrides({"outputs.omezarr": True, "outputs.stitched": False,
                             "outputs.trk": False, "outputs.ctc": False})
 
@@ -301,8 +305,8 @@ def test_bad_inputs_are_named(demo: tuple[Path, WorkingFolder], tmp_path: Path) 
         cell_table(empty)
     copy = WorkingFolder(tmp_path / "copy", wf.identifier)
     shutil.copytree(wf.stitched, copy.stitched)
+    shutil.rmtree(copy.stitched_frame("raw", 0).parent)
     with pytest.raises(InputError, match="OME-Zarr needs the raw movie"):
-        shutil.rmtree(copy.stitched_frame("raw", 0).parent)
         export_omezarr(copy, ExportTarget(str(tmp_path / "out")))
     (tmp_path / "out").mkdir(exist_ok=True)
     (tmp_path / "out" / wf.geff_name()).write_text("not a folder")

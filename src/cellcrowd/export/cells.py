@@ -172,7 +172,7 @@ class _Provenance:
                     self.reports[name] = _read_report(self.wf, name)
                 values.append(_cell_values(self.reports[name], cell))
             for i, target in enumerate((table.support, table.agreement)):
-                got = [v[i] for v in values if v[i] is not None]
+                got = [x for v in values if (x := v[i]) is not None]
                 target[label] = round(float(np.mean(got)), 6) if got else None
 
 

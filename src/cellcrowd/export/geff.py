@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Collection
+from itertools import pairwise
 from typing import Any
 
 from ..layout import WorkingFolder
@@ -56,7 +57,7 @@ def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> An
         graph.add_node(graph.number_of_nodes(), **attrs)
     for ids in runs.values():
         ids.sort(key=lambda n: graph.nodes[n]["t"])
-        graph.add_edges_from(zip(ids, ids[1:], strict=False))
+        graph.add_edges_from(pairwise(ids))
     for label, ids in runs.items():
         for daughter in table.lineage.get(label, {}).get("daughters") or []:
             if runs.get(int(daughter)):
