@@ -318,3 +318,36 @@ def test_label_colours_are_stable_and_opaque() -> None:
     colours = [label_colour(k) for k in range(1, 50)]
     assert all(len(c) == 4 and c[3] == 255 and all(0 <= v <= 255 for v in c) for c in colours)
     assert len({tuple(c) for c in colours}) == len(colours)
+
+
+def _stitched_folder(base: Path, frames: int, size: int = 256) -> WorkingFolder:
+    from cellcrowd.files import atomic_write_text, write_image
+
+    wf = WorkingFolder(base, "mem")
+    rng = np.random.default_rng(frames)
+    for t in range(frames):
+        labels = np.zeros((size, size), np.uint16)
+        labels[10 + t % 50:60 + t % 50, 20:90] = 1
+        write_image(wf.stitched_frame("annotated", t), labels)
+        write_image(wf.stitched_frame("raw", t), rng.integers(0, 4000, (size, size),
+                                                               dtype=np.uint16))
+    atomic_write_text(wf.stitched_lineage, json.dumps({"1": {
+        "label": 1, "frames": list(range(frames)), "daughters": [], "capped": False,
+        "frame_div": None, "parent": None}}))
+    return wf
+
+
+def test_omezarr_memory_does_not_grow_with_the_movie(tmp_path: Path) -> None:
+    """Peak memory of the export for 32 frames is not 4x that for 8: frames are streamed."""
+    import tracemalloc
+
+    peaks = []
+    for frames in (2, 8, 32):  # the first run imports the writers: not measured
+        wf = _stitched_folder(tmp_path / str(frames), frames)
+        table = cell_table(wf)
+        tracemalloc.start()
+        export_omezarr(wf, table=table)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    frame_bytes = 2 * 256 * 256 * 2  # one raw and one label frame
+    assert peaks[2] < peaks[1] + 8 * frame_bytes, peaks  # 24 more frames held would be 6 MB

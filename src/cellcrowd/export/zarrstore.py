@@ -121,7 +121,16 @@ class ExportTarget:
         return sorted(p for p in root.rglob("*") if p.is_file())
 
     def receipt(self, path: Path, name: str, counts: Mapping[str, int]) -> Path:
-        """Write ``path``: where store ``name`` went and what it holds (JSON, atomic)."""
+        """Write ``path``: where store ``name`` went and what it holds (JSON, atomic).
+
+        A local store inside the receipt's folder is named relative to it, so that the
+        working folder can move (and a resumed run writes the same bytes).
+        """
+        location = self.url(name)
+        if not self.remote:
+            with contextlib.suppress(ValueError):
+                location = Path(location).resolve().relative_to(
+                    path.parent.resolve()).as_posix()
         return atomic_write_text(path, json.dumps(
-            {"location": self.url(name), "remote": self.remote, **counts},
+            {"location": location, "remote": self.remote, **counts},
             indent=1, sort_keys=True) + "\n")
