@@ -73,7 +73,11 @@ def write_geff(store: Any, graph: Any, omezarr_path: str) -> None:
     geff, spec = require("geff"), require("geff_spec")
     geff.write(graph, store, axis_names=["t", "y", "x"], axis_types=["time", "space", "space"],
                axis_units=["frame", "pixel", "pixel"], zarr_format=2, overwrite=True)
-    metadata = spec.GeffMetadata.read(store).model_copy(update={
+    written = spec.GeffMetadata.read(store)
+    metadata = written.model_copy(update={
+        # geff lists properties in set order: sorted, a rerun writes the same bytes
+        "node_props_metadata": dict(sorted(written.node_props_metadata.items())),
+        "edge_props_metadata": dict(sorted(written.edge_props_metadata.items())),
         "track_node_props": {"tracklet": "track_id"},
         "related_objects": [
             spec.RelatedObject(type="labels", path=f"{omezarr_path}/labels/{LABELS_NAME}/s0",
