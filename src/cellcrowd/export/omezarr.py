@@ -49,7 +49,7 @@ def label_colour(label: int) -> list[int]:
     """A bright RGBA colour for a label, the same on every run (golden-ratio hues).
 
     >>> label_colour(1), label_colour(1) == label_colour(2)
-    ([255, 204, 25, 255], False)
+    ([25, 92, 255, 255], False)
     """
     import colorsys
 
