@@ -108,7 +108,8 @@ def test_run_status_and_rerun(config: Path, capsys: pytest.CaptureFixture[str],
 
 def test_one_stage_at_a_time(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     commands = [[name] for name in ("report", "fetch", "clean", "movies", "npz", "stitch")]
-    commands += [["export", "trk"], ["export", "ctc"], ["qc"]]
+    commands += [["export", "trk"], ["export", "ctc"], ["export", "omezarr"], ["export", "geff"],
+                 ["qc"]]
     for command, stage in zip(commands, STAGES, strict=True):
         code, out, err = _run(capsys, *command, str(config))
         assert code == 0, err

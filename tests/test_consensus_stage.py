@@ -152,7 +152,8 @@ def test_several_annotators_are_merged_into_the_truth(
     # three judgments, the careless cell dropped, and the labels (so the movies) stay.
     labels = wf.label_path(two).read_bytes()
     again = run(cfg)
-    assert again.ran == ["fetch", "clean", "movies", "qc"]
+    # (the OME-Zarr and GEFF carry the consensus' agreement, so they follow the clean stage)
+    assert again.ran == ["fetch", "clean", "movies", "omezarr", "geff", "qc"]
     assert again.stage("clean").counts["cells_dropped"] == 8
     assert json.loads(wf.consensus_report_path(two).read_text())["annotators"] == 3
     assert wf.label_path(two).read_bytes() == labels

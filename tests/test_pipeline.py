@@ -279,10 +279,11 @@ def test_status_of_a_fresh_folder_and_failed_stage(cfg: Config) -> None:
 
 def test_from_until_force_and_outputs_off(cfg: Config) -> None:
     _label_with_truth(cfg)
-    off = cfg.with_overrides({"outputs.trk": False, "outputs.ctc": False})
+    off = cfg.with_overrides({"outputs.trk": False, "outputs.ctc": False,
+                              "outputs.omezarr": False, "outputs.geff": False})
     summary = run(off, from_stage="movies", until_stage="npz")
     assert [s.status for s in summary.stages] == ["not-selected"] * 3 + ["ran", "ran"] + [
-        "not-selected", "disabled", "disabled", "not-selected"]
+        "not-selected", "disabled", "disabled", "disabled", "disabled", "not-selected"]
     wf = pipeline.working_folder(cfg)
     data = load_npz(wf.npz_part(1))
     assert data.X.shape == (4, 5, *pipeline._montage_log(wf).layout(
@@ -330,7 +331,7 @@ def test_outputs_are_checked_and_stale_files_removed(cfg: Config) -> None:
     assert wf.npz_full_movie.is_file()
     assert wf.npz_stitched_movie.is_file()
     summary = run(cfg, from_stage="movies")
-    assert summary.ran == ["npz", "stitch", "trk", "ctc", "qc"]
+    assert summary.ran == ["npz", "stitch", "trk", "ctc", "omezarr", "geff", "qc"]
     assert not wf.npz_full_movie.exists()
     assert not wf.npz_stitched_movie.exists()
     assert wf.npz_part(2).is_file()

@@ -8,7 +8,7 @@
     cellcrowd status CONFIG                  what is done, what is left, what was skipped
     cellcrowd prepare CONFIG                 raw movie -> montages, logs, upload CSV
     cellcrowd report|fetch|clean|movies|npz|stitch|qc CONFIG    one stage
-    cellcrowd export trk|ctc CONFIG          one export
+    cellcrowd export trk|ctc|omezarr|geff CONFIG [--to URL]    one export
     cellcrowd emulator serve FOLDER          the emulated annotation service, for a prepared folder
 
 ``-v`` shows what the library logs (``-vv`` debug), ``-q`` prints nothing but
@@ -43,7 +43,7 @@ __all__ = ["main"]
 logger = logging.getLogger("cellcrowd.cli")
 
 _STAGE_COMMANDS = ("report", "fetch", "clean", "movies", "npz", "stitch", "qc")
-_EXPORTS = ("trk", "ctc")
+_EXPORTS = ("trk", "ctc", "omezarr", "geff")
 
 
 # -- argument parsing ------------------------------------------------------------------------
@@ -139,6 +139,10 @@ def _parser() -> argparse.ArgumentParser:
         q = exp.add_parser(name, help=f"write the {name} export")
         _add_config(q)
         q.add_argument("--force", action="store_true", help="redo it even if up to date")
+        if name in ("omezarr", "geff"):
+            q.add_argument("--to", dest="export_url", default=None, metavar="URL",
+                           help="folder or fsspec URL (s3://bucket/prefix) to write to "
+                                "(default: [outputs] export_url, else zarr/)")
 
     p = sub.add_parser("emulator", help="the emulated annotation service")
     emu = _Subparsers(p.add_subparsers(dest="emulator", required=True, metavar="ACTION"),
@@ -179,6 +183,10 @@ def _load(args: argparse.Namespace) -> Config:
         overrides["executor.workers"] = args.workers
     if getattr(args, "scheduler", None) is not None:
         overrides["executor.scheduler"] = args.scheduler
+    if getattr(args, "export", None) in ("omezarr", "geff"):
+        overrides[f"outputs.{args.export}"] = True  # asked for: an install hint if missing
+        if args.export_url is not None:
+            overrides["outputs.export_url"] = args.export_url
     return load_config(args.config, overrides)
 
 

@@ -123,7 +123,24 @@ class OutputsConfig(_Section):
     stitched: bool = True
     trk: bool = True
     ctc: bool = True
+    #: ``"auto"``: written when the ``cellcrowd[zarr]`` extra is installed.
+    omezarr: bool | Literal["auto"] = "auto"
+    geff: bool | Literal["auto"] = "auto"
+    #: Also one GEFF per part.
+    geff_parts: bool = False
+    #: Folder or fsspec URL (``s3://bucket/prefix``) of the OME-Zarr and GEFF; "" = ``zarr/``.
+    export_url: str = ""
+    #: fsspec options for ``export_url`` (e.g. ``endpoint_url``; credentials come from the
+    #: environment, never from here).
+    export_storage_options: dict[str, str | int | float | bool] = Field(default_factory=dict)
     qc: bool = True
+
+    def wants(self, name: Literal["omezarr", "geff"]) -> bool:
+        """Whether the OME-Zarr or GEFF export is on (``"auto"``: the extra is installed)."""
+        from .export.zarrstore import zarr_extra_installed
+
+        value = getattr(self, name)
+        return self.stitched and (zarr_extra_installed() if value == "auto" else bool(value))
 
 
 class NpzConfig(_Section):
@@ -189,7 +206,8 @@ class Config(_Section):
                 f"identifier {self.identifier!r} cannot be used in file names: use letters, "
                 "digits, '-' and '_'"
             )
-        needs = [name for name in ("trk", "ctc") if getattr(self.outputs, name)]
+        needs = [name for name in ("trk", "ctc", "omezarr", "geff")
+                 if getattr(self.outputs, name) is True]
         if needs and not self.outputs.stitched:
             raise ValueError(
                 f"outputs.{needs[0]} is built from the stitched movie: set outputs.stitched "
@@ -408,6 +426,12 @@ npz_full_movie = false      # npz/<identifier>_full_movie.npz: all parts of each
 stitched = true             # stitched/: full-size frames with cells linked across tiles/parts
 trk = true                  # trk/<identifier>.trk (DeepCell tracking), needs stitched
 ctc = true                  # ctc/ (Cell Tracking Challenge folders), needs stitched
+omezarr = "auto"            # zarr/<identifier>.ome.zarr (image + tracked labels), needs
+                            # stitched; "auto": when cellcrowd[zarr] is installed
+geff = "auto"               # zarr/<identifier>.geff (lineage graph), needs stitched
+geff_parts = false          # also zarr/<identifier>_partN.geff, one per part
+export_url = ""             # folder or URL (s3://bucket/prefix) for the two above; "" = zarr/
+export_storage_options = {{}} # fsspec options for export_url, e.g. {{endpoint_url = "..."}}
 qc = true                   # qc/index.html: the quality-control report (numbers, overlays)
 
 [npz]

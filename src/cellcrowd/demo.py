@@ -105,6 +105,8 @@ def save_config(config: Config, path: Path) -> Path:
             return repr(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table, e.g. outputs.export_storage_options
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
         if isinstance(v, Path):
             with contextlib.suppress(ValueError):
                 v = v.resolve().relative_to(root).as_posix() or "."

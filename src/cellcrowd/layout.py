@@ -20,6 +20,7 @@ The defaults follow the original notebook, so existing folders keep working::
       npz/{id}_part{N}.npz, npz/{id}_full_movie.npz
       stitched/{annotated,raw}/{id}_frame_FFF.{png,tif}, stitched/lineage.json
       trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
+      zarr/{id}.ome.zarr, zarr/{id}.geff, zarr/{id}_part{N}.geff, zarr/{kind}_location.json
       qc/index.html, qc/{montage}_overlay.png, qc/thumbs/{montage}.png, qc/units.csv,
       qc/workers.csv    .cellcrowd/manifest.json
 
@@ -398,6 +399,25 @@ class WorkingFolder:
     @property
     def ctc(self) -> Path:
         return self.base / "ctc"
+
+    @property
+    def zarr_exports(self) -> Path:
+        """The default folder of the OME-Zarr and GEFF exports: ``zarr/``."""
+        return self.base / "zarr"
+
+    @property
+    def omezarr_name(self) -> str:
+        """The stitched movie's OME-Zarr store: ``{id}.ome.zarr``."""
+        return f"{self.identifier}.ome.zarr"
+
+    def geff_name(self, part: int | None = None) -> str:
+        """The lineage's GEFF store: ``{id}.geff``, or ``{id}_partN.geff`` for one part."""
+        return f"{self.identifier}.geff" if part is None else \
+            f"{self.identifier}_{part_name(part)}.geff"
+
+    def export_receipt(self, kind: str) -> Path:
+        """Where an export went (a path or URL) and its counts: ``zarr/{kind}_location.json``."""
+        return self.zarr_exports / f"{kind}_location.json"
 
     @property
     def qc(self) -> Path:

@@ -12,6 +12,8 @@ Stages, in order (each calls the library functions of its module)::
              (and the stitched movie's .npz when outputs.npz_full_movie)     export/npz.py
     trk      DeepCell .trk of the stitched movie                             export/trk.py
     ctc      Cell Tracking Challenge folders of the stitched movie           export/ctc.py
+    omezarr  OME-Zarr of the stitched movie (image, tracked labels)          export/omezarr.py
+    geff     GEFF graph of the stitched movie's lineage                      export/geff.py
     qc       the quality-control report, qc/index.html and overlays          qc/
 
 **Several annotators.** With ``[clean] consensus = true`` (the default) the clean
@@ -119,7 +121,7 @@ logger = logging.getLogger(__name__)
 
 #: The harvest's stages, in the order they run.
 STAGES: tuple[str, ...] = ("report", "fetch", "clean", "movies", "npz", "stitch", "trk", "ctc",
-                           "qc")
+                           "omezarr", "geff", "qc")
 
 _MANIFEST_VERSION = 1
 _PAUSE_ENV = "CELLCROWD_TEST_PAUSE_AFTER"
@@ -308,6 +310,8 @@ def _raw_and_logs(wf: WorkingFolder, cfg: Config) -> list[Path]:
 
 
 def _stages() -> tuple[_Stage, ...]:
+    from .export.zarr_stages import run_geff_stage, run_omezarr_stage, zarr_settings
+
     return (
         _Stage("report", (), _report_settings, _no_files, _run_report),
         _Stage("fetch", ("report",), _fetch_settings, _no_files, _run_fetch),
@@ -322,6 +326,10 @@ def _stages() -> tuple[_Stage, ...]:
                enabled=lambda c: c.outputs.trk),
         _Stage("ctc", ("stitch",), _no_settings, _no_files, _run_ctc,
                enabled=lambda c: c.outputs.ctc),
+        _Stage("omezarr", ("clean", "movies", "stitch"), zarr_settings, _no_files,
+               run_omezarr_stage, enabled=lambda c: c.outputs.wants("omezarr")),
+        _Stage("geff", ("clean", "movies", "stitch"), zarr_settings, _no_files,
+               run_geff_stage, enabled=lambda c: c.outputs.wants("geff")),
         _Stage("qc", STAGES[:-1], _qc_settings, _qc_files, _run_qc,
                enabled=lambda c: c.outputs.qc),
     )

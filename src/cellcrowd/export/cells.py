@@ -1,0 +1,208 @@
+"""Every cell of the stitched movie, frame by frame, with the crowd's evidence for it.
+
+One pass over the stitched label frames (one frame in memory at a time) gives,
+per cell and frame, its area and centroid, and the montages its pixels came from
+(the annotated tiles of that frame's part that overlap it). The crowd's evidence
+comes from each montage's consensus report ``{id}_labels/{montage}_consensus.json``
+when it exists: per-cell ``support`` and ``agreement`` when the report lists its
+cells (a ``cells`` list of objects with ``label``/``id``, or an object keyed by
+label), else the montage's ``mean_agreement`` as the agreement; a value no report
+gives is ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InputError
+from ..files import list_images, read_image
+from ..layout import MontageKey, WorkingFolder, montage_name
+from ..stitch import Lineage, read_lineage
+
+__all__ = ["CellNode", "CellTable", "cell_table", "stitched_frame_paths"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CellNode:
+    """One cell in one frame: its label, frame, centroid (pixels) and area (pixels)."""
+
+    label: int
+    t: int
+    y: float
+    x: float
+    area: int
+
+
+@dataclass
+class CellTable:
+    """The cells of the stitched movie: nodes, lineage and per-label provenance."""
+
+    frames: int
+    shape: tuple[int, int]
+    nodes: list[CellNode]
+    lineage: Lineage
+    montages: dict[int, list[str]] = field(default_factory=dict)
+    support: dict[int, float | None] = field(default_factory=dict)
+    agreement: dict[int, float | None] = field(default_factory=dict)
+    #: The frames of each part (by part number), when the logs are readable.
+    part_frames: dict[int, range] = field(default_factory=dict)
+
+    def properties(self, label: int) -> dict[str, Any]:
+        """The NGFF label properties of ``label`` (a value no report gives is left out)."""
+        entry = self.lineage[label]
+        props: dict[str, Any] = {
+            "label-value": label, "track_id": label,
+            "parent": int(entry["parent"]) if entry.get("parent") else 0,
+            "first_frame": int(min(entry["frames"])), "last_frame": int(max(entry["frames"])),
+            "montages": self.montages.get(label, []),
+        }
+        for key, values in (("support", self.support), ("agreement", self.agreement)):
+            if values.get(label) is not None:
+                props[key] = values[label]
+        return props
+
+
+def stitched_frame_paths(wf: WorkingFolder, kind: str) -> list[Path]:
+    """The stitched ``annotated`` or ``raw`` frames in order ([] when there are none)."""
+    folder = wf.stitched_frame(kind, 0).parent
+    return list_images(folder) if folder.is_dir() else []
+
+
+def _frame_stats(frame: NDArray[Any], t: int) -> list[CellNode]:
+    flat = frame.ravel().astype(np.int64)
+    ys, xs = np.indices(frame.shape)
+    area = np.bincount(flat)
+    sy = np.bincount(flat, weights=ys.ravel())
+    sx = np.bincount(flat, weights=xs.ravel())
+    return [CellNode(int(lab), t, float(sy[lab] / area[lab]), float(sx[lab] / area[lab]),
+                     int(area[lab])) for lab in np.flatnonzero(area) if lab]
+
+
+def _read_report(wf: WorkingFolder, montage: str) -> dict[str, Any] | None:
+    path = wf.consensus_report_path(montage)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        logger.warning("%s is unreadable (%s): its cells get no support/agreement", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _cell_values(report: dict[str, Any] | None, cell: int) -> tuple[float | None, float | None]:
+    """Per-cell (support, agreement) of a montage's consensus report, tolerant of its form."""
+    if report is None:
+        return None, None
+    cells = report.get("cells")
+    entry: Any = None
+    if isinstance(cells, dict):
+        entry = cells.get(str(cell))
+    elif isinstance(cells, list):
+        entry = next((c for c in cells if isinstance(c, dict)
+                      and c.get("label", c.get("id")) == cell), None)
+    support = entry.get("support") if isinstance(entry, dict) else None
+    agreement = entry.get("agreement") if isinstance(entry, dict) else None
+    if agreement is None:
+        agreement = report.get("mean_agreement")
+    return (float(support) if isinstance(support, int | float) else None,
+            float(agreement) if isinstance(agreement, int | float) else None)
+
+
+class _Provenance:
+    """Which montage cells overlap each stitched cell."""
+
+    def __init__(self, wf: WorkingFolder) -> None:
+        from ..movies import read_movie_geometry
+
+        try:
+            self.movie: Any = read_movie_geometry(wf)
+        except (InputError, OSError) as exc:
+            logger.warning("no montage provenance (%s)", exc)
+            self.movie = None
+        self.wf = self.movie.wf if self.movie is not None else wf
+        self.sources: dict[int, set[tuple[str, int]]] = defaultdict(set)
+        self.reports: dict[str, dict[str, Any] | None] = {}
+        starts: list[int] = [0]
+        if self.movie is not None:
+            for m in range(self.movie.count):
+                starts.append(starts[-1] + self.movie.frames_in(m))
+        self.starts = starts
+
+    def add(self, frame: NDArray[Any], t: int) -> None:
+        if self.movie is None:
+            return
+        m = int(np.searchsorted(self.starts, t, side="right")) - 1
+        if m >= self.movie.count:
+            return
+        grid = self.movie.grid
+        for pos in grid.positions:
+            key = MontageKey(self.wf.identifier, pos.x, pos.y, m)
+            path = self.wf.annotated_frame(key.part, pos, t - self.starts[m])
+            if not path.is_file():
+                continue
+            (fy, fx), (ty, tx) = grid.frame_window(pos)
+            tile = read_image(path)[ty, tx].astype(np.int64)
+            window = frame[fy, fx]
+            both = (tile > 0) & (window > 0)
+            name = montage_name(key, self.wf.padding)
+            for lab, cell in set(zip(window[both].tolist(), tile[both].tolist(), strict=True)):
+                self.sources[int(lab)].add((name, int(cell)))
+
+    def finish(self, table: CellTable) -> None:
+        if self.movie is not None:
+            for m in range(self.movie.count):
+                part = MontageKey(self.wf.identifier, 0, 0, m).part
+                table.part_frames[part] = range(self.starts[m], self.starts[m + 1])
+        for label, pairs in self.sources.items():
+            table.montages[label] = sorted({name for name, _ in pairs})
+            values = []
+            for name, cell in pairs:
+                if name not in self.reports:
+                    self.reports[name] = _read_report(self.wf, name)
+                values.append(_cell_values(self.reports[name], cell))
+            for i, target in enumerate((table.support, table.agreement)):
+                got = [x for v in values if (x := v[i]) is not None]
+                target[label] = round(float(np.mean(got)), 6) if got else None
+
+
+def cell_table(wf: WorkingFolder) -> CellTable:
+    """Read the stitched movie once, frame by frame, into a :class:`CellTable`.
+
+    Raises
+    ------
+    InputError
+        There are no stitched frames or no lineage (run the stitch stage), or a
+        frame's size differs from the first.
+    """
+    paths = stitched_frame_paths(wf, "annotated")
+    if not paths:
+        raise InputError("no stitched frames: run the stitch stage first",
+                         path=wf.stitched_frame("annotated", 0).parent)
+    lineage = read_lineage(wf.stitched_lineage)
+    provenance = _Provenance(wf)
+    nodes: list[CellNode] = []
+    shape: tuple[int, int] | None = None
+    for t, path in enumerate(paths):
+        frame = read_image(path)
+        if shape is None:
+            shape = (int(frame.shape[0]), int(frame.shape[1]))
+        elif frame.shape != shape:
+            raise InputError(f"frame {t} is {frame.shape}, the first frame {shape}: run the "
+                             "stitch stage again", path=path)
+        nodes += _frame_stats(frame, t)
+        provenance.add(frame, t)
+    assert shape is not None
+    table = CellTable(len(paths), shape, nodes, lineage)
+    provenance.finish(table)
+    return table
