@@ -4,8 +4,8 @@
 
 1. read the job's progress (``GET /v1/jobs/{id}/ping.json`` for the counts and
    ``GET /v1/jobs/{id}.json`` for the state, see :func:`job_progress`);
-2. when the job has judgments the last harvest did not see (and always in the first
-   round, so that an interrupted harvest is finished), *harvest*: ask the service to
+2. when the job has judgments the last harvest did not see (and in the first round
+   once there are judgments at all, so that an interrupted harvest is finished), *harvest*: ask the service to
    regenerate the report (a report is a snapshot) and run the pipeline with the report
    stage forced (:func:`cellcrowd.pipeline.run`): the fetch stage downloads only
    annotations not already on disk, and the manifest redoes only stages whose inputs
@@ -207,7 +207,8 @@ def watch(
     stop : threading.Event, optional
         Set to end the watch after the current round.
     wait : callable
-        ``wait(wake, seconds) -> woken``: every wait goes through it.
+        ``wait(wake, seconds) -> woken``: every wait goes through it (the status
+        requests' retries too).
     clock : callable
         Seconds, for the estimate of the time left.
     on_round : callable, optional
@@ -235,7 +236,8 @@ def watch(
     stop = stop or threading.Event()
     wf = config.working_folder()
     client = AppenClient(api_key(), base_url=config.service.api_url,
-                         poll_interval=config.service.poll_interval)
+                         poll_interval=config.service.poll_interval,
+                         sleep=_sleep_through(wait))
     first: tuple[float, int] | None = None
     rounds = harvests = failures = 0
     summary: RunSummary | None = None
@@ -247,8 +249,8 @@ def watch(
             try:
                 current = job_progress(client, config.job_id)
                 seen = _read_state(wf, config.job_id)
-                due = harvests == 0 or current.complete or (
-                    current.judgments != seen.get("judgments"))
+                due = current.judgments > 0 and (harvests == 0 or current.complete or (
+                    current.judgments != seen.get("judgments")))
                 if due:
                     summary = _harvest(config, client, ex, api_key, progress)
                     _write_state(wf, config.job_id, current)
@@ -281,12 +283,19 @@ def watch(
     return WatchResult(rounds, harvests, False, current, summary)
 
 
+def _sleep_through(wait: Callable[[threading.Event, float], bool]) -> Callable[[float], None]:
+    """A plain ``sleep(seconds)`` that waits through ``wait`` (nothing wakes it)."""
+
+    def sleep(seconds: float) -> None:
+        wait(threading.Event(), seconds)
+
+    return sleep
+
+
 def _harvest(config: Config, client: Any, executor: Executor,
              api_key: Callable[[], str], progress: Progress | None) -> RunSummary:
     """Fresh report, then every stage that is not up to date."""
-    report = config.working_folder().report_csv(config.job_id, config.service.report_type)
-    if report.exists():  # a new job's first report is fresh anyway
-        client.regenerate_report(config.job_id, config.service.report_type)
+    client.regenerate_report(config.job_id, config.service.report_type)
     summary = run(config, force=["report"], executor=executor, progress=progress,
                   api_key=api_key)
     logger.info("harvested: %s", ", ".join(summary.ran) or "nothing new")

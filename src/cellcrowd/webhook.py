@@ -39,12 +39,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError
 from .files import atomic_write_text
+from .layout import WorkingFolder
 
 __all__ = [
     "WEBHOOK_TOKEN_ENV",
     "SeenWebhooks",
     "Webhook",
     "WebhookReceiver",
+    "listen_for_webhooks",
     "parse_listen",
     "verify_webhook",
     "webhook_token",
@@ -236,6 +238,9 @@ class WebhookReceiver:
         return f"http://{name}:{port}{self.path}"
 
     def start(self) -> WebhookReceiver:
+        """Start serving (idempotent)."""
+        if self._thread.is_alive():
+            return self
         self._thread.start()
         logger.info("listening for webhooks at %s", self.url)
         return self
@@ -292,3 +297,17 @@ def _peer(handler: BaseHTTPRequestHandler) -> str:
     peer = str(handler.client_address[0])
     forwarded = (handler.headers.get("x-forwarded-for") or "")[:200]
     return f"{peer} (forwarded for {forwarded})" if forwarded else peer
+
+
+def listen_for_webhooks(wf: WorkingFolder, listen: str, wake: threading.Event, *,
+                        path: str = "/hook", token: str | None = None) -> WebhookReceiver:
+    """A started receiver for ``HOST:PORT`` that sets ``wake`` on each new webhook.
+
+    Seen webhooks are kept in ``wf.webhooks_seen``; the token defaults to
+    :func:`webhook_token` (the environment). Stop it with ``stop()`` (or ``with``).
+    """
+    host, port = parse_listen(listen)
+    seen = SeenWebhooks(wf.webhooks_seen)
+    receiver = WebhookReceiver(host, port, token=token or webhook_token(), seen=seen,
+                               on_event=lambda hook: wake.set(), path=path)
+    return receiver.start()

@@ -247,6 +247,7 @@ class LiveJob:
             sorted(float(t) for t in rng.uniform(0.0, duration, size=len(units))))
         self._announced = 0
         self._lock = threading.Lock()
+        self._pump_lock = threading.Lock()  # one pump at a time: deliveries stay in order
         self._snapshots: dict[int, CrowdJob] = {}
 
     @property
@@ -305,14 +306,20 @@ class LiveJob:
                 "submittedJudgments": len(self.job_at(done).judgments)}
 
     def pump(self) -> int:
-        """Announce units completed since the last call (webhooks); return how many."""
+        """Announce units completed since the last call (webhooks); return how many.
+
+        Deliveries are made before it returns, one pump at a time.
+        """
         if self.webhooks is None:
             return 0
-        with self._lock:
-            done = self.completed()
-            new = self.order[self._announced:done]
-            self._announced = done
-            finishing = bool(new) and done == len(self.order)
+        with self._pump_lock:
+            return self._announce(self.webhooks)
+
+    def _announce(self, webhooks: WebhookSender) -> int:
+        done = self.completed()
+        new = self.order[self._announced:done]
+        self._announced = done
+        finishing = bool(new) and done == len(self.order)
         counts = Counter(j.unit_id for j in self.job.judgments)
         for unit_id in new:
             unit = self.job.units_by_id[unit_id]
@@ -320,9 +327,9 @@ class LiveJob:
                                   "judgments_count": counts[unit_id],
                                   "data": {"identifier": unit.identifier,
                                            "image_url": unit.image_url}})
-            self.webhooks.deliver("unit_complete", payload)
+            webhooks.deliver("unit_complete", payload)
         if finishing:
-            self.webhooks.deliver("job_complete", json.dumps(self.attributes()))
+            webhooks.deliver("job_complete", json.dumps(self.attributes()))
         return len(new)
 
 
