@@ -207,6 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.server.emulator._serve(self, "POST", self.server.role)
 
+    def do_PUT(self) -> None:
+        self.server.emulator._serve(self, "PUT", self.server.role)
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("emulator: %s", self.server.emulator.redact(format % args))
 
