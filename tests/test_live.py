@@ -38,13 +38,17 @@ def test_units_complete_over_time_in_random_order(job: CrowdJob) -> None:
     clock = ManualClock()
     live = LiveJob(job, duration=60.0, clock=clock, seed=1)
     judged = sorted({j.unit_id for j in job.judgments})
-    assert sorted(live.order) == judged and list(live.order) != judged
-    assert live.completed() == 0 and not live.complete
+    assert sorted(live.order) == judged
+    assert list(live.order) != judged
+    assert live.completed() == 0
+    assert not live.complete
     seen: list[int] = []
     for _ in range(12):
         clock.advance(5.0)
         seen.append(live.completed())
-    assert seen == sorted(seen) and seen[-1] == len(judged) and live.complete
+    assert seen == sorted(seen)
+    assert seen[-1] == len(judged)
+    assert live.complete
     assert live.job_at(len(judged)) is job
     partial = live.job_at(4)
     assert {j.unit_id for j in partial.judgments} == set(live.order[:4])
@@ -66,7 +70,8 @@ def test_status_endpoints_follow_the_clock(job: CrowdJob) -> None:
     assert before[0]["completed_units_estimate"] == units - len(live.order)
     assert before[0]["all_judgments"] == 0
     assert before[0]["needed_judgments"] == len(job.judgments)
-    assert before[1]["state"] == "RUNNING" and before[1]["completionPercentage"] == 0
+    assert before[1]["state"] == "RUNNING"
+    assert before[1]["completionPercentage"] == 0
     assert after[0]["completed_units_estimate"] == units
     assert after[0]["all_judgments"] == len(job.judgments)
     assert after[1] == {"jobId": job.job_id, "state": "COMPLETED",
@@ -92,7 +97,8 @@ def test_reports_are_snapshots_until_regenerated(job: CrowdJob) -> None:
         fresh = _report(client, emu, job.job_id).replace(emu.url.encode(), b"API")
     rows = first.decode().count("\n") - 1
     visible = live.job_at(bisect_count(live, 5.0))
-    assert rows == len(visible.judgments) and 0 < rows < len(job.judgments)
+    assert rows == len(visible.judgments)
+    assert 0 < rows < len(job.judgments)
     assert stale == first
     assert fresh == complete  # annotation URLs (another port) aside
 
@@ -150,7 +156,8 @@ def test_webhooks_are_signed_retried_lost_and_duplicated(job: CrowdJob) -> None:
         assert form["signature"] == hashlib.sha1(
             (form["payload"] + "tok").encode()).hexdigest()
     signals = [f["signal"] for f in forms]
-    assert signals.count("job_complete") == 1 and signals[-1] == "job_complete"
+    assert signals.count("job_complete") == 1
+    assert signals[-1] == "job_complete"
     ids = [json.loads(f["payload"])["id"] for f in forms if f["signal"] == "unit_complete"]
     assert set(ids) == set(live.order[1:])
     assert sender.counts == {"lost": 1, "duplicated": 1, "delivered": units + 1,
@@ -178,8 +185,10 @@ def test_rows_uploaded_to_a_job_are_recorded(job: CrowdJob) -> None:
         bad = httpx.post(url, content=b"[1, 2]\n",
                          headers={"Authorization": f"Token token={KEY}"})
         anonymous = httpx.post(url, content=body)
-    assert ok.json() == {"count": 3} and as_csv.json() == {"count": 1}
-    assert bad.status_code == 400 and "line 1 is not a JSON object" in bad.text
+    assert ok.json() == {"count": 3}
+    assert as_csv.json() == {"count": 1}
+    assert bad.status_code == 400
+    assert "line 1 is not a JSON object" in bad.text
     assert anonymous.status_code == 401
     assert emu.inbox.rows[job.job_id] == [
         *rows, {"identifier": "exp", "image_url": "https://b.example/c.png"}]

@@ -112,13 +112,15 @@ def test_watch_follows_a_live_job_to_the_bytes_of_one_run(
     assert status(config).left == []
     # Units finished over several rounds, and later harvests fetched only new annotations.
     done = [r.progress.units_done for r in rounds]
-    assert done == sorted(done) and len(set(done)) >= 4
+    assert done == sorted(done)
+    assert len(set(done)) >= 4
     assert 3 <= result.harvests <= len(rounds)
     assert len(fetched) == len(set(fetched))
     assert len(fetched) == sum(j.annotation is not None for j in crowd.judgments)
     # One webhook lost, one duplicated (and ignored), the others woke the loop.
     units = len({j.unit_id for j in crowd.judgments})
-    assert sender.counts["lost"] == 1 and sender.counts["duplicated"] == 1
+    assert sender.counts["lost"] == 1
+    assert sender.counts["duplicated"] == 1
     assert counts == {"accepted": units + 1 - 1, "duplicate": 1, "refused": 0}
     assert any(r.woken for r in rounds)
     assert all(r.seconds_left is None or r.seconds_left >= 0 for r in rounds)
@@ -191,7 +193,8 @@ def test_watch_of_a_finished_job_harvests_once_and_prints_progress(
     units = len(crowd.units)
     assert code == 0
     assert f"round 1: units {units}/{units} done (100%)" in out
-    assert "harvested (report, fetch, clean" in out and "is complete" in out
+    assert "harvested (report, fetch, clean" in out
+    assert "is complete" in out
     assert _outputs(config.parent) == reference
 
 

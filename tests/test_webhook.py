@@ -57,10 +57,12 @@ def _state(wf: WorkingFolder) -> bytes | None:
 def test_a_signed_webhook_is_recorded_and_wakes(receiver: WebhookReceiver, wf: WorkingFolder,
                                                wake: threading.Event) -> None:
     answer = httpx.post(receiver.url, data=_form({"id": 17, "job_id": 3}))
-    assert answer.status_code == 200 and answer.json() == {"status": "ok"}
+    assert answer.status_code == 200
+    assert answer.json() == {"status": "ok"}
     assert wake.is_set()
     seen = json.loads(wf.webhooks_seen.read_text())
-    assert seen["keys"] == ["unit_complete:17"] and len(seen["signatures"]) == 1
+    assert seen["keys"] == ["unit_complete:17"]
+    assert len(seen["signatures"]) == 1
     assert receiver.counts == {"accepted": 1, "duplicate": 0, "refused": 0}
 
 
@@ -88,9 +90,11 @@ def test_a_bad_signature_is_refused_and_changes_nothing(
     assert answer.status_code == 403
     assert not wake.is_set()
     assert _state(wf) == before
-    assert receiver.counts["refused"] == 1 and receiver.counts["accepted"] == 1
+    assert receiver.counts["refused"] == 1
+    assert receiver.counts["accepted"] == 1
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refused) == 1 and "203.0.113.9" in refused[0]
+    assert len(refused) == 1
+    assert "203.0.113.9" in refused[0]
     assert TOKEN not in caplog.text
 
 
@@ -104,7 +108,8 @@ def test_a_replayed_webhook_changes_nothing_even_after_a_restart(
     answer = httpx.post(receiver.url, data=form)
     # acknowledged (so the service stops retrying), but ignored
     assert (answer.status_code, answer.json()) == (200, {"status": "duplicate"})
-    assert not wake.is_set() and _state(wf) == before
+    assert not wake.is_set()
+    assert _state(wf) == before
     # the same unit announced again with another payload is a duplicate too
     again = _form({"id": 17, "judgments_count": 3})
     assert httpx.post(receiver.url, data=again).json() == {"status": "duplicate"}
@@ -133,7 +138,8 @@ def test_other_requests_are_refused(receiver: WebhookReceiver, wf: WorkingFolder
     url = receiver.url.rsplit("/lab/hook", 1)[0] + path
     answer = httpx.request(method, url, content=body)
     assert answer.status_code == status
-    assert not wake.is_set() and _state(wf) is None
+    assert not wake.is_set()
+    assert _state(wf) is None
 
 
 def test_the_path_works_behind_a_proxy_with_a_trailing_slash(
@@ -141,7 +147,8 @@ def test_the_path_works_behind_a_proxy_with_a_trailing_slash(
 ) -> None:
     answer = httpx.post(receiver.url + "/", data=_form({"id": 1}),
                         headers={"X-Forwarded-Proto": "https", "X-Forwarded-Host": "lab.org"})
-    assert answer.status_code == 200 and wake.is_set()
+    assert answer.status_code == 200
+    assert wake.is_set()
 
 
 def test_verify_webhook_needs_json_payload() -> None:
@@ -158,7 +165,8 @@ def test_a_damaged_record_is_forgotten_with_a_warning(
     wf.webhooks_seen.write_text("{not json")
     with caplog.at_level(logging.WARNING, logger="cellcrowd"):
         seen = SeenWebhooks(wf.webhooks_seen)
-    assert seen.keys == [] and "unreadable" in caplog.text
+    assert seen.keys == []
+    assert "unreadable" in caplog.text
 
 
 def test_token_from_the_environment() -> None:

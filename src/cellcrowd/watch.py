@@ -4,12 +4,12 @@
 
 1. read the job's progress (``GET /v1/jobs/{id}/ping.json`` for the counts and
    ``GET /v1/jobs/{id}.json`` for the state, see :func:`job_progress`);
-2. when the job has judgments the last harvest did not see (and in the first round
-   once there are judgments at all, so that an interrupted harvest is finished), *harvest*: ask the service to
-   regenerate the report (a report is a snapshot) and run the pipeline with the report
-   stage forced (:func:`cellcrowd.pipeline.run`): the fetch stage downloads only
-   annotations not already on disk, and the manifest redoes only stages whose inputs
-   changed, the QC page included;
+2. when the job has judgments the last harvest did not see (and in the first round once
+   there are judgments at all, so that an interrupted harvest is finished), *harvest*:
+   ask the service to regenerate the report (a report is a snapshot) and run the
+   pipeline with the report stage forced (:func:`cellcrowd.pipeline.run`): the fetch
+   stage downloads only annotations not already on disk, and the manifest redoes only
+   stages whose inputs changed, the QC page included;
 3. stop once a harvest saw the job complete (or cancelled); otherwise wait ``interval``
    seconds, or less when a webhook wakes the loop (:mod:`cellcrowd.webhook`).
 
