@@ -5,12 +5,13 @@ crowd is served either finished (the reference: one ``run`` after completion) or
 (:class:`cellcrowd.appen.live.LiveJob`): units complete in random order over 60 s of a
 clock. In-process tests use a :class:`ManualClock` that the watch's own ``wait`` moves
 forward (a minute of the job takes no real minute: a scaled clock); the kill test runs
-``cellcrowd watch`` in a subprocess against wall time sped up.
+``cellcrowd watch`` in subprocesses, the test moving the clock between them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ import pytest
 
 from cellcrowd.appen.crowd import CrowdJob, crowd_from_folder
 from cellcrowd.appen.emulator import Emulator, Faults
-from cellcrowd.appen.live import LiveJob, ManualClock, WallClock, WebhookSender
+from cellcrowd.appen.live import LiveJob, ManualClock, WebhookSender
 from cellcrowd.cli import main
 from cellcrowd.config import Config, ServiceConfig, load_config
 from cellcrowd.demo import Example, ExampleSettings, make_example, save_config
@@ -102,7 +103,7 @@ def test_watch_follows_a_live_job_to_the_bytes_of_one_run(
         with Emulator([], api_key=KEY, live=live) as emu:
             base.rmdir()
             config = load_config(_copy(example, base, emu.url))
-            result = watch(config, api_key=lambda: KEY, interval=15.0, wake=wake, wait=wait,
+            result = watch(config, api_key=lambda: KEY, interval=20.0, wake=wake, wait=wait,
                            on_round=rounds.append, max_rounds=50)
             fetched = _annotation_paths(emu)
             reference = _reference(example, emu.url, tmp_path / "reference")
@@ -133,8 +134,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(config: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "CELLCROWD_API_KEY": KEY, WEBHOOK_TOKEN_ENV: TOKEN}
+def _start(config: Path, port: int, **hook: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CELLCROWD_API_KEY": KEY, WEBHOOK_TOKEN_ENV: TOKEN, **hook}
     return subprocess.Popen(
         [sys.executable, "-m", "cellcrowd", "-q", "watch", str(config), "--interval", "0.5",
          "--listen", f"127.0.0.1:{port}", "--workers", "1"],
@@ -159,18 +160,37 @@ def _wait_until(check: Any, proc: subprocess.Popen[bytes], timeout: float) -> No
 def test_killed_watch_resumes_to_the_same_outputs(
     example: Example, crowd: CrowdJob, tmp_path: Path
 ) -> None:
+    """SIGKILL in the middle of a harvest, Ctrl-C (SIGINT) later, then a watch to the end."""
     port = _free_port()
     sender = WebhookSender(f"http://127.0.0.1:{port}/hook", TOKEN, retries=1)
-    live = LiveJob(crowd, duration=60.0, clock=WallClock(speed=6.0), seed=5, webhooks=sender)
+    clock = ManualClock(20.0)  # moved by hand between the runs: no race with wall time
+    live = LiveJob(crowd, duration=60.0, clock=clock, seed=5, webhooks=sender)
+    paused = tmp_path / "paused"
     with Emulator([], api_key=KEY, live=live) as emu:
         config = _copy(example, tmp_path / "work", emu.url)
         wf = load_config(config).working_folder()
-        proc = _start(config, port)
-        _wait_until(wf.watch_state.exists, proc, timeout=60)
-        assert not live.complete, "the job completed before the kill: slow the clock down"
+        # the pipeline's test hook holds the first harvest in the clean stage
+        proc = _start(config, port, CELLCROWD_TEST_PAUSE_AFTER="clean:2",
+                      CELLCROWD_TEST_PAUSE_SIGNAL=str(paused))
+        _wait_until(paused.exists, proc, timeout=60)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
+        assert status(load_config(config)).stage("clean").state == "interrupted"
+
+        clock.advance(20.0)
+        proc = _start(config, port)
+        _wait_until(wf.watch_state.exists, proc, timeout=60)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130
+        assert err.decode().splitlines() == [
+            "cellcrowd: interrupted; run the same command again to resume"]
+        assert json.loads(wf.watch_state.read_text())["judgments"] == len(
+            live.job_at(live.completed()).judgments)
+
+        clock.advance(20.0)
+        assert live.complete
         proc = _start(config, port)
         out, err = proc.communicate(timeout=120)
         reference = _reference(example, emu.url, tmp_path / "reference")

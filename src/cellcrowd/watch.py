@@ -234,53 +234,77 @@ def watch(
         raise ValueError(f"interval must be 0 or more seconds, got {interval}")
     wake = wake or threading.Event()
     stop = stop or threading.Event()
-    wf = config.working_folder()
     client = AppenClient(api_key(), base_url=config.service.api_url,
                          poll_interval=config.service.poll_interval,
                          sleep=_sleep_through(wait))
-    first: tuple[float, int] | None = None
-    rounds = harvests = failures = 0
-    summary: RunSummary | None = None
-    current: JobProgress | None = None
-    woken = False
     with client, _own_executor(config, executor) as ex:
-        while not stop.is_set() and (max_rounds is None or rounds < max_rounds):
-            rounds += 1
-            try:
-                current = job_progress(client, config.job_id)
-                seen = _read_state(wf, config.job_id)
-                due = current.judgments > 0 and (harvests == 0 or current.complete or (
-                    current.judgments != seen.get("judgments")))
-                if due:
-                    summary = _harvest(config, client, ex, api_key, progress)
-                    _write_state(wf, config.job_id, current)
-                    harvests += 1
-                    if after_harvest is not None:
-                        after_harvest(summary)
-                failures = 0
-                error = None
-            except _TEMPORARY as exc:
-                failures += 1
-                due, error = False, str(exc)
-                logger.warning("round %d failed (%s); trying again in the next round", rounds,
-                               exc)
-                if failures >= max_failures:
-                    raise
-            now = clock()
-            if current is not None and first is None:
-                first = (now, current.units_done)
-            left = None if current is None or first is None else estimate_left(
-                first, (now, current.units_done), current.units_total)
-            if on_round is not None and current is not None:
-                on_round(WatchRound(rounds, current, due, left, summary if due else None,
-                                    error, woken))
-            if error is None and current is not None and current.complete:
+        rounds = _Rounds(config, client, lambda: run(
+            config, force=["report"], executor=ex, progress=progress, api_key=api_key),
+            clock, max_failures)
+        woken = False
+        while not stop.is_set() and (max_rounds is None or rounds.number < max_rounds):
+            done = rounds.next(woken, after_harvest)
+            if done is not None and on_round is not None:
+                on_round(done)
+            if done is not None and done.error is None and done.progress.complete:
                 logger.info("job %d is complete: harvest finished", config.job_id)
-                return WatchResult(rounds, harvests, True, current, summary)
-            if stop.is_set() or (max_rounds is not None and rounds >= max_rounds):
+                return rounds.result(complete=True)
+            if stop.is_set() or (max_rounds is not None and rounds.number >= max_rounds):
                 break
             woken = wait(wake, interval)
-    return WatchResult(rounds, harvests, False, current, summary)
+    return rounds.result(complete=False)
+
+
+class _Rounds:
+    """The state of a watch between rounds: progress seen, harvests, failures in a row."""
+
+    def __init__(self, config: Config, client: Any, harvest: Callable[[], RunSummary],
+                 clock: Callable[[], float], max_failures: int) -> None:
+        self.config, self.client, self.harvest = config, client, harvest
+        self.clock, self.max_failures = clock, max_failures
+        self.wf = config.working_folder()
+        self.number = self.harvests = self.failures = 0
+        self.first: tuple[float, int] | None = None
+        self.progress: JobProgress | None = None
+        self.summary: RunSummary | None = None
+
+    def next(self, woken: bool,
+             after_harvest: Callable[[RunSummary], None] | None) -> WatchRound | None:
+        """One round; None when not even the job's progress could be read."""
+        self.number += 1
+        job_id = self.config.job_id
+        due, error = False, None
+        try:
+            self.progress = current = job_progress(self.client, job_id)
+            seen = _read_state(self.wf, job_id)
+            due = current.judgments > 0 and (self.harvests == 0 or current.complete or (
+                current.judgments != seen.get("judgments")))
+            if due:
+                self.client.regenerate_report(job_id, self.config.service.report_type)
+                self.summary = self.harvest()
+                logger.info("harvested: %s", ", ".join(self.summary.ran) or "nothing new")
+                _write_state(self.wf, job_id, current)
+                self.harvests += 1
+                if after_harvest is not None:
+                    after_harvest(self.summary)
+            self.failures = 0
+        except _TEMPORARY as exc:
+            self.failures += 1
+            due, error = False, str(exc)
+            logger.warning("round %d failed (%s); trying again in the next round",
+                           self.number, exc)
+            if self.failures >= self.max_failures:
+                raise
+        if self.progress is None:
+            return None
+        now = (self.clock(), self.progress.units_done)
+        self.first = self.first or now
+        left = estimate_left(self.first, now, self.progress.units_total)
+        return WatchRound(self.number, self.progress, due, left,
+                          self.summary if due else None, error, woken)
+
+    def result(self, *, complete: bool) -> WatchResult:
+        return WatchResult(self.number, self.harvests, complete, self.progress, self.summary)
 
 
 def _sleep_through(wait: Callable[[threading.Event, float], bool]) -> Callable[[float], None]:
@@ -291,12 +315,3 @@ def _sleep_through(wait: Callable[[threading.Event, float], bool]) -> Callable[[
 
     return sleep
 
-
-def _harvest(config: Config, client: Any, executor: Executor,
-             api_key: Callable[[], str], progress: Progress | None) -> RunSummary:
-    """Fresh report, then every stage that is not up to date."""
-    client.regenerate_report(config.job_id, config.service.report_type)
-    summary = run(config, force=["report"], executor=executor, progress=progress,
-                  api_key=api_key)
-    logger.info("harvested: %s", ", ".join(summary.ran) or "nothing new")
-    return summary
