@@ -60,9 +60,9 @@ def test_a_signed_webhook_is_recorded_and_wakes(receiver: WebhookReceiver, wf: W
     assert answer.status_code == 200
     assert answer.json() == {"status": "ok"}
     assert wake.is_set()
-    seen = json.loads(wf.webhooks_seen.read_text())
-    assert seen["keys"] == ["unit_complete:17"]
-    assert len(seen["signatures"]) == 1
+    lines = [json.loads(line) for line in wf.webhooks_seen.read_text().splitlines()]
+    assert lines == [{"key": "unit_complete:17",
+                      "signature": _form({"id": 17, "job_id": 3})["signature"]}]
     assert receiver.counts == {"accepted": 1, "duplicate": 0, "refused": 0}
 
 
@@ -158,15 +158,30 @@ def test_verify_webhook_needs_json_payload() -> None:
     assert verify_webhook(_form({"id": 1}), "") is None
 
 
-def test_a_damaged_record_is_forgotten_with_a_warning(
+def test_a_line_cut_short_is_ignored_with_a_warning(
     wf: WorkingFolder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    wf.state.mkdir(parents=True)
-    wf.webhooks_seen.write_text("{not json")
+    seen = SeenWebhooks(wf.webhooks_seen)
+    hook = verify_webhook(_form({"id": 1}), TOKEN)
+    assert hook is not None
+    assert seen.add(hook)
+    with open(wf.webhooks_seen, "a") as fh:
+        fh.write('{"signature": "ab')  # a crash in the middle of a line
     with caplog.at_level(logging.WARNING, logger="cellcrowd"):
-        seen = SeenWebhooks(wf.webhooks_seen)
-    assert seen.keys == []
-    assert "unreadable" in caplog.text
+        again = SeenWebhooks(wf.webhooks_seen)
+    assert again.keys == ["unit_complete:1"]
+    assert "line 2 is unreadable" in caplog.text
+    assert not again.add(hook)
+
+
+def test_the_journal_keeps_the_latest_entries(wf: WorkingFolder) -> None:
+    seen = SeenWebhooks(wf.webhooks_seen, keep=2)
+    hooks = [verify_webhook(_form({"id": i}), TOKEN) for i in range(5)]
+    assert all(h is not None and seen.add(h) for h in hooks)
+    lines = wf.webhooks_seen.read_text().splitlines()
+    assert 2 <= len(lines) <= 4
+    assert SeenWebhooks(wf.webhooks_seen, keep=2).keys[-2:] == [
+        "unit_complete:3", "unit_complete:4"]
 
 
 def test_token_from_the_environment() -> None:

@@ -362,8 +362,8 @@ class WorkingFolder:
 
     @property
     def webhooks_seen(self) -> Path:
-        """Webhooks already acted on (signatures, payload ids): ``.cellcrowd/webhooks.json``."""
-        return self.state / "webhooks.json"
+        """Webhooks already acted on (JSON lines): ``.cellcrowd/webhooks.jsonl``."""
+        return self.state / "webhooks.jsonl"
 
     @property
     def resent(self) -> Path:

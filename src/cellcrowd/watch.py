@@ -103,8 +103,8 @@ def estimate_left(start: tuple[float, int], now: tuple[float, int], total: int
                   ) -> float | None:
     """Seconds left at the rate seen since ``start`` (``(time, units done)`` pairs).
 
-    >>> estimate_left((0.0, 2), (10.0, 4), 10)
-    40.0
+    >>> estimate_left((0.0, 2), (10.0, 4), 10)  # 2 units in 10 s, 6 to go
+    30.0
     >>> estimate_left((0.0, 2), (10.0, 2), 10) is None
     True
     """

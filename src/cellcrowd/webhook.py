@@ -14,8 +14,9 @@ The service POSTs form fields ``signal`` (``unit_complete``, ``job_complete``, â
   payload id) with 200 and ignores it: the service retries deliveries for hours, and a
   replayed request is indistinguishable from such a retry, so neither may wake anything;
 * records every new webhook (signature and payload id) in the working folder
-  (``wf.webhooks_seen``, written atomically) *before* it answers, so duplicates are
-  recognised across restarts, and then calls ``on_event`` (the harvest's wake-up).
+  (``wf.webhooks_seen``, a journal, see :class:`SeenWebhooks`) *before* it answers, so
+  duplicates are recognised across restarts, and then calls ``on_event`` (the harvest's
+  wake-up).
 
 ``X-Forwarded-*`` headers are used for log lines only, never to decide anything. The
 token comes from the environment (:data:`WEBHOOK_TOKEN_ENV`) and is compared with
@@ -128,35 +129,60 @@ def verify_webhook(form: Mapping[str, str], token: str) -> Webhook | None:
 
 
 class SeenWebhooks:
-    """Signatures and payload ids acted on, kept in a JSON file across restarts."""
+    """Signatures and payload ids acted on, kept across restarts.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    The record (``wf.webhooks_seen``) is a journal of JSON lines: each new webhook is one
+    line appended and flushed to disk before the receiver answers, so recording costs the
+    same however long the job runs, and a line cut short by a crash is ignored (with a
+    warning) when read back. Past ``2 * keep`` entries the journal is rewritten
+    atomically with the latest ``keep``.
+    """
+
+    def __init__(self, path: Path, *, keep: int = _MAX_REMEMBERED) -> None:
+        self.path, self.keep = path, keep
         self._lock = threading.Lock()
-        self.signatures: list[str] = []
-        self.keys: list[str] = []
+        entries: list[tuple[str, str]] = []
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            self.signatures = [str(s) for s in data.get("signatures", [])]
-            self.keys = [str(k) for k in data.get("keys", [])]
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            pass
-        except (OSError, ValueError, AttributeError) as exc:
-            logger.warning("%s is unreadable (%s): earlier webhooks are forgotten", path, exc)
-        self._sigs, self._keys = set(self.signatures), set(self.keys)
+            text = ""
+        for number, line in enumerate(text.splitlines(), 1):
+            try:
+                item = json.loads(line)
+                entries.append((str(item["signature"]), str(item["key"])))
+            except (ValueError, KeyError, TypeError):
+                logger.warning("%s line %d is unreadable: ignored (a webhook recorded there "
+                               "may be acted on again)", path, number)
+        self._set(entries[-keep:])
+
+    def _set(self, entries: list[tuple[str, str]]) -> None:
+        self.entries = entries
+        self._sigs = {sig for sig, _ in entries}
+        self._keys = {key for _, key in entries}
+
+    @property
+    def keys(self) -> list[str]:
+        """The payload ids (``signal:id``) remembered, oldest first."""
+        return [key for _, key in self.entries]
 
     def add(self, hook: Webhook) -> bool:
         """Record ``hook``; False when it (or its payload id) was seen before."""
         with self._lock:
             if hook.signature in self._sigs or hook.key in self._keys:
                 return False
-            self.signatures.append(hook.signature)
-            self.keys.append(hook.key)
-            self.signatures, self.keys = (self.signatures[-_MAX_REMEMBERED:],
-                                          self.keys[-_MAX_REMEMBERED:])
-            self._sigs, self._keys = set(self.signatures), set(self.keys)
-            atomic_write_text(self.path, json.dumps(
-                {"signatures": self.signatures, "keys": self.keys}, indent=0) + "\n")
+            line = json.dumps({"signature": hook.signature, "key": hook.key}) + "\n"
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.entries.append((hook.signature, hook.key))
+            self._sigs.add(hook.signature)
+            self._keys.add(hook.key)
+            if len(self.entries) > 2 * self.keep:
+                self._set(self.entries[-self.keep:])
+                atomic_write_text(self.path, "".join(
+                    json.dumps({"signature": s, "key": k}) + "\n" for s, k in self.entries))
             return True
 
 
