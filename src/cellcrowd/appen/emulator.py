@@ -55,7 +55,7 @@ from ..errors import redact
 from ..layout import WorkingFolder
 from .client import REPORT_TYPES
 from .crowd import CrowdConfig, CrowdJob, Painter, SimJudgment, SimUnit, crowd_from_folder
-from .live import LiveJob, RowInbox, _Pump
+from .live import LiveJob, RowInbox, WebhookPump
 from .report import FULL_REPORT_COLUMNS
 
 __all__ = [
@@ -269,7 +269,7 @@ class Emulator:
         self.jobs = {job.job_id: job for job in [*job_list, *(lj.job for lj in live_list)]}
         self.inbox = RowInbox()
         self._snapshots: dict[tuple[int, str], int] = {}
-        self._pump = _Pump(live_list)
+        self._pump = WebhookPump(live_list)
         self.api_key = api_key
         self.faults = faults or Faults()
         self.report_polls = report_polls

@@ -62,6 +62,7 @@ __all__ = [
     "ManualClock",
     "RowInbox",
     "WallClock",
+    "WebhookPump",
     "WebhookSender",
     "sign_payload",
 ]
@@ -333,7 +334,7 @@ class LiveJob:
         return len(new)
 
 
-class _Pump:
+class WebhookPump:
     """A thread calling every live job's :meth:`LiveJob.pump` until stopped."""
 
     def __init__(self, jobs: Sequence[LiveJob], interval: float = 0.05) -> None:
