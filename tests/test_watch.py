@@ -10,6 +10,7 @@ forward (a minute of the job takes no real minute: a scaled clock); the kill tes
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -200,22 +201,33 @@ def test_killed_watch_resumes_to_the_same_outputs(
     assert status(load_config(config)).left == []
 
 
-def test_watch_of_a_finished_job_harvests_once_and_prints_progress(
+def test_watch_of_a_finished_job_harvests_once_prints_progress_and_resends(
     example: Example, crowd: CrowdJob, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CELLCROWD_API_KEY", KEY)
     with Emulator(crowd, api_key=KEY) as emu:
         config = _copy(example, tmp_path / "work", emu.url)
-        code = main(["watch", str(config), "--interval", "0", "--workers", "1"])
+        args = ["watch", str(config), "--interval", "0", "--workers", "1", "--resend"]
+        codes = [main(args), main(args)]
         reference = _reference(example, emu.url, tmp_path / "reference")
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     units = len(crowd.units)
-    assert code == 0
+    assert codes == [0, 0]
     assert f"round 1: units {units}/{units} done (100%)" in out
     assert "harvested (report, fetch, clean" in out
+    assert "harvested (report)" in out  # the second watch: nothing new after the report
     assert "is complete" in out
-    assert _outputs(config.parent) == reference
+    # rows re-uploaded: the montages the report left with broken links only, once each
+    wf = load_config(config).working_folder()
+    with open(wf.reupload_csv(crowd.job_id), newline="") as fh:
+        broken = [row["image_url"] for row in csv.DictReader(fh)]
+    assert broken
+    assert [r["image_url"] for r in emu.inbox.rows[crowd.job_id]] == broken
+    assert out.count(f"sent {len(broken)} unit(s) back") == 1
+    outputs = _outputs(config.parent)
+    assert outputs.pop(wf.resend_csv(crowd.job_id).relative_to(config.parent).as_posix())
+    assert outputs == reference
 
 
 def test_temporary_errors_are_retried_then_reported(
