@@ -139,6 +139,8 @@ class WebhookSender:
         Seconds to wait for the receiver.
     sleep : callable
         Every wait between retries goes through it.
+
+    Not thread-safe by itself: :meth:`LiveJob.pump` makes one delivery at a time.
     """
 
     url: str
@@ -151,7 +153,7 @@ class WebhookSender:
     sleep: Callable[[float], None] = time.sleep
     counts: Counter[str] = field(default_factory=Counter)
     sent: list[tuple[str, str, str]] = field(default_factory=list)
-    _seq: int = 0
+    _seq: int = field(default=0, init=False, repr=False)
 
     def deliver(self, signal: str, payload: str) -> None:
         """Send one webhook (or lose it, or send it twice), as chosen by its number."""
