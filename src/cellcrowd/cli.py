@@ -10,6 +10,8 @@
     cellcrowd report|fetch|clean|movies|npz|stitch|qc CONFIG    one stage
     cellcrowd export trk|ctc|omezarr|geff CONFIG [--to URL]    one export
     cellcrowd emulator serve FOLDER          the emulated annotation service, for a prepared folder
+    cellcrowd watch CONFIG [--listen H:P]    follow a running job until it completes (cli_live.py)
+    cellcrowd resend CONFIG [--dry-run]      send units needing another judgment back to the job
 
 ``-v`` shows what the library logs (``-vv`` debug), ``-q`` prints nothing but
 errors. Errors of cellcrowd print one line and exit with code 2.
@@ -25,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cli_live
 from .appen.client import API_URL_ENV, api_url_from_env
 from .config import (
     API_KEY_VARIABLES,
@@ -161,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     paint.add_argument("--annotations", type=Path, default=None, metavar="DIR",
                        help="serve the {montage}_annotation.png files of an earlier job "
                             "(default: paint the folder's truth/ montages, synthetic data)")
+    cli_live.add_parsers(sub, _add_config)
     return parser
 
 
@@ -564,6 +567,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, _Ui], int]] = {
     "export": _cmd_stage,
     "emulator": _cmd_emulator,
     **dict.fromkeys(_STAGE_COMMANDS, _cmd_stage),
+    **cli_live.COMMANDS,
 }
 
 

@@ -433,6 +433,25 @@ class WorkingFolder:
         return self.state / "manifest.json"
 
     @property
+    def watch_state(self) -> Path:
+        """What ``cellcrowd watch`` last harvested: ``.cellcrowd/watch.json``."""
+        return self.state / "watch.json"
+
+    @property
+    def webhooks_seen(self) -> Path:
+        """Webhooks already acted on (JSON lines): ``.cellcrowd/webhooks.jsonl``."""
+        return self.state / "webhooks.jsonl"
+
+    @property
+    def resent(self) -> Path:
+        """Rows already sent back to the job: ``.cellcrowd/resent.json``."""
+        return self.state / "resent.json"
+
+    def resend_csv(self, job_id: int | str) -> Path:
+        """Rows to send back to the job (``identifier,image_url``): ``CSV/job_{id}_resend.csv``."""
+        return self.csv / f"job_{job_id}_resend.csv"
+
+    @property
     def stitched_lineage(self) -> Path:
         """The stitched movie's DeepCell lineage: ``stitched/lineage.json``."""
         return self.stitched / "lineage.json"

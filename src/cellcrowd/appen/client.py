@@ -451,6 +451,8 @@ class AppenClient:
         handle: Callable[[httpx.Response], T],
         params: Mapping[str, str] | None = None,
         what: str = "request",
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> T:
         """Send a request with retries and manual redirects; ``handle`` reads the answer.
 
@@ -460,7 +462,8 @@ class AppenClient:
         from other hosts, which get no key), 404 :class:`JobNotFoundError`, other 4xx
         :class:`ServiceError`; 429/5xx/connection errors are retried and become
         :class:`TemporaryServiceError` when the retries run out. ``what`` names the
-        request in messages (e.g. ``"job 12's full report"``).
+        request in messages (e.g. ``"job 12's full report"``). ``content`` and ``headers``
+        go with the request (a body, e.g. rows added to a job).
         """
         start = self._credentials.strip(httpx.URL(url))
         if params:
@@ -468,7 +471,7 @@ class AppenClient:
         attempt = 0
         while True:
             try:
-                return self._send_once(method, start, handle, what)
+                return self._send_once(method, start, handle, what, content, headers)
             except RetryableError as exc:
                 reason, retry_after = exc.reason, exc.retry_after
             except httpx.TransportError as exc:
@@ -491,10 +494,11 @@ class AppenClient:
             attempt += 1
 
     def _send_once(
-        self, method: str, url: httpx.URL, handle: Callable[[httpx.Response], T], what: str
+        self, method: str, url: httpx.URL, handle: Callable[[httpx.Response], T], what: str,
+        content: bytes | None = None, headers: Mapping[str, str] | None = None,
     ) -> T:
         for _ in range(self.max_redirects + 1):
-            request = self._http.build_request(method, url)
+            request = self._http.build_request(method, url, content=content, headers=headers)
             response = self._http.send(request, stream=True)
             try:
                 code = response.status_code

@@ -12,6 +12,10 @@ over real sockets:
   makes it "being generated" again; with ``redirect_reports`` a ready report is a 302 to
   a second server (another port: another origin) that records what it saw;
 * ``GET /v1/jobs/{id}.json`` and ``GET /v1/jobs/{id}/ping.json``;
+* jobs still running (``live=``, :class:`~cellcrowd.appen.live.LiveJob`): units complete
+  over time, reports are snapshots refreshed by ``regenerate``, ``GET /v3/jobs/{id}/status``,
+  signed webhooks; and ``POST /v1/jobs/{id}/upload.json`` adds rows to any job
+  (recorded in ``Emulator.inbox``); see :mod:`cellcrowd.appen.live`;
 * annotation PNGs at ``/v1/jobs/{id}/judgments/{jid}/annotation.png`` (key required), or
   on the second server without a key (``annotations_on_storage``);
 * 401 with ``{"error": {"message": …}}`` for a missing or wrong key (header
@@ -51,6 +55,7 @@ from ..errors import redact
 from ..layout import WorkingFolder
 from .client import REPORT_TYPES
 from .crowd import CrowdConfig, CrowdJob, Painter, SimJudgment, SimUnit, crowd_from_folder
+from .live import LiveJob, RowInbox, WebhookPump
 from .report import FULL_REPORT_COLUMNS
 
 __all__ = [
@@ -67,7 +72,8 @@ _DEFAULT_CROWD = CrowdConfig()
 _MAX_RECORDED = 100_000
 _NOT_READY = {"notice": {"message": "Your CSV is being generated. Try again in 10 seconds."}}
 _JOB_PATH = re.compile(r"^/v1/jobs/(?P<job>\d+)(?P<rest>\.csv|\.json|/ping\.json|/regenerate"
-                       r"|/judgments/(?P<jid>\d+)/annotation\.png)$")
+                       r"|/upload\.json|/judgments/(?P<jid>\d+)/annotation\.png)$")
+_V3_STATUS = re.compile(r"^/v3/jobs/(?P<job>\d+)/status$")
 _STORAGE_PATH = re.compile(r"^/(?:reports/(?P<token>\d+)/[^/]+|annotations/(?P<job>\d+)/"
                            r"(?P<jid>\d+)\.png)$")
 
@@ -201,6 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.server.emulator._serve(self, "POST", self.server.role)
 
+    def do_PUT(self) -> None:
+        self.server.emulator._serve(self, "PUT", self.server.role)
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("emulator: %s", self.server.emulator.redact(format % args))
 
@@ -226,6 +235,8 @@ class Emulator:
         Judgment ids whose annotation answers 404.
     host, port, storage_port : str, int, int
         Where to listen; port 0 picks a free port.
+    live : LiveJob or sequence of LiveJob
+        Jobs still running (served beside ``jobs``; see :mod:`cellcrowd.appen.live`).
 
     Examples
     --------
@@ -248,11 +259,17 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         storage_port: int = 0,
+        live: LiveJob | Sequence[LiveJob] = (),
     ) -> None:
         if not api_key:
             raise ValueError("the emulator needs a non-empty api_key")
         job_list = [jobs] if isinstance(jobs, CrowdJob) else list(jobs)
-        self.jobs = {job.job_id: job for job in job_list}
+        live_list = [live] if isinstance(live, LiveJob) else list(live)
+        self.live = {lj.job_id: lj for lj in live_list}
+        self.jobs = {job.job_id: job for job in [*job_list, *(lj.job for lj in live_list)]}
+        self.inbox = RowInbox()
+        self._snapshots: dict[tuple[int, str], int] = {}
+        self._pump = WebhookPump(live_list)
         self.api_key = api_key
         self.faults = faults or Faults()
         self.report_polls = report_polls
@@ -267,7 +284,7 @@ class Emulator:
         self._lock = threading.Lock()
         self._attempts: Counter[str] = Counter()
         self._polls: Counter[tuple[str, int, str]] = Counter()
-        self._reports: dict[tuple[int, str], tuple[str, bytes]] = {}
+        self._reports: dict[tuple[int, str, int], tuple[str, bytes]] = {}
         self._tokens: dict[int, tuple[str, bytes]] = {}
         self._servers: list[tuple[_Server, threading.Thread]] = []
 
@@ -285,11 +302,13 @@ class Emulator:
             self._servers.append((server, thread))
         with self._lock:
             self._reports.clear()
+        self._pump.start()
         logger.info("emulator serving %d job(s) at %s", len(self.jobs), self.url)
         return self
 
     def stop(self) -> None:
         """Stop both servers and close their sockets."""
+        self._pump.stop()
         for server, thread in self._servers:
             server.shutdown()
             server.server_close()
@@ -336,11 +355,11 @@ class Emulator:
 
     def report_member(self, job_id: int, report_type: str) -> tuple[str, bytes]:
         """The name and bytes of the single file in a report's zip."""
+        job, done = self._report_job(job_id, report_type)
         with self._lock:
-            cached = self._reports.get((job_id, report_type))
+            cached = self._reports.get((job_id, report_type, done))
         if cached is not None:
             return cached
-        job = self.jobs[job_id]
         builders: dict[str, Callable[[CrowdJob], tuple[str, str]]] = {
             "full": self._full, "aggregated": self._aggregated, "json": self._json_lines,
             "gold_report": _gold_report, "workset": _workset, "source": _source,
@@ -348,14 +367,24 @@ class Emulator:
         name, text = builders[report_type](job)
         member = (name, text.encode("utf-8"))
         with self._lock:
-            self._reports[(job_id, report_type)] = member
+            self._reports[(job_id, report_type, done)] = member
         return member
 
     def replace_report(self, job_id: int, report_type: str, data: bytes) -> None:
         """Serve ``data`` as the report's single file from now on (hostile-report tests)."""
         name, _ = self.report_member(job_id, report_type)
+        _, done = self._report_job(job_id, report_type)
         with self._lock:
-            self._reports[(job_id, report_type)] = (name, data)
+            self._reports[(job_id, report_type, done)] = (name, data)
+
+    def _report_job(self, job_id: int, report_type: str) -> tuple[CrowdJob, int]:
+        """The job a report shows: a live job's snapshot (units done then), or the job."""
+        live = self.live.get(job_id)
+        if live is None:
+            return self.jobs[job_id], -1
+        with self._lock:
+            done = self._snapshots.setdefault((job_id, report_type), live.completed())
+        return live.job_at(done), done
 
     def report_zip(self, job_id: int, report_type: str) -> bytes:
         """The zip a ready report is served as."""
@@ -444,8 +473,7 @@ class Emulator:
         seen = SeenRequest(role, method, parts.path, query,
                            {k.lower(): v for k, v in handler.headers.items()})
         length = int(handler.headers.get("content-length") or 0)
-        if length:
-            handler.rfile.read(length)
+        body = handler.rfile.read(length) if length else b""
         kind = self._kind(parts.path, role)
         fault_key = parts.path + "?" + "&".join(
             f"{k}={v}" for k, values in sorted(query.items()) if k != "key" for v in values)
@@ -470,7 +498,7 @@ class Emulator:
             answer = _error(429, "Too Many Requests")
             answer.headers["Retry-After"] = str(self.faults.retry_after)
         else:
-            answer = self._answer(method, role, parts.path, query, seen.headers)
+            answer = self._answer(method, role, parts.path, query, seen.headers, body)
         self._write(handler, answer, truncate=fault == "truncate")
 
     def _count(self, kind: str) -> None:
@@ -487,6 +515,8 @@ class Emulator:
             return "report"
         if path.endswith("/regenerate"):
             return "regenerate"
+        if path.endswith("/upload.json"):
+            return "upload"
         return "status"
 
     def _write(self, handler: _Handler, answer: _Answer, *, truncate: bool) -> None:
@@ -512,7 +542,7 @@ class Emulator:
             self.api_key in query.get("key", []))
 
     def _answer(self, method: str, role: str, path: str, query: dict[str, list[str]],
-                headers: dict[str, str]) -> _Answer:
+                headers: dict[str, str], body: bytes = b"") -> _Answer:
         if role == "storage":
             return self._storage(path)
         if not self._authorized(query, headers):
@@ -524,6 +554,9 @@ class Emulator:
             if not job_text.isdigit():
                 return _error(400, "jobId is required")
             return self._report("v3", int(job_text), report_type)
+        v3 = _V3_STATUS.match(path)
+        if v3 is not None and method == "GET" and int(v3["job"]) in self.live:
+            return _json_answer(200, self.live[int(v3["job"])].v3_status())
         match = _JOB_PATH.match(path)
         if match is None:
             return self._not_found("Not found")
@@ -539,11 +572,22 @@ class Emulator:
             with self._lock:
                 for key in [k for k in self._polls if k[1:] == (job_id, report_type)]:
                     self._polls[key] = 0
+                self._snapshots.pop((job_id, report_type), None)
             return _json_answer(200, {"notice": {"message": "Regenerating the report"}})
+        live = self.live.get(job_id)
         if rest == ".json" and method == "GET":
-            return _json_answer(200, self._job_attributes(self.jobs[job_id]))
+            return _json_answer(200, live.attributes() if live else
+                                self._job_attributes(self.jobs[job_id]))
         if rest == "/ping.json" and method == "GET":
-            return _json_answer(200, self._ping(self.jobs[job_id]))
+            return _json_answer(200, live.ping() if live else self._ping(self.jobs[job_id]))
+        if rest == "/upload.json" and method in ("POST", "PUT"):
+            try:
+                count = self.inbox.add(job_id, body, headers.get("content-type", ""))
+            except ValueError as exc:
+                return _error(400, f"the rows could not be read: {exc}")
+            with self._lock:
+                self.counts["upload_rows"] += count
+            return _json_answer(200, {"count": count})
         if match["jid"] is not None and method == "GET":
             return self._annotation(job_id, int(match["jid"]))
         return _error(405, f"{method} is not allowed here")
