@@ -31,6 +31,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
+import fastremap
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
@@ -52,6 +53,7 @@ __all__ = [
     "clean_montage",
     "clean_task",
     "decode_annotation",
+    "rank_ids",
     "relabel_sequential",
 ]
 
@@ -186,20 +188,63 @@ def decode_annotation(
     if image.shape[2] == 2:
         ids = image[..., 0].astype(np.int32)
         return np.where(alpha != 0, ids, 0).astype(np.int32) if alpha is not None else ids
-    rgb = image[..., :3].astype(np.uint64)
-    visible = np.ones(image.shape[:2], bool) if alpha is None else alpha != 0
-    painted = visible & rgb.any(axis=2)
+    packed, painted = _pack_colours(image, alpha)
     if encoding == "auto":
-        encoding = "red" if not rgb[..., 1:][painted].any() else "rgb"
+        green_blue = (image[..., 1] | image[..., 2]) != 0
+        encoding = "red" if not np.any(green_blue & painted) else "rgb"
         logger.debug("annotation colours decoded as %r", encoding)
     if encoding == "red":
-        return np.where(visible, image[..., 0], 0).astype(np.int32)
-    shift = 8 * image.dtype.itemsize
-    packed = (rgb[..., 0] << (2 * shift)) | (rgb[..., 1] << shift) | rgb[..., 2]
+        red = image[..., 0].astype(np.int32)
+        return red if alpha is None else np.where(alpha != 0, red, 0).astype(np.int32)
     out = np.zeros(image.shape[:2], dtype=np.int32)
-    _, inverse = np.unique(packed[painted], return_inverse=True)
-    out[painted] = inverse.reshape(-1) + 1
+    out[painted] = rank_ids(packed[painted], keep_zero=False)[0]
     return out
+
+
+def _pack_colours(
+    image: NDArray[np.generic], alpha: NDArray[np.generic] | None
+) -> tuple[NDArray[np.unsignedinteger], NDArray[np.bool_]]:
+    """``R·2^2s + G·2^s + B`` per pixel (``s`` the channel's bits) and the painted mask."""
+    shift = 8 * image.dtype.itemsize
+    wide = np.uint32 if image.dtype == np.uint8 else np.uint64
+    packed = image[..., 0].astype(wide) << wide(2 * shift)
+    packed |= image[..., 1].astype(wide) << wide(shift)
+    packed |= image[..., 2]
+    painted = packed != 0
+    if alpha is not None:
+        painted &= alpha != 0
+    return packed, painted
+
+
+def rank_ids(
+    values: NDArray[np.integer], *, keep_zero: bool = True
+) -> tuple[NDArray[np.uint32], int]:
+    """Ids ``1..n`` following the sorted distinct ``values`` (0 stays 0 with ``keep_zero``).
+
+    Hash-based (``fastremap.renumber``) with a lookup table over the ``n``
+    distinct values: no sort over the pixels. Values must not be negative.
+
+    Returns
+    -------
+    ids : ndarray of uint32, the shape of ``values``
+    n : int
+        Distinct non-zero values (all distinct values without ``keep_zero``).
+
+    Examples
+    --------
+    >>> ids, n = rank_ids(np.array([0, 7, 7, 300, 3]))
+    >>> ids.tolist(), n
+    ([0, 2, 2, 3, 1], 3)
+    """
+    values = np.ascontiguousarray(values)
+    if values.size == 0:
+        return np.zeros(values.shape, np.uint32), 0
+    renumbered, mapping = fastremap.renumber(values, preserve_zero=keep_zero, in_place=False)
+    if keep_zero:
+        mapping.pop(0, None)
+    lut = np.zeros(len(mapping) + 1, dtype=np.uint32)
+    lut[[mapping[v] for v in sorted(mapping)]] = np.arange(1, len(mapping) + 1)
+    return lut[renumbered], len(mapping)
 
 
 # -- cleaning one frame ----------------------------------------------------------------------
@@ -374,9 +419,7 @@ def relabel_sequential(labels: NDArray[np.generic]) -> NDArray[np.generic]:
         return labels.copy()
     if int(labels.min()) < 0:
         raise ValueError(f"labels must not be negative, got {int(labels.min())}")
-    values, inverse = np.unique(labels, return_inverse=True)
-    offset = 0 if values[0] == 0 else 1
-    out: NDArray[np.generic] = (inverse.reshape(labels.shape) + offset).astype(labels.dtype)
+    out: NDArray[np.generic] = rank_ids(labels)[0].astype(labels.dtype)
     return out
 
 
@@ -425,14 +468,12 @@ def clean_montage(
     for k, frame in enumerate(frames):
         cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole)
         stats = stats + frame_stats
-    values, inverse = np.unique(cleaned, return_inverse=True)
-    cells = int(values.size - (1 if values[0] == 0 else 0))
+    relabelled, cells = rank_ids(cleaned)
     if cells > _UINT16_MAX:
         raise AnnotationError(
             f"{cells} cells remain in one montage, more than the {_UINT16_MAX} a 16-bit label "
             "image can hold: check the annotation (is it noise?) or use smaller montages"
         )
-    relabelled = inverse.reshape(cleaned.shape) + (0 if values[0] == 0 else 1)
     montage = layout.make(relabelled.astype(np.uint16))
     final = CleanStats(cells, stats.specks_removed, stats.pixels_removed,
                        stats.holes_filled, stats.pixels_filled)

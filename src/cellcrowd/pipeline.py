@@ -76,7 +76,15 @@ from . import __version__
 from .config import Config, get_api_key
 from .errors import CellcrowdError, PipelineError
 from .executor import Executor, make_executor
-from .files import TMP_MARK, atomic_write_text, list_images, natural_key, sha256_file
+from .files import (
+    TMP_MARK,
+    atomic_write_text,
+    deferred_sync,
+    list_images,
+    natural_key,
+    sha256_file,
+    sync_paths,
+)
 from .layout import WorkingFolder
 from .logs import read_logs
 
@@ -713,7 +721,9 @@ def _run_stage(
     ctx = _Context(config, wf, get_executor, get_key, set_total, item_done, counts_of)
     started = time.perf_counter()
     try:
-        out = stage.body(ctx)
+        with deferred_sync():  # one sync for the stage's files, below, not one per file
+            out = stage.body(ctx)
+        sync_paths(out.outputs)
     except CellcrowdError as exc:
         manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})
         raise

@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError, LineageError
-from ..files import atomic_path
+from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
 from ..stitch import Lineage, frames_per_label, read_stitched
 
@@ -243,7 +243,8 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     with (
         atomic_path(path) as tmp,
         open(tmp, "wb") as fh,
-        gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0) as gz,
+        gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0,
+                      compresslevel=write_settings().gzip_level) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name, data in members:
