@@ -28,6 +28,7 @@ from bench_clean import baseline_clean_montage
 from numpy.typing import NDArray
 from PIL import Image
 
+from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.config import CleanConfig, Config, ExecutorConfig, OutputsConfig
 from cellcrowd.demo import ExampleSettings, emulated_job, make_example
 from cellcrowd.executor import Executor
@@ -82,7 +83,9 @@ def build_job(base: Path, shape: tuple[int, int], frames: int, *, seed: int = 0,
                                        trk=False, ctc=False, qc=False)
     example = make_example(base, settings, outputs=outputs,
                            clean=CleanConfig(consensus=False))
-    with emulated_job(example, seed=seed, save=True) as (_, config):
+    crowd = CrowdConfig(workers_per_unit=(1, 1), broken_share=0.0, reupload=False,
+                        encoding="rgb")  # one colour per cell: hundreds of cells per montage
+    with emulated_job(example, seed=seed, save=True, crowd=crowd) as (_, config):
         run(config, until_stage="fetch")
     return Job(config, shape, frames)
 
