@@ -171,3 +171,19 @@ def test_trk_gzip_level_is_a_setting(tmp_path: Path) -> None:
         np.testing.assert_array_equal(data.tracked[..., 0], tracked)
         np.testing.assert_array_equal(data.raw[..., 0], raw)
     assert paths[0].read_bytes() != paths[1].read_bytes()
+
+
+@pytest.mark.parametrize("dtype", ["<i4", "<u2", "<f4", ">f8", "|u1"])
+@pytest.mark.parametrize("shape", [(0, 3), (3, 5, 7, 1), (1,)])
+def test_trk_members_stream_the_bytes_np_save_writes(dtype: str, shape: tuple[int, ...]) -> None:
+    import io
+
+    from cellcrowd.export.trk import _NpyReader
+
+    array = np.random.default_rng(len(shape)).integers(0, 200, size=shape).astype(dtype)
+    expected = io.BytesIO()
+    np.save(expected, array, allow_pickle=False)
+    reader = _NpyReader(array)
+    blocks = iter(lambda: reader.read(7), b"")
+    got = b"".join(blocks)
+    assert reader.size == len(got) and got == expected.getvalue()

@@ -233,13 +233,38 @@ def _json_lineage(lineage: Lineage) -> dict[str, Any]:
     return {str(k): {key: plain(v) for key, v in lineage[k].items()} for k in sorted(lineage)}
 
 
-def _npy(array: NDArray[Any]) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+class _NpyReader(io.RawIOBase):
+    """The bytes ``np.save`` writes for ``array``, read block by block (no copy in memory)."""
+
+    def __init__(self, array: NDArray[Any]) -> None:
+        array = np.ascontiguousarray(array)
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(
+            array))
+        self._parts = [np.frombuffer(head.getvalue(), np.uint8), array.reshape(-1).view(np.uint8)]
+        self.size = sum(part.size for part in self._parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while self._parts and done < len(out):  # fill the buffer: tarfile wants full reads
+            n = min(len(out) - done, self._parts[0].size)
+            out[done:done + n] = self._parts[0][:n].data
+            done += n
+            self._parts[0] = self._parts[0][n:]
+            if self._parts[0].size == 0:
+                self._parts.pop(0)
+        return done
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+def _npy(array: NDArray[Any]) -> _NpyReader:
+    return _NpyReader(array)
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]]) -> Path:
     with (
         atomic_path(path) as tmp,
         open(tmp, "wb") as fh,
@@ -249,8 +274,12 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
     ):
         for name, data in members:
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
+            if isinstance(data, bytes):
+                info.size, reader = len(data), io.BytesIO(data)
+            else:
+                info.size, reader = data.size, data
+            info.mtime, info.mode = 0, 0o644
+            tar.addfile(info, reader)
     return path
 
 
