@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import tifffile
-from bench_clean import baseline_clean_montage
 from numpy.typing import NDArray
 from PIL import Image
 
+from bench_clean import baseline_clean_montage
 from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.config import CleanConfig, Config, ExecutorConfig, OutputsConfig
 from cellcrowd.demo import ExampleSettings, emulated_job, make_example

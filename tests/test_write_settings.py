@@ -90,9 +90,9 @@ def test_isal_codec_missing_is_a_clear_error(tmp_path: Path,
     monkeypatch.setattr(files, "_isal_zlib", lambda: None)
     with use_write_settings(codec="isal"), pytest.raises(ImportError, match="python-isal"):
         write_npz(tmp_path / "a.npz", {"X": np.zeros(3)})
-    with use_write_settings(codec="auto"):  # auto falls back to zlib
-        with np.load(write_npz(tmp_path / "b.npz", {"X": np.arange(3)})) as got:
-            assert got["X"].tolist() == [0, 1, 2]
+    with (use_write_settings(codec="auto"),  # auto falls back to zlib
+          np.load(write_npz(tmp_path / "b.npz", {"X": np.arange(3)})) as got):
+        assert got["X"].tolist() == [0, 1, 2]
 
 
 def test_settings_are_checked_and_restored() -> None:
@@ -101,9 +101,16 @@ def test_settings_are_checked_and_restored() -> None:
         WriteSettings(png_level=12)
     with pytest.raises(ValueError, match="codec must be one of auto, zlib, isal, got 'lz4'"):
         WriteSettings(codec="lz4")
-    with pytest.raises(RuntimeError, match="inside"), use_write_settings(npz_level=7) as s:
-        assert write_settings() is s and s.npz_level == 7
-        raise RuntimeError("inside")
+    seen = []
+
+    def inside() -> None:
+        with use_write_settings(npz_level=7) as s:
+            seen.append((write_settings() is s, s.npz_level))
+            raise RuntimeError("inside")
+
+    with pytest.raises(RuntimeError, match="inside"):
+        inside()
+    assert seen == [(True, 7)]
     assert write_settings() == before
 
 
@@ -121,6 +128,12 @@ def test_tasks_on_workers_see_the_settings_of_their_caller() -> None:
     assert got == [(4, False)] * 4
 
 
+def _interrupted_write(target: Path) -> None:
+    with files.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("stop")
+
+
 def test_deferred_sync_skips_per_file_fsync_but_stays_atomic(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[int] = []
@@ -131,9 +144,8 @@ def test_deferred_sync_skips_per_file_fsync_but_stays_atomic(
     target = tmp_path / "sub" / "f.bin"
     with deferred_sync():
         atomic_write_bytes(target, b"old")
-        with pytest.raises(RuntimeError, match="stop"), files.atomic_path(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("stop")
+        with pytest.raises(RuntimeError, match="stop"):
+            _interrupted_write(target)
     assert len(synced) == 1
     assert target.read_bytes() == b"old"
     assert [p.name for p in target.parent.iterdir()] == ["f.bin"]
@@ -186,4 +198,5 @@ def test_trk_members_stream_the_bytes_np_save_writes(dtype: str, shape: tuple[in
     reader = _NpyReader(array)
     blocks = iter(lambda: reader.read(7), b"")
     got = b"".join(blocks)
-    assert reader.size == len(got) and got == expected.getvalue()
+    assert reader.size == len(got)
+    assert got == expected.getvalue()

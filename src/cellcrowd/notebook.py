@@ -33,8 +33,8 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from .errors import InputError
-from .export.npz import build_training_arrays, save_npz
 from .executor import Executor
+from .export.npz import build_training_arrays, save_npz
 from .files import deferred_sync, list_images, read_image, sync_paths, write_image
 from .labels import CleanResult, CleanTask, clean_annotations, decode_annotation, relabel_sequential
 from .layout import WorkingFolder, parse_montage_name
