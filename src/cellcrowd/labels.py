@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import fastremap
 import numpy as np
@@ -190,7 +190,7 @@ def decode_annotation(
         return np.where(alpha != 0, ids, 0).astype(np.int32) if alpha is not None else ids
     packed, painted = _pack_colours(image, alpha)
     if encoding == "auto":
-        green_blue = (image[..., 1] | image[..., 2]) != 0
+        green_blue = (image[..., 1] != 0) | (image[..., 2] != 0)
         encoding = "red" if not np.any(green_blue & painted) else "rgb"
         logger.debug("annotation colours decoded as %r", encoding)
     if encoding == "red":
@@ -207,8 +207,11 @@ def _pack_colours(
     """``R·2^2s + G·2^s + B`` per pixel (``s`` the channel's bits) and the painted mask."""
     shift = 8 * image.dtype.itemsize
     wide = np.uint32 if image.dtype == np.uint8 else np.uint64
-    packed = image[..., 0].astype(wide) << wide(2 * shift)
-    packed |= image[..., 1].astype(wide) << wide(shift)
+    packed: NDArray[Any] = image[..., 0].astype(wide)
+    packed <<= wide(2 * shift)
+    green: NDArray[Any] = image[..., 1].astype(wide)
+    green <<= wide(shift)
+    packed |= green
     packed |= image[..., 2]
     painted = packed != 0
     if alpha is not None:
@@ -217,7 +220,7 @@ def _pack_colours(
 
 
 def rank_ids(
-    values: NDArray[np.integer], *, keep_zero: bool = True
+    values: NDArray[Any], *, keep_zero: bool = True
 ) -> tuple[NDArray[np.uint32], int]:
     """Ids ``1..n`` following the sorted distinct ``values`` (0 stays 0 with ``keep_zero``).
 
@@ -239,12 +242,16 @@ def rank_ids(
     values = np.ascontiguousarray(values)
     if values.size == 0:
         return np.zeros(values.shape, np.uint32), 0
-    renumbered, mapping = fastremap.renumber(values, preserve_zero=keep_zero, in_place=False)
+    renumbered, remap = fastremap.renumber(values, preserve_zero=keep_zero, in_place=False)
+    mapping: dict[Any, int] = {key: int(new) for key, new in remap.items()}
     if keep_zero:
         mapping.pop(0, None)
+    order = np.fromiter((mapping[v] for v in sorted(mapping)), dtype=np.int64,
+                        count=len(mapping))
     lut = np.zeros(len(mapping) + 1, dtype=np.uint32)
-    lut[[mapping[v] for v in sorted(mapping)]] = np.arange(1, len(mapping) + 1)
-    return lut[renumbered], len(mapping)
+    lut[order] = np.arange(1, len(mapping) + 1)
+    ids: NDArray[np.uint32] = lut[renumbered]
+    return ids, len(mapping)
 
 
 # -- cleaning one frame ----------------------------------------------------------------------

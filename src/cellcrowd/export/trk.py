@@ -274,10 +274,9 @@ def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]]) -> Pat
     ):
         for name, data in members:
             info = tarfile.TarInfo(name)
-            if isinstance(data, bytes):
-                info.size, reader = len(data), io.BytesIO(data)
-            else:
-                info.size, reader = data.size, data
+            reader: io.RawIOBase | io.BytesIO = (io.BytesIO(data) if isinstance(data, bytes)
+                                                 else data)
+            info.size = len(data) if isinstance(data, bytes) else data.size
             info.mtime, info.mode = 0, 0o644
             tar.addfile(info, reader)
     return path
@@ -314,7 +313,7 @@ def write_trk(path: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
     movie = _movie(tracked, "tracked")
     raw4 = _raw(raw, movie.shape)
     validate_lineage(movie, lineage)
-    members = [
+    members: list[tuple[str, bytes | _NpyReader]] = [
         ("lineage.json", json.dumps(_json_lineage(_int_keys(lineage)), indent=1).encode()),
         ("raw.npy", _npy(raw4)),
         ("tracked.npy", _npy(_int32(movie)[..., None])),
@@ -366,7 +365,7 @@ def write_trks(path: str | Path, raws: Sequence[NDArray[Any]],
     for i, (r, m) in enumerate(zip(raw4, movies, strict=True)):
         raw_out[i, :r.shape[0]] = r
         tracked_out[i, :m.shape[0], ..., 0] = _int32(m)
-    members = [
+    members: list[tuple[str, bytes | _NpyReader]] = [
         ("lineages.json",
          json.dumps([_json_lineage(_int_keys(lin)) for lin in lineages], indent=1).encode()),
         ("raw.npy", _npy(raw_out)),
