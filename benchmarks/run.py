@@ -98,6 +98,7 @@ class Bench:
 
     def add(self, *cells: str) -> None:
         self.rows.append(Row(*cells))
+        note(" | ".join(cells))  # as it comes, in case the run is stopped
 
 
 def note(text: str) -> None:
