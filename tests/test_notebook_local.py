@@ -239,3 +239,32 @@ def test_notebook_stage_wrappers_use_the_given_folders(
     movies = all_montages_chopper(tmp_path, IDENTIFIER + "_annotations", IDENTIFIER,
                                   skip=skip)
     assert [m.montage for m in movies.missing] == skip
+
+
+def test_notebook_steps_on_an_executor_write_the_same_files(
+    prepared: tuple[SyntheticMovie, PrepareResult, dict[Path, str]],
+) -> None:
+    from cellcrowd.executor import LocalExecutor
+
+    _, prep, _ = prepared
+    wf = prep.wf
+
+    def harvest(executor: LocalExecutor | None) -> dict[str, str]:
+        clean_montages(wf.annotations, executor=executor)
+        all_montages_chopper(wf.base, wf.annotations.name, IDENTIFIER, executor=executor)
+        raw_movie_maker(wf.base, wf.raw, IDENTIFIER, executor=executor)
+        return {p.relative_to(wf.base).as_posix(): sha256_file(p)
+                for folder in (wf.labels, wf.movies) for p in sorted(folder.rglob("*.*"))}
+
+    serial = harvest(None)
+    for folder in (wf.labels, wf.movies):
+        for path in folder.rglob("*.*"):
+            path.unlink()
+    executor = LocalExecutor(2)
+    try:
+        parallel = harvest(executor)
+    finally:
+        executor.close()
+    assert parallel == serial
+    assert any("/annotated/" in name for name in serial)
+    assert any("/raw/" in name for name in serial)

@@ -434,3 +434,40 @@ def test_full_movie_npz_and_executor(cfg: Config) -> None:
 
 def test_outputs_config_validation() -> None:
     assert OutputsConfig(trk=False, ctc=False, stitched=False).stitched is False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc (Linux)")
+def test_stage_files_are_synced_once_before_the_manifest_records_them(
+        cfg: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from cellcrowd import files
+
+    _label_with_truth(cfg)
+    wf = pipeline.working_folder(cfg)
+    per_file: list[int] = []
+    real_fsync = os.fsync
+
+    synced: list[tuple[set[str], str]] = []
+
+    def fsync(fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if not synced and f"{os.sep}movies{os.sep}" in target:
+            per_file.append(fd)  # a movie file synced on its own, before the stage's sync
+        real_fsync(fd)
+
+    def sync_paths(paths: Any) -> int:
+        paths = [Path(p) for p in paths]
+        state = json.loads(wf.manifest.read_text())["stages"]["movies"]["state"]
+        synced.append(({p.name for p in paths}, state))
+        return files.sync_paths(paths)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(pipeline, "sync_paths", sync_paths)
+    serial = cfg.with_overrides({"executor.workers": 1})  # fsyncs counted in this process
+    summary = run(serial, from_stage="movies", until_stage="movies", force=["movies"])
+    assert per_file == []
+    assert len(synced) == 1
+    names, state = synced[0]
+    assert state == "running"  # synced before the manifest says done
+    assert names == {p.name for p in summary.stage("movies").outputs}

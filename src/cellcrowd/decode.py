@@ -8,14 +8,15 @@ a PNG array (ids in the red channel, one colour per cell, or grey ids) into
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import Any, Literal
 
+import fastremap
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import AnnotationError
 
-__all__ = ["Encoding", "decode_annotation"]
+__all__ = ["Encoding", "decode_annotation", "rank_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +109,67 @@ def decode_annotation(
     if image.shape[2] == 2:
         ids = image[..., 0].astype(np.int32)
         return np.where(alpha != 0, ids, 0).astype(np.int32) if alpha is not None else ids
-    rgb = image[..., :3].astype(np.uint64)
-    visible = np.ones(image.shape[:2], bool) if alpha is None else alpha != 0
-    painted = visible & rgb.any(axis=2)
+    packed, painted = _pack_colours(image, alpha)
     if encoding == "auto":
-        encoding = "red" if not rgb[..., 1:][painted].any() else "rgb"
+        green_blue = (image[..., 1] != 0) | (image[..., 2] != 0)
+        encoding = "red" if not np.any(green_blue & painted) else "rgb"
         logger.debug("annotation colours decoded as %r", encoding)
     if encoding == "red":
-        return np.where(visible, image[..., 0], 0).astype(np.int32)
-    shift = 8 * image.dtype.itemsize
-    packed = (rgb[..., 0] << (2 * shift)) | (rgb[..., 1] << shift) | rgb[..., 2]
+        red = image[..., 0].astype(np.int32)
+        return red if alpha is None else np.where(alpha != 0, red, 0).astype(np.int32)
     out = np.zeros(image.shape[:2], dtype=np.int32)
-    _, inverse = np.unique(packed[painted], return_inverse=True)
-    out[painted] = inverse.reshape(-1) + 1
+    out[painted] = rank_ids(packed[painted], keep_zero=False)[0]
     return out
+
+
+def _pack_colours(
+    image: NDArray[np.generic], alpha: NDArray[np.generic] | None
+) -> tuple[NDArray[np.unsignedinteger], NDArray[np.bool_]]:
+    """``R·2^2s + G·2^s + B`` per pixel (``s`` the channel's bits) and the painted mask."""
+    shift = 8 * image.dtype.itemsize
+    wide = np.uint32 if image.dtype == np.uint8 else np.uint64
+    packed: NDArray[Any] = image[..., 0].astype(wide)
+    packed <<= wide(2 * shift)
+    green: NDArray[Any] = image[..., 1].astype(wide)
+    green <<= wide(shift)
+    packed |= green
+    packed |= image[..., 2]
+    painted = packed != 0
+    if alpha is not None:
+        painted &= alpha != 0
+    return packed, painted
+
+
+def rank_ids(
+    values: NDArray[Any], *, keep_zero: bool = True
+) -> tuple[NDArray[np.uint32], int]:
+    """Ids ``1..n`` following the sorted distinct ``values`` (0 stays 0 with ``keep_zero``).
+
+    Hash-based (``fastremap.renumber``) with a lookup table over the ``n``
+    distinct values: no sort over the pixels. Values must not be negative.
+
+    Returns
+    -------
+    ids : ndarray of uint32, the shape of ``values``
+    n : int
+        Distinct non-zero values (all distinct values without ``keep_zero``).
+
+    Examples
+    --------
+    >>> ids, n = rank_ids(np.array([0, 7, 7, 300, 3]))
+    >>> ids.tolist(), n
+    ([0, 2, 2, 3, 1], 3)
+    """
+    values = np.ascontiguousarray(values)
+    if values.size == 0:
+        return np.zeros(values.shape, np.uint32), 0
+    renumbered, remap = fastremap.renumber(values, preserve_zero=keep_zero, in_place=False)
+    mapping: dict[Any, int] = {key: int(new) for key, new in remap.items()}
+    if keep_zero:
+        mapping.pop(0, None)
+    order = np.fromiter((mapping[v] for v in sorted(mapping)), dtype=np.int64,
+                        count=len(mapping))
+    lut = np.zeros(len(mapping) + 1, dtype=np.uint32)
+    lut[order] = np.arange(1, len(mapping) + 1)
+    ids: NDArray[np.uint32] = lut[renumbered]
+    return ids, len(mapping)

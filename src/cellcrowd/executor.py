@@ -7,6 +7,7 @@ so outputs do not depend on the executor.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -15,6 +16,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar
+
+from .files import call_with_settings, write_settings
 
 __all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor", "run_tasks"]
 
@@ -129,13 +132,19 @@ def run_tasks(
 ) -> Iterator[R]:
     """``fn`` over ``tasks`` on ``executor`` (None: serially here), results in task order.
 
-    ``progress`` is called with 1 after each result, for progress bars.
+    ``progress`` is called with 1 after each result, for progress bars. Tasks
+    run under this process's :func:`cellcrowd.files.write_settings` (deflate
+    levels, deferred syncing), wherever the executor runs them.
 
     >>> ticks = []
     >>> list(run_tasks(abs, [-1, -2], progress=ticks.append)), ticks
     ([1, 2], [1, 1])
     """
-    results = executor.map(fn, tasks) if executor is not None else map(fn, tasks)
+    if executor is None:
+        results: Iterator[R] = map(fn, tasks)
+    else:
+        results = executor.map(functools.partial(call_with_settings, write_settings(), fn),
+                               tasks)
     for result in results:
         if progress is not None:
             progress(1)

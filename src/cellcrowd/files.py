@@ -10,11 +10,20 @@ while a working folder is *confined* (:func:`confine`, done by the pipeline for 
 whole run), a path that resolves outside it (``..`` parts, absolute names, symbolic
 links pointing elsewhere) is refused with an :class:`~cellcrowd.errors.UnsafePathError`
 naming the path and, when given, where its name came from (e.g. a report row).
+
+How files are encoded (deflate levels of ``.npz``, PNG, TIFF and gzip, the
+deflate codec) and whether each atomic write is synced to disk on its own are
+:class:`WriteSettings` (:func:`write_settings`, :func:`use_write_settings`);
+tasks run by :func:`cellcrowd.executor.run_tasks` see the settings of the
+process that started them. Inside :func:`deferred_sync` atomic writes are still
+atomic but not synced one by one: the caller syncs them all at once with
+:func:`sync_paths` (one durable sync per pipeline stage instead of one per file).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -25,8 +34,10 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import tifffile
@@ -40,11 +51,14 @@ __all__ = [
     "MAX_PIXELS",
     "RESOURCE_ERRNOS",
     "TMP_MARK",
+    "WriteSettings",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
+    "call_with_settings",
     "check_inside",
     "confine",
+    "deferred_sync",
     "describe_os_error",
     "image_header",
     "list_images",
@@ -53,7 +67,11 @@ __all__ = [
     "read_image",
     "remove_file",
     "sha256_file",
+    "sync_paths",
+    "use_write_settings",
     "write_image",
+    "write_npz",
+    "write_settings",
 ]
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
@@ -220,8 +238,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if _settings.durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     finally:
@@ -342,7 +361,8 @@ def _encode_png(array: NDArray[np.generic]) -> bytes:
     if array.ndim == 3 and array.dtype != np.uint8:
         raise ValueError(f"colour PNGs must be uint8, got {array.dtype}")
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG",
+                                                      compress_level=_settings.png_level)
     return buf.getvalue()
 
 
@@ -355,7 +375,10 @@ def write_image(path: str | Path, array: NDArray[np.generic]) -> Path:
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         buf = io.BytesIO()
-        tifffile.imwrite(buf, np.ascontiguousarray(array), compression="zlib")
+        level = _settings.tiff_level
+        tifffile.imwrite(buf, np.ascontiguousarray(array),
+                         compression="zlib" if level else None,
+                         compressionargs={"level": level} if level else None)
         return atomic_write_bytes(path, buf.getvalue())
     if path.suffix.lower() == ".png":
         return atomic_write_bytes(path, _encode_png(array))
@@ -369,3 +392,195 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# -- write settings ---------------------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_CODECS = ("auto", "zlib", "isal")
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteSettings:
+    """How files are encoded and synced (see the module docstring).
+
+    Attributes
+    ----------
+    durable : bool
+        Sync every atomic write to disk before its rename (False inside
+        :func:`deferred_sync`, whose caller syncs them all at once).
+    npz_level : int
+        Deflate level (0-9) of compressed ``.npz`` members; 1 is fast and within
+        a few percent of the default level's size on label and raw movies.
+    png_level : int
+        Pillow ``compress_level`` (0-9) of PNG files.
+    tiff_level : int
+        Deflate level (0-9) of TIFF files; 0 writes them uncompressed.
+    gzip_level : int
+        Gzip level (0-9) of ``.trk`` files.
+    codec : {"auto", "zlib", "isal"}
+        Deflate implementation of ``.npz`` members: ``"isal"`` is python-isal
+        (``pip install 'cellcrowd[fast]'``), several times faster than zlib at
+        the same level and read by every zlib; ``"auto"`` uses it when installed.
+        Its levels are 0-3: levels above 3 use zlib.
+    """
+
+    durable: bool = True
+    npz_level: int = 1
+    png_level: int = 1
+    tiff_level: int = 1
+    gzip_level: int = 6
+    codec: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("npz_level", "png_level", "tiff_level", "gzip_level"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value <= 9:
+                raise ValueError(f"{name} must be an integer from 0 to 9, got {value!r}")
+        if self.codec not in _CODECS:
+            raise ValueError(f"codec must be one of {', '.join(_CODECS)}, got {self.codec!r}")
+
+
+_settings = WriteSettings()
+
+
+def write_settings() -> WriteSettings:
+    """The settings atomic writes and encoders of this process use now."""
+    return _settings
+
+
+@contextlib.contextmanager
+def use_write_settings(settings: WriteSettings | None = None,
+                       **changes: Any) -> Iterator[WriteSettings]:
+    """Use ``settings`` (default: the current ones) with ``changes`` while the block runs.
+
+    Raises
+    ------
+    ValueError
+        A level is not 0-9 or the codec is unknown.
+    TypeError
+        A change names no setting.
+    """
+    global _settings
+    new = dataclasses.replace(settings or _settings, **changes)
+    old, _settings = _settings, new
+    try:
+        yield new
+    finally:
+        _settings = old
+
+
+def call_with_settings(settings: WriteSettings, fn: Callable[[T], R], task: T) -> R:
+    """``fn(task)`` under ``settings``: how executors carry the settings to their workers."""
+    with use_write_settings(settings):
+        return fn(task)
+
+
+@contextlib.contextmanager
+def deferred_sync() -> Iterator[None]:
+    """Atomic writes in the block (and in tasks it starts) are not synced one by one.
+
+    Renames stay atomic; sync the files written with :func:`sync_paths` before
+    recording them as done.
+    """
+    with use_write_settings(durable=False):
+        yield
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_paths(paths: Iterable[str | Path]) -> int:
+    """Sync ``paths`` (files or folders) and the folders holding them to disk.
+
+    Missing paths are ignored. Folders cannot be synced on Windows; there only
+    files are. Returns how many files and folders were synced.
+    """
+    files: set[Path] = set()
+    folders: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            folders.add(p)
+        elif p.is_file():
+            files.add(p)
+            folders.add(p.parent)
+    for path in sorted(files):
+        _fsync(path, os.O_RDONLY)
+    if os.name != "nt":
+        for folder in sorted(folders):
+            _fsync(folder, os.O_RDONLY)
+    return len(files) + (len(folders) if os.name != "nt" else 0)
+
+
+# -- .npz -------------------------------------------------------------------------------------
+
+
+def _isal_zlib() -> Any | None:
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+    return isal_zlib
+
+
+def _deflater(level: int) -> Any | None:
+    """A raw-deflate compressor for a zip member, or None for zipfile's own zlib."""
+    codec = _settings.codec
+    if codec == "zlib" or level > 3:
+        return None
+    isal = _isal_zlib()
+    if isal is None:
+        if codec == "isal":
+            raise ImportError("python-isal is not installed: pip install 'cellcrowd[fast]', "
+                              "or use the codec 'zlib'")
+        return None
+    return isal.compressobj(level, isal.DEFLATED, -15)
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
+                  level: int) -> None:
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    # ``compress_level`` from Python 3.13, ``_compresslevel`` before
+    setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel",
+            level)
+    info.external_attr = 0o600 << 16
+    array = np.asanyarray(value)
+    with zf.open(info, "w", force_zip64=True) as member:
+        deflater = _deflater(level) if compressed else None
+        if deflater is not None and hasattr(member, "_compressor"):
+            member._compressor = deflater
+        np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool = True,
+              level: int | None = None) -> Path:
+    """Write ``arrays`` as an ``.npz`` (what ``np.load`` reads) atomically, member by member.
+
+    Each array is streamed into its zip member in blocks (no second copy in
+    memory). Compressed members use ``level`` (default
+    :attr:`WriteSettings.npz_level`) and the codec of :class:`WriteSettings`;
+    timestamps are fixed, so equal arrays give equal bytes.
+
+    Raises
+    ------
+    ValueError
+        ``level`` is not 0-9, or an array holds Python objects.
+    """
+    level = _settings.npz_level if level is None else level
+    if not 0 <= level <= 9:
+        raise ValueError(f"the npz deflate level must be 0 to 9, got {level}")
+    path = Path(path)
+    with (atomic_path(path) as tmp,
+          zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level,
+                          allowZip64=True) as zf):
+        for name, value in arrays.items():
+            _write_member(zf, name, value, compressed, level)
+    return path

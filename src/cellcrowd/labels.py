@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.measure import label as _skimage_label
 
-from .decode import Encoding, decode_annotation
+from .decode import Encoding, decode_annotation, rank_ids
 from .errors import AnnotationError, CellcrowdError
 from .executor import Executor, run_tasks
 from .files import atomic_write_text, natural_key, read_image, write_image
@@ -54,6 +54,7 @@ __all__ = [
     "clean_montage",
     "clean_task",
     "decode_annotation",
+    "rank_ids",
     "relabel_sequential",
     "tile_window",
     "write_clean_stats",
@@ -321,9 +322,7 @@ def relabel_sequential(labels: NDArray[np.generic]) -> NDArray[np.generic]:
         return labels.copy()
     if int(labels.min()) < 0:
         raise ValueError(f"labels must not be negative, got {int(labels.min())}")
-    values, inverse = np.unique(labels, return_inverse=True)
-    offset = 0 if values[0] == 0 else 1
-    out: NDArray[np.generic] = (inverse.reshape(labels.shape) + offset).astype(labels.dtype)
+    out: NDArray[np.generic] = rank_ids(labels)[0].astype(labels.dtype)
     return out
 
 
@@ -378,14 +377,12 @@ def clean_montage(
         near = [frames[i] for i in (k - 1, k + 1) if 0 <= i < len(frames)]
         cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole, window, near)
         stats = stats + frame_stats
-    values, inverse = np.unique(cleaned, return_inverse=True)
-    cells = int(values.size - (1 if values[0] == 0 else 0))
+    relabelled, cells = rank_ids(cleaned)
     if cells > _UINT16_MAX:
         raise AnnotationError(
             f"{cells} cells remain in one montage, more than the {_UINT16_MAX} a 16-bit label "
             "image can hold: check the annotation (is it noise?) or use smaller montages"
         )
-    relabelled = inverse.reshape(cleaned.shape) + (0 if values[0] == 0 else 1)
     montage = layout.make(relabelled.astype(np.uint16))
     final = CleanStats(cells, stats.specks_removed, stats.pixels_removed,
                        stats.holes_filled, stats.pixels_filled)

@@ -29,12 +29,13 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from .errors import InputError
+from .executor import Executor
 from .export.npz import build_training_arrays, save_npz
-from .files import list_images, read_image, write_image
+from .files import deferred_sync, list_images, read_image, sync_paths, write_image
 from .labels import CleanResult, CleanTask, clean_annotations, decode_annotation, relabel_sequential
 from .layout import WorkingFolder, montage_of_part, parse_montage_name, parse_part_name
 from .logs import read_montage_log
@@ -114,13 +115,17 @@ def convert_grayscale_all(folder: str | Path) -> list[Path]:
     return written
 
 
-def clean_montages(folder: str | Path) -> list[CleanResult]:
+def clean_montages(
+    folder: str | Path, *, executor: Executor | None = None
+) -> list[CleanResult]:
     """Decode, clean (specks under 10 px, holes under 64 px, per cell) and relabel.
 
     Reads every downloaded annotation of ``folder`` and writes the cleaned
     labels to ``{identifier}_labels/{montage}_labels.png``; the downloads are
     never changed. Needs the montage log (``json_logs``). One bad file is logged
-    and skipped.
+    and skipped. ``executor`` (e.g. the one ``cellcrowd run`` uses) runs the
+    montages in parallel; default one after the other here. The files are
+    synced to disk once, at the end.
 
     Returns
     -------
@@ -131,7 +136,9 @@ def clean_montages(folder: str | Path) -> list[CleanResult]:
     log = read_montage_log(wf.montage_log)
     tasks = [CleanTask(src, wf.label_path(montage), log, montage)
              for src, montage in _annotations(wf)]
-    results = clean_annotations(tasks)
+    with deferred_sync():
+        results = clean_annotations(tasks, executor=executor)
+    sync_paths(r.dst for r in results if r.ok)
     logger.info("cleaned %d of %d annotations into %s",
                 sum(r.ok for r in results), len(results), wf.labels)
     return results
@@ -161,26 +168,39 @@ def relabel_montages(folder: str | Path) -> list[Path]:
 def all_montages_chopper(
     base_dir: str | Path, montage_dir: str | Path, identifier: str, *,
     skip: Collection[str] = (),
+    executor: Executor | None = None,
 ) -> MoviesResult:
     """Chop the cleaned label montages into ``movies/part{N}/x_XX_y_YY/annotated`` frames.
 
     ``montage_dir`` is the annotations folder (``identifier + "_annotations"``,
     relative to ``base_dir``); the cleaned copies made from it are read. See
-    :func:`cellcrowd.movies.montages_to_movies`.
+    :func:`cellcrowd.movies.montages_to_movies` (``executor`` as there; files
+    synced once at the end).
     """
     base = Path(base_dir)
     wf = WorkingFolder(base, identifier, annotations=base / montage_dir)
-    return montages_to_movies(wf, skip=skip)
+    return _synced(lambda: montages_to_movies(wf, skip=skip, executor=executor))
 
 
 def raw_movie_maker(
-    base_dir: str | Path, raw_dir: str | Path, identifier: str
+    base_dir: str | Path, raw_dir: str | Path, identifier: str, *,
+    executor: Executor | None = None,
 ) -> MoviesResult:
     """Cut the full-size raw frames into ``movies/part{N}/x_XX_y_YY/raw`` tiles.
 
-    See :func:`cellcrowd.movies.raw_to_movies`.
+    See :func:`cellcrowd.movies.raw_to_movies` (``executor`` as there; files
+    synced once at the end).
     """
-    return raw_to_movies(WorkingFolder(Path(base_dir), identifier, raw=Path(raw_dir)))
+    wf = WorkingFolder(Path(base_dir), identifier, raw=Path(raw_dir))
+    return _synced(lambda: raw_to_movies(wf, executor=executor))
+
+
+def _synced(make: Callable[[], MoviesResult]) -> MoviesResult:
+    """``make()`` with its files synced once at the end instead of one by one."""
+    with deferred_sync():
+        result = make()
+    sync_paths(f for item in result.items for f in item.files)
+    return result
 
 
 def read_json_params_montage(

@@ -87,11 +87,13 @@ from .files import (
     TMP_MARK,
     atomic_write_text,
     confine,
+    deferred_sync,
     describe_os_error,
     list_images,
     natural_key,
     remove_file,
     sha256_file,
+    sync_paths,
 )
 from .layout import WorkingFolder, part_numbers
 from .logs import read_logs
@@ -801,7 +803,9 @@ def _run_stage(
     ctx = _Context(config, wf, get_executor, get_key, set_total, item_done, counts_of)
     started = time.perf_counter()
     try:
-        out = stage.body(ctx)
+        with deferred_sync():  # one sync for the stage's files, below, not one per file
+            out = stage.body(ctx)
+        sync_paths(out.outputs)
     except CellcrowdError as exc:
         with contextlib.suppress(OSError):
             manifest.set(name, {**(entry or {}), "state": "failed", "error": str(exc)})

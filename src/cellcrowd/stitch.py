@@ -344,7 +344,7 @@ def stitch_tiles(
             conflicts.append(StitchConflict(pa, la, pb, lb, iou, pc, (lc, ld)))
             logger.warning("stitching: %s", conflicts[-1])
     roots = np.array([cells.find(n) for n in range(nodes.count)], dtype=np.int64) + 1
-    out = np.zeros((tiles.shape[0], *grid.frame_shape), dtype=np.int64)
+    out = np.zeros((tiles.shape[0], *grid.frame_shape), dtype=np.int32)  # ids < cells
     for pos in nodes.present:
         lut = roots[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
         lut[0] = 0  # background stays background
@@ -840,7 +840,7 @@ def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
     folder = wf.annotated_dir(part, pos)
     if not folder.is_dir():
         raise InputError("no annotated frames (folder missing)", path=folder)
-    stack = np.zeros((frames, *tile_shape), dtype=np.int64)
+    stack = np.zeros((frames, *tile_shape), dtype=np.int32)  # label PNGs are 16-bit
     for f in range(frames):
         path = wf.annotated_frame(part, pos, f)
         if not path.is_file():
@@ -857,7 +857,7 @@ def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
 def _stitch_part(task: _PartTask) -> _PartResult:
     """Read and stitch every tile of one part; unreadable tiles are reported as missing."""
     grid = task.grid
-    tiles = np.zeros((task.frames, grid.num_y, grid.num_x, *grid.tile_shape), dtype=np.int64)
+    tiles = np.zeros((task.frames, grid.num_y, grid.num_x, *grid.tile_shape), dtype=np.int32)
     missing: list[tuple[Position, str]] = []
     for pos in grid.positions:
         try:

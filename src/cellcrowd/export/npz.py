@@ -43,8 +43,10 @@ the movie's first frame) plus a few more:
     (True) and ``lineage`` (the DeepCell lineage of ``y`` as JSON text,
     ``stitched/lineage.json``).
 
-Files are compressed (``np.savez_compressed``, what the DeepCell maintainers
-recommend) unless asked otherwise, and written atomically. Read them with
+Files are compressed (deflate, like ``np.savez_compressed``, what the DeepCell
+maintainers recommend, at the fast level 1 by default: see
+:class:`cellcrowd.files.WriteSettings`) unless asked otherwise, and written
+atomically. Read them with
 ``np.load(path)`` (no pickle needed) or :func:`load_npz`.
 """
 
@@ -63,7 +65,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError, LogError
 from ..executor import Executor, run_tasks
-from ..files import atomic_path, list_images, natural_key, read_image
+from ..files import list_images, natural_key, read_image, write_npz
 from ..geometry import Position
 from ..layout import WorkingFolder, montage_of_part, part_numbers
 from ..logs import read_montage_log
@@ -309,11 +311,14 @@ def save_npz(
     frame_offset: int,
     compressed: bool = True,
     extra: Mapping[str, Any] | None = None,
+    level: int | None = None,
 ) -> Path:
     """Write ``arrays`` and the metadata keys of the module docstring atomically.
 
     ``extra`` keys (plain arrays or scalars, no objects) are written too; they
-    must not repeat a standard key.
+    must not repeat a standard key. Compressed files use the deflate ``level``
+    (default :attr:`cellcrowd.files.WriteSettings.npz_level`, fast) with
+    :func:`cellcrowd.files.write_npz`, which streams each array into the file.
 
     Raises
     ------
@@ -326,19 +331,16 @@ def save_npz(
                                  "identifier", "frame_offset"})
     if clash:
         raise ValueError(f"extra keys {clash} would replace standard keys: rename them")
-    save = np.savez_compressed if compressed else np.savez
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        save(
-            fh,
-            X=arrays.X,
-            y=arrays.y,
-            positions=np.array(arrays.positions, dtype=str),
-            missing_positions=np.array(arrays.missing_positions, dtype=str),
-            part=np.int64(part),
-            identifier=np.str_(identifier),
-            frame_offset=np.int64(frame_offset),
-            **extra,
-        )
+    write_npz(path, {
+        "X": arrays.X,
+        "y": arrays.y,
+        "positions": np.array(arrays.positions, dtype=str),
+        "missing_positions": np.array(arrays.missing_positions, dtype=str),
+        "part": np.int64(part),
+        "identifier": np.str_(identifier),
+        "frame_offset": np.int64(frame_offset),
+        **extra,
+    }, compressed=compressed, level=level)
     logger.info("wrote %s: X %s, y %s", path, arrays.X.shape, arrays.y.shape)
     return path
 
@@ -378,7 +380,7 @@ def write_part_npz(
     channels : sequence of int, optional
         Raw channel indices to keep (multi-channel raw); default all.
     compressed : bool
-        ``np.savez_compressed`` (default) or ``np.savez``.
+        Deflate-compressed (default) or stored members (see :func:`save_npz`).
     positions : iterable, optional
         Only these positions (default every position folder).
 
@@ -507,7 +509,7 @@ def write_full_movie_npz(
         Join the cells' ids across parts (False: each part keeps its own ids, as
         they are in ``movies/``).
     compressed : bool
-        ``np.savez_compressed`` (default) or ``np.savez``.
+        Deflate-compressed (default) or stored members (see :func:`save_npz`).
     min_iou : float
         ``min_iou`` of :func:`cellcrowd.stitch.link_parts`.
 
@@ -573,7 +575,7 @@ def write_stitched_movie_npz(
     channels : sequence of int, optional
         Raw channel indices to keep; default all.
     compressed : bool
-        ``np.savez_compressed`` (default) or ``np.savez``.
+        Deflate-compressed (default) or stored members (see :func:`save_npz`).
 
     Returns
     -------

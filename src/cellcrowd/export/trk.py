@@ -38,7 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError, LineageError
-from ..files import atomic_path
+from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
 from ..stitch import Lineage, frames_per_label, read_stitched
 
@@ -233,23 +233,52 @@ def _json_lineage(lineage: Lineage) -> dict[str, Any]:
     return {str(k): {key: plain(v) for key, v in lineage[k].items()} for k in sorted(lineage)}
 
 
-def _npy(array: NDArray[Any]) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+class _NpyReader(io.RawIOBase):
+    """The bytes ``np.save`` writes for ``array``, read block by block (no copy in memory)."""
+
+    def __init__(self, array: NDArray[Any]) -> None:
+        array = np.ascontiguousarray(array)
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(
+            array))
+        self._parts = [np.frombuffer(head.getvalue(), np.uint8), array.reshape(-1).view(np.uint8)]
+        self.size = sum(part.size for part in self._parts)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while self._parts and done < len(out):  # fill the buffer: tarfile wants full reads
+            n = min(len(out) - done, self._parts[0].size)
+            out[done:done + n] = self._parts[0][:n].data
+            done += n
+            self._parts[0] = self._parts[0][n:]
+            if self._parts[0].size == 0:
+                self._parts.pop(0)
+        return done
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+def _npy(array: NDArray[Any]) -> _NpyReader:
+    return _NpyReader(array)
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]]) -> Path:
     with (
         atomic_path(path) as tmp,
         open(tmp, "wb") as fh,
-        gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0) as gz,
+        gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0,
+                      compresslevel=write_settings().gzip_level) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name, data in members:
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
+            reader: io.RawIOBase | io.BytesIO = (io.BytesIO(data) if isinstance(data, bytes)
+                                                 else data)
+            info.size = len(data) if isinstance(data, bytes) else data.size
+            info.mtime, info.mode = 0, 0o644
+            tar.addfile(info, reader)
     return path
 
 
@@ -284,7 +313,7 @@ def write_trk(path: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
     movie = _movie(tracked, "tracked")
     raw4 = _raw(raw, movie.shape)
     validate_lineage(movie, lineage)
-    members = [
+    members: list[tuple[str, bytes | _NpyReader]] = [
         ("lineage.json", json.dumps(_json_lineage(_int_keys(lineage)), indent=1).encode()),
         ("raw.npy", _npy(raw4)),
         ("tracked.npy", _npy(_int32(movie)[..., None])),
@@ -336,7 +365,7 @@ def write_trks(path: str | Path, raws: Sequence[NDArray[Any]],
     for i, (r, m) in enumerate(zip(raw4, movies, strict=True)):
         raw_out[i, :r.shape[0]] = r
         tracked_out[i, :m.shape[0], ..., 0] = _int32(m)
-    members = [
+    members: list[tuple[str, bytes | _NpyReader]] = [
         ("lineages.json",
          json.dumps([_json_lineage(_int_keys(lin)) for lin in lineages], indent=1).encode()),
         ("raw.npy", _npy(raw_out)),

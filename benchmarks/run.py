@@ -1,0 +1,355 @@
+"""cellcrowd's benchmark: one command, one table of medians and ratios from the same run.
+
+Run from the repository root::
+
+    python benchmarks/run.py                 # sections harvest sizes workers downloads prepare
+    python benchmarks/run.py --quick         # a smoke run of small inputs (seconds)
+    python benchmarks/run.py --memory        # also peak RSS per stage (heavy: 2048^2 x 200/400)
+    python benchmarks/run.py --only harvest workers --repeats 5
+
+Inputs are built deterministically in a temporary folder (``cellcrowd.synthetic`` movies
+with about 440 cells per megapixel, 4x4 tiles with 10% overlap, montages of 10 frames;
+annotations served by the emulator and fetched before anything is timed) and removed at
+the end. Sections (see benchmarks/README.md):
+
+1. ``harvest``: clean + movies + npz of a 1024^2 x 60 movie (96 montages) through the
+   library/notebook functions and through ``cellcrowd run``, against the original-style
+   BASELINE and the I/O floor (harvest.py);
+2. ``sizes``: the same at 512^2 x 20, 1024^2 x 60 and 2048^2 x 60: seconds per megapixel;
+3. ``memory`` (``--memory`` only): peak RSS (the process and its workers) and time per
+   stage of ``cellcrowd run`` with every output on, 2048^2 x 200 and x 400 frames;
+4. ``workers``: ``cellcrowd run`` on 1 vs 2 local workers and on a dask LocalCluster of
+   1 vs 2 workers;
+5. ``downloads``: 400 annotations at 50 ms latency, concurrent vs one at a time
+   (bench_download.py's emulator);
+6. ``prepare``: ``prepare`` against its own I/O floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import logging
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harvest
+from cellcrowd.config import OutputsConfig
+from cellcrowd.executor import DaskExecutor, Executor, LocalExecutor
+from cellcrowd.files import write_settings
+from cellcrowd.geometry import TileGrid
+from cellcrowd.layout import WorkingFolder
+from cellcrowd.pipeline import STAGES
+from cellcrowd.prepare import prepare
+from harvest import Job, build_job, reset, timed
+
+SECTIONS = ("harvest", "sizes", "memory", "workers", "downloads", "prepare")
+SIZES = (((512, 512), 20), ((1024, 1024), 60), ((2048, 2048), 60))
+QUICK_SIZES = (((256, 256), 10), ((384, 384), 10), ((512, 512), 10))
+
+
+@dataclass
+class Row:
+    section: str
+    what: str
+    value: str
+    ratio: str = ""
+    target: str = ""
+
+
+class Bench:
+    """Holds the options, the temporary folder, the jobs built so far and the rows."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.rows: list[Row] = []
+        self._jobs: dict[tuple[tuple[int, int], int], Job] = {}
+
+    @property
+    def sizes(self) -> tuple[tuple[tuple[int, int], int], ...]:
+        return QUICK_SIZES if self.args.quick else SIZES
+
+    def job(self, shape: tuple[int, int], frames: int) -> Job:
+        key = (shape, frames)
+        if key not in self._jobs:
+            note(f"building the {shape[0]}x{shape[1]} x {frames}-frame job")
+            self._jobs[key] = build_job(self.tmp / f"job{shape[0]}x{frames}", shape, frames)
+        return self._jobs[key]
+
+    def median(self, job: Job, fn: Callable[[], object], repeats: int | None = None) -> float:
+        times = []
+        for _ in range(repeats or self.args.repeats):
+            reset(job)
+            times.append(timed(fn))
+        reset(job)
+        return statistics.median(times)
+
+    def add(self, *cells: str) -> None:
+        self.rows.append(Row(*cells))
+        note(" | ".join(cells))  # as it comes, in case the run is stopped
+
+
+def note(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def local(workers: int) -> Iterator[Executor]:
+    executor = LocalExecutor(workers)
+    try:
+        list(executor.map(abs, [-1, -2]))  # start the pool outside the timings
+        yield executor
+    finally:
+        executor.close()
+
+
+@contextlib.contextmanager
+def dask(workers: int) -> Iterator[Executor]:
+    from distributed import Client, LocalCluster
+
+    with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                       dashboard_address=None) as cluster, Client(cluster) as client):
+        client.wait_for_workers(workers, timeout=120)
+        yield DaskExecutor(client=client)
+
+
+def verdict(ratio: float, limit: float, at_least: bool) -> str:
+    met = ratio >= limit if at_least else ratio <= limit
+    return f"{'>=' if at_least else '<='} {limit:g}: {'met' if met else 'MISSED'}"
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+
+def section_harvest(b: Bench) -> None:
+    shape, frames = b.sizes[1]
+    job = b.job(shape, frames)
+    n = len(job.annotations())
+    what = f"{n} montages, {shape[0]}^2 x {frames}"
+    note(f"harvest: {what}")
+    base = b.median(job, lambda: harvest.baseline(job), b.args.baseline_repeats)
+    floor = b.median(job, lambda: harvest.io_floor(job))
+    results = {"library, serial": b.median(job, lambda: harvest.ours_library(job))}
+    with local(2) as ex:
+        results["library, 2 local workers"] = b.median(job, lambda: harvest.ours_library(job, ex))
+        results["cellcrowd run, 2 local workers"] = b.median(job,
+                                                             lambda: harvest.ours_run(job, ex))
+    results["cellcrowd run, serial"] = b.median(job, lambda: harvest.ours_run(job))
+    b.add("1 harvest", f"baseline (original style), {what}", f"{base:.2f} s", "1", "")
+    b.add("1 harvest", "I/O floor (1 thread, zlib level 1)", f"{floor:.2f} s",
+          f"{floor / base:.3f} of baseline")
+    for name, t in results.items():
+        b.add("1 harvest", f"ours: {name}", f"{t:.2f} s",
+              f"{base / t:.1f}x faster than baseline", verdict(base / t, 10, True))
+        b.add("1 harvest", f"ours: {name} / I/O floor", f"{t / floor:.2f}", "",
+              verdict(t / floor, 1.5, False))
+
+
+def section_sizes(b: Bench) -> None:
+    per_mpx: dict[str, list[float]] = {"I/O floor": [], "library, serial": [],
+                                      "cellcrowd run, 2 local workers": []}
+    with local(2) as ex:
+        for shape, frames in b.sizes:
+            job = b.job(shape, frames)
+            note(f"sizes: {shape[0]}^2 x {frames}")
+            times = {"I/O floor": b.median(job, lambda j=job: harvest.io_floor(j)),
+                     "library, serial": b.median(job, lambda j=job: harvest.ours_library(j)),
+                     "cellcrowd run, 2 local workers": b.median(
+                         job, lambda j=job: harvest.ours_run(j, ex))}
+            for name, t in times.items():
+                per_mpx[name].append(t / job.megapixels)
+    labels = [f"{s[0]}^2x{f}" for s, f in b.sizes]
+    for name, costs in per_mpx.items():
+        values = ", ".join(f"{lab}: {c * 1000:.1f}" for lab, c in zip(labels, costs, strict=True))
+        ratio = costs[-1] / costs[0]
+        b.add("2 sizes", f"{name}, ms per megapixel", values,
+              f"{labels[-1]}/{labels[0]} = {ratio:.2f}",
+              verdict(ratio, 1.2, False) if name != "I/O floor" else "")
+
+
+def section_workers(b: Bench) -> None:
+    shape, frames = b.sizes[1]
+    job = b.job(shape, frames)
+    note("workers: cellcrowd run on 1 and 2 local workers, dask 1 and 2 workers")
+    times = {}
+    for kind, make in (("local", local), ("dask", dask)):
+        for workers in (1, 2):
+            with make(workers) as ex:
+                times[kind, workers] = b.median(job, lambda ex=ex: harvest.ours_run(job, ex))
+    for kind, target in (("local", 1.7), ("dask", 1.6)):
+        one, two = times[kind, 1], times[kind, 2]
+        b.add("4 workers", f"cellcrowd run, {kind}: 1 worker / 2 workers",
+              f"{one:.2f} s / {two:.2f} s", f"{one / two:.2f}x", verdict(one / two, target, True))
+
+
+def section_downloads(b: Bench) -> None:
+    from bench_download import serve, timed_download
+    from cellcrowd.download import download_annotations
+
+    count = 40 if b.args.quick else 400
+    many = inspect.signature(download_annotations).parameters["concurrency"].default
+    note(f"downloads: {count} annotations at 50 ms")
+    ctx = multiprocessing.get_context("spawn")
+    urls = ctx.Queue()
+    stop = ctx.Event()
+    server = ctx.Process(target=serve, args=(count, 0.05, urls, stop))
+    server.start()
+    try:
+        url = urls.get(timeout=120)
+        rates = {}
+        for concurrency in (many, 1):
+            got, seconds = timed_download(url, b.tmp / f"dl{concurrency}", concurrency)
+            rates[concurrency] = got / seconds
+    finally:
+        stop.set()
+        server.join(timeout=30)
+    ratio = rates[many] / rates[1]
+    b.add("5 downloads", f"{count} annotations, 50 ms latency: concurrency {many} / 1",
+          f"{rates[many]:.0f} / {rates[1]:.0f} per s", f"{ratio:.1f}x", verdict(ratio, 20, True))
+
+
+def section_prepare(b: Bench) -> None:
+    shape, frames = b.sizes[1]
+    job = b.job(shape, frames)
+    note("prepare vs its I/O floor")
+    raw = job.config.raw_folder
+    runs = {"ours": [], "floor": []}
+    for k in range(b.args.repeats):
+        wf = WorkingFolder(b.tmp / f"prep{k}", "prep", raw=raw)
+        runs["ours"].append(timed(lambda wf=wf: prepare(
+            raw, wf, num_x=harvest.TILES, num_y=harvest.TILES, overlap_perc=harvest.OVERLAP,
+            montage_len=harvest.MONTAGE_LEN, row_length=harvest.ROW_LENGTH)))
+        runs["floor"].append(timed(lambda k=k: harvest.prepare_floor(
+            raw, b.tmp / f"prepfloor{k}", shape)))
+    ours, floor = (statistics.median(runs[k]) for k in ("ours", "floor"))
+    b.add("6 prepare", f"prepare, serial / its I/O floor ({shape[0]}^2 x {frames})",
+          f"{ours:.2f} s / {floor:.2f} s", f"{ours / floor:.2f}", verdict(ours / floor, 1.5, False))
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += p.memory_info().rss
+    return total
+
+
+def peak_rss(command: Sequence[str], interval: float = 0.05) -> tuple[float, int]:
+    """Run ``command``; return its seconds and the peak RSS of it and its children."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss(proc.pid))
+        time.sleep(interval)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {proc.stderr.read().decode()[-2000:]}"
+                         if proc.stderr else "failed")
+    return seconds, peak
+
+
+def section_memory(b: Bench) -> None:
+    size, lengths = b.args.memory_size, tuple(b.args.memory_frames)
+    if b.args.quick:
+        size, lengths = 512, (20, 40)
+    shape = (size, size)
+    outputs = OutputsConfig(npz_parts=True, npz_full_movie=True, stitched=True, trk=True,
+                            ctc=True, qc=True)
+    grid = TileGrid.for_frame(shape, num_x=harvest.TILES, num_y=harvest.TILES,
+                              overlap_perc=harvest.OVERLAP)
+    part_bytes = (harvest.TILES**2 * harvest.MONTAGE_LEN * grid.tile_shape[0]
+                  * grid.tile_shape[1] * 4)
+    imports = ("import cellcrowd.pipeline, cellcrowd.labels, cellcrowd.stitch, cellcrowd.qc, "
+               "cellcrowd.export.npz, cellcrowd.export.trk, cellcrowd.export.ctc, time; "
+               "time.sleep(0.5)")
+    idle = peak_rss([sys.executable, "-c", imports])[1]
+    overhead = 3 * idle  # the main process and 2 workers with cellcrowd imported
+    b.add("3 memory", "largest per-part array (X float32) / fixed overhead "
+          "(3 x idle python with cellcrowd imported)",
+          f"{part_bytes / 1e9:.3f} GB / {overhead / 1e9:.3f} GB")
+    for frames in lengths:
+        note(f"memory: building {shape[0]}^2 x {frames}")
+        job = build_job(b.tmp / f"mem{frames}", shape, frames, outputs=outputs)
+        config = str(job.config.source)
+        for stage in STAGES[2:]:
+            note(f"memory: {frames} frames, stage {stage}")
+            seconds, peak = peak_rss([sys.executable, "-m", "cellcrowd", "-q", "run", config,
+                                      "--from", stage, "--until", stage, "--workers", "2"])
+            ratio = (peak - overhead) / part_bytes
+            b.add("3 memory", f"{shape[0]}^2 x {frames}: {stage}",
+                  f"{seconds:.1f} s, peak {peak / 1e9:.2f} GB",
+                  f"(peak - overhead) = {ratio:.2f} x part", verdict(ratio, 1.5, False))
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    header = Row("section", "measurement", "median", "ratio", "target")
+    cells = [[r.section, r.what, r.value, r.ratio, r.target] for r in [header, *rows]]
+    widths = [max(len(c[i]) for c in cells) for i in range(5)]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print(line)
+    print(line)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small inputs: a smoke run")
+    parser.add_argument("--memory", action="store_true", help="also section 3 (heavy)")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per median (3; quick 1)")
+    parser.add_argument("--baseline-repeats", type=int, default=None,
+                        help="runs of the slow baseline (default --repeats)")
+    parser.add_argument("--memory-size", type=int, default=2048, metavar="PX",
+                        help="frame size of the memory section (default 2048)")
+    parser.add_argument("--memory-frames", type=int, nargs=2, default=(200, 400),
+                        metavar="T", help="movie lengths of the memory section (200 400)")
+    args = parser.parse_args(argv)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    chosen = args.only or [s for s in SECTIONS if s != "memory" or args.memory]
+    logging.basicConfig(level=logging.ERROR)
+    for name in ("distributed", "cellcrowd"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="cellcrowd-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        for name in SECTIONS:
+            if name in chosen:
+                globals()[f"section_{name}"](bench)
+    cmd = "python benchmarks/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"{cmd.strip()}  ({os.cpu_count()} CPUs, {write_settings()}, "
+          f"load average {os.getloadavg()[0]:.1f}, {time.perf_counter() - start:.0f} s)")
+    print_table(bench.rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
