@@ -351,3 +351,13 @@ def test_omezarr_memory_does_not_grow_with_the_movie(tmp_path: Path) -> None:
         tracemalloc.stop()
     frame_bytes = 2 * 256 * 256 * 2  # one raw and one label frame
     assert peaks[2] < peaks[1] + 8 * frame_bytes, peaks  # 24 more frames held would be 6 MB
+
+
+def test_qc_page_links_the_zarr_exports_with_a_napari_snippet(
+        demo: tuple[Path, WorkingFolder]) -> None:
+    _, wf = demo
+    page = (wf.qc / "index.html").read_text(encoding="utf-8")
+    for name in (wf.omezarr_name, wf.geff_name()):
+        assert f"zarr/{name}" in page
+    assert "napari-ome-zarr" in page
+    assert "geff.read" in page

@@ -401,7 +401,31 @@ def export_links(wf: WorkingFolder, manifest: Manifest) -> tuple[ExportLink, ...
                 rel = _relative(path, wf.base)
                 snippet = template.format(path=json.dumps(rel)[1:-1]) if template else None
                 out.append(ExportLink(stage, path.name, path, snippet))
+    out += [link for stage in ("omezarr", "geff") if manifest.outputs(stage)
+            if (link := _zarr_link(wf, stage)) is not None]
     return tuple(out)
+
+
+#: How a napari user opens the OME-Zarr (movie and labels) and the GEFF lineage.
+_ZARR_SNIPPETS = {
+    "omezarr": 'import napari\nviewer = napari.Viewer()\n'
+               'viewer.open("{location}", plugin="napari-ome-zarr")  # movie + tracked labels',
+    "geff": 'import geff\ngraph, meta = geff.read("{location}", backend="networkx")\n'
+            '# nodes: t, y, x, area, seg_id, track_id, support, agreement',
+}
+
+
+def _zarr_link(wf: WorkingFolder, stage: str) -> ExportLink | None:
+    """The OME-Zarr or GEFF export, from the receipt that says where it went (path or URL)."""
+    receipt = _read_json(wf.export_receipt(stage))
+    location = receipt.get("location") if isinstance(receipt, dict) else None
+    if not isinstance(location, str) or not location:
+        return None
+    remote = "://" in location
+    path = wf.export_receipt(stage) if remote else wf.zarr_exports / location
+    shown = location if remote else _relative(path, wf.base)
+    snippet = _ZARR_SNIPPETS[stage].format(location=json.dumps(shown)[1:-1])
+    return ExportLink(stage, shown, path, snippet)
 
 
 def _relative(path: Path, base: Path) -> str:
