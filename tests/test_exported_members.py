@@ -33,3 +33,19 @@ def test_every_module_lists_what_it_exports(module: str) -> None:
     assert exported is not None, f"{module} has no __all__"
     for name in exported:
         assert hasattr(mod, name), f"{module}.__all__ names {name!r}, which does not exist"
+
+
+def test_import_is_light_and_names_load_on_first_use() -> None:
+    import subprocess
+    import sys
+
+    heavy = ("numpy", "httpx", "pydantic", "skimage", "cellcrowd.appen.emulator")
+    code = ("import sys, cellcrowd; "
+            f"print([m for m in {heavy!r} if m in sys.modules]); "
+            "cellcrowd.TileGrid; print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "True"  # the name was imported on first use
+    with pytest.raises(AttributeError, match="no attribute 'nothing_here'"):
+        _ = cellcrowd.nothing_here
