@@ -622,7 +622,7 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
     wf = _copy(harvest, tmp_path)
     labelled = sorted(p for p in wf.labels.glob("*_labels.png"))
     recorded = labelled[: len(labelled) // 2]
-    npz = wf.npz_part(1)
+    npz = wf.npz_part(0)
     _manifest(wf, {
         "clean": {"state": "done", "outputs": {p.relative_to(wf.base).as_posix(): [0, ""]
                                                for p in recorded}},
@@ -632,7 +632,7 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
     })
     qc = collect_qc(wf)
     assert {m.labels_path for m in qc.montages if m.labels} == set(recorded)
-    assert [p.npz for p in qc.parts] == [npz, None]  # part 2's file is not recorded
+    assert [p.npz for p in qc.parts] == [npz, None]  # part 1's file is not recorded
     assert any("stage stitch is failed: disk full" in m for m in qc.missing)
     assert [(r.name, r.state, r.error) for r in qc.runs] == [
         ("clean", "done", None), ("npz", "done", None), ("stitch", "failed", "disk full")]

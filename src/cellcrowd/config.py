@@ -427,7 +427,7 @@ stitched = true             # stitched/: full-size frames with cells linked acro
 trk = true                  # trk/<identifier>.trk (DeepCell tracking), needs stitched
 ctc = true                  # ctc/ (Cell Tracking Challenge folders), needs stitched
 omezarr = "auto"            # zarr/<identifier>.ome.zarr (image + tracked labels), needs
-                            # stitched; "auto": when cellcrowd[zarr] is installed
+                            # stitched; "auto": when "cellcrowd[zarr]" is installed
 geff = "auto"               # zarr/<identifier>.geff (lineage graph), needs stitched
 geff_parts = false          # also zarr/<identifier>_partN.geff, one per part
 export_url = ""             # folder or URL (s3://bucket/prefix) for the two above; "" = zarr/
