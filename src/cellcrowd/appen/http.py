@@ -107,7 +107,9 @@ class DeadlineTransport(httpx.BaseTransport):
         end = self._clock() + self.deadline
         response = self._inner.handle_request(request)
         stream = response.stream
-        assert isinstance(stream, httpx.SyncByteStream)
+        if not isinstance(stream, httpx.SyncByteStream):
+            raise TypeError(f"the deadline transport needs a synchronous transport below it, "
+                            f"got a {type(stream).__name__} stream")
         response.stream = _DeadlineStream(stream, request, end, self.deadline, self._clock)
         return response
 

@@ -202,7 +202,8 @@ def cell_table(wf: WorkingFolder) -> CellTable:
                              "stitch stage again", path=path)
         nodes += _frame_stats(frame, t)
         provenance.add(frame, t)
-    assert shape is not None
+    if shape is None:
+        raise InputError("no stitched frames to export: run the stitch stage first")
     table = CellTable(len(paths), shape, nodes, lineage)
     provenance.finish(table)
     return table
