@@ -16,6 +16,7 @@ needs numpy, Pillow and tifffile only.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hashlib
 import io
 import json
@@ -98,12 +99,13 @@ def same_decoded(a: Path, b: Path) -> tuple[bool, str]:
     return True, "same decoded arrays, different bytes"
 
 
-def files_under(root: Path) -> set[str]:
-    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+def files_under(root: Path, ignore: Sequence[str] = ()) -> set[str]:
+    names = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    return {n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in ignore)}
 
 
-def compare(a: Path, b: Path, quiet: bool = False) -> int:
-    names_a, names_b = files_under(a), files_under(b)
+def compare(a: Path, b: Path, quiet: bool = False, ignore: Sequence[str] = ()) -> int:
+    names_a, names_b = files_under(a, ignore), files_under(b, ignore)
     counts = {"identical": 0, "decoded-equal": 0, "different": 0, "only-a": 0, "only-b": 0}
     for name in sorted(names_a | names_b):
         if name not in names_b:
@@ -132,12 +134,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("dir_b", type=Path)
     parser.add_argument("--quiet", action="store_true",
                         help="do not list files that differ only in their bytes")
+    parser.add_argument("--ignore", action="append", default=[], metavar="GLOB",
+                        help="leave out files whose relative path matches GLOB (repeatable), "
+                             "e.g. --ignore '.cellcrowd/*' for files that carry times or ports")
     args = parser.parse_args(argv)
     for folder in (args.dir_a, args.dir_b):
         if not folder.is_dir():
             print(f"{folder}: not a folder", file=sys.stderr)
             return 2
-    return compare(args.dir_a, args.dir_b, args.quiet)
+    return compare(args.dir_a, args.dir_b, args.quiet, args.ignore)
 
 
 if __name__ == "__main__":
