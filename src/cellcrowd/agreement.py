@@ -11,7 +11,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
-from .cellmatch import Cells, assign, overlap_iou
+from .cellmatch import Cells, overlap_iou
+from .match import assign
 
 __all__ = [
     "AGREEMENT_IOU",

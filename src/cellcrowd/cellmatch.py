@@ -23,9 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
+
+from .match import OwnerUnionFind, assign, first_appearance, overlap
 
 __all__ = ["Cells", "assign", "compact", "match_cells", "overlap_iou", "pair_ious"]
 
@@ -48,83 +47,28 @@ class Cells:
 
 
 def compact(flat: NDArray[np.generic]) -> Cells:
-    fg = np.flatnonzero(flat)
-    values, first, inverse, counts = np.unique(
-        flat[fg], return_index=True, return_inverse=True, return_counts=True)
-    order = np.argsort(first, kind="stable")
-    lut = np.empty(values.size, dtype=np.int32)
-    lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    compact = np.zeros(flat.shape, dtype=np.int32)
-    compact[fg] = lut[inverse.ravel()]
-    return Cells(compact, values[order].astype(np.int64), counts[order].astype(np.int64))
+    """One annotator's flat labels as :class:`Cells` (:func:`cellcrowd.match.first_appearance`)."""
+    return Cells(*first_appearance(flat))
 
 
-def overlap_iou(a: Cells, b: Cells) -> tuple[NDArray[np.int64], NDArray[np.int64],
+def overlap_iou(a: Cells, b: Cells) -> tuple[NDArray[np.intp], NDArray[np.intp],
                                             NDArray[np.float64]]:
     """Pairs (cell of ``a``, cell of ``b``) that share pixels, and their IoU (sparse)."""
-    rows, cols, iou, _ = _overlaps(a, b)
-    return rows, cols, iou
-
-
-def _overlaps(a: Cells, b: Cells) -> tuple[NDArray[np.int64], NDArray[np.int64],
-                                          NDArray[np.float64], NDArray[np.float64]]:
-    """As :func:`overlap_iou`, with the share of the smaller cell the overlap covers."""
-    both = (a.compact > 0) & (b.compact > 0)
-    stride = np.int64(b.count + 1)
-    packed = a.compact[both].astype(np.int64) * stride + b.compact[both]
-    pairs, inter = np.unique(packed, return_counts=True)
-    rows, cols = pairs // stride, pairs % stride
-    area_a, area_b = a.areas[rows - 1], b.areas[cols - 1]
-    return (rows, cols, inter / (area_a + area_b - inter),
-            inter / np.minimum(area_a, area_b))
-
-
-def assign(rows: NDArray[np.int64], cols: NDArray[np.int64], scores: NDArray[np.float64],
-            min_score: float) -> tuple[NDArray[np.int64], NDArray[np.int64],
-                                       NDArray[np.float64]]:
-    """Hungarian assignment maximising the total score over pairs scoring >= ``min_score``.
-
-    The pairs fall apart into independent groups (cells that overlap nothing else
-    form a group of one pair); each group of several pairs is solved on its own.
-    """
-    ok = scores >= min_score
-    rows, cols, scores = rows[ok], cols[ok], scores[ok]
-    if not rows.size:
-        return rows, cols, scores
-    urows, ri = np.unique(rows, return_inverse=True)
-    ucols, ci = np.unique(cols, return_inverse=True)
-    ri, ci = ri.ravel(), ci.ravel()
-    size = urows.size + ucols.size
-    graph = coo_matrix((np.ones(ri.size), (ri, urows.size + ci)), shape=(size, size))
-    _, component = connected_components(graph, directed=False)
-    pair_component = component[ri]
-    pairs_in = np.bincount(pair_component, minlength=size)
-    single = pairs_in[pair_component] == 1
-    out_r, out_c, out_s = [urows[ri[single]]], [ucols[ci[single]]], [scores[single]]
-    for comp in np.flatnonzero(pairs_in > 1).tolist():
-        sel = np.flatnonzero(pair_component == comp)
-        sub_r, r_idx = np.unique(ri[sel], return_inverse=True)
-        sub_c, c_idx = np.unique(ci[sel], return_inverse=True)
-        matrix = np.zeros((sub_r.size, sub_c.size))
-        matrix[r_idx.ravel(), c_idx.ravel()] = scores[sel]
-        r, c = linear_sum_assignment(matrix, maximize=True)
-        keep = matrix[r, c] >= min_score
-        out_r.append(urows[sub_r[r[keep]]])
-        out_c.append(ucols[sub_c[c[keep]]])
-        out_s.append(matrix[r[keep], c[keep]])
-    return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_s)
+    ov = overlap(a.compact, b.compact, a.count + 1, b.count + 1)
+    return ov.a, ov.b, ov.iou
 
 
 def _eligible(a: Cells, b: Cells, min_iou: float, min_cover: float | None
-              ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+              ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64]]:
     """Matched pairs of two annotators: Hungarian on IoU over the eligible pairs."""
-    rows, cols, iou, cover = _overlaps(a, b)
+    ov = overlap(a.compact, b.compact, a.count + 1, b.count + 1)
+    iou = ov.iou
     ok = iou >= min_iou
     if min_cover is not None:
-        ok |= cover >= min_cover
+        ok |= ov.cover >= min_cover
     # Eligible pairs score their IoU; nudged up so that every one of them passes.
     score = np.where(ok, np.maximum(iou, np.nextafter(0.0, 1.0)), 0.0)
-    return assign(rows, cols, score, np.nextafter(0.0, 1.0))
+    return assign(ov.a, ov.b, score, np.nextafter(0.0, 1.0))
 
 
 def match_cells(cells: list[Cells], weights: list[float], min_iou: float,
@@ -141,26 +85,11 @@ def match_cells(cells: list[Cells], weights: list[float], min_iou: float,
     for j, k in itertools.combinations(range(len(cells)), 2):
         r, c, iou = _eligible(cells[j], cells[k], min_iou, min_cover)
         found.append((offsets[j] + r - 1, offsets[k] + c - 1, iou))
-    parent = list(range(int(offsets[-1])))
-    seen = [1 << int(k) for k in owner]  # annotators in each root's group (bit mask)
-
-    def root(node: int) -> int:
-        while parent[node] != node:
-            parent[node] = parent[parent[node]]
-            node = parent[node]
-        return node
-
+    cells_of = OwnerUnionFind(owner)
     if found:
         a, b, iou = (np.concatenate(x) for x in zip(*found, strict=True))
-        for e in np.lexsort((b, a, -iou)).tolist():
-            ra, rb = root(int(a[e])), root(int(b[e]))
-            if ra != rb and not seen[ra] & seen[rb]:
-                low, high = min(ra, rb), max(ra, rb)
-                parent[high] = low
-                seen[low] |= seen[high]
-    roots = np.array([root(n) for n in range(len(parent))], dtype=np.int64)
-    _, group = np.unique(roots, return_inverse=True)
-    group = group.ravel().astype(np.int64)
+        cells_of.join_all(a, b, iou)
+    group = cells_of.groups()
     support = np.bincount(group, weights=np.asarray(weights)[owner])
     group_of = [np.concatenate([[-1], group[offsets[k]:offsets[k + 1]]]).astype(np.int64)
                 for k in range(len(cells))]

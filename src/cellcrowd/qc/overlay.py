@@ -15,6 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import find_boundaries
 
+from ..match import best_partners, overlap
+
 __all__ = [
     "PALETTE",
     "PANEL_GAP",
@@ -201,20 +203,12 @@ def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]) -> N
     >>> match_ids(np.array([[5, 5, 6]]), np.array([[2, 0, 0]])).tolist()
     [[2, 2, 0]]
     """
-    ann = annotation.astype(np.int64).ravel()
-    lab = labels.astype(np.int64).ravel()
-    both = (ann != 0) & (lab != 0)
-    if not both.any():
-        return np.zeros(annotation.shape, dtype=np.int64)
-    stride = int(lab.max()) + 1
-    pairs, counts = np.unique(ann[both] * stride + lab[both], return_counts=True)
-    ann_of, lab_of = np.divmod(pairs, stride)
-    order = np.lexsort((lab_of, -counts, ann_of))
-    first = np.ones(order.size, dtype=bool)
-    first[1:] = ann_of[order[1:]] != ann_of[order[:-1]]
-    lookup = np.zeros(int(ann.max()) + 1, dtype=np.int64)
-    lookup[ann_of[order[first]]] = lab_of[order[first]]
-    out: NDArray[np.int64] = lookup[annotation.astype(np.int64)]
+    ann = annotation.astype(np.int64)
+    table = overlap(ann, labels.astype(np.int64))
+    lookup = np.zeros(table.area_a.size, dtype=np.int64)
+    first, best = best_partners(table)
+    lookup[first] = best
+    out: NDArray[np.int64] = lookup[ann]
     return out
 
 
