@@ -250,7 +250,7 @@ class OwnerUnionFind:
 
     >>> uf = OwnerUnionFind([0, 0, 1])
     >>> uf.union(0, 2), uf.union(1, 2)
-    (None, (0, 1))
+    (None, (1, 0))
     >>> uf.groups().tolist()
     [0, 1, 0]
     """
