@@ -209,7 +209,7 @@ def assign(rows: NDArray[Any], cols: NDArray[Any], scores: NDArray[np.float64],
         pairs come first (in input order), then each group's pairs sorted by row.
 
     >>> assign(np.array([1, 1, 2]), np.array([7, 8, 7]), np.array([0.9, 0.5, 0.6]), 0.1)
-    (array([2, 1]), array([7, 8]), array([0.6, 0.5]))
+    (array([1, 2]), array([8, 7]), array([0.5, 0.6]))
     """
     if not min_score > 0:
         raise ValueError(f"min_score must be above 0, got {min_score!r}")
