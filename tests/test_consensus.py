@@ -341,13 +341,13 @@ def test_assignment_by_parts_is_optimal(seed: int) -> None:
     """Solving each group of overlapping cells alone gives the optimum of the whole."""
     from scipy.optimize import linear_sum_assignment
 
-    from cellcrowd.cellmatch import assign as _assign
+    from cellcrowd.match import assign
 
     rng = np.random.default_rng(seed)
     dense = np.where(rng.random((30, 25)) < 0.08, rng.random((30, 25)), 0.0)
     rows, cols = np.nonzero(dense)
-    r, c, got = _assign(rows.astype(np.int64) + 1, cols.astype(np.int64) + 1,
-                        dense[rows, cols], 0.2)
+    r, c, got = assign(rows.astype(np.int64) + 1, cols.astype(np.int64) + 1,
+                       dense[rows, cols], 0.2)
     assert np.unique(r).size == r.size
     assert np.unique(c).size == c.size
     np.testing.assert_array_equal(got, dense[r - 1, c - 1])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -27,6 +29,9 @@ from cellcrowd.stitch import (
     stitch_tiles,
 )
 from cellcrowd.testing import assert_same_up_to_relabel
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -505,6 +510,7 @@ def test_stitch_movies_reports_a_missing_tile(tmp_path: Path) -> None:
 def test_stitch_movies_streams_part_by_part(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import cellcrowd.stitch as stitch
+    from cellcrowd.stitch import LineageBuilder, PartLinker
 
     movie = boxes_movie(np.random.default_rng(5), (30, 30), 8, 7, smallest=5)
     grid = TileGrid.for_frame((30, 30), num_x=2, num_y=2, overlap_perc=20)
@@ -518,29 +524,34 @@ def test_stitch_movies_streams_part_by_part(tmp_path: Path,
 
     written_before: list[int] = []
     held: list[int] = []
-    stitch_part, link_add, lineage_add = (stitch._stitch_part, stitch._PartLinker.add,
-                                          stitch._LineageBuilder.add)
+    link_add, lineage_add = PartLinker.add, LineageBuilder.add
 
-    def spy_stitch(task: stitch._PartTask) -> stitch._PartResult:
-        folder = wf.stitched_frame("annotated", 0).parent
-        written_before.append(len(list(folder.glob("*.png"))) if folder.is_dir() else 0)
-        return stitch_part(task)
+    class SerialSpy:
+        """Runs each part only when asked for its result, counting frames on disk first."""
 
-    def spy_link(self: stitch._PartLinker, arr: np.ndarray) -> np.ndarray:
+        def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+            folder = wf.stitched_frame("annotated", 0).parent
+            for task in tasks:
+                written_before.append(len(list(folder.glob("*.png"))) if folder.is_dir()
+                                      else 0)
+                yield fn(task)
+
+        def close(self) -> None:
+            pass
+
+    def spy_link(self: PartLinker, arr: np.ndarray) -> np.ndarray:
         held.append(arr.shape[0])
         return link_add(self, arr)
 
-    def spy_lineage(self: stitch._LineageBuilder, frames: np.ndarray,
-                    parents: dict[int, int]) -> None:
+    def spy_lineage(self: LineageBuilder, frames: np.ndarray, parents: dict[int, int]) -> None:
         held.append(frames.shape[0])
         lineage_add(self, frames, parents)
 
     monkeypatch.setattr(stitch, "link_parts", whole_movie)
     monkeypatch.setattr(stitch, "lineage_from_labels", whole_movie)
-    monkeypatch.setattr(stitch, "_stitch_part", spy_stitch)
-    monkeypatch.setattr(stitch._PartLinker, "add", spy_link)
-    monkeypatch.setattr(stitch._LineageBuilder, "add", spy_lineage)
-    result = stitch_movies(wf)
+    monkeypatch.setattr(PartLinker, "add", spy_link)
+    monkeypatch.setattr(LineageBuilder, "add", spy_lineage)
+    result = stitch_movies(wf, executor=SerialSpy())
     # Serially, part N is read only after parts 1..N-1 are linked and on disk.
     assert written_before == [0, 3, 6]
     assert max(held) == 3  # never more than one part's frames at once
@@ -553,7 +564,7 @@ def test_stitch_movies_refuses_ids_beyond_16_bits(tmp_path: Path,
     movie = boxes_movie(np.random.default_rng(4), (20, 20), 2, 7)
     grid = TileGrid.for_frame((20, 20), num_x=1, num_y=1, overlap_perc=0)
     wf = write_movies_folder(tmp_path, movie, grid, 2, None)
-    monkeypatch.setattr("cellcrowd.stitch._UINT16_MAX", 2)
+    monkeypatch.setattr("cellcrowd.stitch.folder.MAX_CELLS", 2)
     with pytest.raises(InputError, match="more than a 16-bit label frame holds"):
         stitch_movies(wf)
 

@@ -1,0 +1,261 @@
+"""The working folder: stitch every part's annotated tiles into one tracked movie.
+
+:func:`stitch_movies` reads ``movies/part{N}/x_XX_y_YY/annotated`` for every
+part, stitches and links them, and writes ``stitched/annotated`` (uint16 PNG),
+``stitched/raw`` (TIFF copies of the raw frames) and ``stitched/lineage.json``.
+:func:`read_stitched` reads them back. It streams: each part is linked to the last
+frame of the part before (:class:`~cellcrowd.stitch.link.PartLinker`, the linking
+step of :func:`~cellcrowd.stitch.link.link_parts`) and written as it arrives, and
+the lineage is built frame by frame (:class:`~cellcrowd.stitch.lineage.LineageBuilder`),
+so the whole label movie is never in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InputError
+from ..executor import Executor, run_tasks
+from ..files import atomic_write_text, list_images, read_image, write_image
+from ..geometry import Position, TileGrid
+from ..layout import WorkingFolder, part_of_montage
+from .common import Lineage
+from .lineage import LineageBuilder, read_lineage
+from .link import LinkReport, PartLinker
+from .tiles import StitchConflict, StitchReport, stitch_tiles
+
+__all__ = ["MAX_CELLS", "StitchMoviesResult", "read_stitched", "stitch_movies"]
+
+logger = logging.getLogger(__name__)
+
+#: Most cells a stitched movie may hold: its label frames are 16-bit PNGs.
+MAX_CELLS = int(np.iinfo(np.uint16).max)
+
+
+@dataclass(frozen=True)
+class _PartTask:
+    wf: WorkingFolder
+    grid: TileGrid
+    part: int
+    frames: int
+    min_iou: float
+
+
+@dataclass(frozen=True)
+class _PartResult:
+    part: int
+    labels: NDArray[np.int32]
+    report: StitchReport
+    missing: tuple[tuple[Position, str], ...]
+
+
+def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
+                     tile_shape: tuple[int, int]) -> NDArray[Any]:
+    """The annotated frames of one tile of one part, or an InputError saying why not."""
+    folder = wf.annotated_dir(part, pos)
+    if not folder.is_dir():
+        raise InputError("no annotated frames (folder missing)", path=folder)
+    stack = np.zeros((frames, *tile_shape), dtype=np.int32)  # label PNGs are 16-bit
+    for f in range(frames):
+        path = wf.annotated_frame(part, pos, f)
+        if not path.is_file():
+            raise InputError(f"frame {f} of {frames} is missing", path=path)
+        image = read_image(path)
+        if image.shape != tuple(tile_shape) or image.dtype.kind not in "ui":
+            raise InputError(
+                f"expected a {tile_shape[0]}x{tile_shape[1]} label image, got shape "
+                f"{image.shape} ({image.dtype}): rerun the movies stage", path=path)
+        stack[f] = image
+    return stack
+
+
+def _stitch_part(task: _PartTask) -> _PartResult:
+    """Read and stitch every tile of one part; unreadable tiles are reported as missing."""
+    grid = task.grid
+    tiles = np.zeros((task.frames, grid.num_y, grid.num_x, *grid.tile_shape), dtype=np.int32)
+    missing: list[tuple[Position, str]] = []
+    for pos in grid.positions:
+        try:
+            tiles[:, pos.y, pos.x] = _read_tile_movie(task.wf, task.part, pos, task.frames,
+                                                      grid.tile_shape)
+        except InputError as exc:
+            missing.append((pos, str(exc)))
+    labels, report = stitch_tiles(tiles, grid, min_iou=task.min_iou,
+                                  missing=[pos for pos, _ in missing])
+    return _PartResult(task.part, labels, report, tuple(missing))
+
+
+@dataclass(frozen=True)
+class StitchMoviesResult:
+    """What :func:`stitch_movies` did.
+
+    Attributes
+    ----------
+    wf : WorkingFolder
+        The working folder, padding widened for the logged counts.
+    frames : int
+        Frames in the stitched movie.
+    lineage : dict
+        The DeepCell lineage of the stitched movie (also in ``wf.stitched_lineage``).
+    parts : tuple of StitchReport
+        One per part, in order.
+    link : LinkReport
+        How the parts were joined.
+    missing : tuple of (part, Position, reason)
+        Tiles that could not be read; the pixels they own are 0 in that part.
+    raw_frames : int
+        Raw frames copied to ``stitched/raw`` (0 when there is no raw folder).
+    """
+
+    wf: WorkingFolder
+    frames: int
+    lineage: Lineage
+    parts: tuple[StitchReport, ...]
+    link: LinkReport
+    missing: tuple[tuple[int, Position, str], ...]
+    raw_frames: int
+
+    @property
+    def cells(self) -> int:
+        return len(self.lineage)
+
+    @property
+    def divisions(self) -> int:
+        return sum(1 for entry in self.lineage.values() if entry["daughters"])
+
+    @property
+    def conflicts(self) -> list[tuple[int, StitchConflict]]:
+        """Every refused tile match, with its part."""
+        return [(part_of_montage(i), c) for i, rep in enumerate(self.parts)
+                for c in rep.conflicts]
+
+
+def stitch_movies(
+    wf: WorkingFolder,
+    *,
+    min_iou: float = 0.3,
+    link_iou: float = 0.3,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> StitchMoviesResult:
+    """Stitch the annotated tiles of every part into one tracked full-size movie.
+
+    Reads ``movies/part{N}/x_XX_y_YY/annotated`` (as written by
+    :func:`cellcrowd.movies.montages_to_movies`), stitches each part with
+    :func:`stitch_tiles`, joins the parts with :func:`link_parts`, finds the
+    lineage with :func:`lineage_from_labels`, and writes
+    ``stitched/annotated/{id}_frame_FFF.png`` (uint16), copies of the raw frames
+    as ``stitched/raw/{id}_frame_FFF.tif`` (when the raw folder exists) and
+    ``stitched/lineage.json``. A tile whose frames are missing or unreadable is
+    reported and left out (its pixels are 0 in that part), never fatal.
+
+    Parts are linked and written one at a time, in order, as their stitched
+    labels arrive; only the last frame linked so far and the per-cell lineage
+    records are kept, plus any parts an executor has finished ahead of the one
+    being written (a process pool may run ahead of this loop). The result is the
+    same as linking the whole movie with :func:`link_parts` and
+    :func:`lineage_from_labels`.
+
+    Parameters
+    ----------
+    wf : WorkingFolder
+        Holds the logs and the movies.
+    min_iou : float
+        Passed to :func:`stitch_tiles`.
+    link_iou : float
+        ``min_iou`` of :func:`link_parts`.
+    executor : Executor, optional
+        Runs one task per part (default: serially).
+    progress : callable, optional
+        Called with 1 after each part.
+
+    Raises
+    ------
+    LogError
+        A log is missing or invalid, or the logs disagree.
+    InputError
+        The movie has more than 65535 cells (they do not fit 16-bit label frames);
+        the frames of the parts before the one that overflows are already written.
+    """
+    from ..movies import check_raw_frames, read_movie_geometry
+
+    movie = read_movie_geometry(wf)
+    wf, grid = movie.wf, movie.grid
+    tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou)
+             for m in range(movie.count)]
+    total = sum(task.frames for task in tasks)
+    offset = movie.chopper.frame_offset or 0
+    raw_paths = movie.raw_paths[offset:offset + total]
+    if len(raw_paths) < total:
+        logger.warning("%d raw frames found for %d stitched frames; stitched/raw not written",
+                       len(raw_paths), total)
+        raw_paths = []
+    check_raw_frames(raw_paths, grid.frame_shape, source=wf.chopper_log)
+    # Streaming: each part is linked to the last frame of the one before, written, and
+    # fed to the lineage as it arrives; only that last frame and the per-cell records
+    # stay in memory (plus results the executor has finished ahead of this loop).
+    linker = PartLinker(min_iou=link_iou, min_inside=0.5, min_share=0.2)
+    builder = LineageBuilder(min_inside=0.5, min_share=0.2)
+    reports: list[StitchReport] = []
+    missing: list[tuple[int, Position, str]] = []
+    for result in run_tasks(_stitch_part, tasks, executor=executor, progress=progress):
+        for pos, reason in result.missing:
+            logger.warning("part %d: tile x=%d, y=%d left out: %s", result.part, pos.x, pos.y,
+                           reason)
+        reports.append(result.report)
+        missing.extend((result.part, pos, reason) for pos, reason in result.missing)
+        start = linker.start
+        labels = linker.add(result.labels)
+        if linker.next_id - 1 > MAX_CELLS:
+            raise InputError(
+                f"the stitched movie has {linker.next_id - 1} cells by part {result.part}, "
+                "more than a 16-bit label frame holds (65535): stitch fewer frames at a time",
+                path=wf.stitched)
+        builder.add(labels, linker.parents)
+        for t, frame in enumerate(labels, start=start):
+            write_image(wf.stitched_frame("annotated", t), frame.astype(np.uint16))
+        for t, path in enumerate(raw_paths[start:start + labels.shape[0]], start=start):
+            write_image(wf.stitched_frame("raw", t), read_image(path))
+        del labels, result
+    link = linker.report()
+    lineage = builder.finish()
+    atomic_write_text(wf.stitched_lineage, json.dumps(
+        {str(k): v for k, v in lineage.items()}, indent=1) + "\n")
+    logger.info("stitched %d parts into %d frames: %d cells, %d divisions",
+                len(reports), linker.start, len(lineage),
+                sum(1 for e in lineage.values() if e["daughters"]))
+    return StitchMoviesResult(
+        wf=wf, frames=linker.start, lineage=lineage, parts=tuple(reports), link=link,
+        missing=tuple(missing), raw_frames=len(raw_paths),
+    )
+
+
+def read_stitched(wf: WorkingFolder) -> tuple[NDArray[Any] | None, NDArray[np.int32], Lineage]:
+    """The stitched movie: raw frames (``None`` if not written), labels and lineage.
+
+    Raises
+    ------
+    InputError
+        The stitched frames or the lineage are missing or unreadable, or the raw
+        frames do not match the label frames in number.
+    """
+    label_paths = list_images(wf.stitched_frame("annotated", 0).parent)
+    if not label_paths:
+        raise InputError("no stitched frames: run the stitch stage first",
+                         path=wf.stitched_frame("annotated", 0).parent)
+    labels = np.stack([read_image(p) for p in label_paths]).astype(np.int32)
+    raw_dir = wf.stitched_frame("raw", 0).parent
+    raw = None
+    if raw_dir.is_dir() and (raw_paths := list_images(raw_dir)):
+        if len(raw_paths) != len(label_paths):
+            raise InputError(f"{len(raw_paths)} raw frames but {len(label_paths)} label "
+                             "frames: run the stitch stage again", path=raw_dir)
+        raw = np.stack([read_image(p) for p in raw_paths])
+    return raw, labels, read_lineage(wf.stitched_lineage)
