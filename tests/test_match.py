@@ -132,7 +132,8 @@ def test_assignment_reaches_the_brute_force_optimum(seed: int, split: bool) -> N
     rows, cols = np.nonzero(dense)
     min_score = 0.3
     r, c, s = assign(rows + 10, cols + 20, dense[rows, cols], min_score, split=split)
-    assert np.unique(r).size == r.size and np.unique(c).size == c.size
+    assert np.unique(r).size == r.size
+    assert np.unique(c).size == c.size
     np.testing.assert_array_equal(s, dense[r - 10, c - 20])
     assert (s >= min_score).all()
     assert s.sum() == pytest.approx(brute_force_best(dense, min_score))
@@ -175,7 +176,8 @@ def test_union_find_never_joins_two_cells_of_one_owner(seed: int) -> None:
         if e not in refused_edges:
             assert groups[a[e]] == groups[b[e]]
     for e, (x, y) in refused:
-        assert owner[x] == owner[y] and x != y
+        assert owner[x] == owner[y]
+        assert x != y
         assert {groups[x], groups[y]} == {groups[a[e]], groups[b[e]]}
         assert groups[a[e]] != groups[b[e]]
 
