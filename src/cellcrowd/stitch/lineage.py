@@ -118,6 +118,7 @@ class LineageBuilder:
         self.count = 0
 
     def add(self, movie: NDArray[Any], parents: dict[int, int]) -> None:
+        """Take the next ``(T, H, W)`` frames (movie ids, not checked) and known divisions."""
         self.known.update(parents)
         for frame in movie:
             t = self.count
@@ -151,6 +152,7 @@ class LineageBuilder:
             self.candidates.append((t, int(ua[a]), [int(ub[b]) for b in bs]))
 
     def finish(self) -> Lineage:
+        """The lineage of every frame added; LineageError for a bad known division."""
         frames, known = self.frames, dict(self.known)
         for daughter, parent in known.items():
             for label in (daughter, parent):

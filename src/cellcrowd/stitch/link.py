@@ -147,9 +147,12 @@ def link_parts(
 class PartLinker:
     """:func:`link_parts` one part at a time, holding only the last frame linked so far.
 
-    ``add`` takes the next part (validated by the caller) and returns it with
-    movie ids; ``report`` says what was done so far. :func:`link_parts` and
-    :func:`stitch_movies` (which streams parts to disk) both link through it.
+    ``add`` takes the next part and returns it with movie ids; ``report`` says
+    what was done so far. :func:`link_parts` and
+    :func:`cellcrowd.stitch.stitch_movies` (which streams parts to disk) both
+    link through it. Nothing is checked here: parts must be ``(T, H, W)``
+    arrays of non-negative integer labels with one frame size, and the
+    thresholds in (0, 1], as :func:`link_parts` makes sure.
     """
 
     def __init__(self, *, min_iou: float, min_inside: float, min_share: float) -> None:
@@ -194,6 +197,7 @@ class PartLinker:
         return out
 
     def report(self) -> LinkReport:
+        """What was linked so far (the parts added, their id maps, links and divisions)."""
         report = LinkReport(tuple(self.starts), tuple(self.id_maps), tuple(self.links),
                             dict(self.parents), dict(self.division_frames),
                             tuple(self.ambiguous))
