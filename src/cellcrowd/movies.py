@@ -37,6 +37,7 @@ from .errors import AnnotationError, GeometryError, InputError
 from .executor import Executor, run_tasks
 from .files import image_header, raise_if_resource_error, read_image, write_image
 from .geometry import Position, TileGrid
+from .job import Job
 from .layout import (
     MontageKey,
     WorkingFolder,
@@ -44,7 +45,6 @@ from .layout import (
     parse_montage_name,
     part_of_montage,
 )
-from .job import Job
 from .logs import MontageLog
 
 __all__ = [
