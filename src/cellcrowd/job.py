@@ -7,11 +7,13 @@ the parts they become, the positions, the movie's length, frame size, dtype and
 frame offset, and the working folder with its padding widened to fit the counts
 (so every name it gives is right). Nothing else reads the logs.
 
-Example
--------
->>> job = load_job("work", "exp")                          # doctest: +SKIP
->>> job.grid.tile_shape, job.layout.montage_shape, job.parts   # doctest: +SKIP
-((36, 44), (72, 132), (0, 1, 2))
+For example, after ``cellcrowd prepare``::
+
+    job = load_job("work", "exp")          # reads json_logs/ once
+    job.grid.tile_shape                    # (36, 44): one tile, i.e. a montage's frame
+    job.layout.montage_shape               # (72, 132): a montage image
+    job.parts                              # (0, 1, 2): movies/part0 ... part2
+    montages_to_movies(job.wf, job=job)    # stages take it instead of reading the logs
 
 Old logs (the original tool's, without ``original_y/original_x`` or ``num_images``)
 are completed from the raw frames: the frame size from the first one, the movie's

@@ -119,7 +119,7 @@ def clean_montages(
 
     Reads every downloaded annotation of ``folder`` and writes the cleaned
     labels to ``{identifier}_labels/{montage}_labels.png``; the downloads are
-    never changed. Needs the montage log (``json_logs``). One bad file is logged
+    never changed. Needs the JSON logs (``json_logs``). One bad file is logged
     and skipped. ``executor`` (e.g. the one ``cellcrowd run`` uses) runs the
     montages in parallel; default one after the other here. The files are
     synced to disk once, at the end.
