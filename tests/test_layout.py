@@ -6,7 +6,16 @@ import pytest
 
 from cellcrowd.errors import InputError
 from cellcrowd.geometry import Position
-from cellcrowd.layout import MontageKey, Padding, WorkingFolder, montage_name, parse_montage_name
+from cellcrowd.layout import (
+    MontageKey,
+    Padding,
+    WorkingFolder,
+    montage_name,
+    parse_montage_name,
+    parse_position_name,
+    parse_report_name,
+    position_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -69,3 +78,32 @@ def test_bad_identifier() -> None:
         WorkingFolder(Path("."), "a/b")
     with pytest.raises(ValueError, match="kind must be"):
         WorkingFolder(Path("."), "a").stitched_frame("labels", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("x_00_y_01", Position(0, 1)), ("x_010_y_2", Position(10, 2)), ("x_1_y", None),
+     ("raw", None), ("x_01_y_00_old", None)],
+    ids=["padded", "any-padding", "no-y", "other", "suffix"],
+)
+def test_parse_position_name(name: str, expected: Position | None) -> None:
+    assert parse_position_name(name) == expected
+    if expected is not None:
+        assert parse_position_name(position_name(expected)) == expected
+
+
+def test_parse_report_name(tmp_path: Path) -> None:
+    wf = WorkingFolder(tmp_path, "exp")
+    for job, kind in (("1363594", "full"), ("7", "aggregated"), ("a_b", "json")):
+        assert parse_report_name(wf.report_csv(job, kind).name) == (job, kind)
+    assert parse_report_name("job_7_full_report_broken_links.csv") is None
+    assert parse_report_name("report.csv") is None
+
+
+def test_working_folder_of_an_annotations_folder(tmp_path: Path) -> None:
+    wf = WorkingFolder.from_annotations_folder(tmp_path / "my_exp_annotations")
+    assert (wf.base, wf.identifier) == (tmp_path, "my_exp")
+    assert wf.annotations == tmp_path / "my_exp_annotations"
+    for bad in ("annotations", "_annotations", "exp_labels"):
+        with pytest.raises(InputError, match="must be named '\\{identifier\\}_annotations'"):
+            WorkingFolder.from_annotations_folder(tmp_path / bad)

@@ -27,9 +27,9 @@ from cellcrowd.export.npz import (
     write_stitched_movie_npz,
 )
 from cellcrowd.files import read_image, write_image
-from cellcrowd.geometry import Position
+from cellcrowd.geometry import Position, TileGrid
 from cellcrowd.layout import WorkingFolder, montage_of_part, part_of_montage
-from cellcrowd.logs import MontageLog, read_chopper_log, write_log
+from cellcrowd.logs import ChopperLog, MontageLog, read_chopper_log, write_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.pipeline import working_folder
 from cellcrowd.stitch import read_stitched, stitch_movies
@@ -61,6 +61,10 @@ def _write_part(
 
 
 def _log(wf: WorkingFolder, montage_len: int = 3) -> None:
+    """Both logs of a 2x2 grid with two full montages per position."""
+    grid = TileGrid.for_frame((12, 14), num_x=2, num_y=2, overlap_perc=0)
+    write_log(ChopperLog.from_grid(grid, identifier=wf.identifier, num_images=2 * montage_len),
+              wf.chopper_log)
     write_log(MontageLog(identifier=wf.identifier, montage_len=montage_len, num_x_segments=2,
                          num_y_segments=2, row_length=2, x_buffer=0, y_buffer=0,
                          montages_in_pos=2), wf.montage_log)

@@ -18,6 +18,7 @@ from PIL import Image
 from cellcrowd.errors import InputError
 from cellcrowd.export.npz import write_parts_npz
 from cellcrowd.files import read_image, write_image
+from cellcrowd.job import Job
 from cellcrowd.labels import CleanResult, CleanStats, clean_annotation_file
 from cellcrowd.layout import MontageKey, WorkingFolder, part_of_montage
 from cellcrowd.logs import read_montage_log
@@ -643,6 +644,32 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
     assert f'np.load("npz/{npz.name}")' in str(link.snippet)
     write_qc_report(wf, qc=qc)
     assert f"../npz/{npz.name}" in _page(wf).links
+
+
+def test_trk_and_ctc_come_from_the_manifest(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    wf.trk.parent.mkdir(parents=True, exist_ok=True)
+    wf.trk.write_bytes(b"left by an earlier run")
+    (wf.ctc / "01").mkdir(parents=True)
+    (wf.ctc / "01" / "t000.tif").write_bytes(b"")
+
+    def states() -> dict[str, str]:
+        return {s.name: s.status for s in collect_qc(wf).stages if s.name in ("trk", "ctc")}
+
+    assert states() == {"trk": "done", "ctc": "done"}  # no record: the files are looked at
+    _manifest(wf, {"trk": {"state": "failed", "error": "bad lineage"},
+                   "ctc": {"state": "done", "outputs": {"ctc/01/t000.tif": [0, ""]}}})
+    assert states() == {"trk": "missing", "ctc": "done"}  # the failed stage's file is stale
+
+
+def test_a_given_job_is_used_instead_of_the_logs(harvest: Harvest, tmp_path: Path) -> None:
+    wf = _copy(harvest, tmp_path)
+    job = Job.load(wf)
+    shutil.rmtree(wf.json_logs)
+    assert collect_qc(wf).montages == ()
+    qc = collect_qc(wf, job=job)
+    assert [m.name for m in qc.montages] == [m.name for m in collect_qc(harvest.wf).montages]
+    assert {s.name: s.status for s in qc.stages}["logs"] == "done"
 
 
 def test_problems_carry_advice_and_come_first(harvest: Harvest, tmp_path: Path) -> None:

@@ -71,8 +71,8 @@ from .files import (
     natural_key,
     remove_file,
 )
+from .job import Job
 from .layout import WorkingFolder
-from .logs import read_logs
 
 __all__ = [
     "MAX_PIXELS",
@@ -153,11 +153,15 @@ class DownloadResult:
     failures_csv: Path | None = None
 
 
-def expected_montage_shape(wf: WorkingFolder) -> tuple[int, int] | None:
-    """The montage size ``(rows, cols)`` the JSON logs describe, or ``None`` if unknown."""
+def expected_montage_shape(
+    wf: WorkingFolder, *, job: Job | None = None
+) -> tuple[int, int] | None:
+    """The montage size ``(rows, cols)`` the job's logs describe, or ``None`` if unknown.
+
+    ``job``: the job, when already loaded for ``wf`` (else its logs are read).
+    """
     try:
-        chopper, montage = read_logs(wf.chopper_log, wf.montage_log)
-        return montage.layout(chopper.tile_grid().tile_shape).montage_shape
+        return Job.of(wf, job).montage_shape
     except InputError as exc:
         logger.debug("montage size unknown (%s): checking annotation sizes loosely", exc)
         return None

@@ -53,6 +53,8 @@ __all__ = [
     "old_part_folders",
     "parse_montage_name",
     "parse_part_name",
+    "parse_position_name",
+    "parse_report_name",
     "part_name",
     "part_numbers",
     "part_of_montage",
@@ -63,6 +65,9 @@ __all__ = [
 FIRST_PART = 0
 
 _PART_RE = re.compile(r"^part(\d+)$")
+_POSITION_RE = re.compile(r"^x_(\d+)_y_(\d+)$")
+_REPORT_RE = re.compile(r"^job_(?P<job>.+?)_(?P<type>full|aggregated|json)_report\.csv$")
+_ANNOTATIONS_SUFFIX = "_annotations"
 _MONTAGE_RE = re.compile(r"^(?P<identifier>.+)_x_(?P<x>\d+)_y_(?P<y>\d+)_montage_(?P<m>\d+)$")
 
 
@@ -153,6 +158,27 @@ def parse_part_name(name: str) -> int | None:
     return int(match[1]) if match else None
 
 
+def parse_position_name(name: str) -> Position | None:
+    """The position of an ``x_XX_y_YY`` folder name (any zero padding), None for others.
+
+    >>> parse_position_name("x_010_y_00"), parse_position_name("raw")
+    (Position(x=10, y=0), None)
+    """
+    match = _POSITION_RE.match(name)
+    return Position(int(match[1]), int(match[2])) if match else None
+
+
+def parse_report_name(name: str) -> tuple[str, str] | None:
+    """``(job id, report type)`` of a report file name ``job_{job}_{type}_report.csv``
+    (types ``full``, ``aggregated``, ``json``), None for other names.
+
+    >>> parse_report_name("job_1363594_full_report.csv")
+    ('1363594', 'full')
+    """
+    match = _REPORT_RE.match(name)
+    return (match["job"], match["type"]) if match else None
+
+
 def montage_name(key: MontageKey, padding: Padding = Padding()) -> str:
     """``{identifier}_x_XX_y_YY_montage_MM`` (no suffix).
 
@@ -238,7 +264,26 @@ class WorkingFolder:
         else:
             object.__setattr__(self, "raw", Path(self.raw))
         if cast("Path | None", self.annotations) is None:
-            object.__setattr__(self, "annotations", self.base / f"{self.identifier}_annotations")
+            object.__setattr__(self, "annotations",
+                               self.base / f"{self.identifier}{_ANNOTATIONS_SUFFIX}")
+
+    @classmethod
+    def from_annotations_folder(cls, folder: str | Path) -> WorkingFolder:
+        """The working folder of an annotations folder ``{base}/{identifier}_annotations``.
+
+        Raises
+        ------
+        InputError
+            The folder's name is not ``{identifier}_annotations``.
+        """
+        folder = Path(folder)
+        if not folder.name.endswith(_ANNOTATIONS_SUFFIX) or folder.name == _ANNOTATIONS_SUFFIX:
+            raise InputError(
+                "the annotations folder must be named '{identifier}_annotations' (inside the "
+                "working folder), as save_annotations_from_csv makes it",
+                path=folder,
+            )
+        return cls(folder.parent, folder.name[: -len(_ANNOTATIONS_SUFFIX)], annotations=folder)
 
     def with_counts(
         self, *, num_x: int = 1, num_y: int = 1, frames: int = 1, montages: int = 1

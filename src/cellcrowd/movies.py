@@ -11,11 +11,11 @@ frames with the same tile grid, so each annotated frame has its raw tile beside 
 
     movies/part{N}/x_XX_y_YY/raw/{id}_raw_x_XX_y_YY_frame_FFF.tif     (raw dtype)
 
-Both read the two JSON logs. The frame size of the tile grid comes from the
-chopper log (``original_y/original_x``) or, for old logs, from the first raw
-frame. The number of real frames (the last part may be partial) comes from the
-chopper log's ``num_images``, else from the raw folder, else every montage is
-taken as full.
+Both take the job's geometry from a :class:`cellcrowd.job.Job` (given, or loaded
+from the two JSON logs): the frame size of the tile grid comes from the chopper
+log (``original_y/original_x``) or, for old logs, from the first raw frame; the
+number of real frames (the last part may be partial) from the chopper log's
+``num_images``, else from the raw folder, else every montage is taken as full.
 
 Work is one task per montage (or per raw frame); one bad montage is recorded
 in the result and skipped, never fatal.
@@ -33,10 +33,11 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import AnnotationError, GeometryError, InputError, LogError
+from .errors import AnnotationError, GeometryError, InputError
 from .executor import Executor, run_tasks
-from .files import image_header, list_images, raise_if_resource_error, read_image, write_image
-from .geometry import Position, TileGrid, montage_frame_range, num_montages
+from .files import image_header, raise_if_resource_error, read_image, write_image
+from .geometry import Position, TileGrid
+from .job import Job
 from .layout import (
     MontageKey,
     WorkingFolder,
@@ -44,7 +45,7 @@ from .layout import (
     parse_montage_name,
     part_of_montage,
 )
-from .logs import ChopperLog, MontageLog, read_logs
+from .logs import MontageLog
 
 __all__ = [
     "ItemResult",
@@ -123,28 +124,9 @@ class MoviesResult:
 
 # -- geometry from the logs -------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class MovieGeometry:
-    """Everything the logs (and the raw folder, for old logs) say about the movie."""
-
-    wf: WorkingFolder
-    chopper: ChopperLog
-    montage: MontageLog
-    grid: TileGrid
-    count: int
-    num_frames: int | None
-    raw_paths: list[Path]
-
-    def frames_in(self, montage: int) -> int:
-        """Real frames in montage ``montage`` (all ``L`` when the movie length is unknown)."""
-        if self.num_frames is None:
-            return self.montage.montage_len
-        return len(montage_frame_range(montage, self.montage.montage_len, self.num_frames))
-
-
-def _raw_paths(wf: WorkingFolder) -> list[Path]:
-    return list_images(wf.raw) if wf.raw.is_dir() else []
+#: The job's geometry, as :func:`read_movie_geometry` returns it (the name of
+#: :class:`cellcrowd.job.Job` before there was one object for the whole job).
+MovieGeometry = Job
 
 
 def refuse_old_parts(wf: WorkingFolder, montages: int) -> None:
@@ -168,39 +150,22 @@ def refuse_old_parts(wf: WorkingFolder, montages: int) -> None:
         )
 
 
-def read_movie_geometry(wf: WorkingFolder) -> MovieGeometry:
-    """The tile grid, montage log and movie length of a working folder, from its logs.
+def read_movie_geometry(wf: WorkingFolder, *, job: Job | None = None) -> Job:
+    """The job of a working folder, with its tile grid known (see :class:`cellcrowd.job.Job`).
 
     Old logs without the frame size or frame count are completed from the raw
-    frames; the returned working folder has its padding widened to fit.
+    frames; the returned job's working folder has its padding widened to fit.
+    ``job``: one already loaded for ``wf`` (the logs are then not read again).
+
+    Raises
+    ------
+    LogError
+        A log is missing or invalid, the logs disagree, or the tile grid cannot be
+        told (old logs and no raw frames).
     """
-    chopper, mlog = read_logs(wf.chopper_log, wf.montage_log)
-    raw_paths = _raw_paths(wf)
-    has_size = chopper.original_y is not None and chopper.original_x is not None
-    frame_shape = None
-    if not has_size and raw_paths:
-        first = read_image(raw_paths[0])
-        frame_shape = (int(first.shape[0]), int(first.shape[1]))
-    grid = chopper.tile_grid(frame_shape, source=str(wf.chopper_log))
-    length = mlog.montage_len
-    num_frames = chopper.num_images
-    if num_frames is None and raw_paths:
-        num_frames = min(len(raw_paths) - (chopper.frame_offset or 0),
-                         mlog.montages_in_pos * length)
-        num_frames = num_frames if num_frames > 0 else None
-    count = mlog.montages_in_pos
-    if num_frames is not None and num_montages(num_frames, length) != count:
-        raise LogError(
-            f"montages_in_pos is {count} but {num_frames} frames in montages of {length} "
-            f"make {num_montages(num_frames, length)}: the logs (or the raw folder "
-            f"{wf.raw}) belong to different runs",
-            path=wf.montage_log,
-            key="montages_in_pos",
-        )
-    wf = wf.with_counts(num_x=grid.num_x, num_y=grid.num_y,
-                        frames=num_frames if num_frames is not None else count * length,
-                        montages=count)
-    return MovieGeometry(wf, chopper, mlog, grid, count, num_frames, raw_paths)
+    job = Job.of(wf, job)
+    _ = job.grid  # raises when the tile grid cannot be told
+    return job
 
 
 # -- annotated montages -> frames -------------------------------------------------------
@@ -299,6 +264,7 @@ def montages_to_movies(
     skip: Collection[str] = (),
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
+    job: Job | None = None,
 ) -> MoviesResult:
     """Chop every cleaned label montage into frames under ``movies/part{N}/…/annotated``.
 
@@ -312,6 +278,8 @@ def montages_to_movies(
         Runs one task per montage (default: serially).
     progress : callable, optional
         Called with 1 after each montage.
+    job : Job, optional
+        The job, when already loaded for ``wf`` (else its logs are read).
 
     Returns
     -------
@@ -327,7 +295,7 @@ def montages_to_movies(
         A name in ``skip`` is not a montage name, or ``movies/`` holds parts numbered
         from 1 (see :func:`refuse_old_parts`).
     """
-    movie = read_movie_geometry(wf)
+    movie = read_movie_geometry(wf, job=job)
     wf = movie.wf
     refuse_old_parts(wf, movie.count)
     skipped = _skip_keys(skip)
@@ -446,12 +414,14 @@ def raw_to_movies(
     *,
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
+    job: Job | None = None,
 ) -> MoviesResult:
     """Cut the raw frames (``wf.raw``) into the tiles matching the annotated movies.
 
     Frame ``t`` of the movie (counted from the chopper log's ``frame_offset`` in
     the raw folder) goes to part ``t // L`` as frame ``t % L``; each tile is
     exactly ``TileGrid.tile(frame, position)``, with the raw dtype and channels.
+    ``job``: the job, when already loaded for ``wf`` (else its logs are read).
 
     Raises
     ------
@@ -461,14 +431,12 @@ def raw_to_movies(
         The raw folder is missing, empty, or holds fewer frames than the logs say, or
         ``movies/`` holds parts numbered from 1 (see :func:`refuse_old_parts`).
     """
-    movie = read_movie_geometry(wf)
+    movie = read_movie_geometry(wf, job=job)
     wf = movie.wf
     refuse_old_parts(wf, movie.count)
     if not movie.raw_paths:
         raise InputError("no raw frames found: set the raw folder of this movie", path=wf.raw)
-    offset = movie.chopper.frame_offset or 0
-    length = movie.montage.montage_len
-    wanted = movie.num_frames if movie.num_frames is not None else movie.count * length
+    offset, length, wanted = movie.frame_offset, movie.montage_len, movie.movie_frames
     available = len(movie.raw_paths) - offset
     if available < wanted:
         raise InputError(
@@ -479,10 +447,9 @@ def raw_to_movies(
     if available > wanted:
         logger.info("using raw frames %d to %d of %d (as in the logs)",
                     offset, offset + wanted - 1, len(movie.raw_paths))
-    check_raw_frames(movie.raw_paths[offset:offset + wanted], movie.grid.frame_shape,
-                     source=wf.chopper_log)
+    check_raw_frames(movie.movie_raw_paths(), movie.grid.frame_shape, source=wf.chopper_log)
     tasks = []
-    for t, source in enumerate(movie.raw_paths[offset:offset + wanted]):
+    for t, source in enumerate(movie.movie_raw_paths()):
         part, f = part_of_montage(t // length), t % length
         tasks.append(_RawTask(source, movie.grid, tuple(
             (pos, wf.raw_tile_frame(part, pos, f)) for pos in movie.grid.positions)))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
@@ -36,8 +35,15 @@ from .errors import InputError
 from .executor import Executor
 from .export.npz import build_training_arrays, save_npz
 from .files import deferred_sync, list_images, read_image, sync_paths, write_image
+from .job import Job
 from .labels import CleanResult, CleanTask, clean_annotations, decode_annotation, relabel_sequential
-from .layout import WorkingFolder, montage_of_part, parse_montage_name, parse_part_name
+from .layout import (
+    WorkingFolder,
+    montage_of_part,
+    parse_montage_name,
+    parse_part_name,
+    parse_report_name,
+)
 from .logs import read_montage_log
 from .movies import MoviesResult, montages_to_movies, raw_to_movies
 
@@ -55,21 +61,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_ANNOTATIONS_SUFFIX = "_annotations"
 _ANNOTATION_SUFFIX = "_annotation"
 
 
 def _folder_wf(folder: str | Path) -> WorkingFolder:
     """The working folder of ``{base}/{identifier}_annotations``."""
-    folder = Path(folder)
-    if not folder.name.endswith(_ANNOTATIONS_SUFFIX) or folder.name == _ANNOTATIONS_SUFFIX:
-        raise InputError(
-            "the annotations folder must be named '{identifier}_annotations' (inside the "
-            "working folder), as save_annotations_from_csv makes it",
-            path=folder,
-        )
-    identifier = folder.name[: -len(_ANNOTATIONS_SUFFIX)]
-    return WorkingFolder(folder.parent, identifier, annotations=folder)
+    return WorkingFolder.from_annotations_folder(folder)
 
 
 def _annotations(wf: WorkingFolder) -> list[tuple[Path, str]]:
@@ -122,7 +119,7 @@ def clean_montages(
 
     Reads every downloaded annotation of ``folder`` and writes the cleaned
     labels to ``{identifier}_labels/{montage}_labels.png``; the downloads are
-    never changed. Needs the montage log (``json_logs``). One bad file is logged
+    never changed. Needs the JSON logs (``json_logs``). One bad file is logged
     and skipped. ``executor`` (e.g. the one ``cellcrowd run`` uses) runs the
     montages in parallel; default one after the other here. The files are
     synced to disk once, at the end.
@@ -133,7 +130,7 @@ def clean_montages(
         One per annotation (stats, or the error).
     """
     wf = _folder_wf(folder)
-    log = read_montage_log(wf.montage_log)
+    log = Job.load(wf).montage_log
     tasks = [CleanTask(src, wf.label_path(montage), log, montage)
              for src, montage in _annotations(wf)]
     with deferred_sync():
@@ -289,9 +286,6 @@ def make_training_data(
 # hidden prompt otherwise) and the base URL from CELLCROWD_API_URL, so an old notebook
 # runs unattended with its calls unchanged.
 
-_REPORT_NAME = re.compile(r"^job_(?P<job>.+?)_(?P<type>full|aggregated|json)_report\.csv$")
-
-
 def download_and_unzip(
     job_id: int | str, save_folder: str | Path, report_type: str = "full"
 ) -> Path:
@@ -332,9 +326,8 @@ def save_annotations_from_csv(csv_path: str | Path, annotations_folder: str | Pa
 
     csv_path = Path(csv_path)
     wf = _folder_wf(annotations_folder)
-    match = _REPORT_NAME.match(csv_path.name)
-    job_id = match["job"] if match else csv_path.stem
-    report = read_report(csv_path, report_type=match["type"] if match else "full")
+    job_id, report_type = parse_report_name(csv_path.name) or (csv_path.stem, "full")
+    report = read_report(csv_path, report_type=report_type)
     still = set(write_broken_link_csvs(report, csv_path, wf, job_id))
     broken = [j.image_url for j in report if j.broken_link and j.montage in still]
     with AppenClient(get_api_key(), base_url=api_url_from_env()) as client:

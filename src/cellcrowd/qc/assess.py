@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..files import natural_key
 from ..layout import WorkingFolder, parse_montage_name
 from .model import CsvTable, MontageQc, PartQc, Problem, StageQc, StitchedQc
-from .sources import Geometry, Manifest, read_csv
+from .sources import Manifest, read_csv
 
 __all__ = ["CELL_COUNT_RATIO", "LOW_AGREEMENT", "assess", "broken_links", "montage_problems"]
 
@@ -179,20 +179,25 @@ class _Stages:
 
 
 def assess(
-    wf: WorkingFolder, geo: Geometry, manifest: Manifest, montages: Sequence[MontageQc],
-    parts: Sequence[PartQc], stitched: StitchedQc | None, job_id: int | None,
-    broken: CsvTable | None, failures: CsvTable | None,
+    wf: WorkingFolder, logs: tuple[bool, str | None], manifest: Manifest,
+    montages: Sequence[MontageQc], parts: Sequence[PartQc], stitched: StitchedQc | None,
+    job_id: int | None, broken: CsvTable | None, failures: CsvTable | None,
 ) -> tuple[list[StageQc], list[str]]:
-    """One row per stage (done, partial, missing) and the list of what is missing."""
+    """One row per stage (done, partial, missing) and the list of what is missing.
+
+    ``logs`` is ``(read, problem)``: whether the job was loaded from the logs, and what
+    is wrong with them (why not, or why the tile grid is unknown; None when nothing is).
+    """
     out = _Stages()
-    if geo.montage_log is None:
-        out.add("logs", 0, 1, geo.error or "no JSON logs",
+    read, problem = logs
+    if not read:
+        out.add("logs", 0, 1, problem or "no JSON logs",
                 f"run `cellcrowd prepare`, or copy the json_logs folder into {wf.base}")
     else:
-        detail = "both logs read" + (f"; {geo.error}" if geo.error else "")
-        out.add("logs", 0 if geo.error else 1, 1, detail, "fix the chopper log")
+        detail = "both logs read" + (f"; {problem}" if problem else "")
+        out.add("logs", 0 if problem else 1, 1, detail, "fix the chopper log")
     _montage_stages(out, montages)
-    _file_stages(out, wf, parts, stitched)
+    _file_stages(out, wf, manifest, parts, stitched)
     _job_stage(out, job_id, broken, failures)
     for name, entry in manifest.stages.items():
         state = str(entry.get("state", "?"))
@@ -220,8 +225,8 @@ def _montage_stages(out: _Stages, montages: Sequence[MontageQc]) -> None:
         out.missing.append(f"{len(bad)} label montage(s) could not be read: {_some(bad)}")
 
 
-def _file_stages(out: _Stages, wf: WorkingFolder, parts: Sequence[PartQc],
-                 stitched: StitchedQc | None) -> None:
+def _file_stages(out: _Stages, wf: WorkingFolder, manifest: Manifest,
+                 parts: Sequence[PartQc], stitched: StitchedQc | None) -> None:
     slots = sum(len(p.expected_positions) for p in parts)
     for name, attr in (("movies (annotated)", "annotated_positions"),
                        ("movies (raw)", "raw_positions")):
@@ -237,7 +242,9 @@ def _file_stages(out: _Stages, wf: WorkingFolder, parts: Sequence[PartQc],
     if stitched is not None and stitched.error:
         out.missing.append(f"stitched movie: {stitched.error}")
     for name, path in (("trk", wf.trk), ("ctc", wf.ctc)):
-        present = int(path.is_file() or (path.is_dir() and any(path.iterdir())))
+        recorded = manifest.outputs(name)  # the stage's record; the files without one
+        present = (bool(recorded) if recorded is not None
+                   else path.is_file() or (path.is_dir() and any(path.iterdir())))
         out.stages.append(StageQc(name, "done" if present else "missing",
                                   f"{path.name} {'written' if present else 'not written'}"))
 

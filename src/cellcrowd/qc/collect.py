@@ -3,7 +3,8 @@
 Which files a stage wrote comes from the manifest (``.cellcrowd/manifest.json``);
 a folder without one (files made by hand or by the library functions) is checked
 at the paths :class:`~cellcrowd.layout.WorkingFolder` names for the job's
-montages, parts and positions (from the logs), never by matching file names.
+montages, parts and positions (from the :class:`~cellcrowd.job.Job`, given or
+loaded once), never by matching file names.
 Agreement comes from each montage's consensus report, reliability from the
 job's workers file, pixels removed/filled from the cleaning stats (a file next
 to the labels, or a run summary); anything absent is None, shown as "—".
@@ -25,12 +26,13 @@ from numpy.typing import NDArray
 from ..errors import InputError
 from ..files import list_images, natural_key, read_image
 from ..geometry import Position
+from ..job import Job
 from ..labels import CleanStats
 from ..layout import MontageKey, WorkingFolder, position_name
 from .assess import assess, broken_links, montage_problems
 from .model import ExportLink, MontageQc, PartQc, QcSummary, StitchedQc, WorkerQc
 from .overlay import cells_per_frame
-from .sources import Geometry, Manifest, npz_shapes, number, present, read_csv, read_geometry
+from .sources import Manifest, load_job, npz_shapes, number, present, read_csv
 from .sources import read_json as _read_json
 
 __all__ = ["collect_qc"]
@@ -55,6 +57,7 @@ def collect_qc(
     summary: Mapping[str, object] | None = None,
     job_id: int | None = None,
     max_overlays: int | None = None,
+    job: Job | None = None,
 ) -> QcSummary:
     """Gather the numbers of the QC report of a working folder.
 
@@ -75,6 +78,8 @@ def collect_qc(
         Full-size overlay images for at most this many montages, evenly spaced
         over the job; None (the default): every montage with labels or an
         annotation. Every unit gets a thumbnail either way.
+    job : Job, optional
+        The job, when already loaded for ``wf`` (else its logs are read once here).
 
     Returns
     -------
@@ -91,37 +96,39 @@ def collect_qc(
         raise InputError("working folder not found: check the path", path=wf.base)
     if max_overlays is not None and max_overlays < 0:
         raise ValueError(f"max_overlays must be 0 or more, got {max_overlays!r}")
-    wf, geo = read_geometry(wf)
+    job, logs_problem = load_job(wf, job)
+    wf = job.wf if job is not None else wf
     manifest = Manifest(wf)
     summary_stats, run = _split_summary(summary)
     stats = {**_clean_stats_file(wf), **summary_stats}
-    reports = {m: _consensus(wf, m) for m in (wf.montage_name(k) for k in _keys(wf, geo))}
-    montages = _montages(wf, geo, manifest, stats, reports)
+    reports = {m: _consensus(wf, m) for m in (wf.montage_name(k) for k in _keys(job))}
+    montages = _montages(wf, job, manifest, stats, reports)
     broken = broken_links(wf, job_id) if job_id is not None else None
     failures = read_csv(wf.failures_csv(job_id)) if job_id is not None else None
     montages = montage_problems(wf, montages, manifest, job_id, broken, failures)
-    parts = tuple(_part_qc(wf, part, geo, manifest) for part in _part_numbers(wf, geo))
+    parts = tuple(_part_qc(wf, part, job, manifest) for part in _part_numbers(job))
     stitched = _stitched_qc(wf, manifest.outputs("stitch"))
-    stages, missing = assess(wf, geo, manifest, montages, parts, stitched, job_id,
-                             broken, failures)
+    stages, missing = assess(wf, (job is not None, logs_problem), manifest, montages, parts,
+                             stitched, job_id, broken, failures)
     with_images = [m.name for m in montages if m.labels or m.annotation]
     return QcSummary(
         wf=wf, job_id=job_id, stages=tuple(stages), montages=montages, parts=parts,
         broken_links=broken, failures=failures, stitched=stitched,
         overlays=_evenly_spaced(with_images, max_overlays), run=run, missing=tuple(missing),
-        grid=_grid_text(geo), workers=_workers(wf, reports),
+        grid=_grid_text(job), workers=_workers(wf, reports),
         exports=export_links(wf, manifest),
-        montage_len=geo.montage_log.montage_len if geo.montage_log else None,
+        montage_len=job.montage_len if job is not None else None,
         runs=manifest.runs(),
     )
 
 
-def _grid_text(geo: Geometry) -> str | None:
-    if geo.grid is None or geo.montage_log is None:
+def _grid_text(job: Job | None) -> str | None:
+    if job is None or job.known_grid is None:
         return None
-    return (f"{geo.grid.num_x}x{geo.grid.num_y} tiles of "
-            f"{geo.grid.tile_shape[0]}x{geo.grid.tile_shape[1]} px, "
-            f"{geo.count} montages of {geo.montage_log.montage_len} frames per tile")
+    grid = job.known_grid
+    return (f"{grid.num_x}x{grid.num_y} tiles of "
+            f"{grid.tile_shape[0]}x{grid.tile_shape[1]} px, "
+            f"{job.count} montages of {job.montage_len} frames per tile")
 
 
 def _evenly_spaced(names: Sequence[str], count: int | None) -> tuple[str, ...]:
@@ -136,20 +143,18 @@ def _evenly_spaced(names: Sequence[str], count: int | None) -> tuple[str, ...]:
 # -- montages ---------------------------------------------------------------------------------
 
 
-def _keys(wf: WorkingFolder, geo: Geometry) -> list[MontageKey]:
-    if geo.grid is None or geo.count is None:
-        return []
-    return [MontageKey(wf.identifier, p.x, p.y, m)
-            for m in range(geo.count) for p in geo.grid.positions]
+def _keys(job: Job | None) -> list[MontageKey]:
+    """Every montage the logs promise (none when the tile grid is unknown)."""
+    return job.montage_keys() if job is not None and job.has_grid else []
 
 
-def _montages(wf: WorkingFolder, geo: Geometry, manifest: Manifest,
+def _montages(wf: WorkingFolder, job: Job | None, manifest: Manifest,
               stats: Mapping[str, tuple[int | None, int | None]],
               reports: Mapping[str, _UnitReport]) -> tuple[MontageQc, ...]:
     annotations = manifest.outputs("fetch")
     labels = manifest.outputs("clean")
     out = []
-    for key in _keys(wf, geo):
+    for key in _keys(job):
         name = wf.montage_name(key)
         label_path = present(wf.label_path(name), labels)
         base = MontageQc(
@@ -161,13 +166,13 @@ def _montages(wf: WorkingFolder, geo: Geometry, manifest: Manifest,
         )
         removed, filled = stats.get(name, (None, None))
         report = reports.get(name, _UnitReport())
-        out.append(replace(_with_label_numbers(base, geo), pixels_removed=removed,
+        out.append(replace(_with_label_numbers(base, job), pixels_removed=removed,
                            pixels_filled=filled, judgments=report.judgments,
                            agreement=report.agreement, low_support_cells=report.low_support))
     return tuple(out)
 
 
-def _with_label_numbers(m: MontageQc, geo: Geometry) -> MontageQc:
+def _with_label_numbers(m: MontageQc, job: Job | None) -> MontageQc:
     if m.labels_path is None:
         return m
     path = m.labels_path
@@ -178,10 +183,10 @@ def _with_label_numbers(m: MontageQc, geo: Geometry) -> MontageQc:
                              path=path)
         ids = np.unique(image)
         cells = int(ids.size - (1 if ids.size and ids[0] == 0 else 0))
-        if geo.montage_log is None:
+        if job is None:
             return replace(m, cells=cells)
-        layout = geo.montage_log.layout_for_montage(image.shape, source=str(path))
-        real = geo.frames_in(m.montage) or layout.length
+        layout = job.layout_for_montage(image.shape, source=str(path))
+        real = job.frames_in(m.montage)
         per_frame = cells_per_frame(layout.read(image, source=str(path))[:real])
     except (InputError, OSError) as exc:
         logger.warning("QC: %s", exc)
@@ -314,8 +319,9 @@ def _workers_file(wf: WorkingFolder) -> dict[str, dict[str, Any]]:
 # -- parts, stitched movie, exports -----------------------------------------------------------
 
 
-def _part_numbers(wf: WorkingFolder, geo: Geometry) -> list[int]:
-    return sorted({key.part for key in _keys(wf, geo)})
+def _part_numbers(job: Job | None) -> list[int]:
+    """The job's parts (none when the tile grid is unknown: no position is known)."""
+    return list(job.parts) if job is not None and job.has_grid else []
 
 
 def _frames(folder: Path, recorded: set[Path] | None) -> int:
@@ -324,9 +330,9 @@ def _frames(folder: Path, recorded: set[Path] | None) -> int:
     return len(list_images(folder)) if folder.is_dir() else 0
 
 
-def _part_qc(wf: WorkingFolder, part: int, geo: Geometry, manifest: Manifest) -> PartQc:
+def _part_qc(wf: WorkingFolder, part: int, job: Job | None, manifest: Manifest) -> PartQc:
     recorded = manifest.outputs("movies")
-    expected: list[Position] = list(geo.grid.positions) if geo.grid is not None else []
+    expected: list[Position] = list(job.positions) if job is not None and job.has_grid else []
     names = {pos: position_name(pos, wf.padding) for pos in expected}
     annotated, raw, frames = [], [], []
     for pos in expected:

@@ -1,7 +1,8 @@
 """Reading what the stages recorded, for :mod:`.collect`: never raises on a bad file.
 
 The manifest (``.cellcrowd/manifest.json``) says which stages ran and what they
-wrote; the logs give the job's geometry; the consensus reports, the workers file
+wrote; the job (:class:`cellcrowd.job.Job`, given or loaded once from the logs)
+gives the geometry; the consensus reports, the workers file
 and the cleaning stats next to the labels give agreement, reliability and pixel
 counts. Whatever is missing or unreadable comes back as None (or empty), with a
 log line, so that the report shows "—" instead of failing.
@@ -15,90 +16,42 @@ import json
 import logging
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError, redact
-from ..files import list_images, read_image
-from ..geometry import TileGrid, montage_frame_range, num_montages
+from ..job import Job
 from ..layout import WorkingFolder
-from ..logs import ChopperLog, MontageLog, read_logs
 from .model import CsvTable, StageRunQc
 
 __all__ = [
-    "Geometry",
     "Manifest",
+    "load_job",
     "npz_shapes",
     "number",
     "present",
     "read_csv",
-    "read_geometry",
     "read_json",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """What the logs say; any part may be unknown."""
-
-    grid: TileGrid | None = None
-    montage_log: MontageLog | None = None
-    count: int | None = None
-    num_frames: int | None = None
-    error: str | None = None
-
-    def frames_in(self, montage: int) -> int | None:
-        """Real frames in montage ``montage`` (the last may be partial)."""
-        if self.montage_log is None:
-            return None
-        length = self.montage_log.montage_len
-        if self.num_frames is None or montage * length >= self.num_frames:
-            return length
-        return len(montage_frame_range(montage, length, self.num_frames))
-
-
-def read_geometry(wf: WorkingFolder) -> tuple[WorkingFolder, Geometry]:
-    """The job's geometry from the logs, and ``wf`` with its padding widened to fit them."""
-    if not wf.chopper_log.is_file() and not wf.montage_log.is_file():
-        return wf, Geometry(error="no JSON logs")
-    try:
-        chopper, mlog = read_logs(wf.chopper_log, wf.montage_log)
-    except InputError as exc:
-        return wf, Geometry(error=str(exc))
-    grid, error = _grid(wf, chopper)
-    num_frames = chopper.num_images
-    if num_frames is None and wf.raw.is_dir():
-        available = len(list_images(wf.raw)) - (chopper.frame_offset or 0)
-        num_frames = min(available, mlog.montages_in_pos * mlog.montage_len) or None
-    if num_frames is not None and num_montages(num_frames, mlog.montage_len) != (
-            mlog.montages_in_pos):
-        num_frames = None  # the logs disagree; movies.py says so in detail
-    wf = wf.with_counts(
-        num_x=mlog.num_x_segments, num_y=mlog.num_y_segments,
-        frames=num_frames if num_frames is not None else mlog.montages_in_pos * mlog.montage_len,
-        montages=mlog.montages_in_pos)
-    return wf, Geometry(grid, mlog, mlog.montages_in_pos, num_frames, error)
-
-
-def _grid(wf: WorkingFolder, chopper: ChopperLog) -> tuple[TileGrid | None, str | None]:
-    shape = None
-    if chopper.original_y is None or chopper.original_x is None:
-        raw = list_images(wf.raw) if wf.raw.is_dir() else []
-        if raw:
-            try:
-                first = read_image(raw[0])
-                shape = (int(first.shape[0]), int(first.shape[1]))
-            except InputError as exc:
-                return None, str(exc)
-    try:
-        return chopper.tile_grid(shape, source=str(wf.chopper_log)), None
-    except InputError as exc:
-        return None, str(exc)
+def load_job(wf: WorkingFolder, job: Job | None = None) -> tuple[Job | None, str | None]:
+    """The job (``job`` when given, else loaded from the logs), and what is wrong with its
+    logs: why there is no job, or why its tile grid is unknown (None when all is well)."""
+    if job is None:
+        if not wf.chopper_log.is_file() and not wf.montage_log.is_file():
+            return None, "no JSON logs"
+        try:
+            job = Job.load(wf)
+        except InputError as exc:
+            return None, str(exc)
+    else:
+        job = Job.of(wf, job)
+    return job, None if job.grid_error is None else str(job.grid_error)
 
 
 def read_json(path: Path) -> Any:

@@ -1,0 +1,342 @@
+"""The arrays of a training ``.npz``: read a part's movies, write and read the file.
+
+The keys and their meaning are described in :mod:`cellcrowd.export.npz`, which
+re-exports every public name of this module; :mod:`cellcrowd.export.npz_movie`
+builds the whole-movie files from the same pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InputError
+from ..files import list_images, read_image, write_npz
+from ..geometry import Position
+from ..layout import WorkingFolder, parse_position_name
+
+__all__ = [
+    "NpzData",
+    "TrainingArrays",
+    "build_training_arrays",
+    "load_npz",
+    "part_folder_numbers",
+    "position_dirs",
+    "save_npz",
+    "select_channels",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def part_folder_numbers(wf: WorkingFolder) -> list[int]:
+    """Part numbers of the ``movies/part{N}`` folders (:meth:`WorkingFolder.part_folders`).
+
+    Raises
+    ------
+    InputError
+        There are none.
+    """
+    found = list(wf.part_folders())
+    if not found:
+        raise InputError("no part folders: make the movies first", path=wf.movies)
+    return sorted(found)
+
+
+def position_dirs(part_dir: str | Path) -> dict[Position, Path]:
+    """Position folders (``x_XX_y_YY``) of a part folder, x-major as the original notebook."""
+    part_dir = Path(part_dir)
+    if not part_dir.is_dir():
+        raise InputError(
+            "part folder not found: make the movies first (montages_to_movies, raw_to_movies)",
+            path=part_dir,
+        )
+    found = {}
+    for child in part_dir.iterdir():
+        pos = parse_position_name(child.name)
+        if pos is not None and child.is_dir():
+            found[pos] = child
+    return dict(sorted(found.items()))
+
+
+def _resolve_positions(
+    available: dict[Position, Path], names: Iterable[str | Position], part_dir: Path
+) -> dict[Position, Path]:
+    chosen = {}
+    for name in names:
+        pos = name if isinstance(name, Position) else parse_position_name(str(name))
+        if pos is None:
+            raise InputError(f"{name!r} is not a position name like 'x_00_y_01'", path=part_dir)
+        if pos not in available:
+            raise InputError(f"position folder {name!r} not found", path=part_dir)
+        chosen[pos] = available[pos]
+    return chosen
+
+
+@dataclass(frozen=True)
+class TrainingArrays:
+    """``X``, ``y`` and the positions they hold (see the module docstring)."""
+
+    X: NDArray[np.float32]
+    y: NDArray[np.int32]
+    positions: list[str]
+    missing_positions: list[str]
+
+
+def _frames(folder: Path, name_filter: str = "") -> list[Path]:
+    return [p for p in list_images(folder) if name_filter in p.name]
+
+
+def _stack(paths: Sequence[Path], folder: Path) -> NDArray[np.generic]:
+    first = read_image(paths[0])
+    out = np.empty((len(paths), *first.shape), dtype=first.dtype)
+    out[0] = first
+    for i, path in enumerate(paths[1:], start=1):
+        image = read_image(path)
+        if image.shape != first.shape:
+            raise InputError(
+                f"frame {path.name} is {image.shape} but {paths[0].name} is {first.shape}: "
+                "every frame of a position must have the same size; remake the movies",
+                path=folder,
+            )
+        out[i] = image
+    return out
+
+
+def _read_position(
+    pos_dir: Path,
+    *,
+    raw_dirname: str,
+    annotation_dirname: str,
+    channel_filters: Sequence[str],
+    channels: Sequence[int] | None,
+    num_frames: int | None,
+) -> tuple[NDArray[np.float32], NDArray[np.int32]] | None:
+    """``(X, y)`` of one position: ``(frames, rows, cols, C)``, ``(…, 1)``; None if unannotated."""
+    ann_dir = pos_dir / annotation_dirname
+    ann_paths = _frames(ann_dir) if ann_dir.is_dir() else []
+    if not ann_paths:
+        return None
+    raw_dir = pos_dir / raw_dirname
+    if not raw_dir.is_dir():
+        raise InputError(
+            "no raw frames for this annotated position: run raw_to_movies (raw_movie_maker) "
+            "first", path=raw_dir,
+        )
+    if num_frames is not None:
+        ann_paths = ann_paths[:num_frames]
+    labels = _stack(ann_paths, ann_dir)
+    if labels.ndim != 3 or labels.dtype.kind not in "ui":
+        raise InputError(f"annotated frames must be 2-D integer labels, got "
+                         f"{labels.shape[1:]} {labels.dtype}", path=ann_dir)
+    raw_channels = []
+    for name_filter in channel_filters:
+        raw_paths = _frames(raw_dir, name_filter)
+        if num_frames is not None:
+            raw_paths = raw_paths[:num_frames]
+        if len(raw_paths) != len(ann_paths):
+            raise InputError(
+                f"{len(raw_paths)} raw frames{_filter_note(name_filter)} but "
+                f"{len(ann_paths)} annotated frames in {ann_dir}: remake the movies of this "
+                "position so both have the same frames", path=raw_dir,
+            )
+        raw = _stack(raw_paths, raw_dir)
+        raw_channels.append(raw[..., None] if raw.ndim == 3 else raw)
+    x = np.concatenate(raw_channels, axis=-1)
+    if x.shape[1:3] != labels.shape[1:3]:
+        raise InputError(
+            f"raw frames are {x.shape[1]}x{x.shape[2]} but annotated frames in {ann_dir} are "
+            f"{labels.shape[1]}x{labels.shape[2]}: remake the movies from the same logs",
+            path=raw_dir,
+        )
+    x = select_channels(x, channels, raw_dir)
+    return x.astype(np.float32), labels.astype(np.int32)[..., None]
+
+
+def select_channels(
+    x: NDArray[np.generic], channels: Sequence[int] | None, where: Path
+) -> NDArray[np.generic]:
+    """``x[..., channels]`` (channels last), or an InputError naming ``where``."""
+    if channels is None:
+        return x
+    bad = [c for c in channels if not -x.shape[-1] <= c < x.shape[-1]]
+    if bad or not channels:
+        raise InputError(f"channels {list(channels)} do not select from the "
+                         f"{x.shape[-1]} raw channels (0 to {x.shape[-1] - 1})",
+                         path=where)
+    return x[..., list(channels)]
+
+
+def _filter_note(name_filter: str) -> str:
+    return f" matching {name_filter!r}" if name_filter else ""
+
+
+def build_training_arrays(
+    part_dir: str | Path,
+    *,
+    positions: Iterable[str | Position] | None = None,
+    samples_to_drop: Collection[str] = (),
+    raw_dirname: str = "raw",
+    annotation_dirname: str = "annotated",
+    channel_filters: Sequence[str] = ("",),
+    channels: Sequence[int] | None = None,
+    num_frames: int | None = None,
+) -> TrainingArrays:
+    """Stack the raw and annotated frames of a part's positions into ``X`` and ``y``.
+
+    Parameters
+    ----------
+    part_dir : Path
+        ``movies/part{N}``.
+    positions : iterable, optional
+        Position folder names (``"x_00_y_01"``, any zero padding) or positions to
+        use; default every ``x_*_y_*`` folder, x-major.
+    samples_to_drop : collection of str
+        Position names to leave out.
+    raw_dirname, annotation_dirname : str
+        Sub-folder names of a position.
+    channel_filters : sequence of str
+        One channel per entry: raw files whose name contains it (``""`` = all).
+    channels : sequence of int, optional
+        Channel indices to keep (after the filters), for multi-channel raw tiles.
+    num_frames : int, optional
+        Use at most this many frames of each position.
+
+    Raises
+    ------
+    InputError
+        A folder is missing, no position is annotated, frame counts or sizes of
+        raw and annotated frames disagree (the message names the folder), or
+        ``channels`` selects nothing that exists.
+    """
+    part_dir = Path(part_dir)
+    available = position_dirs(part_dir)
+    chosen = (available if positions is None
+              else _resolve_positions(available, positions, part_dir))
+    drop = {parse_position_name(str(name)) or str(name) for name in samples_to_drop}
+    unknown = sorted(str(d) for d in drop if d not in available)
+    if unknown:
+        logger.warning("%s: samples_to_drop %s match no position folder", part_dir, unknown)
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.int32]] = []
+    kept: list[str] = []
+    missing: list[str] = []
+    for pos, pos_dir in chosen.items():
+        if pos in drop:
+            continue
+        pair = _read_position(pos_dir, raw_dirname=raw_dirname,
+                              annotation_dirname=annotation_dirname,
+                              channel_filters=channel_filters, channels=channels,
+                              num_frames=num_frames)
+        if pair is None:
+            logger.warning("%s: no annotated frames; position left out", pos_dir)
+            missing.append(pos_dir.name)
+            continue
+        if xs and (pair[0].shape != xs[0].shape or pair[1].shape != ys[0].shape):
+            raise InputError(
+                f"this position's movie is {pair[0].shape[:-1]} (frames, rows, cols) with "
+                f"{pair[0].shape[-1]} channels but {kept[0]} is {xs[0].shape[:-1]} with "
+                f"{xs[0].shape[-1]}: all positions of a part must match", path=pos_dir,
+            )
+        xs.append(pair[0])
+        ys.append(pair[1])
+        kept.append(pos_dir.name)
+    if not xs:
+        raise InputError(
+            "no position of this part has annotated frames: run montages_to_movies "
+            "(all_montages_chopper) first, or check samples_to_drop", path=part_dir,
+        )
+    return TrainingArrays(np.stack(xs), np.stack(ys), kept, missing)
+
+
+def save_npz(
+    path: str | Path,
+    arrays: TrainingArrays,
+    *,
+    part: int,
+    identifier: str,
+    frame_offset: int,
+    compressed: bool = True,
+    extra: Mapping[str, Any] | None = None,
+    level: int | None = None,
+) -> Path:
+    """Write ``arrays`` and the metadata keys of the module docstring atomically.
+
+    ``extra`` keys (plain arrays or scalars, no objects) are written too; they
+    must not repeat a standard key. Compressed files use the deflate ``level``
+    (default :attr:`cellcrowd.files.WriteSettings.npz_level`, fast) with
+    :func:`cellcrowd.files.write_npz`, which streams each array into the file.
+
+    Raises
+    ------
+    ValueError
+        An ``extra`` key is one of the standard keys.
+    """
+    path = Path(path)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & {"X", "y", "positions", "missing_positions", "part",
+                                 "identifier", "frame_offset"})
+    if clash:
+        raise ValueError(f"extra keys {clash} would replace standard keys: rename them")
+    write_npz(path, {
+        "X": arrays.X,
+        "y": arrays.y,
+        "positions": np.array(arrays.positions, dtype=str),
+        "missing_positions": np.array(arrays.missing_positions, dtype=str),
+        "part": np.int64(part),
+        "identifier": np.str_(identifier),
+        "frame_offset": np.int64(frame_offset),
+        **extra,
+    }, compressed=compressed, level=level)
+    logger.info("wrote %s: X %s, y %s", path, arrays.X.shape, arrays.y.shape)
+    return path
+
+
+@dataclass(frozen=True)
+class NpzData:
+    """The arrays and metadata of one training ``.npz``."""
+
+    X: NDArray[np.float32]
+    y: NDArray[np.int32]
+    positions: list[str]
+    missing_positions: list[str]
+    part: int
+    identifier: str
+    frame_offset: int
+    #: Label ids joined across parts (the whole-movie files; False for a part).
+    linked: bool = False
+
+
+def load_npz(path: str | Path) -> NpzData:
+    """Read a file written by :func:`write_part_npz` (no pickle).
+
+    Raises
+    ------
+    InputError
+        The file lacks ``X`` or ``y``.
+    """
+    with np.load(Path(path), allow_pickle=False) as data:
+        if "X" not in data or "y" not in data:
+            raise InputError(f"not a training file: keys are {sorted(data.files)}, "
+                             "expected X and y", path=path)
+
+        def meta(key: str, default: Any) -> Any:
+            return data[key].item() if key in data else default
+
+        return NpzData(
+            X=data["X"],
+            y=data["y"],
+            positions=[str(p) for p in data["positions"]] if "positions" in data else [],
+            missing_positions=([str(p) for p in data["missing_positions"]]
+                               if "missing_positions" in data else []),
+            part=int(meta("part", -1)),
+            identifier=str(meta("identifier", "")),
+            frame_offset=int(meta("frame_offset", -1)),
+            linked=bool(meta("linked", False)),
+        )
