@@ -41,7 +41,8 @@ def add_parsers(sub: Any, add_config: Callable[..., None]) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="only write CSV/job_{id}_resend.csv; send nothing")
     p.add_argument("--min-agreement", type=float, default=None, metavar="F",
-                   help="also resend montages whose annotators agree less (mean F1, 0-1)")
+                   help="resend montages whose annotators agree less (mean F1, 0-1; "
+                        "default [clean] min_agreement, as `cellcrowd review`)")
 
 
 def _duration(seconds: float | None) -> str:
