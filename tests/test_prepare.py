@@ -244,8 +244,9 @@ def test_prepare_multichannel_uploads_one_channel(tmp_path: Path) -> None:
     ("truth", "match"),
     [
         (np.zeros((9, 40, 50), np.int32), r"truth labels have shape \(9, 40, 50\)"),
-        (np.zeros((10, 40, 50), np.float32), "truth labels must be integers"),
-        (np.full((10, 40, 50), 70000, np.int32), "use ids from 0 to 65535"),
+        (np.zeros((10, 40, 50), np.float32), "truth labels must be an integer label image"),
+        (np.full((10, 40, 50), 70000, np.int32),
+         r"truth labels must hold ids in 0\.\.65535, got 70000\.\.70000: label montages"),
     ],
     ids=["shape", "dtype", "range"],
 )

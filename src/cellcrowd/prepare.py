@@ -52,6 +52,7 @@ from .files import (
     write_image,
 )
 from .geometry import MontageLayout, TileGrid, montage_frame_range, num_montages
+from .labelcheck import UINT16_MAX, check_label_image
 from .layout import MontageKey, WorkingFolder
 from .logs import ChopperLog, MontageLog, write_log
 
@@ -66,7 +67,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
 def _first_frame(raw_dir: str | Path) -> tuple[list[Path], NDArray[np.generic]]:
@@ -184,7 +184,7 @@ def _convert(
     if high == low:
         return np.zeros(data.shape, dtype=np.uint16)
     values = data.astype(np.float64)
-    return np.rint((values - low) * (_UINT16_MAX / (high - low))).astype(np.uint16)
+    return np.rint((values - low) * (UINT16_MAX / (high - low))).astype(np.uint16)
 
 
 def _tile_stacks(
@@ -526,14 +526,8 @@ def _check_truth(truth: NDArray[np.generic], shape: tuple[int, ...]) -> NDArray[
             f"truth labels have shape {truth.shape} but the raw movie is {shape}: give one "
             "label frame per raw frame"
         )
-    if truth.dtype.kind not in "biu":
-        raise InputError(f"truth labels must be integers, got {truth.dtype}")
-    if truth.size and (int(truth.min()) < 0 or int(truth.max()) > _UINT16_MAX):
-        raise InputError(
-            f"truth labels run from {truth.min()} to {truth.max()}; label montages are "
-            "16-bit PNGs: use ids from 0 to 65535"
-        )
-    return truth
+    return check_label_image(truth, ndim=None, what="truth labels", allow_bool=True,
+                             hint=": label montages are 16-bit PNGs, one id per cell")
 
 
 def _write_upload_csv(wf: WorkingFolder, keys: list[MontageKey], url_prefix: str) -> Path:
