@@ -76,7 +76,8 @@ def describe_round(r: Any) -> str:
 
 
 def _cmd_watch(args: argparse.Namespace, ui: Any) -> int:
-    from .cli import _api_key, _load, _show_summary
+    from .cli import _api_key, _load
+    from .cli_output import show_summary
     from .watch import watch
     from .webhook import listen_for_webhooks
 
@@ -100,7 +101,7 @@ def _cmd_watch(args: argparse.Namespace, ui: Any) -> int:
                        on_round=lambda r: ui.print(describe_round(r)), after_harvest=after,
                        max_rounds=args.max_rounds)
     if result.summary is not None:
-        _show_summary(ui, result.summary, title="cellcrowd watch")
+        show_summary(ui, result.summary, title="cellcrowd watch")
     ui.print(f"job {config.job_id} is complete" if result.complete else
              f"stopped after {result.rounds} rounds; the job is not complete: run the same "
              "command again to go on")
