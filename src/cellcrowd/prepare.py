@@ -30,8 +30,6 @@ every channel, so training data can still use all of them.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -45,7 +43,6 @@ from PIL import Image
 from .errors import InputError
 from .executor import Executor, run_tasks
 from .files import (
-    atomic_write_text,
     list_images,
     raise_if_resource_error,
     read_image,
@@ -55,6 +52,7 @@ from .geometry import MontageLayout, TileGrid, montage_frame_range, num_montages
 from .labelcheck import UINT16_MAX, check_label_image
 from .layout import MontageKey, WorkingFolder
 from .logs import ChopperLog, MontageLog, write_log
+from .uploadcsv import write_upload_csv
 
 __all__ = [
     "MontageTaskResult",
@@ -484,7 +482,8 @@ def prepare(
                          num_x_segments=num_x, num_y_segments=num_y, row_length=row_length,
                          x_buffer=x_buffer, y_buffer=y_buffer, montages_in_pos=count),
               wf.montage_log)
-    _write_upload_csv(wf, written, url_prefix)
+    write_upload_csv(wf.upload_csv, ((wf.identifier, url_prefix + wf.montage_path(k).name)
+                                     for k in written))
     logger.info("prepared %d montages of %d frames (%d tiles of %dx%d) in %s",
                 len(written), frames, len(grid), *grid.tile_shape, wf.montages)
     return PrepareResult(wf, grid, layout, frames, written, errors)
@@ -561,12 +560,3 @@ def _check_truth(truth: NDArray[np.generic], shape: tuple[int, ...]) -> NDArray[
         )
     return check_label_image(truth, ndim=None, what="truth labels", allow_bool=True,
                              hint=": label montages are 16-bit PNGs, one id per cell")
-
-
-def _write_upload_csv(wf: WorkingFolder, keys: list[MontageKey], url_prefix: str) -> Path:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["identifier", "image_url"])
-    for key in keys:
-        writer.writerow([wf.identifier, url_prefix + wf.montage_path(key).name])
-    return atomic_write_text(wf.upload_csv, buf.getvalue())

@@ -27,7 +27,8 @@ from .config import Config
 from .errors import InputError
 from .files import atomic_write_text
 from .layout import WorkingFolder
-from .review import ReviewItem, job_units_needing_judgment, upload_csv_text
+from .review import ReviewItem, job_units_needing_judgment
+from .uploadcsv import write_upload_csv
 
 __all__ = ["ResendResult", "ResendRow", "resend_units", "units_to_resend"]
 
@@ -108,7 +109,8 @@ def resend_units(
     ledger = _ledger(wf)
     wanted = units_to_resend(config, min_agreement=min_agreement)
     rows = tuple(r for r in wanted if r.image_url not in ledger)
-    path = atomic_write_text(wf.resend_csv(config.job_id), upload_csv_text(rows))
+    path = write_upload_csv(wf.resend_csv(config.job_id),
+                            ((r.identifier, r.image_url) for r in rows))
     done = len(wanted) - len(rows)
     if dry_run or not rows:
         logger.info("%d row(s) to send back written to %s (%d sent before)%s", len(rows),

@@ -24,21 +24,20 @@ sends the same units back to the job (those not sent before).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .appen.report import Judgment, read_report, still_broken
 from .errors import InputError
-from .files import atomic_write_text, natural_key
+from .files import natural_key
 from .layout import WorkingFolder
+from .uploadcsv import write_upload_csv
 
 __all__ = ["ReviewItem", "job_units_needing_judgment", "review_units", "units_needing_judgment",
-           "upload_csv_text", "write_review_csv"]
+           "write_review_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +132,6 @@ def job_units_needing_judgment(wf: WorkingFolder, job_id: int | str, *,
     return units_needing_judgment(wf, judgments, min_agreement=min_agreement)
 
 
-def upload_csv_text(items: Iterable[ReviewItem]) -> str:
-    """The rows in the upload CSV's format: ``identifier,image_url`` and one line each."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows([("identifier", "image_url"), *((i.identifier, i.image_url) for i in items)])
-    return buf.getvalue()
-
-
 def write_review_csv(wf: WorkingFolder, job_id: int | str, *, report_type: str = "full",
                      min_agreement: float = 0.7) -> tuple[Path, list[ReviewItem]]:
     """Write ``wf.review_csv(job_id)`` for the units :func:`units_needing_judgment` finds.
@@ -160,6 +151,6 @@ def write_review_csv(wf: WorkingFolder, job_id: int | str, *, report_type: str =
             logger.info("nothing to review: removing the old %s", path.name)
             path.unlink()
         return path, items
-    atomic_write_text(path, upload_csv_text(items))
+    write_upload_csv(path, ((i.identifier, i.image_url) for i in items))
     logger.info("%d unit(s) to judge again: %s", len(items), path)
     return path, items
