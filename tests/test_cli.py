@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import cellcrowd
-from cellcrowd import cli
+from cellcrowd import cli, cli_output
 from cellcrowd.appen import emulator as emulator_module
 from cellcrowd.cli import main
 from cellcrowd.config import API_KEY_VARIABLES, Config, load_config
@@ -322,13 +322,13 @@ def test_key_is_asked_before_any_progress_bar(
     for name in API_KEY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     events: list[str] = []
-    real_enter = cli._RichProgress.__enter__
+    real_enter = cli_output.RichProgress.__enter__
 
     def enter(self: Any) -> Any:
         events.append("bars")
         return real_enter(self)
 
-    monkeypatch.setattr(cli._RichProgress, "__enter__", enter)
+    monkeypatch.setattr(cli_output.RichProgress, "__enter__", enter)
     # No terminal (pytest's stdin): the run fails at once, naming the variables to set.
     seen = dict(served[0].counts)
     code, _out, err = _run(capsys, "run", str(config))

@@ -331,8 +331,8 @@ def test_relabel_without_background_and_empty() -> None:
 
 @pytest.mark.parametrize(
     ("labels", "error", "match"),
-    [(np.zeros(3, float), TypeError, "integer array"),
-     (np.array([-1, 2]), ValueError, "must not be negative, got -1")],
+    [(np.zeros(3, float), TypeError, "labels must be an integer label image"),
+     (np.array([-1, 2]), ValueError, r"labels must hold no negative ids, got -1\.\.2")],
     ids=["float", "negative"],
 )
 def test_relabel_refuses_bad_input(labels: NDArray[np.generic], error: type[Exception],
@@ -409,9 +409,9 @@ def test_decode_sixteen_bit_colour() -> None:
 @pytest.mark.parametrize(
     ("image", "kwargs", "match"),
     [
-        (np.zeros((2, 2), float), {}, "integer cell ids, got dtype float64"),
-        (np.zeros((2, 2), bool), {}, "integer cell ids, got dtype bool"),
-        (np.full((2, 2), -1), {}, r"ids must lie in 0\.\.2147483647"),
+        (np.zeros((2, 2), float), {}, "integer label image .*got dtype float64: save"),
+        (np.zeros((2, 2), bool), {}, "integer label image .*got dtype bool"),
+        (np.full((2, 2), -1), {}, r"ids in 0\.\.2147483647, got -1\.\.-1"),
         (np.zeros((2, 2, 5), np.uint8), {}, r"got shape \(2, 2, 5\)"),
         (np.zeros((1, 2, 2, 3), np.uint8), {}, r"got shape \(1, 2, 2, 3\)"),
         (np.zeros((2, 2, 3), np.float32), {}, "8- or 16-bit .* got dtype float32"),
@@ -465,7 +465,7 @@ def test_clean_annotation_file_names_the_file(tmp_path: Path) -> None:
         clean_annotation_file(bad_size, tmp_path / "out.png", montage_log=montage_log())
     bad_dtype = tmp_path / "bad_dtype.tif"
     write_image(bad_dtype, np.zeros((4, 4), np.float32))
-    with pytest.raises(AnnotationError, match=r"bad_dtype\.tif: a grey annotation must hold"):
+    with pytest.raises(AnnotationError, match=r"bad_dtype\.tif: a grey annotation must be an"):
         clean_annotation_file(bad_dtype, tmp_path / "out.png", montage_log=montage_log())
     with pytest.raises(InputError, match=r"missing\.png: image not found"):
         clean_annotation_file(tmp_path / "missing.png", tmp_path / "out.png",

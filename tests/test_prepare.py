@@ -14,7 +14,14 @@ from cellcrowd.files import read_image, sha256_file, write_image
 from cellcrowd.geometry import MontageLayout, Position, TileGrid
 from cellcrowd.layout import MontageKey, WorkingFolder
 from cellcrowd.logs import read_logs
-from cellcrowd.prepare import PrepareResult, make_montages, prepare, read_raw_movie, to_uint16
+from cellcrowd.prepare import (
+    PrepareResult,
+    make_montages,
+    planned_montages,
+    prepare,
+    read_raw_movie,
+    to_uint16,
+)
 
 
 def _movie(frames: int = 10, shape: tuple[int, ...] = (40, 50), seed: int = 0,
@@ -188,6 +195,8 @@ def test_prepare_writes_montages_logs_csv_and_truth(tmp_path: Path) -> None:
     assert result.wf.raw == tmp_path / "raw_in"
     assert not result.errors
     assert sum(calls) == len(result.montages) == 4 * 3
+    assert planned_montages(tmp_path / "raw_in", num_x=2, num_y=2, montage_len=4) == 4 * 3
+    assert planned_montages(tmp_path / "absent", num_x=2, num_y=2, montage_len=4) is None
     for pos in grid.positions:
         tiles, truth_tiles = _tiles(movie, grid, pos), _tiles(truth, grid, pos)
         for m in range(3):
@@ -244,8 +253,9 @@ def test_prepare_multichannel_uploads_one_channel(tmp_path: Path) -> None:
     ("truth", "match"),
     [
         (np.zeros((9, 40, 50), np.int32), r"truth labels have shape \(9, 40, 50\)"),
-        (np.zeros((10, 40, 50), np.float32), "truth labels must be integers"),
-        (np.full((10, 40, 50), 70000, np.int32), "use ids from 0 to 65535"),
+        (np.zeros((10, 40, 50), np.float32), "truth labels must be an integer label image"),
+        (np.full((10, 40, 50), 70000, np.int32),
+         r"truth labels must hold ids in 0\.\.65535, got 70000\.\.70000: label montages"),
     ],
     ids=["shape", "dtype", "range"],
 )

@@ -82,13 +82,18 @@ def _csv_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+def _scores(wf: Any) -> dict[str, float]:
+    """Each montage's mean agreement, from its consensus report."""
+    return {p.name[: -len("_consensus.json")]: json.loads(p.read_text())["mean_agreement"]
+            for p in wf.labels.glob("*_consensus.json")}
+
+
 @pytest.mark.slow
-def test_resending_is_idempotent_and_dry_run_sends_nothing(
+def test_resend_sends_what_review_lists_once_and_dry_run_sends_nothing(
     example: Example, crowd: CrowdJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     failed, missing = _undownloadable(crowd)
-    expected = _all_broken(crowd) | {failed}
     urls = {crowd.units_by_id[j.unit_id].montage: crowd.units_by_id[j.unit_id].image_url
             for j in crowd.judgments}
     monkeypatch.setenv("CELLCROWD_API_KEY", KEY)
@@ -96,8 +101,24 @@ def test_resending_is_idempotent_and_dry_run_sends_nothing(
         config = _config(example, tmp_path / "work", emu.url)
         run(config, api_key=lambda: KEY)
         wf = config.working_folder()
+        # Units the two commands once chose differently: a low agreement at the
+        # configured threshold (resend needed --min-agreement) and labels whose
+        # consensus failed although the annotations were downloaded.
+        scores = _scores(wf)
+        threshold = sorted(scores.values())[len(scores) // 2]
+        config = config.with_overrides({"clean.min_agreement": threshold})
+        setting = ["--set", f"clean.min_agreement={threshold}"]
+        low = {m for m, s in scores.items() if s < threshold}
+        relabel = min(set(scores) - low)
+        wf.label_path(relabel).unlink()
+        expected = _all_broken(crowd) | {failed} | low | {relabel}
+        assert low
+        assert not low & (_all_broken(crowd) | {failed})
 
-        assert main(["resend", str(config.source), "--dry-run"]) == 0
+        assert main(["review", str(config.source), *setting]) == 0
+        assert main(["resend", str(config.source), "--dry-run", *setting]) == 0
+        assert wf.resend_csv(config.job_id).read_text() == wf.review_csv(
+            config.job_id).read_text()
         assert {r["image_url"] for r in _csv_rows(wf.resend_csv(config.job_id))} == {
             urls[m] for m in expected}
         assert emu.inbox.rows == {}
@@ -106,7 +127,7 @@ def test_resending_is_idempotent_and_dry_run_sends_nothing(
 
         first = resend_units(config, api_key=lambda: KEY)
         second = resend_units(config, api_key=lambda: KEY)
-        assert main(["resend", str(config.source)]) == 0
+        assert main(["resend", str(config.source), *setting]) == 0
     received = emu.inbox.rows[config.job_id]
     assert sorted(r["image_url"] for r in received) == sorted(urls[m] for m in expected)
     assert emu.counts["upload_rows"] == len(expected)
@@ -115,27 +136,28 @@ def test_resending_is_idempotent_and_dry_run_sends_nothing(
     assert (second.sent, second.rows, second.already_sent) == (False, (), len(expected))
     assert _csv_rows(wf.resend_csv(config.job_id)) == []
     reasons = {r.montage: r.reason for r in first.rows}
-    assert reasons[failed] == "no annotation could be downloaded"
-    assert all(reasons[m] == "broken link in every judgment" for m in _all_broken(crowd))
+    assert reasons[failed].startswith("failed: no annotation could be downloaded")
+    assert reasons[relabel].startswith("failed: no clean labels")
+    assert all(reasons[m].startswith("low agreement: ") for m in low)
+    assert all(reasons[m] == "broken: every judgment reported a broken link"
+               for m in _all_broken(crowd))
 
 
 @pytest.mark.slow
-def test_low_agreement_is_resent_when_asked(example: Example, crowd: CrowdJob,
+def test_min_agreement_replaces_the_configured_threshold(example: Example, crowd: CrowdJob,
                                             tmp_path: Path) -> None:
     with Emulator(crowd, api_key=KEY) as emu:
         config = _config(example, tmp_path / "work", emu.url)
         run(config, api_key=lambda: KEY)
         wf = config.working_folder()
-        scores = {p.name[: -len("_consensus.json")]:
-                  json.loads(p.read_text())["mean_agreement"]
-                  for p in wf.labels.glob("*_consensus.json")}
+        scores = _scores(wf)
         assert len(set(scores.values())) > 1, "the crowd agreed equally everywhere"
         threshold = sorted(scores.values())[len(scores) // 2]
         rows = units_to_resend(config, min_agreement=threshold)
-        without = units_to_resend(config)
+        without = units_to_resend(config, min_agreement=0)
     low = {r.montage for r in rows} - {r.montage for r in without}
     assert low == {m for m, s in scores.items() if s < threshold}
-    assert all("agree poorly" in r.reason for r in rows if r.montage in low)
+    assert all(r.reason.startswith("low agreement: ") for r in rows if r.montage in low)
 
 
 def test_errors_leave_nothing_recorded(example: Example, crowd: CrowdJob,
@@ -146,6 +168,9 @@ def test_errors_leave_nothing_recorded(example: Example, crowd: CrowdJob,
         with pytest.raises(InputError, match="no report yet"):
             resend_units(config, api_key=lambda: KEY)
         run(config, until_stage="report", api_key=lambda: KEY)
+        with pytest.raises(InputError, match="no clean labels yet"):
+            resend_units(config, api_key=lambda: KEY)
+        run(config, api_key=lambda: KEY)
         wf = config.working_folder()
         with pytest.raises(TemporaryServiceError, match="gave up after 1 attempts"):
             resend_units(config, api_key=lambda: KEY)

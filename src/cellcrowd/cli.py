@@ -14,21 +14,22 @@
     cellcrowd resend CONFIG [--dry-run]      send units needing another judgment back to the job
 
 ``-v`` shows what the library logs (``-vv`` debug), ``-q`` prints nothing but
-errors. Errors of cellcrowd print one line and exit with code 2.
+errors. Errors of cellcrowd print one line and exit with code 2. The console, progress
+bars and tables are drawn by :mod:`cellcrowd.cli_output`; the work is the library's.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__, cli_live
 from .appen.client import API_URL_ENV, api_url_from_env
+from .cli_output import RichProgress, Ui, logging_to, show_status, show_summary
 from .config import (
     API_KEY_VARIABLES,
     Config,
@@ -96,7 +97,15 @@ def _parser() -> argparse.ArgumentParser:
                         help=argparse.SUPPRESS)
     sub = _Subparsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"),
                       common)
+    _add_setup_parsers(sub)
+    _add_pipeline_parsers(sub)
+    _add_emulator_parser(sub)
+    cli_live.add_parsers(sub, _add_config)
+    return parser
 
+
+def _add_setup_parsers(sub: _Subparsers) -> None:
+    """``demo`` and ``init``."""
     p = sub.add_parser("demo", help="run the whole pipeline on a synthetic example")
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
                    help="work in DIR and keep it (default: a temporary folder)")
@@ -111,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", type=int, default=0, help="the service's job id (default: 0)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
+
+def _add_pipeline_parsers(sub: _Subparsers) -> None:
+    """``run``, ``status``, ``review``, ``prepare``, one stage each, ``export``."""
     p = sub.add_parser("run", help="run every stage that is not up to date")
     _add_config(p)
     p.add_argument("--from", dest="from_stage", default=None, metavar="STAGE",
@@ -136,7 +148,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="redo it even if up to date")
 
     p = sub.add_parser("export", help="write an export of the stitched movie")
-    exp = _Subparsers(p.add_subparsers(dest="export", required=True, metavar="FORMAT"), common)
+    exp = _Subparsers(p.add_subparsers(dest="export", required=True, metavar="FORMAT"),
+                      sub.common)
     for name in _EXPORTS:
         q = exp.add_parser(name, help=f"write the {name} export")
         _add_config(q)
@@ -146,9 +159,12 @@ def _parser() -> argparse.ArgumentParser:
                            help="folder or fsspec URL (s3://bucket/prefix) to write to "
                                 "(default: [outputs] export_url, else zarr/)")
 
+
+def _add_emulator_parser(sub: _Subparsers) -> None:
+    """``emulator serve``."""
     p = sub.add_parser("emulator", help="the emulated annotation service")
     emu = _Subparsers(p.add_subparsers(dest="emulator", required=True, metavar="ACTION"),
-                      common)
+                      sub.common)
     q = emu.add_parser("serve", help="serve a prepared working folder as a job")
     q.add_argument("folder", type=Path, help="working folder made by `cellcrowd prepare`")
     q.add_argument("--identifier", required=True,
@@ -163,8 +179,6 @@ def _parser() -> argparse.ArgumentParser:
     paint.add_argument("--annotations", type=Path, default=None, metavar="DIR",
                        help="serve the {montage}_annotation.png files of an earlier job "
                             "(default: paint the folder's truth/ montages, synthetic data)")
-    cli_live.add_parsers(sub, _add_config)
-    return parser
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -229,194 +243,10 @@ def _secrets() -> list[str]:
     return [os.environ.get(name, "") for name in API_KEY_VARIABLES]
 
 
-class _Ui:
-    """Console output: nothing under -q; rich progress bars and tables otherwise."""
-
-    def __init__(self, quiet: bool) -> None:
-        from rich.console import Console
-
-        self.quiet = quiet
-        self.out = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
-
-    def print(self, *objects: Any, soft_wrap: bool = False) -> None:
-        """Print (never interpreting ``[...]`` in text as markup), unless quiet.
-
-        ``soft_wrap``: one line however long (for lines scripts read, e.g. a URL).
-        """
-        if not self.quiet:
-            self.out.print(*objects, markup=False, highlight=False, soft_wrap=soft_wrap)
-
-
-class _RichProgress:
-    """:class:`cellcrowd.pipeline.Progress` drawn as one rich bar per stage."""
-
-    def __init__(self, console: Any) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bars = Progress(TextColumn("{task.description:>8}"), BarColumn(),
-                             MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                             transient=False)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> _RichProgress:
-        self.bars.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bars.stop()
-
-    def start(self, stage: str, total: int | None) -> None:
-        if stage in self.tasks:
-            self.bars.update(self.tasks[stage], total=total)
-        else:
-            self.tasks[stage] = self.bars.add_task(stage, total=total)
-
-    def advance(self, stage: str, count: int) -> None:
-        if stage in self.tasks:
-            self.bars.advance(self.tasks[stage], count)
-
-    def finish(self, run: Any) -> None:
-        task = self.tasks.get(run.name)
-        if task is not None:
-            done = self.bars.tasks[self.tasks[run.name]].completed
-            self.bars.update(task, total=max(done, 1), completed=max(done, 1))
-
-
-@contextlib.contextmanager
-def _logging_to(console: Any, verbose: int, quiet: bool) -> Iterator[None]:
-    """Send cellcrowd's log to ``console`` (rich) while the command runs, then restore."""
-    from rich.logging import RichHandler
-
-    level = logging.ERROR if quiet else (
-        logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    root = logging.getLogger("cellcrowd")
-    saved = (root.level, root.propagate)
-    handler = RichHandler(console=console, show_path=False, show_time=verbose > 1,
-                          markup=False, rich_tracebacks=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level)
-    root.propagate = False
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(saved[0])
-        root.propagate = saved[1]
-
-
-# -- output ----------------------------------------------------------------------------------
-
-
-def _counts_text(counts: Any) -> str:
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
-
-
-def _relative(path: Path, base: Path) -> Path:
-    with contextlib.suppress(ValueError):
-        return path.relative_to(base)
-    return path
-
-
-def _qc_page(stage: Any) -> Path | None:
-    """The QC report's page among a stage's outputs (None for other stages)."""
-    if stage.name != "qc":
-        return None
-    return next((p for p in stage.outputs if p.name == "index.html"), None)
-
-
-def _where(stage: Any, base: Path) -> str:
-    """The stage's output file or folder, relative to the working folder when inside it."""
-    page = _qc_page(stage)
-    if page is not None:
-        others = len(stage.outputs) - 1
-        more = f" (+{others} image{'s' if others != 1 else ''} and tables)" if others else ""
-        return f"{_relative(page, base)}{more}"
-    where = stage.location
-    if where is None:
-        return ""
-    where = _relative(where, base)
-    if len(stage.outputs) > 1:
-        return f"{where}/ ({len(stage.outputs)} files)"
-    return str(where)
-
-
-def _show_summary(ui: _Ui, summary: Any, title: str = "cellcrowd run", *,
-                  show_qc: bool = True) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(f"{title}: {summary.base}"), title_justify="left")
-    for col in ("stage", "status", "counts", "skipped", "outputs"):
-        table.add_column(col, overflow="fold")
-    for s in summary.stages:
-        table.add_row(*map(Text, (s.name, s.status, _counts_text(s.counts),
-                                  str(len(s.skipped)), _where(s, summary.base))))
-    ui.print(table)
-    _show_totals(ui, summary.counts, len(summary.skipped_units))
-    _show_skipped(ui, summary.skipped_units)
-    page = _qc_report(summary) if show_qc else None
-    if page is not None:
-        ui.print(f"QC report: {page}")
-
-
-def _qc_report(summary: Any) -> Path | None:
-    """The QC report page of a run, when the qc stage wrote (or kept) it."""
-    for stage in summary.stages:
-        page = _qc_page(stage)
-        if page is not None:
-            return Path(page)
-    return None
-
-
-def _show_totals(ui: _Ui, counts: dict[str, int], skipped: int) -> None:
-    wanted = [("units", "report.units"), ("judgments", "report.judgments"),
-              ("broken links", "report.broken_links"), ("failed downloads", "fetch.failed"),
-              ("cleaned montages", "clean.cleaned"),
-              ("merged montages", "clean.montages_merged"),
-              ("cells dropped by the consensus", "clean.cells_dropped")]
-    parts = [f"{label} {counts[key]}" for label, key in wanted if key in counts]
-    parts.append(f"skipped units {skipped}")
-    ui.print("totals: " + ", ".join(parts))
-
-
-def _show_skipped(ui: _Ui, units: Sequence[Any], limit: int = 20) -> None:
-    if not units:
-        return
-    ui.print("skipped units:")
-    for unit in units[:limit]:
-        ui.print(f"  [{unit.stage}] {unit.unit}: {unit.reason}")
-    if len(units) > limit:
-        ui.print(f"  ... and {len(units) - limit} more (see `cellcrowd status CONFIG`)")
-
-
-def _show_status(ui: _Ui, report: Any) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(f"cellcrowd status: {report.base}"), title_justify="left")
-    for col in ("stage", "state", "reason", "counts", "outputs"):
-        table.add_column(col, overflow="fold")
-    for s in report.stages:
-        table.add_row(*map(Text, (s.name, s.state, s.reason, _counts_text(s.counts),
-                                  str(s.outputs))))
-    ui.print(table)
-    left = report.left
-    ui.print("left to do: " + (", ".join(left) if left else "nothing"))
-    _show_skipped(ui, report.skipped_units, limit=1000)
-
-
 # -- commands --------------------------------------------------------------------------------
 
 
-def _run_pipeline(args: argparse.Namespace, ui: _Ui, *, from_stage: str | None,
+def _run_pipeline(args: argparse.Namespace, ui: Ui, *, from_stage: str | None,
                   until_stage: str | None, force: Sequence[str]) -> int:
     from .pipeline import run
 
@@ -426,32 +256,32 @@ def _run_pipeline(args: argparse.Namespace, ui: _Ui, *, from_stage: str | None,
         summary = run(config, from_stage=from_stage, until_stage=until_stage, force=force,
                       api_key=api_key)
     else:
-        with _RichProgress(ui.err) as bars:
+        with RichProgress(ui.err) as bars:
             summary = run(config, from_stage=from_stage, until_stage=until_stage,
                           force=force, progress=bars, api_key=api_key)
-    _show_summary(ui, summary)
+    show_summary(ui, summary)
     return 0
 
 
-def _cmd_run(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_run(args: argparse.Namespace, ui: Ui) -> int:
     return _run_pipeline(args, ui, from_stage=args.from_stage, until_stage=args.until_stage,
                          force=args.force)
 
 
-def _cmd_stage(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_stage(args: argparse.Namespace, ui: Ui) -> int:
     stage = args.export if args.command == "export" else args.command
     return _run_pipeline(args, ui, from_stage=stage, until_stage=stage,
                          force=[stage] if args.force else [])
 
 
-def _cmd_status(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_status(args: argparse.Namespace, ui: Ui) -> int:
     from .pipeline import status
 
-    _show_status(ui, status(_load(args)))
+    show_status(ui, status(_load(args)))
     return 0
 
 
-def _cmd_review(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_review(args: argparse.Namespace, ui: Ui) -> int:
     from .pipeline import working_folder
     from .review import write_review_csv
 
@@ -468,16 +298,17 @@ def _cmd_review(args: argparse.Namespace, ui: _Ui) -> int:
     return 0
 
 
-def _cmd_init(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_init(args: argparse.Namespace, ui: Ui) -> int:
     path = write_example_config(args.path, overwrite=args.force, identifier=args.identifier,
                                 job_id=args.job_id)
     ui.print(f"wrote {path}: edit it, then `cellcrowd run {path}`")
     return 0
 
 
-def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_prepare(args: argparse.Namespace, ui: Ui) -> int:
     from .executor import make_executor
     from .pipeline import prepare_folder
+    from .prepare import planned_montages
 
     config = _load(args)
     if not config.prepare.url_prefix:
@@ -491,8 +322,10 @@ def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
         if ui.quiet:
             result = prepare_folder(config, executor=ex)
         else:
-            with _RichProgress(ui.err) as bars:
-                bars.start("prepare", _montage_count(config))
+            with RichProgress(ui.err) as bars:
+                p = config.prepare
+                bars.start("prepare", planned_montages(
+                    config.raw_folder, num_x=p.num_x, num_y=p.num_y, montage_len=p.montage_len))
                 result = prepare_folder(
                     config, executor=ex, progress=lambda n: bars.advance("prepare", n))
     finally:
@@ -504,30 +337,16 @@ def _cmd_prepare(args: argparse.Namespace, ui: _Ui) -> int:
     return 0
 
 
-def _montage_count(config: Config) -> int | None:
-    """How many montages `prepare` will write (None when the raw folder is unreadable)."""
-    from .errors import InputError
-    from .files import list_images
-    from .geometry import num_montages
-
-    p = config.prepare
-    try:
-        frames = len(list_images(config.raw_folder))
-    except InputError:
-        return None
-    return p.num_x * p.num_y * num_montages(frames, p.montage_len) if frames else None
-
-
-def _cmd_demo(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_demo(args: argparse.Namespace, ui: Ui) -> int:
     from .demo import run_demo
 
     if ui.quiet:
         result = run_demo(args.keep, workers=args.workers)
     else:
-        with _RichProgress(ui.err) as bars:
+        with RichProgress(ui.err) as bars:
             result = run_demo(args.keep, workers=args.workers, progress=bars)
     # The QC report's path is shown only when the folder is kept (else it is deleted).
-    _show_summary(ui, result.summary, title="cellcrowd demo", show_qc=result.kept)
+    show_summary(ui, result.summary, title="cellcrowd demo", show_qc=result.kept)
     if result.kept:
         ui.print(f"outputs are in {result.folder}")
     else:
@@ -535,7 +354,7 @@ def _cmd_demo(args: argparse.Namespace, ui: _Ui) -> int:
     return 0
 
 
-def _cmd_emulator(args: argparse.Namespace, ui: _Ui) -> int:
+def _cmd_emulator(args: argparse.Namespace, ui: Ui) -> int:
     from .appen.emulator import serve_forever
     from .appen.serve_folder import crowd_from_annotations, crowd_from_labels
     from .layout import WorkingFolder
@@ -557,7 +376,7 @@ def _cmd_emulator(args: argparse.Namespace, ui: _Ui) -> int:
     return 0
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace, _Ui], int]] = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Ui], int]] = {
     "demo": _cmd_demo,
     "init": _cmd_init,
     "run": _cmd_run,
@@ -574,9 +393,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, _Ui], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cellcrowd`` command; returns the exit code (0 ok, 2 error, 130 interrupted)."""
     args = _parser().parse_args(argv)
-    ui = _Ui(args.quiet)
+    ui = Ui(args.quiet)
     try:
-        with _logging_to(ui.err, args.verbose, args.quiet):
+        with logging_to(ui.err, args.verbose, args.quiet):
             return _COMMANDS[args.command](args, ui)
     except CellcrowdError as exc:
         ui.err.print(f"cellcrowd: error: {redact(str(exc), *_secrets())}", markup=False,

@@ -41,7 +41,8 @@ def add_parsers(sub: Any, add_config: Callable[..., None]) -> None:
     p.add_argument("--dry-run", action="store_true",
                    help="only write CSV/job_{id}_resend.csv; send nothing")
     p.add_argument("--min-agreement", type=float, default=None, metavar="F",
-                   help="also resend montages whose annotators agree less (mean F1, 0-1)")
+                   help="resend montages whose annotators agree less (mean F1, 0-1; "
+                        "default [clean] min_agreement, as `cellcrowd review`)")
 
 
 def _duration(seconds: float | None) -> str:
@@ -75,7 +76,8 @@ def describe_round(r: Any) -> str:
 
 
 def _cmd_watch(args: argparse.Namespace, ui: Any) -> int:
-    from .cli import _api_key, _load, _show_summary
+    from .cli import _api_key, _load
+    from .cli_output import show_summary
     from .watch import watch
     from .webhook import listen_for_webhooks
 
@@ -99,7 +101,7 @@ def _cmd_watch(args: argparse.Namespace, ui: Any) -> int:
                        on_round=lambda r: ui.print(describe_round(r)), after_harvest=after,
                        max_rounds=args.max_rounds)
     if result.summary is not None:
-        _show_summary(ui, result.summary, title="cellcrowd watch")
+        show_summary(ui, result.summary, title="cellcrowd watch")
     ui.print(f"job {config.job_id} is complete" if result.complete else
              f"stopped after {result.rounds} rounds; the job is not complete: run the same "
              "command again to go on")

@@ -15,13 +15,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import AnnotationError
+from .labelcheck import INT32_MAX, check_label_image
 
 __all__ = ["Encoding", "decode_annotation", "rank_ids"]
 
 logger = logging.getLogger(__name__)
 
 Encoding = Literal["auto", "red", "rgb"]
-_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def _check_colour_dtype(image: NDArray[np.generic]) -> None:
@@ -32,17 +32,9 @@ def _check_colour_dtype(image: NDArray[np.generic]) -> None:
 
 
 def _decode_grey(image: NDArray[np.generic]) -> NDArray[np.int32]:
-    if image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
-        raise AnnotationError(
-            f"a grey annotation must hold integer cell ids, got dtype {image.dtype}: "
-            "save label images as uint8/uint16 PNG or integer TIFF"
-        )
-    if image.size and (int(image.min()) < 0 or int(image.max()) > _INT32_MAX):
-        raise AnnotationError(
-            f"grey annotation ids must lie in 0..{_INT32_MAX}, got "
-            f"{int(image.min())}..{int(image.max())}"
-        )
-    return image.astype(np.int32)
+    checked = check_label_image(image, what="a grey annotation", max_id=INT32_MAX,
+                                hint=": save label images as uint8/uint16 PNG or integer TIFF")
+    return checked.astype(np.int32)
 
 
 def decode_annotation(

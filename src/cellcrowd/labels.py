@@ -42,6 +42,7 @@ from .errors import AnnotationError, CellcrowdError
 from .executor import Executor, run_tasks
 from .files import atomic_write_text, natural_key, read_image, write_image
 from .geometry import MontageLayout, TileGrid
+from .labelcheck import INT32_MAX, UINT16_MAX, check_label_image
 from .logs import MontageLog
 
 __all__ = [
@@ -62,8 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_INT32_MAX = int(np.iinfo(np.int32).max)
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
 @dataclass(frozen=True)
@@ -103,17 +102,6 @@ class CleanStats:
 
 
 # -- cleaning one frame ----------------------------------------------------------------------
-
-
-def _check_labels(labels: NDArray[np.generic], what: str = "labels") -> None:
-    if labels.ndim != 2:
-        raise ValueError(f"{what} must be a 2-D label image, got shape {labels.shape}")
-    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"{what} must be an integer label image, got dtype {labels.dtype}")
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > _INT32_MAX):
-        raise ValueError(
-            f"{what} must hold ids in 0..{_INT32_MAX}, got {int(labels.min())}..{int(labels.max())}"
-        )
 
 
 def _check_sizes(min_size: int, max_hole: int) -> None:
@@ -209,9 +197,9 @@ def _fill_holes(
     for reg, lab in ((regions[:, :-1], labels[:, 1:]), (regions[:, 1:], labels[:, :-1]),
                      (regions[:-1], labels[1:]), (regions[1:], labels[:-1])):
         touch = (reg > 0) & (lab > 0)
-        pairs.append(reg[touch].astype(np.int64) * (_INT32_MAX + 1) + lab[touch])
+        pairs.append(reg[touch].astype(np.int64) * (INT32_MAX + 1) + lab[touch])
     unique = np.unique(np.concatenate(pairs))
-    reg_of, cell_of = np.divmod(unique, _INT32_MAX + 1)
+    reg_of, cell_of = np.divmod(unique, INT32_MAX + 1)
     neighbours = np.bincount(reg_of, minlength=count + 1)
     fill_value = np.zeros(count + 1, dtype=np.int32)
     single = neighbours[reg_of] == 1
@@ -275,10 +263,11 @@ def clean_labels(
 
     Raises
     ------
+    LabelImageError
+        If ``labels`` is not a 2-D integer image with ids in ``0..2**31-1`` (a
+        ``ValueError`` and a ``TypeError``).
     ValueError
-        If ``labels`` is not 2-D, holds ids outside ``0..2**31-1``, or the sizes are negative.
-    TypeError
-        If ``labels`` is not an integer image.
+        If the sizes are negative.
 
     Examples
     --------
@@ -294,8 +283,7 @@ def clean_labels(
            [0, 2, 2, 2, 0],
            [0, 0, 0, 0, 0]], dtype=int32)
     """
-    labels = np.asarray(labels)
-    _check_labels(labels)
+    labels = check_label_image(labels, what="labels", max_id=INT32_MAX)
     _check_sizes(min_size, max_hole)
     return _clean_frame(labels, min_size, max_hole, window)[0]
 
@@ -305,23 +293,18 @@ def relabel_sequential(labels: NDArray[np.generic]) -> NDArray[np.generic]:
 
     Raises
     ------
-    TypeError
-        If ``labels`` is not an integer array.
-    ValueError
-        If ``labels`` holds negative ids.
+    LabelImageError
+        If ``labels`` is not an integer array or holds negative ids (a ``ValueError`` and
+        a ``TypeError``).
 
     Examples
     --------
     >>> relabel_sequential(np.array([[0, 7, 7], [300, 0, 3]], np.uint16)).tolist()
     [[0, 2, 2], [3, 0, 1]]
     """
-    labels = np.asarray(labels)
-    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+    labels = check_label_image(labels, ndim=None, what="labels", max_id=None)
     if labels.size == 0:
         return labels.copy()
-    if int(labels.min()) < 0:
-        raise ValueError(f"labels must not be negative, got {int(labels.min())}")
     out: NDArray[np.generic] = rank_ids(labels)[0].astype(labels.dtype)
     return out
 
@@ -363,11 +346,10 @@ def clean_montage(
         If more than 65535 cells remain (a uint16 PNG cannot hold them).
     GeometryError
         If the montage does not have the layout's size.
-    ValueError, TypeError
+    LabelImageError, ValueError
         As :func:`clean_labels`.
     """
-    labels = np.asarray(labels)
-    _check_labels(labels, "montage")
+    labels = check_label_image(labels, what="montage", max_id=INT32_MAX)
     _check_sizes(min_size, max_hole)
     frames = layout.read(labels)
     stats = CleanStats(pixels_removed=int(np.count_nonzero(labels))
@@ -378,9 +360,9 @@ def clean_montage(
         cleaned[k], frame_stats = _clean_frame(frame, min_size, max_hole, window, near)
         stats = stats + frame_stats
     relabelled, cells = rank_ids(cleaned)
-    if cells > _UINT16_MAX:
+    if cells > UINT16_MAX:
         raise AnnotationError(
-            f"{cells} cells remain in one montage, more than the {_UINT16_MAX} a 16-bit label "
+            f"{cells} cells remain in one montage, more than the {UINT16_MAX} a 16-bit label "
             "image can hold: check the annotation (is it noise?) or use smaller montages"
         )
     montage = layout.make(relabelled.astype(np.uint16))

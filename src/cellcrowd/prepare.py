@@ -30,10 +30,8 @@ every channel, so training data can still use all of them.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,20 +43,22 @@ from PIL import Image
 from .errors import InputError
 from .executor import Executor, run_tasks
 from .files import (
-    atomic_write_text,
     list_images,
     raise_if_resource_error,
     read_image,
     write_image,
 )
 from .geometry import MontageLayout, TileGrid, montage_frame_range, num_montages
+from .labelcheck import UINT16_MAX, check_label_image
 from .layout import MontageKey, WorkingFolder
 from .logs import ChopperLog, MontageLog, write_log
+from .uploadcsv import write_upload_csv
 
 __all__ = [
     "MontageTaskResult",
     "PrepareResult",
     "make_montages",
+    "planned_montages",
     "prepare",
     "read_raw_movie",
     "to_uint16",
@@ -66,7 +66,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
 def _first_frame(raw_dir: str | Path) -> tuple[list[Path], NDArray[np.generic]]:
@@ -184,7 +183,7 @@ def _convert(
     if high == low:
         return np.zeros(data.shape, dtype=np.uint16)
     values = data.astype(np.float64)
-    return np.rint((values - low) * (_UINT16_MAX / (high - low))).astype(np.uint16)
+    return np.rint((values - low) * (UINT16_MAX / (high - low))).astype(np.uint16)
 
 
 def _tile_stacks(
@@ -383,6 +382,17 @@ class PrepareResult:
         return [self.wf.montage_path(k) for k in self.montages]
 
 
+def planned_montages(raw_dir: str | Path, *, num_x: int, num_y: int,
+                     montage_len: int) -> int | None:
+    """How many montages :func:`prepare` will write (None when the raw folder is unreadable
+    or empty), from the frame count alone, e.g. for a progress bar."""
+    try:
+        frames = len(list_images(raw_dir))
+    except InputError:
+        return None
+    return num_x * num_y * num_montages(frames, montage_len) if frames else None
+
+
 def prepare(
     raw_dir: str | Path,
     wf: WorkingFolder,
@@ -458,37 +468,13 @@ def prepare(
     if _needs_rescale(first.dtype):
         value_range = _movie_range(paths, upload_channel)
         _warn_rescale(first.dtype, *value_range)
-    first_shape, first_dtype = first.shape, first.dtype.str
+    first_kind = (first.shape, first.dtype.str)
     del first  # from here on, frames are read by the tasks, L at a time
 
-    tasks = []
-    for m in range(count):
-        rng = montage_frame_range(m, montage_len, frames)
-        keys = tuple(MontageKey(wf.identifier, pos.x, pos.y, m) for pos in grid.positions)
-        tasks.append(_MontageNumberTask(
-            m, tuple(paths[rng.start:rng.stop]), paths[0], first_shape, first_dtype,
-            upload_channel, value_range, grid, layout, keys,
-            tuple(wf.montage_path(k) for k in keys),
-            truth[rng.start:rng.stop] if truth is not None else None,
-            tuple(wf.truth_path(wf.montage_name(k)) for k in keys) if truth is not None
-            else None,
-        ))
-
-    by_key: dict[MontageKey, MontageTaskResult] = {}
-    for results in run_tasks(_write_montage_number, tasks, executor=executor):
-        by_key.update((r.key, r) for r in results)
-        if progress is not None:
-            progress(len(results))
-    written: list[MontageKey] = []
-    errors: list[str] = []
-    for pos in grid.positions:  # upload order: position by position, montages in order
-        for m in range(count):
-            result = by_key[MontageKey(wf.identifier, pos.x, pos.y, m)]
-            if result.error is not None:
-                logger.error("montage not written: %s", result.error)
-                errors.append(result.error)
-            else:
-                written.append(result.key)
+    tasks = _montage_tasks(wf, paths, first_kind, upload_channel, value_range, grid, layout,
+                           truth)
+    results = run_tasks(_write_montage_number, tasks, executor=executor)
+    written, errors = _in_upload_order(results, wf.identifier, grid, count, progress)
 
     write_log(ChopperLog.from_grid(grid, identifier=wf.identifier, num_images=frames),
               wf.chopper_log)
@@ -496,10 +482,56 @@ def prepare(
                          num_x_segments=num_x, num_y_segments=num_y, row_length=row_length,
                          x_buffer=x_buffer, y_buffer=y_buffer, montages_in_pos=count),
               wf.montage_log)
-    _write_upload_csv(wf, written, url_prefix)
+    write_upload_csv(wf.upload_csv, ((wf.identifier, url_prefix + wf.montage_path(k).name)
+                                     for k in written))
     logger.info("prepared %d montages of %d frames (%d tiles of %dx%d) in %s",
                 len(written), frames, len(grid), *grid.tile_shape, wf.montages)
     return PrepareResult(wf, grid, layout, frames, written, errors)
+
+
+def _montage_tasks(
+    wf: WorkingFolder, paths: list[Path], first: tuple[tuple[int, ...], str],
+    upload_channel: int | None, value_range: tuple[float, float] | None, grid: TileGrid,
+    layout: MontageLayout, truth: NDArray[np.generic] | None,
+) -> list[_MontageNumberTask]:
+    """One task per montage number (all positions), reading its frames (L at a time)."""
+    tasks = []
+    for m in range(num_montages(len(paths), layout.length)):
+        rng = montage_frame_range(m, layout.length, len(paths))
+        keys = tuple(MontageKey(wf.identifier, pos.x, pos.y, m) for pos in grid.positions)
+        tasks.append(_MontageNumberTask(
+            m, tuple(paths[rng.start:rng.stop]), paths[0], *first,
+            upload_channel, value_range, grid, layout, keys,
+            tuple(wf.montage_path(k) for k in keys),
+            truth[rng.start:rng.stop] if truth is not None else None,
+            tuple(wf.truth_path(wf.montage_name(k)) for k in keys) if truth is not None
+            else None,
+        ))
+    return tasks
+
+
+def _in_upload_order(
+    results: Iterable[list[MontageTaskResult]], identifier: str, grid: TileGrid, count: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[list[MontageKey], list[str]]:
+    """The montages written, in upload order (position by position, montages in order),
+    and the errors of those that were not."""
+    by_key: dict[MontageKey, MontageTaskResult] = {}
+    for batch in results:
+        by_key.update((r.key, r) for r in batch)
+        if progress is not None:
+            progress(len(batch))
+    written: list[MontageKey] = []
+    errors: list[str] = []
+    for pos in grid.positions:
+        for m in range(count):
+            result = by_key[MontageKey(identifier, pos.x, pos.y, m)]
+            if result.error is not None:
+                logger.error("montage not written: %s", result.error)
+                errors.append(result.error)
+            else:
+                written.append(result.key)
+    return written, errors
 
 
 def _upload_channel_index(
@@ -526,20 +558,5 @@ def _check_truth(truth: NDArray[np.generic], shape: tuple[int, ...]) -> NDArray[
             f"truth labels have shape {truth.shape} but the raw movie is {shape}: give one "
             "label frame per raw frame"
         )
-    if truth.dtype.kind not in "biu":
-        raise InputError(f"truth labels must be integers, got {truth.dtype}")
-    if truth.size and (int(truth.min()) < 0 or int(truth.max()) > _UINT16_MAX):
-        raise InputError(
-            f"truth labels run from {truth.min()} to {truth.max()}; label montages are "
-            "16-bit PNGs: use ids from 0 to 65535"
-        )
-    return truth
-
-
-def _write_upload_csv(wf: WorkingFolder, keys: list[MontageKey], url_prefix: str) -> Path:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["identifier", "image_url"])
-    for key in keys:
-        writer.writerow([wf.identifier, url_prefix + wf.montage_path(key).name])
-    return atomic_write_text(wf.upload_csv, buf.getvalue())
+    return check_label_image(truth, ndim=None, what="truth labels", allow_bool=True,
+                             hint=": label montages are 16-bit PNGs, one id per cell")

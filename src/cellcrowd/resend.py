@@ -1,16 +1,10 @@
 """Close the loop: send units that need another judgment back to the job, once each.
 
-A unit needs another judgment when
-
-* every judgment of its montage reported a broken link (:func:`still_broken`);
-* none of its annotations could be downloaded (listed in ``wf.failures_csv`` and no
-  judgment file on disk);
-* with ``min_agreement``: the consensus of its judgments agreed poorly, read from
-  ``wf.consensus_report_path(montage)`` (``mean_agreement``, the annotators' mean F1
-  against the consensus; montages without such a report are left alone).
-
-:func:`resend_units` writes those rows (``identifier,image_url``, the upload format)
-to ``wf.resend_csv(job_id)``; unless ``dry_run``, it adds them to the job with
+The units are exactly those ``cellcrowd review`` lists
+(:func:`cellcrowd.review.units_needing_judgment`: every link broken, no annotation
+downloaded or no clean labels, agreement below ``[clean] min_agreement``).
+:func:`resend_units` writes those not sent before (``identifier,image_url``, the upload
+format) to ``wf.resend_csv(job_id)``; unless ``dry_run``, it adds them to the job with
 ``POST {base}/jobs/{id}/upload.json`` (JSON lines, one object per row; the method and
 the answer's shape are UNVERIFIED: older clients used ``PUT``) and records them in
 ``wf.resent`` (keyed by ``image_url``), so a row is never sent twice: running it again
@@ -22,33 +16,26 @@ they were recorded would send them again (a window of one write).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import Config
 from .errors import InputError
-from .files import atomic_write_text, natural_key
+from .files import atomic_write_text
 from .layout import WorkingFolder
+from .review import ReviewItem, job_units_needing_judgment
+from .uploadcsv import write_upload_csv
 
 __all__ = ["ResendResult", "ResendRow", "resend_units", "units_to_resend"]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ResendRow:
-    """A unit to judge again: the uploaded row and why."""
-
-    montage: str
-    identifier: str
-    image_url: str
-    reason: str
+#: A unit to judge again: the uploaded row and why (the same record ``review`` lists).
+ResendRow = ReviewItem
 
 
 @dataclass(frozen=True)
@@ -61,51 +48,21 @@ class ResendResult:
     sent: bool
 
 
-def _failed_montages(wf: WorkingFolder, job_id: int, judgments: Sequence[Any]) -> set[str]:
-    """Montages in the failures CSV with no judgment file on disk."""
-    path = wf.failures_csv(job_id)
-    if not path.is_file():
-        return set()
-    with open(path, encoding="utf-8", newline="") as fh:
-        listed = {row.get("montage", "") for row in csv.DictReader(fh)}
-    have = {j.montage for j in judgments
-            if j.usable and wf.judgment_path(j.montage, j.unit_id, j.judgment_id).is_file()}
-    return {m for m in listed if m and m not in have}
-
-
-def _agreement(wf: WorkingFolder, montage: str) -> float | None:
-    """The consensus report's ``mean_agreement`` of a montage (None if absent)."""
-    try:
-        data = json.loads(wf.consensus_report_path(montage).read_text(encoding="utf-8"))
-        return float(data["mean_agreement"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def units_to_resend(config: Config, *, min_agreement: float | None = None) -> list[ResendRow]:
-    """Every unit that needs another judgment (see the module docstring), by montage."""
-    from .appen.report import read_report, still_broken
+    """Every unit that needs another judgment, as ``cellcrowd review`` selects them.
 
-    wf = config.working_folder()
-    report = wf.report_csv(config.job_id, config.service.report_type)
-    if not report.is_file():
-        raise InputError("no report yet: run `cellcrowd report CONFIG` (or watch) first",
-                         path=report)
-    judgments = read_report(report, report_type=config.service.report_type)
-    first: dict[str, Any] = {}
-    for j in judgments:
-        first.setdefault(j.montage, j)
-    reasons = dict.fromkeys(still_broken(judgments), "broken link in every judgment")
-    for name in _failed_montages(wf, config.job_id, judgments):
-        reasons.setdefault(name, "no annotation could be downloaded")
-    if min_agreement is not None:
-        for name in first:
-            score = _agreement(wf, name)
-            if score is not None and score < min_agreement:
-                reasons.setdefault(name, f"annotators agree poorly (mean F1 {score:.2f} < "
-                                         f"{min_agreement:.2f})")
-    return [ResendRow(name, first[name].identifier, first[name].image_url, reason)
-            for name, reason in sorted(reasons.items(), key=lambda kv: natural_key(kv[0]))]
+    ``min_agreement`` replaces ``config.clean.min_agreement``.
+
+    Raises
+    ------
+    InputError
+        If the report has not been downloaded yet, the clean stage has not run, or a
+        consensus report cannot be read.
+    """
+    threshold = config.clean.min_agreement if min_agreement is None else min_agreement
+    return job_units_needing_judgment(config.working_folder(), config.job_id,
+                                      report_type=config.service.report_type,
+                                      min_agreement=threshold)
 
 
 def _ledger(wf: WorkingFolder) -> dict[str, Any]:
@@ -118,14 +75,6 @@ def _ledger(wf: WorkingFolder) -> dict[str, Any]:
                          "delete it (rows listed in it may then be sent again)",
                          path=wf.resent) from None
     return data if isinstance(data, dict) else {}
-
-
-def _csv_text(rows: Sequence[ResendRow]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["identifier", "image_url"])
-    writer.writerows([r.identifier, r.image_url] for r in rows)
-    return buf.getvalue()
 
 
 def resend_units(
@@ -146,7 +95,8 @@ def resend_units(
     dry_run : bool
         Only write ``wf.resend_csv(job_id)``.
     min_agreement : float, optional
-        Also resend montages whose consensus agreed less than this (0 to 1).
+        Replaces ``[clean] min_agreement``: resend montages whose annotators agree less
+        with their consensus (mean F1, 0 to 1).
 
     Returns
     -------
@@ -159,7 +109,8 @@ def resend_units(
     ledger = _ledger(wf)
     wanted = units_to_resend(config, min_agreement=min_agreement)
     rows = tuple(r for r in wanted if r.image_url not in ledger)
-    path = atomic_write_text(wf.resend_csv(config.job_id), _csv_text(rows))
+    path = write_upload_csv(wf.resend_csv(config.job_id),
+                            ((r.identifier, r.image_url) for r in rows))
     done = len(wanted) - len(rows)
     if dry_run or not rows:
         logger.info("%d row(s) to send back written to %s (%d sent before)%s", len(rows),

@@ -8,22 +8,13 @@ atomically (usually to ``wf.report_csv(job_id, type)``). It also reads the job s
 (``{base}/jobs/{id}.json`` and ``{base}/jobs/{id}/ping.json``) and offers
 :meth:`AppenClient.send`, the retrying request used by :mod:`cellcrowd.download`.
 
-Base URLs
-    ``base_url`` is the v1 base (default :data:`DEFAULT_API_URL`, or the
-    ``CELLCROWD_API_URL`` environment variable through :func:`api_url_from_env`). The v3
-    base is derived from it by replacing the trailing ``/v1`` with ``/v3``
-    (:func:`v3_base_url`), so a base URL must end in ``/v1`` to use v3.
-
-Credentials
-    The key goes in the header ``Authorization: Token token=<key>`` (``auth="header"``,
-    preferred) or in a ``key=`` query parameter (``auth="query"``, as older clients did).
-    It is attached by a transport wrapper *below* httpx's own logging, and only to
-    requests whose origin (scheme, host and port) is the API's. Hence httpx's
-    ``HTTP Request: …`` log lines never contain it, and a redirect to another host (a
-    storage URL, or merely another port) carries no credential. Error messages pass
-    through :func:`cellcrowd.errors.redact` and remove the key itself.
-    Environment proxy variables are not read (``trust_env=False``) so that every request
-    goes through that wrapper; pass ``proxy=`` to use a proxy.
+Base URLs and credentials
+    See :mod:`cellcrowd.appen.auth`: the v3 base is derived from the v1 one, and the key
+    goes only to the API's origin, below httpx's logging (never in its log lines, never
+    to a storage host a redirect leads to). Error messages pass through
+    :func:`cellcrowd.errors.redact` and remove the key itself. Environment proxy
+    variables are not read (``trust_env=False``) so that every request goes through that
+    wrapper; pass ``proxy=`` to use a proxy.
 
 Retries
     429, 5xx, connection errors, timeouts and truncated bodies are retried up to
@@ -38,33 +29,28 @@ Retries
     the original URL, since a signed storage URL may have expired.
 
 Reports
-    The zip is streamed to a temporary file beside the destination; exactly one member is
-    extracted whatever its name (the name is never used as a path, so it cannot escape
-    the folder), with a bound on its uncompressed size and on its compression ratio. The
-    zip is not kept unless ``keep_zip=True`` (then it sits beside the CSV, ``.zip``
-    instead of ``.csv``): the CSV is the content, the zip only its transport. A body that
-    is not a zip but plain text is written as it is. The ``json`` report is JSON lines
-    and is written under the same ``…_report.csv`` name the seed notebook used.
+    The zip is streamed to a temporary file beside the destination and its one member
+    extracted (:mod:`cellcrowd.appen.bodies`). The zip is not kept unless
+    ``keep_zip=True`` (then it sits beside the CSV, ``.zip`` instead of ``.csv``): the CSV
+    is the content, the zip only its transport. A body that is not a zip but plain text
+    is written as it is. The ``json`` report is JSON lines and is written under the same
+    ``…_report.csv`` name the seed notebook used.
+
+The URL and key helpers (:mod:`cellcrowd.appen.auth`) and the body readers
+(:mod:`cellcrowd.appen.bodies`) can also be imported from here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import getpass
 import json
 import logging
-import os
 import random
-import re
 import shutil
 import ssl
-import sys
-import tempfile
 import time
 import zipfile
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -72,15 +58,39 @@ import httpx
 
 from ..errors import (
     AuthenticationError,
-    ConfigError,
     JobNotFoundError,
-    ReportError,
     ReportNotReadyError,
     ServiceError,
     TemporaryServiceError,
     redact,
 )
 from ..files import atomic_path
+from .auth import (
+    API_KEY_ENV_VARS,
+    API_URL_ENV,
+    DEFAULT_API_URL,
+    AuthMode,
+    AuthTransport,
+    Credentials,
+    api_url_from_env,
+    get_api_key,
+    has_version,
+    host_of,
+    v3_base_url,
+    versioned_base_url,
+)
+from .bodies import (
+    EMPTY_ZIP_MAGIC,
+    ZIP_MAGIC,
+    RetryableError,
+    check_complete,
+    extract_single_member,
+    read_head,
+    read_limited,
+    scratch_path,
+    server_message,
+    stream_to_file,
+)
 from .http import DeadlineTransport, capped_wait
 from .http import retry_after as _retry_after
 
@@ -101,191 +111,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://api.appen.com/v1"
-API_URL_ENV = "CELLCROWD_API_URL"
-API_KEY_ENV_VARS = ("CELLCROWD_API_KEY", "APPEN_API_KEY", "FIGURE_EIGHT_API_KEY")
 REPORT_TYPES = ("full", "aggregated", "json", "gold_report", "workset", "source")
 
-AuthMode = Literal["header", "query"]
 ApiVersion = Literal["v1", "v3"]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_ZIP_MAGIC = b"PK\x03\x04"
-_EMPTY_ZIP_MAGIC = b"PK\x05\x06"
-_MAX_RATIO = 200  # uncompressed / compressed beyond this is a zip bomb, for large members
-_RATIO_CHECK_ABOVE = 16 << 20
-_CHUNK = 1 << 16
 
 T = TypeVar("T")
-
-
-class RetryableError(Exception):
-    """Raised by a response handler to ask :meth:`AppenClient.send` to try again.
-
-    Used for truncated or corrupt bodies; not part of the public error tree (it never
-    leaves :meth:`AppenClient.send`: it becomes a :class:`TemporaryServiceError` when
-    the retries run out).
-    """
-
-    def __init__(self, reason: str, *, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-# -- configuration helpers ---------------------------------------------------------------
-
-
-def api_url_from_env(
-    default: str = DEFAULT_API_URL, *, environ: Mapping[str, str] | None = None
-) -> str:
-    """The API base URL: ``CELLCROWD_API_URL`` when set, else ``default``.
-
-    >>> api_url_from_env(environ={})
-    'https://api.appen.com/v1'
-    >>> api_url_from_env(environ={"CELLCROWD_API_URL": "https://api.eu.appen.com/v1/"})
-    'https://api.eu.appen.com/v1'
-    """
-    env = os.environ if environ is None else environ
-    url = (env.get(API_URL_ENV) or "").strip() or default
-    if not re.match(r"(?i)^https?://[^/\s]+", url):
-        raise ConfigError(
-            f"{API_URL_ENV}={redact(url)!r} is not an http(s) URL: use e.g. "
-            f"{DEFAULT_API_URL!r} or the EU tenant 'https://api.eu.appen.com/v1'"
-        )
-    return url.rstrip("/")
-
-
-def get_api_key(
-    prompt: bool = True,
-    *,
-    environ: Mapping[str, str] | None = None,
-    getpass_fn: Callable[[str], str] | None = None,
-) -> str:
-    """The API key from the environment, else from an interactive prompt (never echoed).
-
-    The first of ``CELLCROWD_API_KEY``, ``APPEN_API_KEY``, ``FIGURE_EIGHT_API_KEY`` that
-    is set and non-empty wins. Otherwise, when ``prompt`` is true and the standard input
-    is a terminal or a Jupyter kernel (or ``getpass_fn`` is given), the key is asked for
-    with :func:`getpass.getpass`.
-
-    >>> get_api_key(environ={"APPEN_API_KEY": "k2", "FIGURE_EIGHT_API_KEY": "k3"})
-    'k2'
-    """
-    env = os.environ if environ is None else environ
-    for name in API_KEY_ENV_VARS:
-        value = (env.get(name) or "").strip()
-        if value:
-            return value
-    hint = f"set one of {', '.join(API_KEY_ENV_VARS)}"
-    if not prompt:
-        raise ConfigError(f"no API key given: {hint}")
-    if getpass_fn is None:
-        # Jupyter's getpass works though its stdin is no terminal.
-        if not sys.stdin or not (sys.stdin.isatty() or "ipykernel" in sys.modules):
-            raise ConfigError(f"no API key given and no terminal to ask for one: {hint}")
-        getpass_fn = getpass.getpass
-    key = getpass_fn("Appen / Figure Eight API key (not shown): ").strip()
-    if not key:
-        raise ConfigError(f"no API key entered: type the key at the prompt, or {hint}")
-    return key
-
-
-def versioned_base_url(base_url: str) -> str:
-    """The v1 base URL: a bare host (``https://api.appen.com``) gets ``/v1`` added.
-
-    >>> versioned_base_url("https://api.appen.com/")
-    'https://api.appen.com/v1'
-    >>> versioned_base_url("https://api.eu.appen.com/v1")
-    'https://api.eu.appen.com/v1'
-    """
-    base = base_url.strip().rstrip("/")
-    if httpx.URL(base).path in ("", "/"):
-        return f"{base}/v1"
-    return base
-
-
-def _host(url: httpx.URL) -> str:
-    """``host`` or ``host:port`` of a URL (never its path or query, where a key may be)."""
-    return f"{url.host}:{url.port}" if url.port else url.host
-
-
-def _has_version(base_url: str) -> bool:
-    return re.search(r"/v\d+$", base_url.strip().rstrip("/")) is not None
-
-
-def v3_base_url(base_url: str) -> str:
-    """The v3 API base derived from a v1 base URL (``…/v1`` becomes ``…/v3``).
-
-    >>> v3_base_url("https://api.appen.com/v1")
-    'https://api.appen.com/v3'
-    """
-    base = base_url.rstrip("/")
-    if not base.endswith("/v1"):
-        raise ConfigError(
-            f"cannot derive the v3 API URL from {redact(base)!r}: the base URL must end in "
-            "'/v1' (e.g. https://api.appen.com/v1), or use the v1 API ([service] "
-            "api_version = \"v1\")"
-        )
-    return base[: -len("/v1")] + "/v3"
-
-
-# -- credentials ---------------------------------------------------------------------------
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return (url.scheme.lower(), url.host.lower(), url.port or default)
-
-
-class _Credentials:
-    """Adds the key to requests for the API's origin, and only to those."""
-
-    def __init__(self, api_key: str | None, base_url: str, mode: AuthMode) -> None:
-        self.key = api_key or None
-        self.mode = mode
-        self.origin = _origin(httpx.URL(base_url))
-
-    def applies_to(self, url: httpx.URL) -> bool:
-        return self.key is not None and _origin(url) == self.origin
-
-    def strip(self, url: httpx.URL) -> httpx.URL:
-        """``url`` without any query parameter holding the key (it is added back later)."""
-        items = url.params.multi_items()
-        kept = [(k, v) for k, v in items if self.key is None or v != self.key]
-        return url if len(kept) == len(items) else url.copy_with(params=kept)
-
-    def apply(self, request: httpx.Request) -> httpx.Request:
-        if self.key is None:
-            return request
-        # Never pass our key on, even if a redirect echoed it into the Location.
-        url = self.strip(request.url)
-        headers = httpx.Headers(request.headers)
-        if not self.applies_to(url):
-            if url == request.url:
-                return request
-        elif self.mode == "header":
-            headers["Authorization"] = f"Token token={self.key}"
-        else:
-            url = url.copy_set_param("key", self.key)
-        return httpx.Request(
-            request.method, url, headers=headers, stream=request.stream,
-            extensions=request.extensions,
-        )
-
-
-class _AuthTransport(httpx.BaseTransport):
-    """Adds credentials after httpx has logged the (credential-free) request."""
-
-    def __init__(self, inner: httpx.BaseTransport, credentials: _Credentials) -> None:
-        self._inner = inner
-        self._credentials = credentials
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._inner.handle_request(self._credentials.apply(request))
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 # -- the client ----------------------------------------------------------------------------
@@ -387,7 +219,7 @@ class AppenClient:
         self.max_report_bytes = max_report_bytes
         self._sleep = sleep
         self._key = api_key or None
-        self._credentials = _Credentials(api_key, self.base_url, auth)
+        self._credentials = Credentials(api_key, self.base_url, auth)
         self._random = random.Random()
         inner = transport or httpx.HTTPTransport(
             verify=_default_ssl_context() if verify is True else verify,
@@ -396,7 +228,7 @@ class AppenClient:
             proxy=proxy,
         )
         self._http = httpx.Client(
-            transport=_AuthTransport(DeadlineTransport(inner, request_deadline),
+            transport=AuthTransport(DeadlineTransport(inner, request_deadline),
                                      self._credentials),
             timeout=httpx.Timeout(min(timeout, request_deadline), pool=None),
             follow_redirects=False,
@@ -480,7 +312,7 @@ class AppenClient:
             if attempt == self.max_retries:
                 raise TemporaryServiceError(
                     f"{what}: gave up after {self.max_retries + 1} attempts at "
-                    f"{_host(start)}, the last one failed with {self.redact(reason)}; the "
+                    f"{host_of(start)}, the last one failed with {self.redact(reason)}; the "
                     "service may be overloaded or down, or the network may not reach "
                     f"{start.host}: check the base URL and try again later",
                     url=self.redact(str(start)),
@@ -506,7 +338,7 @@ class AppenClient:
                     url, method = self._redirect_target(response, url, method, what)
                     continue
                 if code == 429 or code >= 500:
-                    _read_limited(response, 64 << 10, what, strict=False)  # keep-alive
+                    read_limited(response, 64 << 10, what, strict=False)  # keep-alive
                     raise RetryableError(
                         f"HTTP {code} {response.reason_phrase}".strip(),
                         retry_after=_retry_after(response),
@@ -550,7 +382,7 @@ class AppenClient:
     def _raise_for_status(self, response: httpx.Response, what: str) -> None:
         code = response.status_code
         url = self.redact(str(response.request.url))
-        detail = self.redact(_server_message(response))
+        detail = self.redact(server_message(response))
         if code in (401, 403) and not self._credentials.applies_to(response.request.url):
             raise ServiceError(
                 f"{what}: HTTP {code} from {response.request.url.host} ({detail}), which got "
@@ -577,7 +409,7 @@ class AppenClient:
     def _version_note(self) -> str:
         """What a 404 may owe to a base URL given without an API version."""
         given = self._given_base_url
-        if _has_version(given):
+        if has_version(given):
             return ""
         used = "" if given == self.base_url else f", so {self.redact(self.base_url)} was used"
         return (f"; the base URL {self.redact(given)} names no API version{used}: give the "
@@ -596,7 +428,7 @@ class AppenClient:
         """A JSON answer (retried like every request)."""
 
         def read(response: httpx.Response) -> Any:
-            body = _read_limited(response, 64 << 20, what)
+            body = read_limited(response, 64 << 20, what)
             try:
                 return json.loads(body) if body.strip() else {}
             except ValueError:
@@ -667,12 +499,12 @@ class AppenClient:
         if regenerate:
             self.regenerate_report(job_id, report_type)
         what = f"job {job_id}'s {report_type} report"
-        keep = atomic_path(dest.with_suffix(".zip")) if keep_zip else _scratch_path(dest)
+        keep = atomic_path(dest.with_suffix(".zip")) if keep_zip else scratch_path(dest)
         with keep as tmp_zip:
             self._fetch_report(job_id, report_type, api_version, tmp_zip, what)
             with atomic_path(dest) as tmp_csv:
-                head = _read_head(tmp_zip)
-                if head.startswith((_ZIP_MAGIC, _EMPTY_ZIP_MAGIC)):
+                head = read_head(tmp_zip)
+                if head.startswith((ZIP_MAGIC, EMPTY_ZIP_MAGIC)):
                     extract_single_member(tmp_zip, tmp_csv, max_bytes=self.max_report_bytes,
                                           source=what)
                 else:
@@ -718,11 +550,11 @@ class AppenClient:
     def _save_report(self, response: httpx.Response, target: Path, what: str) -> float | None:
         """Save a ready report; or return how long to wait (0 = default) on a 202."""
         if response.status_code == 202:
-            _read_limited(response, 1 << 20, what)
+            read_limited(response, 1 << 20, what)
             return _retry_after(response) or 0.0
-        _stream_to_file(response, target, self.max_report_bytes, what)
-        head = _read_head(target)
-        if head.startswith(_ZIP_MAGIC):
+        stream_to_file(response, target, self.max_report_bytes, what)
+        head = read_head(target)
+        if head.startswith(ZIP_MAGIC):
             try:
                 with zipfile.ZipFile(target):
                     pass
@@ -750,142 +582,3 @@ def _check_report_type(report_type: str) -> None:
         raise ValueError(
             f"unknown report type {report_type!r}: use one of {', '.join(REPORT_TYPES)}"
         )
-
-
-def _server_message(response: httpx.Response) -> str:
-    """The message of a JSON error body (``{"error": {"message": …}}``), or its start."""
-    try:
-        body = _read_limited(response, 64 << 10, "error body", strict=False)
-    except httpx.HTTPError:
-        return response.reason_phrase or "no details"
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:200] or response.reason_phrase or "no details"
-    if isinstance(data, dict):
-        for key in ("error", "notice", "errors"):
-            value = data.get(key)
-            if isinstance(value, dict) and "message" in value:
-                return str(value["message"])[:200]
-            if isinstance(value, str | list):
-                return str(value)[:200]
-        if "message" in data:
-            return str(data["message"])[:200]
-    return text[:200]
-
-
-def _read_limited(response: httpx.Response, limit: int, what: str, *,
-                  strict: bool = True) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    for chunk in response.iter_bytes(_CHUNK):
-        total += len(chunk)
-        if total > limit:
-            if not strict:
-                break
-            raise ServiceError(f"{what}: the answer is larger than {limit} bytes",
-                               status=response.status_code)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _stream_to_file(response: httpx.Response, target: Path, limit: int, what: str) -> int:
-    """Stream the body into ``target``; a short body raises :class:`RetryableError`."""
-    total = 0
-    with open(target, "wb") as out:
-        for chunk in response.iter_bytes(_CHUNK):
-            total += len(chunk)
-            if total > limit:
-                raise ServiceError(
-                    f"{what}: the download is larger than the {limit}-byte limit; raise "
-                    "max_report_bytes if this job really is that large",
-                    status=response.status_code,
-                )
-            out.write(chunk)
-    check_complete(response, total)
-    return total
-
-
-def check_complete(response: httpx.Response, received: int) -> None:
-    """Raise :class:`RetryableError` when fewer bytes came than ``Content-Length`` said."""
-    declared = response.headers.get("content-length")
-    plain = not response.headers.get("content-encoding")
-    if plain and declared and declared.isdigit() and received != int(declared):
-        raise RetryableError(f"truncated body: got {received} of {declared} bytes")
-
-
-def _read_head(path: Path, size: int = 64) -> bytes:
-    with open(path, "rb") as fh:
-        return fh.read(size)
-
-
-@contextlib.contextmanager
-def _scratch_path(beside: Path) -> Iterator[Path]:
-    """A temporary file next to ``beside``, removed on exit whatever happens."""
-    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.cellcrowd-tmp-", suffix=".zip",
-                                dir=beside.parent)
-    os.close(fd)
-    try:
-        yield Path(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
-
-
-def extract_single_member(
-    zip_path: str | Path, dest: str | Path, *, max_bytes: int = 4 << 30,
-    source: str = "report zip",
-) -> str:
-    """Copy the one file inside ``zip_path`` to ``dest``; return the member's name.
-
-    The member's name is never used as a path (so ``../`` names cannot escape), its
-    uncompressed size is bounded by ``max_bytes`` (checked while copying, not only from
-    the header) and large members with an implausible compression ratio are refused
-    (zip bombs). The zip's CRC is checked as the member is read.
-    """
-    zip_path = Path(zip_path)
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as exc:
-        raise ReportError(f"{source} is not a valid zip ({exc}): download it again",
-                          path=zip_path) from None
-    with archive:
-        members = [info for info in archive.infolist() if not info.is_dir()]
-        if len(members) != 1:
-            names = ", ".join(repr(m.filename) for m in members[:5]) or "none"
-            raise ReportError(
-                f"{source} holds {len(members)} files ({names}), expected exactly one; "
-                "download the report again or unzip it by hand",
-                path=zip_path,
-            )
-        info = members[0]
-        if info.flag_bits & 0x1:
-            raise ReportError(f"{source}: {info.filename!r} is encrypted", path=zip_path)
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > max_bytes or (
-            info.file_size > _RATIO_CHECK_ABOVE and ratio > _MAX_RATIO
-        ):
-            raise ReportError(
-                f"{source}: {info.filename!r} would unpack to {info.file_size} bytes "
-                f"({ratio:.0f}x its compressed size; limit {max_bytes} bytes, ratio "
-                f"{_MAX_RATIO}x): refusing a possible zip bomb",
-                path=zip_path,
-            )
-        written = 0
-        try:
-            with archive.open(info) as src, open(dest, "wb") as out:
-                while block := src.read(_CHUNK):
-                    written += len(block)
-                    if written > max_bytes:
-                        raise ReportError(
-                            f"{source}: {info.filename!r} unpacks to more than {max_bytes} "
-                            "bytes: refusing a possible zip bomb",
-                            path=zip_path,
-                        )
-                    out.write(block)
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            raise ReportError(
-                f"{source}: {info.filename!r} is damaged ({exc}): download it again",
-                path=zip_path,
-            ) from None
-    return info.filename

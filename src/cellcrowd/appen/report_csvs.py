@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..files import atomic_write_text, natural_key, remove_file
 from ..layout import WorkingFolder
+from ..uploadcsv import write_upload_csv
 
 if TYPE_CHECKING:
     from .report import Judgment, Report
@@ -89,9 +90,8 @@ def write_broken_link_csvs(
     first: dict[str, Judgment] = {}
     for j in rows:
         first.setdefault(j.montage, j)
-    reupload = ({"identifier": j.identifier, "image_url": j.image_url}
-                for j in sorted(first.values(), key=lambda j: natural_key(j.montage)))
-    atomic_write_text(reupload_csv, _csv_text(["identifier", "image_url"], reupload))
+    write_upload_csv(reupload_csv, ((j.identifier, j.image_url) for j in
+                                    sorted(first.values(), key=lambda j: natural_key(j.montage))))
     logger.warning("%d montage(s) still have broken links: listed in %s, ready to re-upload "
                    "from %s", len(names), broken_csv.name, reupload_csv.name)
     return names
