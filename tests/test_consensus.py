@@ -417,9 +417,9 @@ def test_report_to_dict_is_json(truth: Labels) -> None:
 @pytest.mark.parametrize(("images", "kwargs", "error", "match"), [
     ([], {}, ValueError, "no label images"),
     ([np.zeros((4, 4), int), np.zeros((4, 5), int)], {}, ValueError, "label image 1 has shape"),
-    ([np.zeros((2, 4, 4), int)], {}, ValueError, "must be 2-D"),
-    ([np.zeros((4, 4), float)], {}, TypeError, "integer ids"),
-    ([np.zeros((4, 4), bool)], {}, TypeError, "integer ids"),
+    ([np.zeros((2, 4, 4), int)], {}, ValueError, "must be a 2-D label image"),
+    ([np.zeros((4, 4), float)], {}, TypeError, "integer label image"),
+    ([np.zeros((4, 4), bool)], {}, TypeError, "integer label image"),
     ([np.full((4, 4), -1)], {}, ValueError, "negative ids"),
     ([np.zeros((4, 4), int)] * 2, {"weights": [1.0]}, ValueError, "1 weights for 2"),
     ([np.zeros((4, 4), int)] * 2, {"weights": [1.0, -0.5]}, ValueError, "finite and >= 0"),

@@ -199,9 +199,9 @@ def test_read_label_montage(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "image", "error", "match"),
     [
-        ("rgb.png", np.zeros((3, 8, 3), np.uint8), AnnotationError, "not a label image"),
-        ("float.tif", np.zeros((3, 8), np.float32), AnnotationError, "not a label image"),
-        ("big.tif", np.full((3, 8), 70000, np.int32), AnnotationError, r"outside 0…65535"),
+        ("rgb.png", np.zeros((3, 8, 3), np.uint8), AnnotationError, "must be a 2-D label"),
+        ("float.tif", np.zeros((3, 8), np.float32), AnnotationError, "integer label image"),
+        ("big.tif", np.full((3, 8), 70000, np.int32), AnnotationError, r"ids in 0\.\.65535"),
         ("odd.png", np.zeros((3, 9), np.uint16), GeometryError, "does not fit 2 frames"),
     ],
     ids=["rgb", "float", "too-big", "odd-size"],

@@ -429,7 +429,7 @@ def test_unreadable_files_are_reported_not_fatal(harvest: Harvest, tmp_path: Pat
     page = _page(wf)
     rows = {r["montage"]: r for r in page.rows("units")}
     assert "cannot read this image" in rows[name]["problem"]
-    assert "not a label image" in rows[rgb]["problem"]
+    assert "must be a 2-D label image" in rows[rgb]["problem"]
     part1 = {r["part"]: r for r in page.rows("parts")}[str(first)]
     assert "no y array" in part1["problem"]
     part2 = {r["part"]: r for r in page.rows("parts")}[str(second)]
@@ -527,7 +527,7 @@ def test_overlays_do_not_modify_inputs_and_cycle_the_palette() -> None:
         (lambda: stretch_to_uint8(np.zeros((2, 2, 2))), "2-D grey image"),
         (lambda: stretch_to_uint8(np.zeros((2, 2)), percentiles=(50, 10)), "percentiles"),
         (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 3), int)), "same size"),
-        (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2))), "2-D integer image"),
+        (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2))), "integer label image"),
         (lambda: outline_overlay(np.zeros((2, 2)), np.zeros((2, 2), int),
                                  palette=np.zeros((2, 4), np.uint8)), "palette"),
         (lambda: fill_overlay(np.zeros((2, 2)), np.zeros((2, 2), int), alpha=2), "alpha"),

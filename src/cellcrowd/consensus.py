@@ -96,6 +96,7 @@ from .errors import AnnotationError, CellcrowdError, GeometryError
 from .executor import Executor, run_tasks
 from .files import read_image, write_image
 from .geometry import MontageLayout
+from .labelcheck import check_label_image, fits_uint16
 
 __all__ = [
     "AnnotatorAgreement",
@@ -115,7 +116,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 _REL_TOL = 1e-9
 
 
@@ -127,21 +127,13 @@ def _check_images(label_images: Sequence[NDArray[np.generic]]) -> list[NDArray[n
     if not images:
         raise ValueError("no label images to merge: pass at least one annotator's labels")
     for i, image in enumerate(images):
-        if image.dtype == np.bool_ or not np.issubdtype(image.dtype, np.integer):
-            raise TypeError(
-                f"label image {i} must hold integer ids, got dtype {image.dtype}: decode and "
-                "clean annotations first (cellcrowd.labels)"
-            )
-        if image.ndim != 2:
-            raise ValueError(f"label image {i} must be 2-D (a label montage), got shape "
-                             f"{image.shape}")
+        check_label_image(image, what=f"label image {i}", max_id=None,
+                          hint=": decode and clean annotations first (cellcrowd.labels)")
         if image.shape != images[0].shape:
             raise ValueError(
                 f"label image {i} has shape {image.shape} but label image 0 has shape "
                 f"{images[0].shape}: all judgments of one montage have its size"
             )
-        if image.size and int(image.min()) < 0:
-            raise ValueError(f"label image {i} holds negative ids (down to {int(image.min())})")
     return images
 
 
@@ -494,8 +486,7 @@ def merge_label_files(
                                   min_support=min_support, layout=layout,
                                   min_cover=min_cover, smooth=smooth, odds=odds,
                                   prior_odds=prior_odds, reliable=reliable)
-    small = labels.size == 0 or int(labels.max()) <= _UINT16_MAX
-    write_image(dst, labels.astype(np.uint16) if small else labels)
+    write_image(dst, labels.astype(np.uint16) if fits_uint16(labels) else labels)
     logger.debug("%d judgments -> %s: %d cells, %d dropped", len(paths), dst.name,
                  report.consensus_cells, len(report.dropped))
     return report

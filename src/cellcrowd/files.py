@@ -45,6 +45,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from .errors import InputError, UnsafePathError
+from .labelcheck import fits_uint16
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -352,7 +353,7 @@ def _encode_png(array: NDArray[np.generic]) -> bytes:
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.ndim == 2 and array.dtype not in (np.uint8, np.uint16):
-        if array.size and (array.min() < 0 or array.max() > np.iinfo(np.uint16).max):
+        if not fits_uint16(array):
             raise ValueError(
                 f"values from {array.min()} to {array.max()} do not fit a 16-bit PNG; "
                 "write a TIFF instead"

@@ -33,11 +33,12 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import AnnotationError, GeometryError, InputError
+from .errors import GeometryError, InputError
 from .executor import Executor, run_tasks
 from .files import image_header, raise_if_resource_error, read_image, write_image
 from .geometry import Position, TileGrid
 from .job import Job
+from .labelcheck import check_label_image
 from .layout import (
     MontageKey,
     WorkingFolder,
@@ -62,7 +63,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 
 
 @dataclass(frozen=True)
@@ -186,16 +186,8 @@ def read_label_montage(
     """
     path = Path(path)
     image = read_image(path)
-    if image.ndim != 2 or image.dtype.kind not in "ui":
-        raise AnnotationError(
-            f"not a label image (shape {image.shape}, {image.dtype}): label montages are "
-            "2-D integer images; clean the annotation first",
-            path=path,
-        )
-    if image.size and (int(image.min()) < 0 or int(image.max()) > _UINT16_MAX):
-        raise AnnotationError(
-            f"label ids run from {image.min()} to {image.max()}, outside 0…65535", path=path
-        )
+    check_label_image(image, what="label montage", path=path,
+                      hint="; clean the annotation first")
     layout = montage_log.layout_for_montage(image.shape, source=str(path))
     if layout.frame_shape != tuple(tile_shape):
         raise GeometryError(

@@ -27,6 +27,7 @@ from ..errors import InputError
 from ..files import list_images, natural_key, read_image
 from ..geometry import Position
 from ..job import Job
+from ..labelcheck import check_label_image
 from ..labels import CleanStats
 from ..layout import MontageKey, WorkingFolder, position_name
 from .assess import assess, broken_links, montage_problems
@@ -178,9 +179,7 @@ def _with_label_numbers(m: MontageQc, job: Job | None) -> MontageQc:
     path = m.labels_path
     try:
         image = read_image(path)
-        if image.ndim != 2 or image.dtype == np.bool_ or image.dtype.kind not in "ui":
-            raise InputError(f"not a label image (shape {image.shape}, {image.dtype})",
-                             path=path)
+        check_label_image(image, what="cleaned labels", path=path, max_id=None)
         ids = np.unique(image)
         cells = int(ids.size - (1 if ids.size and ids[0] == 0 else 0))
         if job is None:

@@ -15,6 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import find_boundaries
 
+from ..labelcheck import check_label_image
 from ..match import best_partners, overlap
 
 __all__ = [
@@ -110,11 +111,7 @@ def _colours(labels: NDArray[np.generic], palette: NDArray[np.uint8]) -> NDArray
 
 def _check_pair(image: NDArray[np.generic], labels: NDArray[np.generic],
                 palette: NDArray[np.uint8]) -> None:
-    if labels.ndim != 2 or labels.dtype == np.bool_ or labels.dtype.kind not in "ui":
-        raise ValueError(
-            f"labels must be a 2-D integer image, got shape {labels.shape} and dtype "
-            f"{labels.dtype}"
-        )
+    check_label_image(labels, what="labels", max_id=None)
     if image.shape != labels.shape:
         raise ValueError(
             f"image is {image.shape} but labels are {labels.shape}: they must be the same size"

@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..executor import Executor, run_tasks
 from ..files import atomic_write_text, list_images, read_image, write_image
 from ..geometry import Position, TileGrid
+from ..labelcheck import UINT16_MAX
 from ..layout import WorkingFolder, part_of_montage
 from .common import Lineage
 from .lineage import LineageBuilder, read_lineage
@@ -36,7 +37,7 @@ __all__ = ["MAX_CELLS", "StitchMoviesResult", "read_stitched", "stitch_movies"]
 logger = logging.getLogger(__name__)
 
 #: Most cells a stitched movie may hold: its label frames are 16-bit PNGs.
-MAX_CELLS = int(np.iinfo(np.uint16).max)
+MAX_CELLS = UINT16_MAX
 
 
 @dataclass(frozen=True)
