@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cellcrowd import pipeline
 from cellcrowd.cli import main
 from cellcrowd.config import Config
 from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.files import confine, list_images, read_image, write_image
+from cellcrowd.pipeline.manifest import remove_stale
 
 SETTINGS = ExampleSettings(frames=10, shape=(64, 64), cells=4, divisions=1, montage_len=5,
                            row_length=5)
@@ -124,7 +124,7 @@ def test_a_stale_output_outside_the_folder_is_never_deleted(
     (base / "old.png").write_text("stale")
     old = {"outputs": {"../victim.txt": [8, "x"], str(victim): [8, "x"], "old.png": [5, "y"]}}
     with confine(base), caplog.at_level(logging.WARNING):
-        pipeline._remove_stale(old, {}, base)
+        remove_stale(old, {}, base)
     assert victim.read_text() == "precious"
     assert not (base / "old.png").exists()
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

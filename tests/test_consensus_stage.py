@@ -29,6 +29,8 @@ from cellcrowd.geometry import MontageLayout
 from cellcrowd.labels import clean_annotation_file
 from cellcrowd.logs import read_montage_log
 from cellcrowd.pipeline import run, status
+from cellcrowd.stages import clean as clean_stage
+from cellcrowd.stages.cleanjob import dropped_units
 from cellcrowd.synthetic import paint_annotation
 from cellcrowd.testing import same_up_to_relabel
 
@@ -226,18 +228,20 @@ def test_consensus_settings_defaults_example_and_fingerprint(cfg: Config) -> Non
     assert (defaults.consensus, defaults.min_iou, defaults.min_support) == (True, 0.5, 0.5)
     single = cfg.with_overrides({"clean.consensus": False})
     for key, value in (("min_iou", 0.7), ("min_support", 0.3)):
-        settings = pipeline._clean_settings(cfg.with_overrides({f"clean.{key}": value}))
+        settings = clean_stage.STAGE.settings(cfg.with_overrides({f"clean.{key}": value}))
         assert settings[key] == value
-        assert settings != pipeline._clean_settings(cfg)
+        assert settings != clean_stage.STAGE.settings(cfg)
         # without the consensus the thresholds are unused, and changing them redoes nothing
-        assert pipeline._clean_settings(single.with_overrides(
-            {f"clean.{key}": value})) == pipeline._clean_settings(single)
+        assert clean_stage.STAGE.settings(single.with_overrides(
+            {f"clean.{key}": value})) == clean_stage.STAGE.settings(single)
 
 
-def _report(weights: tuple[float, ...], dropped: DroppedCell) -> ConsensusReport:
+def _report(weights: tuple[float, ...], dropped: DroppedCell, finders: int
+            ) -> ConsensusReport:
     return ConsensusReport(annotators=len(weights), weights=weights,
                            cells_per_annotator=(1,) * len(weights), consensus_cells=0,
-                           dropped=(dropped,), agreement=(), min_support=0.5)
+                           dropped=(dropped,), agreement=(), min_support=0.5,
+                           finders=(finders,))
 
 
 class _J:
@@ -246,28 +250,28 @@ class _J:
 
 
 @pytest.mark.parametrize(
-    ("weights", "cell", "reason"),
+    ("weights", "cell", "finders", "reason"),
     [
-        pytest.param((0.9, 0.6, 0.8), DroppedCell(1, 4, 30, 0.6 / 2.3),
+        pytest.param((0.9, 0.6, 0.8), DroppedCell(1, 4, 30, 0.6 / 2.3), 1,
                      "dropped: found by 1 of 3 annotators (more than 50% of the weight needed)",
                      id="trust-weighted"),
-        pytest.param((1.0, 1.0, 1.0, 1.0), DroppedCell(0, 2, 12, 0.5),
+        pytest.param((1.0, 1.0, 1.0, 1.0), DroppedCell(0, 2, 12, 0.5), 2,
                      "dropped: found by 2 of 4 annotators (more than 50% of the weight needed)",
                      id="half-is-not-enough"),
-        # 3 of 6: annotators 0 and 1 (1 + 2), or 0, 2 and 3 (1 + 1 + 1); weight 0 is out
-        pytest.param((1.0, 2.0, 1.0, 1.0, 1.0, 0.0), DroppedCell(0, 3, 9, 0.5),
-                     "dropped: found by annotators with 50% of the trust weight of 5 annotators"
-                     " (more than 50% of the weight needed)", id="count-ambiguous"),
-        pytest.param((1.0, 1.0, 1.0), DroppedCell(2, 7, 20, 2 / 3, "overruled"),
+        # 3 of 6 (the weights alone cannot tell 0 and 1 from 0, 2 and 3); weight 0 is out
+        pytest.param((1.0, 2.0, 1.0, 1.0, 1.0, 0.0), DroppedCell(0, 3, 9, 0.5), 3,
+                     "dropped: found by 3 of 5 annotators (more than 50% of the weight needed)",
+                     id="count-from-the-consensus"),
+        pytest.param((1.0, 1.0, 1.0), DroppedCell(2, 7, 20, 2 / 3, "overruled"), 2,
                      "dropped: found by 2 of 3 annotators, but other cells won every one of "
                      "its pixels", id="overruled"),
     ],
 )
 def test_dropped_cells_are_named(
-    weights: tuple[float, ...], cell: DroppedCell, reason: str
+    weights: tuple[float, ...], cell: DroppedCell, finders: int, reason: str
 ) -> None:
     js: list[Any] = [_J(f"j{i}") for i in range(len(weights))]
-    (unit,) = pipeline._dropped_units("m", js, _report(weights, cell), "vote")
+    (unit,) = dropped_units("m", js, _report(weights, cell, finders), "vote")
     assert unit.stage == "clean"
     assert unit.unit == f"m: cell {cell.label} of judgment j{cell.annotator}"
     assert unit.reason == reason

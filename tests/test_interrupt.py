@@ -1,10 +1,10 @@
 """Killing ``cellcrowd run`` (SIGKILL) at any point, then rerunning, gives the same bytes.
 
-Each case copies one prepared synthetic job, starts ``python -m cellcrowd run CONFIG`` in
-a subprocess against the emulator, kills it at a known point (the pipeline's test hook
-``CELLCROWD_TEST_PAUSE_AFTER=stage:N`` makes it wait there and create a signal file) or
-as soon as a stage's first file appears, reruns it, and compares every file with an
-uninterrupted run's, byte for byte.
+Each case copies one prepared synthetic job, starts ``cellcrowd run CONFIG`` in a
+subprocess against the emulator (through ``tests/pausing_cli.py``, whose
+``CELLCROWD_TEST_PAUSE_AFTER=stage:N`` makes it wait there and create a signal file),
+kills it at that known point or as soon as a stage's first file appears, reruns it, and
+compares every file with an uninterrupted run's, byte for byte.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSI
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
 KEY = "interrupt-test-key"
+#: ``cellcrowd`` with the pause hook (see its docstring).
+PAUSING_CLI = str(Path(__file__).with_name("pausing_cli.py"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def reference(job: tuple[Example, Config], tmp_path_factory: pytest.TempPathFact
 
 def _start(config: Path, **env: str) -> subprocess.Popen[bytes]:
     full = {**os.environ, "CELLCROWD_API_KEY": KEY, **env}
-    return subprocess.Popen([sys.executable, "-m", "cellcrowd", "-q", "run", str(config)],
+    return subprocess.Popen([sys.executable, PAUSING_CLI, "-q", "run", str(config)],
                             env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -145,7 +147,7 @@ def test_ctrl_c_prints_one_line_and_status_shows_the_running_stage(
             "CELLCROWD_TEST_PAUSE_SIGNAL": str(flag)}
     # Its own process group, so SIGINT reaches the run and its pool workers, like Ctrl-C.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cellcrowd", "-q", "run", str(config), "--workers", "2"],
+        [sys.executable, PAUSING_CLI, "-q", "run", str(config), "--workers", "2"],
         env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         _wait_for(proc, flag.exists)

@@ -7,12 +7,16 @@ copy of the prepared folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,10 @@ from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import load_npz
 from cellcrowd.files import read_image
 from cellcrowd.layout import parse_montage_name, part_numbers, position_name
-from cellcrowd.pipeline import STAGES, run, status
+from cellcrowd.logs import read_montage_log
+from cellcrowd.pipeline import STAGES, engine, run, status
+from cellcrowd.pipeline.lock import hold_lock
+from cellcrowd.stages import HARVEST
 from cellcrowd.testing import assert_same_up_to_relabel
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
@@ -286,7 +293,7 @@ def test_from_until_force_and_outputs_off(cfg: Config) -> None:
         "not-selected", "disabled", "disabled", "disabled", "disabled", "not-selected"]
     wf = pipeline.working_folder(cfg)
     data = load_npz(wf.npz_part(1))
-    assert data.X.shape == (4, 5, *pipeline._montage_log(wf).layout(
+    assert data.X.shape == (4, 5, *read_montage_log(wf.montage_log).layout(
         (data.X.shape[2], data.X.shape[3])).frame_shape, 1)
     assert data.y.dtype == np.int32
     forced = run(off, from_stage="movies", until_stage="npz", force=["npz"])
@@ -357,9 +364,12 @@ def test_os_errors_become_pipeline_errors(cfg: Config, monkeypatch: pytest.Monke
     def broken(ctx: Any) -> Any:
         raise OSError("disk full")
 
-    monkeypatch.setattr(pipeline, "_run_movies", broken)
+    table = dataclasses.replace(HARVEST, stages=tuple(
+        dataclasses.replace(s, run=broken) if s.name == "movies" else s
+        for s in HARVEST.stages))
     with pytest.raises(PipelineError, match="stage movies failed: disk full"):
-        run(cfg, from_stage="movies", until_stage="movies")
+        engine.run(cfg, table, from_stage="movies", until_stage="movies")
+    assert "disk full" in status(cfg).stage("movies").reason
 
 
 def test_interrupted_stage_and_unreadable_manifest(
@@ -385,7 +395,7 @@ def test_interrupted_stage_and_unreadable_manifest(
 def test_a_second_run_on_the_same_folder_is_refused(cfg: Config) -> None:
     wf = cfg.working_folder()
     assert pipeline.lock_holder(wf) is None
-    with pipeline._lock(wf):
+    with hold_lock(wf):
         assert (pipeline.lock_holder(wf) or "").startswith(f"pid {os.getpid()} on ")
         with pytest.raises(PipelineError,
                            match=rf"another cellcrowd run is using .*\(pid {os.getpid()} on "):
@@ -393,10 +403,65 @@ def test_a_second_run_on_the_same_folder_is_refused(cfg: Config) -> None:
     assert pipeline.lock_holder(wf) is None
 
 
-def test_pause_hook_spec_is_checked(monkeypatch: pytest.MonkeyPatch, cfg: Config) -> None:
-    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_AFTER", "clean:x")
-    with pytest.raises(PipelineError, match="expected 'stage:N' or 'stage:end'"):
-        run(cfg)
+class Watcher:
+    """A StageObserver that records what it is told (and the stage's manifest state)."""
+
+    def __init__(self, calls: list[tuple[str, str, Any]], manifest: Path) -> None:
+        self.calls, self.manifest = calls, manifest
+
+    def started(self, stage: str) -> None:
+        self.calls.append(("started", stage, 0))
+
+    def advanced(self, stage: str, count: int) -> None:
+        self.calls.append(("advanced", stage, count))
+
+    def written(self, stage: str) -> None:
+        state = json.loads(self.manifest.read_text())["stages"][stage]["state"]
+        self.calls.append(("written", stage, state))
+
+
+def test_observers_see_a_stage_start_advance_and_write_before_it_is_recorded(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _label_with_truth(cfg)
+    calls: list[tuple[str, str, Any]] = []
+    made: list[Watcher] = []
+
+    def make() -> Watcher:
+        made.append(Watcher(calls, cfg.working_folder().manifest))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "observers", [make])
+    run(cfg, from_stage="movies", until_stage="movies")
+    run(cfg, from_stage="movies", until_stage="movies")  # up to date: nothing to tell
+    assert len(made) == 2  # one per run
+    assert calls[0] == ("started", "movies", 0)
+    assert calls[-1] == ("written", "movies", "running")  # not yet recorded as done
+    items = [n for kind, _, n in calls if kind == "advanced"]
+    assert sum(items) == 16 + SETTINGS.frames  # label montages and raw frames
+    assert {stage for _, stage, _ in calls} == {"movies"}
+
+
+def _pausing_cli() -> Any:
+    """tests/pausing_cli.py as a module (tests are not a package)."""
+    path = Path(__file__).with_name("pausing_cli.py")
+    spec = importlib.util.spec_from_file_location("pausing_cli", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pause_hook_spec_is_checked() -> None:
+    launcher = _pausing_cli()
+    with pytest.raises(ValueError, match="expected 'stage:N' or 'stage:end'"):
+        launcher.Pause.factory({launcher.PAUSE_ENV: "clean:x"})
+    proc = subprocess.run([sys.executable, str(Path(launcher.__file__)), "--help"],
+                          env={**os.environ, launcher.PAUSE_ENV: "clean:x"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "expected 'stage:N' or 'stage:end'" in proc.stderr
 
 
 def test_pause_hook_sleeps_and_signals(
@@ -404,9 +469,11 @@ def test_pause_hook_sleeps_and_signals(
 ) -> None:
     _label_with_truth(cfg)
     signal = tmp_path / "paused"
-    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_AFTER", "movies:3")
-    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_SIGNAL", str(signal))
-    monkeypatch.setenv("CELLCROWD_TEST_PAUSE_SECONDS", "0")
+    launcher = _pausing_cli()
+    make = launcher.Pause.factory({launcher.PAUSE_ENV: "movies:3",
+                                   launcher.SIGNAL_ENV: str(signal),
+                                   launcher.SECONDS_ENV: "0"})
+    monkeypatch.setattr(engine, "observers", [make])
     run(cfg, from_stage="movies", until_stage="movies")
     assert signal.read_text().startswith("movies after 3 items")
 
@@ -463,7 +530,7 @@ def test_stage_files_are_synced_once_before_the_manifest_records_them(
         return files.sync_paths(paths)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(pipeline, "sync_paths", sync_paths)
+    monkeypatch.setattr(engine, "sync_paths", sync_paths)
     serial = cfg.with_overrides({"executor.workers": 1})  # fsyncs counted in this process
     summary = run(serial, from_stage="movies", until_stage="movies", force=["movies"])
     assert per_file == []

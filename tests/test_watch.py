@@ -138,7 +138,8 @@ def _free_port() -> int:
 def _start(config: Path, port: int, **hook: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "CELLCROWD_API_KEY": KEY, WEBHOOK_TOKEN_ENV: TOKEN, **hook}
     return subprocess.Popen(
-        [sys.executable, "-m", "cellcrowd", "-q", "watch", str(config), "--interval", "0.5",
+        [sys.executable, str(Path(__file__).with_name("pausing_cli.py")), "-q", "watch",
+         str(config), "--interval", "0.5",
          "--listen", f"127.0.0.1:{port}", "--workers", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -170,7 +171,7 @@ def test_killed_watch_resumes_to_the_same_outputs(
     with Emulator([], api_key=KEY, live=live) as emu:
         config = _copy(example, tmp_path / "work", emu.url)
         wf = load_config(config).working_folder()
-        # the pipeline's test hook holds the first harvest in the clean stage
+        # the pause hook of tests/pausing_cli.py holds the first harvest in the clean stage
         proc = _start(config, port, CELLCROWD_TEST_PAUSE_AFTER="clean:2",
                       CELLCROWD_TEST_PAUSE_SIGNAL=str(paused))
         _wait_until(paused.exists, proc, timeout=60)

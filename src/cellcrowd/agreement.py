@@ -140,6 +140,9 @@ class ConsensusReport:
         The parameters used.
     cells : tuple of CellRecord
         One per output cell, by id.
+    finders : tuple of int
+        How many annotators found each dropped cell, in the order of ``dropped``
+        (not in :meth:`to_dict`, whose JSON stays as it was).
     """
 
     annotators: int
@@ -153,6 +156,7 @@ class ConsensusReport:
     min_iou: float = 0.5
     min_support: float = 0.5
     cells: tuple[CellRecord, ...] = ()
+    finders: tuple[int, ...] = ()
 
     @property
     def single(self) -> bool:

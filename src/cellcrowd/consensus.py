@@ -168,16 +168,22 @@ def _check_params(min_iou: float, min_support: float, min_cover: float | None = 
 
 def _dropped(order: list[int], cells: list[Cells], group_of: list[NDArray[np.int64]],
              share: NDArray[np.float64], kept: NDArray[np.bool_], present: NDArray[np.bool_]
-             ) -> list[DroppedCell]:
-    """Every member of a consensus cell missing from the output, by annotator and id."""
+             ) -> tuple[tuple[DroppedCell, ...], tuple[int, ...]]:
+    """Every member of a consensus cell missing from the output, by annotator and id,
+    and how many annotators found each (the members of its group)."""
+    members = np.zeros(share.size, dtype=np.int64)
+    for g in group_of:
+        members += np.bincount(g[1:], minlength=share.size)
     dropped = []
     for i, c, g in zip(order, cells, group_of, strict=True):
         for cid in (np.flatnonzero(~present[g[1:]]) + 1).tolist():
             group = int(g[cid])
-            dropped.append(DroppedCell(i, int(c.ids[cid - 1]), int(c.areas[cid - 1]),
-                                       float(share[group]),
-                                       "overruled" if kept[group] else "support"))
-    return sorted(dropped)
+            dropped.append((DroppedCell(i, int(c.ids[cid - 1]), int(c.areas[cid - 1]),
+                                        float(share[group]),
+                                        "overruled" if kept[group] else "support"),
+                            int(members[group])))
+    dropped.sort()
+    return tuple(d for d, _ in dropped), tuple(n for _, n in dropped)
 
 
 def _likely(group_of: list[NDArray[np.int64]], odds: list[tuple[float, float]], groups: int,
@@ -347,7 +353,7 @@ def merge_labels(
     consensus = compact(winner + 1)
     present = np.zeros(support.size, dtype=bool)
     present[consensus.ids - 1] = True
-    dropped = _dropped(order, cells, group_of, support / total, kept, present)
+    dropped, finders = _dropped(order, cells, group_of, support / total, kept, present)
     flat = consensus.compact.reshape(frames)
     out = (layout.make(flat) if layout is not None else flat[0]).astype(np.int32)
     report = ConsensusReport(
@@ -355,7 +361,7 @@ def merge_labels(
         weights=tuple(weight_list),
         cells_per_annotator=tuple(c.count for c in all_cells),
         consensus_cells=consensus.count,
-        dropped=tuple(dropped),
+        dropped=dropped,
         agreement=tuple(annotator_agreement(i, weight_list[i], c, consensus)
                         for i, c in enumerate(all_cells)),
         ignored=tuple(i for i, w in enumerate(weight_list) if w == 0),
@@ -363,6 +369,7 @@ def merge_labels(
         min_iou=float(min_iou),
         min_support=float(min_support),
         cells=_cell_records(cells, group_of, support / total, consensus),
+        finders=finders,
     )
     if dropped:
         logger.debug("consensus of %d annotators: %d cells, %d input cells dropped",

@@ -1,0 +1,227 @@
+"""The manifest: what each stage read and wrote, and whether it is still up to date.
+
+A manifest (``wf.manifest``, JSON, written atomically) records per stage the
+fingerprint of its inputs (:func:`stage_inputs`: the recorded outputs of the stages
+it reads, the sizes and SHA-256 of the other files it reads, the configuration
+values that matter to it, the cellcrowd version) and its outputs (paths, sizes,
+SHA-256). :func:`judge` decides whether a stage must run; :func:`remove_stale` and
+:func:`remove_temporary_files` clean up after earlier runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import Config
+from ..errors import UnsafePathError
+from ..files import TMP_MARK, atomic_write_text, remove_file, sha256_file
+from ..layout import WorkingFolder
+from .stage import SkippedUnit, Stage
+
+__all__ = [
+    "MANIFEST_VERSION",
+    "Manifest",
+    "digest",
+    "judge",
+    "record",
+    "recorded_paths",
+    "remove_stale",
+    "remove_temporary_files",
+    "skipped_from",
+    "stage_inputs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The manifest format's version (another one: every stage is redone).
+MANIFEST_VERSION = 1
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def _abs(rel: str, base: Path) -> Path:
+    path = Path(rel)
+    return path if path.is_absolute() else base / path
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _cached_sha256(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    return sha256_file(path)
+
+
+def _size_and_hash(path: Path) -> tuple[int, str]:
+    """Size and SHA-256 of a file, hashed once per process while the file is unchanged."""
+    st = path.stat()
+    return st.st_size, _cached_sha256(str(path.resolve()), st.st_ino, st.st_size,
+                                      st.st_mtime_ns, st.st_ctime_ns)
+
+
+def record(paths: Sequence[Path], base: Path) -> dict[str, list[Any]]:
+    """``{path relative to base: [size, sha256]}`` of ``paths``, sorted by path."""
+    return {
+        _rel(p, base): list(_size_and_hash(p))
+        for p in sorted(set(paths), key=lambda q: _rel(q, base))
+    }
+
+
+def recorded_paths(outputs: Mapping[str, Any], base: Path) -> tuple[Path, ...]:
+    """The paths of a :func:`record` (or a manifest entry's ``outputs``)."""
+    return tuple(_abs(rel, base) for rel in outputs)
+
+
+def digest(data: Any) -> str:
+    """SHA-256 of ``data`` as canonical JSON."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Manifest:
+    """The folder's manifest, read once; :meth:`set` writes it back atomically."""
+
+    def __init__(self, wf: WorkingFolder) -> None:
+        self.path = wf.manifest
+        self.data: dict[str, Any] = {"version": MANIFEST_VERSION, "stages": {}}
+        if self.path.exists():
+            try:
+                loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                logger.warning("%s is unreadable (%s): every stage will be redone",
+                               self.path, exc)
+            else:
+                if isinstance(loaded, dict) and loaded.get("version") == MANIFEST_VERSION:
+                    self.data = loaded
+                else:
+                    logger.warning("%s is from another cellcrowd version: every stage "
+                                   "will be redone", self.path)
+
+    def entry(self, stage: str) -> dict[str, Any] | None:
+        """The stage's entry (None: never recorded)."""
+        value = self.data["stages"].get(stage)
+        return value if isinstance(value, dict) else None
+
+    def set(self, stage: str, entry: dict[str, Any]) -> None:
+        """Replace the stage's entry and write the manifest."""
+        self.data["stages"][stage] = entry
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+
+    def outputs_digest(self, stage: str) -> str | None:
+        """The digest of the stage's recorded outputs (None unless it is done)."""
+        entry = self.entry(stage)
+        if entry is None or entry.get("state") != "done":
+            return None
+        return str(entry.get("outputs_digest"))
+
+    def counts(self, stage: str) -> dict[str, int]:
+        """The counts the stage recorded ({} if none)."""
+        return dict((self.entry(stage) or {}).get("counts", {}))
+
+
+def stage_inputs(stage: Stage, wf: WorkingFolder, config: Config, manifest: Manifest
+                 ) -> dict[str, Any]:
+    """Everything a stage's result depends on (its fingerprint is their :func:`digest`)."""
+    return {
+        "cellcrowd": __version__,
+        "stage_version": stage.version,
+        "settings": stage.settings(config),
+        "upstream": {name: manifest.outputs_digest(name) for name in stage.upstream},
+        "files": record(stage.files(wf, config), wf.base),
+    }
+
+
+def _diff_inputs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
+    if not old:
+        return "never run"
+    reasons: list[str] = []
+    if old.get("cellcrowd") != new["cellcrowd"] or old.get("stage_version") != new[
+        "stage_version"
+    ]:
+        reasons.append("written by another cellcrowd version")
+    old_settings = old.get("settings", {})
+    changed = sorted(k for k in new["settings"] if old_settings.get(k) != new["settings"][k])
+    if changed:
+        reasons.append("settings changed: " + ", ".join(changed))
+    ups = sorted(k for k, v in new["upstream"].items() if old.get("upstream", {}).get(k) != v)
+    if ups:
+        reasons.append("outputs of " + ", ".join(ups) + " changed")
+    old_files, new_files = old.get("files", {}), new["files"]
+    files = sorted(set(old_files) ^ set(new_files)) + sorted(
+        k for k in set(old_files) & set(new_files) if old_files[k] != new_files[k]
+    )
+    if files:
+        more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+        reasons.append("input files changed: " + ", ".join(files[:3]) + more)
+    return "; ".join(reasons) or "inputs changed"
+
+
+def _verify_outputs(entry: Mapping[str, Any], base: Path) -> str | None:
+    """None when every recorded output is intact, else why not."""
+    for rel, (size, sha) in entry.get("outputs", {}).items():
+        path = _abs(rel, base)
+        if not path.is_file():
+            return f"output {rel} is missing"
+        if path.stat().st_size != size or _size_and_hash(path)[1] != sha:
+            return f"output {rel} was changed"
+    return None
+
+
+def judge(entry: Mapping[str, Any] | None, inputs: Mapping[str, Any], base: Path
+          ) -> str | None:
+    """None when the stage is up to date, else the reason it must run."""
+    if entry is None:
+        return "never run"
+    state = entry.get("state")
+    if state == "failed":
+        return f"failed last time: {entry.get('error', '?')}"
+    if state != "done":
+        return "interrupted last time"
+    if entry.get("fingerprint") != digest(inputs):
+        return _diff_inputs(entry.get("inputs"), inputs)
+    if entry.get("retry"):
+        return f"retrying: {entry['retry']}"
+    return _verify_outputs(entry, base)
+
+
+def skipped_from(entry: Mapping[str, Any] | None) -> tuple[SkippedUnit, ...]:
+    """The skipped units an entry records."""
+    if not entry:
+        return ()
+    return tuple(SkippedUnit(str(d["stage"]), str(d["unit"]), str(d["reason"]))
+                 for d in entry.get("skipped", []))
+
+
+def remove_temporary_files(base: Path) -> None:
+    """Delete half-written files an interrupted run left (never under a real name)."""
+    for path in base.rglob(f"*{TMP_MARK}*"):
+        if path.is_file():
+            logger.info("removing %s (left by an interrupted run)", path)
+            remove_file(path)
+
+
+def remove_stale(old: Mapping[str, Any] | None, new: Mapping[str, Any], base: Path) -> None:
+    """Delete files an earlier run of the stage wrote (entry ``old``) that this run did not.
+
+    Only inside the working folder (:func:`cellcrowd.files.remove_file`): a recorded
+    output that resolves elsewhere is left alone, with a warning.
+    """
+    if not old:
+        return
+    for rel in sorted(set(old.get("outputs", {})) - set(new)):
+        path = _abs(rel, base)
+        if path.is_file():
+            logger.info("removing %s (no longer produced)", rel)
+            try:
+                remove_file(path, source="the manifest's list of earlier outputs")
+            except UnsafePathError as exc:
+                logger.warning("not removing a stale output: %s", exc)

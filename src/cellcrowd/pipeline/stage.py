@@ -1,0 +1,152 @@
+"""What the engine knows of a stage: a record of functions, and the context it hands them.
+
+A stage is data (:class:`Stage`): its name, the stages whose outputs it reads, the
+settings and files its result depends on, and the function that does its step. The
+engine (:mod:`cellcrowd.pipeline.engine`) runs a :class:`StageTable` of them; the
+harvest's table is :data:`cellcrowd.stages.HARVEST`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..executor import Executor
+from ..layout import WorkingFolder
+
+__all__ = ["Context", "SkippedUnit", "Stage", "StageOutput", "StageTable"]
+
+
+@dataclass(frozen=True)
+class SkippedUnit:
+    """A unit (montage, judgment, position) a stage left out, and why."""
+
+    stage: str
+    unit: str
+    reason: str
+
+
+@dataclass
+class StageOutput:
+    """What a stage body produced: every file it wrote, counts, skipped units.
+
+    ``retry`` (a reason) marks a stage to be run again next time even though it
+    finished, e.g. when some downloads failed and may succeed later.
+    """
+
+    outputs: list[Path]
+    counts: dict[str, int] = field(default_factory=dict)
+    skipped: list[SkippedUnit] = field(default_factory=list)
+    retry: str | None = None
+
+
+def _no_counts(name: str) -> Mapping[str, int]:
+    return {}
+
+
+@dataclass
+class Context:
+    """What a stage's body gets from the engine.
+
+    Attributes
+    ----------
+    config : Config
+        The run's configuration.
+    wf : WorkingFolder
+        The working folder (from :attr:`StageTable.folder`).
+    get_executor : callable
+        Makes (once) and returns the executor; use :attr:`executor`.
+    api_key : callable
+        Returns the service's API key (asked for on first call only).
+    set_total : callable
+        Says how many items the stage will do (None: unknown).
+    item_done : callable
+        Says that ``n`` more items are done.
+    counts_of : callable
+        The counts an earlier stage recorded in the manifest ({} if none).
+    """
+
+    config: Config
+    wf: WorkingFolder
+    get_executor: Callable[[], Executor]
+    api_key: Callable[[], str]
+    set_total: Callable[[int | None], None]
+    item_done: Callable[[int], None]
+    counts_of: Callable[[str], Mapping[str, int]] = _no_counts
+
+    @property
+    def executor(self) -> Executor:
+        """The executor (made on first use, so stages without tasks never start one)."""
+        return self.get_executor()
+
+
+def no_settings(config: Config) -> dict[str, Any]:
+    """The settings of a stage that no configuration value changes."""
+    return {}
+
+
+def no_files(wf: WorkingFolder, config: Config) -> list[Path]:
+    """The input files of a stage that reads only earlier stages' outputs."""
+    return []
+
+
+def always(config: Config) -> bool:
+    """The ``enabled`` of a stage that cannot be turned off."""
+    return True
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of a run, as data.
+
+    Attributes
+    ----------
+    name : str
+        The stage's name (``--from``, ``--until``, ``--force``, the manifest's key).
+    upstream : tuple of str
+        Stages whose recorded outputs it reads: a change in them redoes it.
+    run : callable
+        The step: ``run(context)`` does the work and returns a :class:`StageOutput`
+        naming every file written.
+    settings : callable
+        The configuration values its result depends on (JSON-able; hashed).
+    files : callable
+        Other files it reads (sizes and hashes are recorded).
+    enabled : callable
+        False: the stage is turned off by the configuration.
+    version : int
+        Bumped when the stage's code changes what it writes.
+    before_run : callable, optional
+        ``before_run(wf, forced)``, called for every stage of the table before any
+        runs, under the run's lock: refuses (raises) or repairs a folder the stage
+        cannot work on.
+    """
+
+    name: str
+    upstream: tuple[str, ...]
+    run: Callable[[Context], StageOutput]
+    settings: Callable[[Config], dict[str, Any]] = no_settings
+    files: Callable[[WorkingFolder, Config], list[Path]] = no_files
+    enabled: Callable[[Config], bool] = always
+    version: int = 1
+    before_run: Callable[[WorkingFolder, bool], None] | None = None
+
+
+@dataclass(frozen=True)
+class StageTable:
+    """Stages in the order they run, and how to open the folder they share.
+
+    ``folder(config)`` gives the working folder handed to every stage (and read
+    once per run, under the lock).
+    """
+
+    stages: tuple[Stage, ...]
+    folder: Callable[[Config], WorkingFolder]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The stages' names, in order."""
+        return tuple(s.name for s in self.stages)

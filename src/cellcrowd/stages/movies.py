@@ -1,0 +1,66 @@
+"""The ``movies`` stage: label montages and raw frames -> ``movies/partN/x_XX_y_YY/...``.
+
+Library: :func:`cellcrowd.movies.montages_to_movies`, :func:`cellcrowd.movies.raw_to_movies`.
+Before any stage runs, movies made by cellcrowd 0.1.0 (parts numbered from 1) are
+refused, or deleted when the stage is forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from ..errors import CellcrowdError, PipelineError
+from ..files import list_images
+from ..layout import WorkingFolder
+from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
+from ._shared import raw_and_logs
+from .jobview import montage_log
+
+__all__ = ["STAGE"]
+
+logger = logging.getLogger(__name__)
+
+
+def _refuse_old_parts(wf: WorkingFolder, forced: bool) -> None:
+    """Refuse movies made by cellcrowd 0.1.0 (parts from 1); delete them when ``forced``."""
+    from ..movies import refuse_old_parts
+
+    try:
+        montages = int(montage_log(wf).montages_in_pos)
+    except CellcrowdError:
+        return  # the stages that need the log say what is wrong with it
+    try:
+        refuse_old_parts(wf, montages)
+    except CellcrowdError as exc:
+        if not forced:
+            raise PipelineError(str(exc)) from None
+        logger.warning("deleting %s: its parts are numbered from 1 (cellcrowd 0.1.0)",
+                       wf.movies)
+        shutil.rmtree(wf.movies)
+
+
+def _run(ctx: Context) -> StageOutput:
+    """Cut the raw frames and the clean label montages into per-part movies."""
+    from ..layout import position_name
+    from ..movies import montages_to_movies, raw_to_movies
+
+    wf = ctx.wf
+    labels = len(list(wf.labels.glob("*_labels.png"))) if wf.labels.is_dir() else 0
+    raw = len(list_images(wf.raw)) if wf.raw.is_dir() else 0
+    ctx.set_total(labels + raw)
+    raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
+    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
+    outputs = [f for item in annotated.items + raw_result.items for f in item.files]
+    skipped = [SkippedUnit("movies", f"part{m.part} {position_name(m.position, wf.padding)}",
+                           f"left out of part {m.part}: montage {m.montage}: {m.reason}")
+               for m in annotated.missing]
+    skipped += [SkippedUnit("movies", e.split(":", 1)[0], e) for e in raw_result.errors]
+    counts = {"annotated_frames": annotated.files_written, "raw_tiles": raw_result.files_written,
+              "missing_montages": len(annotated.missing)}
+    return StageOutput(outputs, counts, skipped)
+
+
+#: The stage the engine runs.
+STAGE = Stage("movies", ("clean",), _run, files=raw_and_logs, version=2,
+              before_run=_refuse_old_parts)
