@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from ..errors import InputError
 from ..files import list_images, read_image
+from ..job import Job
 from ..layout import MontageKey, WorkingFolder, montage_name
 from ..stitch import Lineage, read_lineage
 
@@ -122,11 +123,11 @@ def _cell_values(report: dict[str, Any] | None, cell: int) -> tuple[float | None
 class _Provenance:
     """Which montage cells overlap each stitched cell."""
 
-    def __init__(self, wf: WorkingFolder) -> None:
+    def __init__(self, wf: WorkingFolder, job: Job | None = None) -> None:
         from ..movies import read_movie_geometry
 
         try:
-            self.movie: Any = read_movie_geometry(wf)
+            self.movie: Any = read_movie_geometry(wf, job=job)
         except (InputError, OSError) as exc:
             logger.warning("no montage provenance (%s)", exc)
             self.movie = None
@@ -176,8 +177,9 @@ class _Provenance:
                 target[label] = round(float(np.mean(got)), 6) if got else None
 
 
-def cell_table(wf: WorkingFolder) -> CellTable:
-    """Read the stitched movie once, frame by frame, into a :class:`CellTable`.
+def cell_table(wf: WorkingFolder, *, job: Job | None = None) -> CellTable:
+    """Read the stitched movie once, frame by frame, into a :class:`CellTable`
+    (``job``: the job's geometry when the caller has it, else read from the logs).
 
     Raises
     ------
@@ -190,7 +192,7 @@ def cell_table(wf: WorkingFolder) -> CellTable:
         raise InputError("no stitched frames: run the stitch stage first",
                          path=wf.stitched_frame("annotated", 0).parent)
     lineage = read_lineage(wf.stitched_lineage)
-    provenance = _Provenance(wf)
+    provenance = _Provenance(wf, job)
     nodes: list[CellNode] = []
     shape: tuple[int, int] | None = None
     for t, path in enumerate(paths):

@@ -42,7 +42,7 @@ from .manifest import (
     stage_inputs,
 )
 from .results import Progress, RunSummary, StageRun
-from .stage import Context, Stage, StageOutput, StageTable
+from .stage import Context, OpenFolder, Stage, StageOutput, StageTable
 
 __all__ = ["StageObserver", "observers", "run", "select"]
 
@@ -136,6 +136,7 @@ class _Run:
     progress: Progress | None
     watchers: list[StageObserver]
     services: _Services
+    opened: OpenFolder
 
 
 @dataclass(frozen=True)
@@ -201,12 +202,12 @@ def run(
     plain = config.working_folder()
     with hold_lock(plain), confine(plain.base):
         remove_temporary_files(plain.base)
-        wf = table.folder(config)
+        opened = table.folder(config)
         for stage in table.stages:
             if stage.before_run is not None:
-                stage.before_run(wf, stage.name in force)
-        shared = _Run(config, wf, Manifest(plain), selected, tuple(force), progress, watchers,
-                      services)
+                stage.before_run(opened, stage.name in force)
+        shared = _Run(config, opened.wf, Manifest(plain), selected, tuple(force), progress,
+                      watchers, services, opened)
         try:
             runs += [_run_reported(stage, shared) for stage in table.stages]
         finally:
@@ -284,7 +285,7 @@ def _context(name: str, r: _Run) -> Context:
             watcher.advanced(name, n)
 
     return Context(r.config, r.wf, r.services.executor, r.services.key, set_total, item_done,
-                   r.manifest.counts)
+                   r.manifest.counts, r.opened)
 
 
 def _call(stage: Stage, ctx: Context, manifest: Manifest, entry: dict[str, Any] | None

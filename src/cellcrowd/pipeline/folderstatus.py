@@ -20,7 +20,7 @@ def status(config: Config, table: StageTable) -> StatusReport:
 
     Reads the manifest and re-checks inputs and outputs; changes nothing.
     """
-    wf = table.folder(config)
+    wf = table.folder(config).wf
     manifest = Manifest(wf)
     holder = lock_holder(wf)
     out: list[StageStatus] = []

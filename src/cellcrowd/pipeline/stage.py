@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
+from ..errors import CellcrowdError, LogError
 from ..executor import Executor
+from ..job import Job
 from ..layout import WorkingFolder
 
-__all__ = ["Context", "SkippedUnit", "Stage", "StageOutput", "StageTable"]
+__all__ = ["Context", "OpenFolder", "SkippedUnit", "Stage", "StageOutput", "StageTable"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,25 @@ def _no_counts(name: str) -> Mapping[str, int]:
     return {}
 
 
+@dataclass(frozen=True)
+class OpenFolder:
+    """A run's working folder and its job (the geometry from the logs), read once.
+
+    ``job`` is None when the logs are missing or cannot be read; ``error`` then says
+    why, and :meth:`require_job` raises it for the stages that need the job.
+    """
+
+    wf: WorkingFolder
+    job: Job | None = None
+    error: CellcrowdError | None = None
+
+    def require_job(self) -> Job:
+        """The job, or the error that kept it from loading."""
+        if self.job is not None:
+            return self.job
+        raise (self.error or LogError("the job's logs were not read")).with_traceback(None)
+
+
 @dataclass
 class Context:
     """What a stage's body gets from the engine.
@@ -67,6 +88,8 @@ class Context:
         Says that ``n`` more items are done.
     counts_of : callable
         The counts an earlier stage recorded in the manifest ({} if none).
+    folder : OpenFolder, optional
+        The folder and job the run opened (:attr:`job`).
     """
 
     config: Config
@@ -76,6 +99,18 @@ class Context:
     set_total: Callable[[int | None], None]
     item_done: Callable[[int], None]
     counts_of: Callable[[str], Mapping[str, int]] = _no_counts
+    folder: OpenFolder | None = None
+
+    @property
+    def job(self) -> Job:
+        """The job's geometry, read from the logs once per run.
+
+        Raises
+        ------
+        CellcrowdError
+            The logs are missing or inconsistent (the message names the file).
+        """
+        return (self.folder or OpenFolder(self.wf)).require_job()
 
     @property
     def executor(self) -> Executor:
@@ -120,9 +155,9 @@ class Stage:
     version : int
         Bumped when the stage's code changes what it writes.
     before_run : callable, optional
-        ``before_run(wf, forced)``, called for every stage of the table before any
-        runs, under the run's lock: refuses (raises) or repairs a folder the stage
-        cannot work on.
+        ``before_run(folder, forced)`` (an :class:`OpenFolder`), called for every
+        stage of the table before any runs, under the run's lock: refuses (raises) or
+        repairs a folder the stage cannot work on.
     """
 
     name: str
@@ -132,19 +167,19 @@ class Stage:
     files: Callable[[WorkingFolder, Config], list[Path]] = no_files
     enabled: Callable[[Config], bool] = always
     version: int = 1
-    before_run: Callable[[WorkingFolder, bool], None] | None = None
+    before_run: Callable[[OpenFolder, bool], None] | None = None
 
 
 @dataclass(frozen=True)
 class StageTable:
     """Stages in the order they run, and how to open the folder they share.
 
-    ``folder(config)`` gives the working folder handed to every stage (and read
-    once per run, under the lock).
+    ``folder(config)`` opens the working folder and its job, handed to every stage
+    (once per run, under the lock).
     """
 
     stages: tuple[Stage, ...]
-    folder: Callable[[Config], WorkingFolder]
+    folder: Callable[[Config], OpenFolder]
 
     @property
     def names(self) -> tuple[str, ...]:

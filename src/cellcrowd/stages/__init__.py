@@ -18,8 +18,9 @@ runs; :data:`HARVEST` is the table of them::
     geff     GEFF graph of the stitched movie's lineage                      export/geff.py
     qc       the quality-control report, qc/index.html and overlays          qc/
 
-The stages read the job's geometry (the logs) only through :mod:`.jobview`, which
-also opens the working folder every stage gets. Modules are imported inside the
+The engine opens the working folder and its job (the geometry, read from the logs
+once per run) through :func:`.jobview.open_folder`; every stage gets the job as
+``ctx.job``. Modules are imported inside the
 stage bodies, so importing the table (e.g. for ``cellcrowd status``) stays cheap.
 :func:`.prepare.prepare_folder`, the step before the harvest, is not in the table.
 """
@@ -28,15 +29,15 @@ from __future__ import annotations
 
 from ..pipeline.stage import StageTable
 from . import clean, ctc, fetch, geff, movies, npz, omezarr, qc, report, stitch, trk
-from .jobview import working_folder
+from .jobview import open_folder
 
 __all__ = ["HARVEST", "STAGES"]
 
-#: The harvest: its stages in order, sharing the folder :func:`.jobview.working_folder` opens.
+#: The harvest: its stages in order, sharing the folder :func:`.jobview.open_folder` opens.
 HARVEST = StageTable(
     tuple(m.STAGE for m in (report, fetch, clean, movies, npz, stitch, trk, ctc, omezarr, geff,
                             qc)),
-    working_folder,
+    open_folder,
 )
 
 #: The harvest's stages, in the order they run.

@@ -26,7 +26,7 @@ from ..files import natural_key
 from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
 from ._shared import log_files, read_judgments
 from .cleanjob import clean_with_consensus
-from .jobview import montage_log, tile_windows
+from .jobview import tile_windows
 
 if TYPE_CHECKING:
     from ..appen.report import Report
@@ -62,9 +62,9 @@ def _clean_chosen(ctx: Context, judgments: Report) -> StageOutput:
     montages = sorted({j.montage for j in judgments if j.usable}, key=natural_key)
     skipped: list[SkippedUnit] = []
     tasks = []
-    log = montage_log(wf)
+    log = ctx.job.montage_log
     c = cfg.clean
-    window = tile_windows(wf)
+    window = tile_windows(ctx.job)
     for name in montages:
         src = wf.annotation_path(name)
         if src.is_file():

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ..files import natural_key
 from ..pipeline.stage import Context, SkippedUnit, StageOutput
-from .jobview import merge_layout, montage_log, tile_windows
+from .jobview import merge_layout, tile_windows
 
 if TYPE_CHECKING:
     from ..agreement import ConsensusReport
@@ -106,7 +106,7 @@ def _cleanings(ctx: Context, present: dict[str, list[Judgment]]) -> list[_Cleani
     from ..labels import CleanTask
 
     wf, c = ctx.wf, ctx.config.clean
-    log, window = montage_log(wf), tile_windows(wf)
+    log, window = ctx.job.montage_log, tile_windows(ctx.job)
 
     def cleaning(name: str, j: Judgment, single: bool) -> _Cleaning:
         src = wf.judgment_path(name, j.unit_id, j.judgment_id)
@@ -193,7 +193,7 @@ def _merge(ctx: Context, inputs: dict[str, list[JudgmentLabels]], strategy: Stra
         return []
     c = ctx.config.clean
     job = merge_job(ctx.wf, inputs, strategy=strategy, min_iou=c.min_iou,
-                    min_support=c.min_support, layout=merge_layout(ctx.wf),
+                    min_support=c.min_support, layout=merge_layout(ctx.job),
                     executor=ctx.executor, progress=ctx.item_done)
     tally.outputs += job.files
     return list(job.results)

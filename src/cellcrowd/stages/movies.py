@@ -12,24 +12,21 @@ import shutil
 
 from ..errors import CellcrowdError, PipelineError
 from ..files import list_images
-from ..layout import WorkingFolder
-from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
+from ..pipeline.stage import Context, OpenFolder, SkippedUnit, Stage, StageOutput
 from ._shared import raw_and_logs
-from .jobview import montage_log
 
 __all__ = ["STAGE"]
 
 logger = logging.getLogger(__name__)
 
 
-def _refuse_old_parts(wf: WorkingFolder, forced: bool) -> None:
+def _refuse_old_parts(folder: OpenFolder, forced: bool) -> None:
     """Refuse movies made by cellcrowd 0.1.0 (parts from 1); delete them when ``forced``."""
     from ..movies import refuse_old_parts
 
-    try:
-        montages = int(montage_log(wf).montages_in_pos)
-    except CellcrowdError:
-        return  # the stages that need the log say what is wrong with it
+    if folder.job is None:
+        return  # the stages that need the logs say what is wrong with them
+    wf, montages = folder.wf, folder.job.count
     try:
         refuse_old_parts(wf, montages)
     except CellcrowdError as exc:
@@ -49,8 +46,10 @@ def _run(ctx: Context) -> StageOutput:
     labels = len(list(wf.labels.glob("*_labels.png"))) if wf.labels.is_dir() else 0
     raw = len(list_images(wf.raw)) if wf.raw.is_dir() else 0
     ctx.set_total(labels + raw)
-    raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
-    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done)
+    job = ctx.job
+    raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done, job=job)
+    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done,
+                                   job=job)
     outputs = [f for item in annotated.items + raw_result.items for f in item.files]
     skipped = [SkippedUnit("movies", f"part{m.part} {position_name(m.position, wf.padding)}",
                            f"left out of part {m.part}: montage {m.montage}: {m.reason}")

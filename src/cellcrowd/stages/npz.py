@@ -14,7 +14,6 @@ from typing import Any
 from ..config import Config
 from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
 from ._shared import log_files
-from .jobview import part_list
 
 __all__ = ["STAGE"]
 
@@ -37,13 +36,14 @@ def _run(ctx: Context) -> StageOutput:
     cfg, wf = ctx.config, ctx.wf
     outputs: list[Path] = []
     skipped: list[SkippedUnit] = []
-    parts = part_list(wf)
+    job = ctx.job
+    parts = list(job.parts)
     channels = list(cfg.npz.channels) or None
     if cfg.outputs.npz_parts:
         ctx.set_total(len(parts))
         for result in write_parts_npz_each(
                 wf, parts, executor=ctx.executor, progress=ctx.item_done,
-                samples_to_drop=cfg.npz.samples_to_drop, channels=channels):
+                samples_to_drop=cfg.npz.samples_to_drop, channels=channels, job=job):
             if result.path is not None:
                 outputs.append(result.path)
             else:
@@ -52,7 +52,7 @@ def _run(ctx: Context) -> StageOutput:
     if cfg.outputs.npz_full_movie:
         try:
             outputs.append(write_full_movie_npz(
-                wf, samples_to_drop=cfg.npz.samples_to_drop, channels=channels))
+                wf, samples_to_drop=cfg.npz.samples_to_drop, channels=channels, job=job))
         except InputError as exc:
             skipped.append(SkippedUnit("npz", wf.npz_full_movie.name, str(exc)))
     return StageOutput(outputs, {"files": len(outputs), "parts_skipped": parts_skipped},

@@ -56,7 +56,8 @@ def _run(ctx: Context) -> StageOutput:
         value = ctx.counts_of(stage).get(key)
         if value is not None:
             summary[label] = value
-    qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id)
+    job = ctx.folder.job if ctx.folder is not None else None
+    qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id, job=job)
     files = write_qc(qc)
     totals = qc.totals()
     counts = {"montages": totals["montages"], "labels": totals["labels"],

@@ -13,7 +13,6 @@ from typing import Any
 from ..config import Config
 from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
 from ._shared import raw_and_logs
-from .jobview import part_list
 
 __all__ = ["STAGE"]
 
@@ -35,8 +34,9 @@ def _run(ctx: Context) -> StageOutput:
     from ..stitch import stitch_movies
 
     cfg = ctx.config
-    ctx.set_total(len(part_list(ctx.wf)))
-    result = stitch_movies(ctx.wf, executor=ctx.executor, progress=ctx.item_done)
+    job = ctx.job
+    ctx.set_total(len(job.parts))
+    result = stitch_movies(ctx.wf, executor=ctx.executor, progress=ctx.item_done, job=job)
     wf = result.wf
     outputs = [wf.stitched_frame("annotated", t) for t in range(result.frames)]
     outputs += [wf.stitched_frame("raw", t) for t in range(result.raw_frames)]

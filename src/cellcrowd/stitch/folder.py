@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..executor import Executor, run_tasks
 from ..files import atomic_write_text, list_images, read_image, write_image
 from ..geometry import Position, TileGrid
+from ..job import Job
 from ..labelcheck import UINT16_MAX
 from ..layout import WorkingFolder, part_of_montage
 from .common import Lineage
@@ -145,6 +146,7 @@ def stitch_movies(
     link_iou: float = 0.3,
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
+    job: Job | None = None,
 ) -> StitchMoviesResult:
     """Stitch the annotated tiles of every part into one tracked full-size movie.
 
@@ -176,6 +178,8 @@ def stitch_movies(
         Runs one task per part (default: serially).
     progress : callable, optional
         Called with 1 after each part.
+    job : Job, optional
+        The job's geometry when the caller has it (else read from the logs).
 
     Raises
     ------
@@ -187,7 +191,7 @@ def stitch_movies(
     """
     from ..movies import check_raw_frames, read_movie_geometry
 
-    movie = read_movie_geometry(wf)
+    movie = read_movie_geometry(wf, job=job)
     wf, grid = movie.wf, movie.grid
     tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou)
              for m in range(movie.count)]
