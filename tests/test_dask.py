@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from cellcrowd.config import load_config
-from cellcrowd.demo import ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.executor import DaskExecutor, LocalExecutor
 from cellcrowd.pipeline import STAGES, run
+from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example, save_config
 
 distributed = pytest.importorskip("distributed")
 

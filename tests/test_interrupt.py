@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from cellcrowd.config import Config, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.files import TMP_MARK
 from cellcrowd.pipeline import STAGES, run, status
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 

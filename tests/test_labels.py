@@ -26,8 +26,8 @@ from cellcrowd.labels import (
     relabel_sequential,
 )
 from cellcrowd.logs import MontageLog
-from cellcrowd.synthetic import paint_annotation, paint_annotation_with_report, synthetic_movie
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.synthetic import paint_annotation, paint_annotation_with_report, synthetic_movie
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 
 # -- helpers ---------------------------------------------------------------------------------
 

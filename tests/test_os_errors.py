@@ -21,7 +21,7 @@ import pytest
 from cellcrowd import files
 from cellcrowd.cli import main
 from cellcrowd.config import Config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 
 SETTINGS = ExampleSettings(frames=10, shape=(64, 64), cells=4, divisions=1, montage_len=5,
                            row_length=5)

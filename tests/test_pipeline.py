@@ -24,14 +24,14 @@ import pytest
 from cellcrowd import pipeline
 from cellcrowd.appen.report import read_report
 from cellcrowd.config import Config, OutputsConfig, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.errors import ConfigError, InputError, PipelineError
 from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import load_npz
 from cellcrowd.files import read_image
 from cellcrowd.layout import parse_montage_name, part_numbers, position_name
 from cellcrowd.pipeline import STAGES, run, status
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)

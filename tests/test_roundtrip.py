@@ -21,13 +21,13 @@ from cellcrowd.layout import WorkingFolder, montage_of_part, part_numbers
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.prepare import PrepareResult, prepare
-from cellcrowd.synthetic import (
+from cellcrowd.sim.synthetic import (
     SyntheticMovie,
     paint_annotation,
     synthetic_movie,
     write_movie_frames,
 )
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 
 FRAMES, SHAPE, LENGTH, ROW = 20, (96, 128), 8, 3  # parts of 8, 8, 4 frames; 8 % 3 != 0
 

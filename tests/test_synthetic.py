@@ -1,4 +1,4 @@
-"""Tests of cellcrowd.synthetic: the synthetic movie and the crowd-like painter."""
+"""Tests of cellcrowd.sim.synthetic: the synthetic movie and the crowd-like painter."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from cellcrowd.files import list_images, read_image
 from cellcrowd.geometry import MontageLayout
-from cellcrowd.synthetic import (
+from cellcrowd.sim.synthetic import (
     PaintReport,
     SyntheticMovie,
     paint_annotation,

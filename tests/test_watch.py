@@ -2,7 +2,7 @@
 
 One synthetic job is prepared per module (the pipeline tests' size) and its simulated
 crowd is served either finished (the reference: one ``run`` after completion) or live
-(:class:`cellcrowd.appen.live.LiveJob`): units complete in random order over 60 s of a
+(:class:`cellcrowd.sim.live.LiveJob`): units complete in random order over 60 s of a
 clock. In-process tests use a :class:`ManualClock` that the watch's own ``wait`` moves
 forward (a minute of the job takes no real minute: a scaled clock); the kill test runs
 ``cellcrowd watch`` in subprocesses, the test moving the clock between them.
@@ -26,14 +26,14 @@ from typing import Any
 
 import pytest
 
-from cellcrowd.appen.crowd import CrowdJob, crowd_from_folder
-from cellcrowd.appen.emulator import Emulator, Faults
-from cellcrowd.appen.live import LiveJob, ManualClock, WebhookSender
 from cellcrowd.cli import main
 from cellcrowd.config import Config, ServiceConfig, load_config
-from cellcrowd.demo import Example, ExampleSettings, make_example, save_config
 from cellcrowd.errors import TemporaryServiceError
 from cellcrowd.pipeline import run, status
+from cellcrowd.sim.crowd import CrowdJob, crowd_from_folder
+from cellcrowd.sim.demo import Example, ExampleSettings, make_example, save_config
+from cellcrowd.sim.emulator import Emulator, Faults
+from cellcrowd.sim.live import LiveJob, ManualClock, WebhookSender
 from cellcrowd.watch import JobProgress, WatchRound, wait_for_wake, watch
 from cellcrowd.webhook import WEBHOOK_TOKEN_ENV, listen_for_webhooks
 
