@@ -8,7 +8,7 @@ Run from the repository root::
 Part 1 — cleaning. Synthetic movies (512x512 frames, about 110 cells, cut into
 2x2 tiles of 256x256, so 20-40 cells per tile frame) are laid out in montages
 of 10 frames, 5 per row (512x1280 px), painted as a crowd would paint them
-(cellcrowd.synthetic.paint_annotation: specks touching other cells, specks
+(cellcrowd.sim.synthetic.paint_annotation: specks touching other cells, specks
 inside cells, holes, stray colours) and decoded. Each montage is cleaned by
 
 * ours: cellcrowd.labels.clean_montage (per frame, per cell), and
@@ -58,7 +58,7 @@ from cellcrowd.labels import clean_montage, decode_annotation
 from cellcrowd.layout import WorkingFolder
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.prepare import prepare
-from cellcrowd.synthetic import paint_annotation, synthetic_movie, write_movie_frames
+from cellcrowd.sim.synthetic import paint_annotation, synthetic_movie, write_movie_frames
 
 MIN_SIZE, MAX_HOLE = 10, 64
 

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import CrowdConfig, SourceRow, simulate_crowd
-from cellcrowd.appen.emulator import Emulator, Faults
 from cellcrowd.appen.report import read_report
 from cellcrowd.download import download_annotations
 from cellcrowd.geometry import MontageLayout
 from cellcrowd.layout import WorkingFolder
+from cellcrowd.sim.crowd import CrowdConfig, SourceRow, simulate_crowd
+from cellcrowd.sim.emulator import Emulator, Faults
 
 JOB = 4242
 KEY = "bench-key"

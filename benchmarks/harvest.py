@@ -28,15 +28,15 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from bench_clean import baseline_clean_montage
-from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.config import CleanConfig, Config, ExecutorConfig, OutputsConfig
-from cellcrowd.demo import ExampleSettings, emulated_job, make_example
 from cellcrowd.executor import Executor
 from cellcrowd.export.npz import write_parts_npz
 from cellcrowd.geometry import MontageLayout, Position, TileGrid
 from cellcrowd.layout import WorkingFolder, parse_montage_name
 from cellcrowd.notebook import all_montages_chopper, clean_montages, raw_movie_maker
 from cellcrowd.pipeline import run
+from cellcrowd.sim.crowd import CrowdConfig
+from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example
 
 #: Cells per megapixel (nuclei in a 20x field of view: hundreds per 1024^2 frame).
 DENSITY = 440 / 1024**2

@@ -7,7 +7,7 @@ Run from the repository root::
     python benchmarks/run.py --memory        # also peak RSS per stage (heavy: 2048^2 x 200/400)
     python benchmarks/run.py --only harvest workers --repeats 5
 
-Inputs are built deterministically in a temporary folder (``cellcrowd.synthetic`` movies
+Inputs are built deterministically in a temporary folder (``cellcrowd.sim.synthetic`` movies
 with about 440 cells per megapixel, 4x4 tiles with 10% overlap, montages of 10 frames;
 annotations served by the emulator and fetched before anything is timed) and removed at
 the end. Sections (see benchmarks/README.md):

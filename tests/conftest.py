@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from cellcrowd.appen.crowd import CrowdConfig, CrowdJob, SourceRow, simulate_crowd
-from cellcrowd.appen.emulator import Emulator
 from cellcrowd.geometry import MontageLayout
+from cellcrowd.sim.crowd import CrowdConfig, CrowdJob, SourceRow, simulate_crowd
+from cellcrowd.sim.emulator import Emulator
 
 #: A distinctive key, so tests can search files and logs for it.
 API_KEY = "cc-test-KEY-5f2b9e71d0"

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cellcrowd.appen.crowd import CrowdConfig, CrowdJob, crowd_from_folder
-from cellcrowd.appen.emulator import Emulator, Faults
-from cellcrowd.appen.faults import append_rows, bomb_png, damaged_png, hostile_rows
 from cellcrowd.cli import main
 from cellcrowd.config import Config, OutputsConfig, load_config
-from cellcrowd.demo import Example, ExampleSettings, make_example, save_config
+from cellcrowd.sim.crowd import CrowdConfig, CrowdJob, crowd_from_folder
+from cellcrowd.sim.demo import Example, ExampleSettings, make_example, save_config
+from cellcrowd.sim.emulator import Emulator, Faults
+from cellcrowd.sim.faults import append_rows, bomb_png, damaged_png, hostile_rows
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from cellcrowd.geometry import MontageLayout, Position, TileGrid
 from cellcrowd.labels import clean_labels, clean_montage, tile_window
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 
 MIN_SIZE = 10
 SHAPE = (70, 70)

@@ -17,11 +17,11 @@ import pytest
 
 import cellcrowd
 from cellcrowd import cli, cli_output
-from cellcrowd.appen import emulator as emulator_module
 from cellcrowd.cli import main
 from cellcrowd.config import API_KEY_VARIABLES, Config, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.pipeline import STAGES, working_folder
+from cellcrowd.sim import emulator as emulator_module
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 
 SETTINGS = ExampleSettings(frames=10, shape=(64, 64), cells=4, divisions=1, montage_len=5,
                            row_length=5)

@@ -17,9 +17,9 @@ import pytest
 
 from cellcrowd.cli import main
 from cellcrowd.config import Config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.files import confine, list_images, read_image, write_image
 from cellcrowd.pipeline.manifest import remove_stale
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 
 SETTINGS = ExampleSettings(frames=10, shape=(64, 64), cells=4, divisions=1, montage_len=5,
                            row_length=5)

@@ -21,8 +21,6 @@ from cellcrowd.appen.client import (
     v3_base_url,
     versioned_base_url,
 )
-from cellcrowd.appen.crowd import CrowdJob
-from cellcrowd.appen.emulator import Emulator, Faults
 from cellcrowd.errors import (
     AuthenticationError,
     ConfigError,
@@ -32,6 +30,8 @@ from cellcrowd.errors import (
     ServiceError,
     TemporaryServiceError,
 )
+from cellcrowd.sim.crowd import CrowdJob
+from cellcrowd.sim.emulator import Emulator, Faults
 
 JOB = 1363594
 

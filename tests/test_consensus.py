@@ -28,8 +28,8 @@ from cellcrowd.executor import LocalExecutor
 from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import MontageLayout
 from cellcrowd.labels import clean_montage, decode_annotation
-from cellcrowd.synthetic import paint_annotation, synthetic_movie
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.synthetic import paint_annotation, synthetic_movie
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 
 #: 6 frames of 64x64, three per row: 128x192 montages.
 LAYOUT = MontageLayout((64, 64), length=6, row_length=3)

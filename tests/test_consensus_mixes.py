@@ -1,7 +1,7 @@
 """The consensus beats every single annotator on emulator jobs with careful and careless workers.
 
 Each job (8 montages of 5 frames of 80x80 tiles, real-looking nuclei) is served by the
-emulator; its workers draw in the styles of :mod:`cellcrowd.appen.annotators`
+emulator; its workers draw in the styles of :mod:`cellcrowd.sim.annotators`
 (careful: about 1 px of boundary noise; careless: 15 % of cells missed, 7 % of
 neighbouring pairs merged, 2-3 px sloppy borders, specks), every defect drawn at
 random, and their report trust is random (0.6-0.99), unrelated to their style.
@@ -29,13 +29,13 @@ import pytest
 
 from cellcrowd import pipeline
 from cellcrowd.agreement import annotator_agreement
-from cellcrowd.appen.annotators import CAREFUL, CARELESS, AnnotatorStyle
-from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.cellmatch import compact
 from cellcrowd.config import Config, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.files import read_image
 from cellcrowd.pipeline import run
+from cellcrowd.sim.annotators import CAREFUL, CARELESS, AnnotatorStyle
+from cellcrowd.sim.crowd import CrowdConfig
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 
 SETTINGS = ExampleSettings(frames=10, shape=(150, 150), cells=10, divisions=1,
                            montage_len=5, row_length=5, seed=3)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.config import load_config
-from cellcrowd.demo import ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.pipeline import run
+from cellcrowd.sim.crowd import CrowdConfig
+from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example, save_config
 
 SETTINGS = ExampleSettings(frames=6, shape=(96, 96), cells=6, divisions=1, montage_len=3,
                            row_length=3)

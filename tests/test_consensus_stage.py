@@ -18,21 +18,21 @@ import numpy as np
 import pytest
 
 from cellcrowd import pipeline
-from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.appen.report import read_report
 from cellcrowd.config import Config, example_config, load_config
 from cellcrowd.consensus import ConsensusReport, DroppedCell
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.errors import ConfigError, InputError
 from cellcrowd.files import read_image
 from cellcrowd.geometry import MontageLayout
 from cellcrowd.labels import clean_annotation_file
 from cellcrowd.logs import read_montage_log
 from cellcrowd.pipeline import run, status
+from cellcrowd.sim.crowd import CrowdConfig
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.sim.synthetic import paint_annotation
+from cellcrowd.sim.testing import same_up_to_relabel
 from cellcrowd.stages import clean as clean_stage
 from cellcrowd.stages.cleanjob import dropped_units
-from cellcrowd.synthetic import paint_annotation
-from cellcrowd.testing import same_up_to_relabel
 
 SETTINGS = ExampleSettings(frames=10, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 
 from cellcrowd.config import load_config
-from cellcrowd.demo import ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.executor import DaskExecutor, LocalExecutor
 from cellcrowd.pipeline import STAGES, run
+from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example, save_config
+from helpers import file_hashes
 
 distributed = pytest.importorskip("distributed")
 
@@ -19,14 +19,9 @@ SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, mont
                            row_length=5)
 
 
-def _outputs(base: Path) -> dict[str, str]:
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*"))
-            if p.is_file() and ".cellcrowd" not in p.relative_to(base).parts}
-
 
 @pytest.mark.slow
-def test_dask_cluster_and_local_processes_write_identical_outputs(tmp_path: Path) -> None:
+def test_dask_cluster_and_local_processes_write_identicalfile_hashes(tmp_path: Path) -> None:
     example = make_example(tmp_path / "prepared", SETTINGS)
     with emulated_job(example, api_key="dask-key") as (_, served):
         configs = {}
@@ -57,7 +52,7 @@ def test_dask_cluster_and_local_processes_write_identical_outputs(tmp_path: Path
             assert run(by_address).ran == list(STAGES)
             assert len(client.scheduler_info()["workers"]) == 2
 
-    expected = _outputs(tmp_path / "local")
+    expected = file_hashes(tmp_path / "local")
     assert len(expected) > 100
-    assert _outputs(tmp_path / "dask") == expected
-    assert _outputs(tmp_path / "scheduler") == expected
+    assert file_hashes(tmp_path / "dask") == expected
+    assert file_hashes(tmp_path / "scheduler") == expected

@@ -13,7 +13,6 @@ import pytest
 
 from cellcrowd.cli import main
 from cellcrowd.config import load_config
-from cellcrowd.demo import ExampleSettings, run_demo
 from cellcrowd.export.ctc import validate_ctc
 from cellcrowd.export.npz import load_npz
 from cellcrowd.export.trk import read_trk, validate_lineage
@@ -21,7 +20,8 @@ from cellcrowd.layout import MontageKey, montage_of_part, part_numbers
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import read_label_montage
 from cellcrowd.pipeline import STAGES, status, working_folder
-from cellcrowd.testing import same_up_to_relabel
+from cellcrowd.sim.demo import ExampleSettings, run_demo
+from cellcrowd.sim.testing import same_up_to_relabel
 
 
 @pytest.mark.slow
@@ -89,7 +89,7 @@ def test_files_follow_the_umask(tmp_path: Path) -> None:
     results not: colleagues and the web server hosting montages must read them)."""
     folder = tmp_path / "demo"
     code = (
-        "from cellcrowd.demo import ExampleSettings, run_demo\n"
+        "from cellcrowd.sim.demo import ExampleSettings, run_demo\n"
         "small = ExampleSettings(frames=6, shape=(48, 48), cells=3, divisions=0, "
         "montage_len=3, row_length=3)\n"
         f"run_demo({str(folder)!r}, settings=small, workers=2)\n"

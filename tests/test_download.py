@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import CrowdConfig, CrowdJob, encode_png
-from cellcrowd.appen.emulator import Emulator, Faults
 from cellcrowd.appen.report import Judgment, Report, read_report, still_broken
 from cellcrowd.download import download_annotations, expected_montage_shape
 from cellcrowd.errors import AuthenticationError
@@ -21,6 +19,8 @@ from cellcrowd.geometry import TileGrid
 from cellcrowd.layout import WorkingFolder, parse_montage_name
 from cellcrowd.logs import ChopperLog, MontageLog, write_log
 from cellcrowd.notebook import download_and_unzip, save_annotations_from_csv
+from cellcrowd.sim.crowd import CrowdConfig, CrowdJob, encode_png
+from cellcrowd.sim.emulator import Emulator, Faults
 
 JOB = 1363594
 

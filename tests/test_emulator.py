@@ -14,15 +14,6 @@ import pytest
 from PIL import Image
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import (
-    CrowdConfig,
-    CrowdJob,
-    SourceRow,
-    crowd_from_folder,
-    read_upload_csv,
-    simulate_crowd,
-)
-from cellcrowd.appen.emulator import Emulator, Faults, serve_forever, serve_job_from_folder
 from cellcrowd.appen.report import FULL_REPORT_COLUMNS, read_report
 from cellcrowd.download import download_annotations
 from cellcrowd.errors import InputError
@@ -30,7 +21,16 @@ from cellcrowd.files import read_image
 from cellcrowd.labels import decode_annotation
 from cellcrowd.layout import WorkingFolder
 from cellcrowd.prepare import prepare
-from cellcrowd.synthetic import synthetic_movie, write_movie_frames
+from cellcrowd.sim.crowd import (
+    CrowdConfig,
+    CrowdJob,
+    SourceRow,
+    crowd_from_folder,
+    read_upload_csv,
+    simulate_crowd,
+)
+from cellcrowd.sim.emulator import Emulator, Faults, serve_forever, serve_job_from_folder
+from cellcrowd.sim.synthetic import synthetic_movie, write_movie_frames
 
 JOB = 1363594
 

@@ -39,7 +39,7 @@ def test_import_is_light_and_names_load_on_first_use() -> None:
     import subprocess
     import sys
 
-    heavy = ("numpy", "httpx", "pydantic", "skimage", "cellcrowd.appen.emulator")
+    heavy = ("numpy", "httpx", "pydantic", "skimage", "cellcrowd.sim.emulator")
     code = ("import sys, cellcrowd; "
             f"print([m for m in {heavy!r} if m in sys.modules]); "
             "cellcrowd.TileGrid; print('numpy' in sys.modules)")

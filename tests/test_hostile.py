@@ -15,9 +15,6 @@ import numpy as np
 import pytest
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import CrowdJob, encode_png
-from cellcrowd.appen.emulator import Emulator
-from cellcrowd.appen.faults import append_rows, bomb_png, damaged_png, hostile_rows
 from cellcrowd.appen.report import read_report, write_problems_csv
 from cellcrowd.download import download_annotations
 from cellcrowd.errors import InputError, ReportError, UnsafePathError
@@ -30,6 +27,9 @@ from cellcrowd.files import (
     remove_file,
 )
 from cellcrowd.layout import WorkingFolder
+from cellcrowd.sim.crowd import CrowdJob, encode_png
+from cellcrowd.sim.emulator import Emulator
+from cellcrowd.sim.faults import append_rows, bomb_png, damaged_png, hostile_rows
 
 JOB = 1363594
 

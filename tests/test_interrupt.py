@@ -9,7 +9,6 @@ compares every file with an uninterrupted run's, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -23,9 +22,10 @@ from typing import Any
 import pytest
 
 from cellcrowd.config import Config, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.files import TMP_MARK
 from cellcrowd.pipeline import STAGES, run, status
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from helpers import file_hashes
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
@@ -51,12 +51,6 @@ def _fresh(job: tuple[Example, Config], dest: Path) -> Path:
     return path
 
 
-def _outputs(base: Path) -> dict[str, str]:
-    """Every file's hash, except the run's own bookkeeping (lock, manifest)."""
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*"))
-            if p.is_file() and ".cellcrowd" not in p.relative_to(base).parts}
-
 
 @pytest.fixture(scope="module")
 def reference(job: tuple[Example, Config], tmp_path_factory: pytest.TempPathFactory
@@ -64,7 +58,7 @@ def reference(job: tuple[Example, Config], tmp_path_factory: pytest.TempPathFact
     path = _fresh(job, tmp_path_factory.mktemp("reference") / "work")
     summary = run(load_config(path), api_key=lambda: KEY)
     assert summary.ran == list(STAGES)
-    return _outputs(path.parent)
+    return file_hashes(path.parent)
 
 
 def _start(config: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -99,7 +93,7 @@ def _resume_and_compare(config: Path, reference: dict[str, str]) -> None:
     assert (out, err) == (b"", b"")  # -q
     base = config.parent
     assert not list(base.rglob(f"*{TMP_MARK}*")), "half-written files were left behind"
-    assert _outputs(base) == reference
+    assert file_hashes(base) == reference
     assert status(load_config(config)).left == []
 
 

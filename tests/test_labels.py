@@ -26,8 +26,10 @@ from cellcrowd.labels import (
     relabel_sequential,
 )
 from cellcrowd.logs import MontageLog
-from cellcrowd.synthetic import paint_annotation, paint_annotation_with_report, synthetic_movie
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.paint import PaintReport, paint_annotation, paint_annotation_with_report
+from cellcrowd.sim.synthetic import synthetic_movie
+from cellcrowd.sim.testing import assert_same_up_to_relabel
+from helpers import expected_after_cleaning
 
 # -- helpers ---------------------------------------------------------------------------------
 
@@ -42,54 +44,88 @@ def montage_log(length: int = 5, row_length: int = 3, buffer: int = 0) -> Montag
                       y_buffer=buffer, montages_in_pos=1)
 
 
-def truth_montage(seed: int, buffer: int, tiles: bool = False
-                  ) -> tuple[MontageLayout, NDArray[np.int32]]:
+def truth_montage(seed: int, buffer: int, tiles: bool = False,
+                  shape: tuple[int, int] = (80, 80)) -> tuple[MontageLayout, NDArray[np.int32]]:
     """A ground-truth label montage of 5 frames (optionally of a tile cut from the movie)."""
-    movie = synthetic_movie(frames=5, shape=(80, 80), cells=8, divisions=1, seed=seed).labels
+    movie = synthetic_movie(frames=5, shape=shape, cells=8, divisions=1, seed=seed).labels
     if tiles:  # a tile cuts cells at its edges into slivers
-        grid = TileGrid.for_frame((80, 80), num_x=2, num_y=2, overlap_perc=10)
+        grid = TileGrid.for_frame(shape, num_x=2, num_y=2, overlap_perc=10)
         movie = np.stack([grid.cut(f)[seed % 2, (seed // 2) % 2] for f in movie])
     layout = MontageLayout(movie.shape[1:], length=5, row_length=3, x_buffer=buffer,
                            y_buffer=buffer)
     return layout, layout.make(movie).astype(np.int32)
 
 
-# -- round trip: paint -> decode -> clean == truth -------------------------------------------
+# -- round trip: paint -> decode -> clean == the truth with each artifact's expected fate -----
+
+
+def check_cleaning(truth: NDArray[np.int32], layout: MontageLayout, encoding: str, seed: int,
+                   min_size: int, max_hole: int) -> PaintReport:
+    """Paint across the thresholds, clean with them, compare with the expected labels."""
+    image, report = paint_annotation_with_report(
+        truth, encoding=encoding, layout=layout, seed=seed,  # type: ignore[arg-type]
+        artifact_sizes="across", min_size=min_size, max_hole=max_hole,
+    )
+    out, stats = clean_montage(decode_annotation(image), layout, min_size=min_size,
+                               max_hole=max_hole)
+    expected = expected_after_cleaning(truth, report)
+    assert out.dtype == np.uint16
+    assert_same_up_to_relabel(expected, out)
+    assert stats.specks_removed == report.removable
+    assert stats.holes_filled == report.fillable
+    assert stats.cells == np.unique(expected[expected > 0]).size
+    return report
 
 
 @pytest.mark.parametrize("tiles", [False, True], ids=["frames", "tiles"])
 @pytest.mark.parametrize("buffer", [0, 2], ids=["buffer-0", "buffer-2"])
 @pytest.mark.parametrize("encoding", ["red", "rgb"])
-def test_painted_annotation_cleans_back_to_truth(encoding: str, buffer: int, tiles: bool) -> None:
+def test_painted_annotation_cleans_to_the_expected_labels(encoding: str, buffer: int,
+                                                         tiles: bool) -> None:
     layout, truth = truth_montage(seed=3, buffer=buffer, tiles=tiles)
-    image, report = paint_annotation_with_report(
-        truth, encoding=encoding, layout=layout, seed=1  # type: ignore[arg-type]
-    )
-    decoded = decode_annotation(image)
-    assert not np.array_equal(decoded > 0, truth > 0)  # there is something to clean
-    out, stats = clean_montage(decoded, layout)
-    assert out.dtype == np.uint16
-    assert_same_up_to_relabel(truth, out)
-    assert stats.specks_removed == report.removable
-    assert stats.holes_filled == report.fillable
-    assert stats.cells == np.unique(truth[truth > 0]).size
+    report = check_cleaning(truth, layout, encoding, seed=1, min_size=6, max_hole=20)
+    fates = {a.expected for a in report.artifacts}
+    assert {"kept", "removed"} <= fates  # something to clean, something to keep
+
+
+def test_artifacts_at_the_thresholds_get_the_cleaners_answer() -> None:
+    """Sizes one below and exactly at ``min_size`` and ``max_hole``, with the defaults.
+
+    A speck of exactly ``min_size`` px stays, one pixel less goes; a hole of exactly
+    ``max_hole`` px stays open, one pixel less is filled; a small speck at the frame
+    edge stays when it is its cell's largest part there, else it goes. A cleaner whose
+    comparisons are off by one fails here.
+    """
+    layout, truth = truth_montage(seed=3, buffer=0, shape=(128, 128))
+    report = check_cleaning(truth, layout, "red", seed=3, min_size=10, max_hole=64)
+    seen = {(a.kind, a.size, a.expected) for a in report.artifacts}
+    specks = {(size, fate) for kind, size, fate in seen if kind.endswith("speck")
+              and kind != "edge_speck"}
+    assert (10, "kept") in specks
+    assert {(9, "removed"), (9, "filled")} & specks  # a removed inner speck's hole is filled
+    assert {("hole", 64, "not filled"), ("hole", 63, "filled")} <= seen
+    edge = {(size < 10, fate) for kind, size, fate in seen if kind == "edge_speck"}
+    assert {(True, "kept"), (True, "removed")} <= edge
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), paint_seed=st.integers(0, 10_000),
        encoding=st.sampled_from(["red", "rgb"]), buffer=st.integers(0, 3),
-       tiles=st.booleans())
+       tiles=st.booleans(), min_size=st.integers(1, 12), max_hole=st.integers(1, 40))
 def test_round_trip_property(seed: int, paint_seed: int, encoding: str, buffer: int,
-                             tiles: bool) -> None:
+                             tiles: bool, min_size: int, max_hole: int) -> None:
     layout, truth = truth_montage(seed, buffer, tiles)
     # The truth is clean already: cleaning it changes nothing.
     unchanged, stats = clean_montage(truth, layout)
     assert_same_up_to_relabel(truth, unchanged)
     assert (stats.specks_removed, stats.holes_filled) == (0, 0)
+    # The default (small) artifacts are all removed or filled by the default cleaning.
     image = paint_annotation(truth, encoding=encoding, layout=layout,  # type: ignore[arg-type]
                              seed=paint_seed)
     out, _ = clean_montage(decode_annotation(image), layout)
     assert_same_up_to_relabel(truth, out)
+    # Artifacts across any thresholds get exactly their expected fates.
+    check_cleaning(truth, layout, encoding, paint_seed, min_size, max_hole)
 
 
 # -- the faults of the original clean-up -----------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of cellcrowd.appen.live: a running job in the emulator, over real HTTP."""
+"""Tests of cellcrowd.sim.live: a running job in the emulator, over real HTTP."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import CrowdJob
-from cellcrowd.appen.emulator import Emulator
-from cellcrowd.appen.live import LiveJob, ManualClock, WallClock, WebhookSender, sign_payload
+from cellcrowd.sim.crowd import CrowdJob
+from cellcrowd.sim.emulator import Emulator
+from cellcrowd.sim.live import LiveJob, ManualClock, WallClock, WebhookSender, sign_payload
 
 KEY = "live-test-KEY-0b3d"
 

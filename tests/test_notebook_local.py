@@ -28,13 +28,13 @@ from cellcrowd.notebook import (
     relabel_montages,
 )
 from cellcrowd.prepare import PrepareResult, prepare
-from cellcrowd.synthetic import (
+from cellcrowd.sim.synthetic import (
     SyntheticMovie,
     paint_annotation,
     synthetic_movie,
     write_movie_frames,
 )
-from cellcrowd.testing import assert_same_up_to_relabel
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 
 IDENTIFIER = "3D_post_annotation_example"
 

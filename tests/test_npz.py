@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cellcrowd.demo import ExampleSettings, make_example
 from cellcrowd.errors import InputError
 from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import (
@@ -32,8 +31,9 @@ from cellcrowd.layout import WorkingFolder, montage_of_part, part_of_montage
 from cellcrowd.logs import ChopperLog, MontageLog, read_chopper_log, write_log
 from cellcrowd.movies import montages_to_movies, raw_to_movies
 from cellcrowd.pipeline import working_folder
+from cellcrowd.sim.demo import ExampleSettings, make_example
+from cellcrowd.sim.testing import same_up_to_relabel
 from cellcrowd.stitch import read_stitched, stitch_movies
-from cellcrowd.testing import same_up_to_relabel
 
 POSITIONS = [Position(x, y) for x in range(2) for y in range(2)]
 

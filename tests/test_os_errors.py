@@ -9,7 +9,6 @@ file in place, in ``cellcrowd.files.atomic_path``; tasks run in this process wit
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -21,11 +20,16 @@ import pytest
 from cellcrowd import files
 from cellcrowd.cli import main
 from cellcrowd.config import Config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from helpers import file_hashes
 
 SETTINGS = ExampleSettings(frames=10, shape=(64, 64), cells=4, divisions=1, montage_len=5,
                            row_length=5)
 KEY = "oserror-key-7d1e5a90c3"
+
+#: Bookkeeping and the QC report; the config names its own folder.
+SKIP: dict[str, Any] = {"skip_folders": {"qc"},
+                        "skip_names": {"manifest.json", "lock", "cellcrowd.toml"}}
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +48,6 @@ def _copy(example: Example, served: Config, dest: Path) -> Path:
     return save_config(served.model_copy(update={"base": dest, "raw": None}),
                        dest / "cellcrowd.toml")
 
-
-def _hashes(base: Path) -> dict[str, str]:
-    skip = {"manifest.json", "lock", "cellcrowd.toml"}  # the config names its own folder
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*")) if p.is_file() and p.name not in skip
-            and "qc" not in p.relative_to(base).parts}
 
 
 def _disk_full_after(monkeypatch: pytest.MonkeyPatch, folder: str, writes: int) -> None:
@@ -98,7 +96,7 @@ def test_disk_full_is_one_line_and_the_rerun_resumes_to_the_same_bytes(
 
     assert main(["run", str(work), "--workers", "1", "--quiet"]) == 0
     capsys.readouterr()
-    assert _hashes(work.parent) == _hashes(reference.parent)
+    assert file_hashes(work.parent, **SKIP) == file_hashes(reference.parent, **SKIP)
 
 
 def test_a_permission_error_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],

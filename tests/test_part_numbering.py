@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from cellcrowd.config import Config, load_config
-from cellcrowd.demo import ExampleSettings, make_example, save_config
 from cellcrowd.errors import InputError, PipelineError
 from cellcrowd.export.npz import load_npz
 from cellcrowd.files import list_images, read_image
@@ -28,6 +27,7 @@ from cellcrowd.layout import (
 )
 from cellcrowd.movies import montages_to_movies, raw_to_movies, read_movie_geometry
 from cellcrowd.pipeline import run
+from cellcrowd.sim.demo import ExampleSettings, make_example, save_config
 
 SETTINGS = ExampleSettings(frames=12, shape=(64, 64), cells=4, divisions=0, montage_len=4,
                            row_length=2)

@@ -8,7 +8,6 @@ copy of the prepared folder.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,7 +27,6 @@ import pytest
 from cellcrowd import pipeline
 from cellcrowd.appen.report import read_report
 from cellcrowd.config import Config, OutputsConfig, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.errors import ConfigError, InputError, PipelineError
 from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import load_npz
@@ -37,8 +35,10 @@ from cellcrowd.layout import parse_montage_name, part_numbers, position_name
 from cellcrowd.logs import read_montage_log
 from cellcrowd.pipeline import STAGES, engine, run, status
 from cellcrowd.pipeline.lock import hold_lock
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 from cellcrowd.stages import HARVEST
-from cellcrowd.testing import assert_same_up_to_relabel
+from helpers import file_hashes
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
@@ -68,10 +68,6 @@ def _copy(example: Example, dest: Path, served: Config) -> Config:
 def cfg(job: tuple[Any, Config], example: Example, tmp_path: Path) -> Config:
     return _copy(example, tmp_path / "work", job[1])
 
-
-def _hashes(base: Path) -> dict[str, str]:
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*")) if p.is_file() and p.name != "lock"}
 
 
 def _label_with_truth(cfg: Config) -> None:
@@ -163,13 +159,13 @@ def test_full_run_writes_every_output_and_a_rerun_does_nothing(
         assert pos in load_npz(wf.npz_part(key.part)).missing_positions
         assert not wf.label_path(name).exists()
 
-    before = _hashes(cfg.base)
+    before = file_hashes(cfg.base, skip_folders=(), skip_names={"lock"})
     seen = dict(server.counts)
     again = run(cfg, api_key=_no_key)
     assert again.ran == []
     assert {s.status for s in again.stages} == {"up-to-date"}
     assert dict(server.counts) == seen  # not one request, annotation or report
-    assert _hashes(cfg.base) == before
+    assert file_hashes(cfg.base, skip_folders=(), skip_names={"lock"}) == before
     assert again.skipped_units == summary.skipped_units
     st = status(cfg)
     assert st.left == []
@@ -231,7 +227,7 @@ def test_changing_min_size_redoes_clean_and_only_what_depends_on_it(
     server, _ = job
     run(cfg)
     seen = dict(server.counts)
-    first = _hashes(cfg.base / "demo_labels")
+    first = file_hashes(cfg.base / "demo_labels", skip_folders=(), skip_names={"lock"})
     changed = cfg.with_overrides({"clean.min_size": 400})
     st = status(changed)
     assert st.stage("clean").state == "stale"
@@ -243,10 +239,10 @@ def test_changing_min_size_redoes_clean_and_only_what_depends_on_it(
     assert summary.stage("clean").status == "ran"
     assert summary.stage("movies").status == "ran"  # labels changed: cells under 400 px gone
     assert dict(server.counts) == seen
-    assert _hashes(cfg.base / "demo_labels") != first
+    assert file_hashes(cfg.base / "demo_labels", skip_folders=(), skip_names={"lock"}) != first
     # and back: the original outputs, byte for byte
     run(cfg, api_key=_no_key)
-    assert _hashes(cfg.base / "demo_labels") == first
+    assert file_hashes(cfg.base / "demo_labels", skip_folders=(), skip_names={"lock"}) == first
 
 
 def test_other_report_types_and_the_v3_api(job: tuple[Any, Config], cfg: Config) -> None:

@@ -38,7 +38,7 @@ from cellcrowd.qc import (
     thumbnail,
     write_qc_report,
 )
-from cellcrowd.synthetic import paint_annotation, synthetic_movie, write_movie_frames
+from cellcrowd.sim.synthetic import paint_annotation, synthetic_movie, write_movie_frames
 
 JOB = 4242
 FRAMES, LENGTH, ROW = 6, 4, 2  # two parts: 4 frames, then 2 (a partial montage)

@@ -32,7 +32,7 @@ from cellcrowd.layout import WorkingFolder
 from cellcrowd.logs import read_montage_log
 from cellcrowd.prepare import prepare
 from cellcrowd.qc import PAGE_SIZE, collect_qc, write_qc
-from cellcrowd.synthetic import paint_annotation, synthetic_movie, write_movie_frames
+from cellcrowd.sim.synthetic import paint_annotation, synthetic_movie, write_movie_frames
 
 JOB = 77
 FRAMES, LENGTH = 500, 2  # 2x2 positions x 250 montages = 1,000 units

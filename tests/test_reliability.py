@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from cellcrowd.appen.annotators import CAREFUL, CARELESS, draw_labels
-from cellcrowd.appen.crowd import CrowdConfig
 from cellcrowd.cellmatch import compact, overlap_iou
 from cellcrowd.consensus import merge_labels
 from cellcrowd.errors import InputError
 from cellcrowd.geometry import TileGrid
 from cellcrowd.labels import tile_window
 from cellcrowd.reliability import estimate_reliability, unit_evidence, vote_weight
+from cellcrowd.sim.annotators import CAREFUL, CARELESS, draw_labels
+from cellcrowd.sim.crowd import CrowdConfig
 
 
 def disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> NDArray[np.bool_]:

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import CrowdConfig, CrowdJob
-from cellcrowd.appen.emulator import Emulator
 from cellcrowd.appen.report import (
     FULL_REPORT_COLUMNS,
     Judgment,
@@ -25,6 +23,8 @@ from cellcrowd.appen.report import (
 )
 from cellcrowd.errors import ReportError
 from cellcrowd.layout import MontageKey, WorkingFolder
+from cellcrowd.sim.crowd import CrowdConfig, CrowdJob
+from cellcrowd.sim.emulator import Emulator
 
 JOB = 1363594
 COLUMNS = [*FULL_REPORT_COLUMNS, "annotation", "broken_link", "identifier", "image_url"]

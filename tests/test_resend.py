@@ -12,15 +12,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cellcrowd.appen.crowd import CrowdConfig, CrowdJob, crowd_from_folder
-from cellcrowd.appen.emulator import Emulator, Faults
 from cellcrowd.cli import main
 from cellcrowd.config import Config, ServiceConfig, load_config
-from cellcrowd.demo import Example, ExampleSettings, make_example, save_config
 from cellcrowd.errors import InputError, TemporaryServiceError
 from cellcrowd.pipeline import run
 from cellcrowd.resend import resend_units, units_to_resend
-from cellcrowd.synthetic import paint_annotation
+from cellcrowd.sim.crowd import CrowdConfig, CrowdJob, crowd_from_folder
+from cellcrowd.sim.demo import Example, ExampleSettings, make_example, save_config
+from cellcrowd.sim.emulator import Emulator, Faults
+from cellcrowd.sim.synthetic import paint_annotation
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5, seed=2)

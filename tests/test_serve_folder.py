@@ -20,8 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellcrowd.appen.emulator import Emulator
-from cellcrowd.appen.serve_folder import crowd_from_annotations, crowd_from_labels
 from cellcrowd.cli import main
 from cellcrowd.config import load_config
 from cellcrowd.errors import InputError
@@ -30,8 +28,10 @@ from cellcrowd.files import list_images, read_image, write_image
 from cellcrowd.layout import WorkingFolder, montage_of_part, part_numbers
 from cellcrowd.movies import read_movie_geometry
 from cellcrowd.pipeline import run
-from cellcrowd.synthetic import SyntheticMovie, synthetic_movie, write_movie_frames
-from cellcrowd.testing import same_up_to_relabel
+from cellcrowd.sim.emulator import Emulator
+from cellcrowd.sim.serve_folder import crowd_from_annotations, crowd_from_labels
+from cellcrowd.sim.synthetic import SyntheticMovie, synthetic_movie, write_movie_frames
+from cellcrowd.sim.testing import same_up_to_relabel
 
 KEY = "dry-run-key-4f1c"
 ID, JOB, LENGTH, FRAMES = "dry", 7, 5, 10

@@ -20,6 +20,7 @@ from cellcrowd.files import read_image, write_image
 from cellcrowd.geometry import Position, TileGrid, num_montages
 from cellcrowd.layout import WorkingFolder, part_of_montage
 from cellcrowd.logs import ChopperLog, MontageLog, write_log
+from cellcrowd.sim.testing import assert_same_up_to_relabel
 from cellcrowd.stitch import (
     lineage_from_labels,
     link_parts,
@@ -28,7 +29,6 @@ from cellcrowd.stitch import (
     stitch_movies,
     stitch_tiles,
 )
-from cellcrowd.testing import assert_same_up_to_relabel
 
 T = TypeVar("T")
 R = TypeVar("R")

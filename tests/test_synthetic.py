@@ -1,4 +1,4 @@
-"""Tests of cellcrowd.synthetic: the synthetic movie and the crowd-like painter."""
+"""Tests of cellcrowd.sim.synthetic: the synthetic movie and the crowd-like painter."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy import ndimage
 
 from cellcrowd.files import list_images, read_image
 from cellcrowd.geometry import MontageLayout
-from cellcrowd.synthetic import (
+from cellcrowd.sim.synthetic import (
     PaintReport,
     SyntheticMovie,
     paint_annotation,
@@ -297,10 +297,65 @@ def test_red_stray_skipped_when_every_id_is_used() -> None:
         (np.full((4, 4), -1), {}, "must not be negative"),
         (np.zeros((4, 4), int), {"encoding": "blue"}, "encoding must be 'red' or 'rgb'"),
         (np.zeros((4, 4), int), {"layout": MontageLayout((3, 3), 4, 2)}, "layout's montages"),
+        (np.zeros((4, 4), int), {"artifact_sizes": "big"}, "artifact_sizes must be 'small' or"),
     ],
-    ids=["red-over-255", "3d", "float", "negative", "encoding", "layout-size"],
+    ids=["red-over-255", "3d", "float", "negative", "encoding", "layout-size", "sizes"],
 )
 def test_paint_refuses_bad_input(labels: NDArray[np.int64], kwargs: dict[str, object],
                                  match: str) -> None:
     with pytest.raises(ValueError, match=match):
         paint_annotation(labels, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_report_lists_every_artifact_where_it_was_painted() -> None:
+    layout, truth = _layout_and_truth()
+    image, report = paint_annotation_with_report(truth, layout=layout, seed=3)
+    kinds = [a.kind for a in report.artifacts]
+    assert kinds.count("hole") == report.holes
+    assert kinds.count("interior_speck") == report.interior_specks
+    assert kinds.count("stray_speck") == report.strays
+    assert kinds.count("touching_speck") == report.touching_specks
+    changed = image[..., 0].astype(np.int64) != truth
+    marked = np.zeros(truth.shape, dtype=bool)
+    for a in report.artifacts:
+        assert (image[..., 0][a.pixels()] == a.value).all()
+        assert (a.kind in ("hole", "interior_speck")) == (a.host > 0)
+        assert a.size < (64 if a.kind == "hole" else 10)  # the default sizes...
+        assert a.expected == ("filled" if a.kind in ("hole", "interior_speck") else "removed")
+        marked[a.pixels()] = True
+    assert np.array_equal(changed, marked)  # ...and nothing else was painted
+
+
+@pytest.mark.parametrize(("min_size", "max_hole"), [(10, 64), (4, 12), (1, 1)])
+def test_across_sizes_straddle_the_thresholds(min_size: int, max_hole: int) -> None:
+    m = synthetic_movie(frames=6, shape=(128, 128), cells=8, divisions=1, seed=5)
+    layout = MontageLayout((128, 128), length=6, row_length=3)
+    truth = layout.make(m.labels).astype(np.int32)
+    image, report = paint_annotation_with_report(
+        truth, layout=layout, seed=2, artifact_sizes="across", min_size=min_size,
+        max_hole=max_hole)
+    offsets = set()
+    for a in report.artifacts:
+        threshold = max_hole if a.kind == "hole" else min_size
+        offsets.add(a.size - threshold)
+        assert max(1, threshold - 2) <= a.size <= threshold + 1
+        assert ((image[..., 3][a.pixels()] > 0) == (a.value > 0)).all()
+        fate = (("filled" if a.size < max_hole else "not filled") if a.kind == "hole" else
+                "kept" if a.size >= min_size else None)
+        if fate is not None:
+            assert a.expected == fate
+        elif a.kind == "edge_speck":  # kept when its cell's largest part (the edge rule)
+            assert a.expected in ("kept", "removed")
+        else:
+            assert a.expected == ("removed" if a.kind != "interior_speck" else
+                                  "filled" if a.size < max_hole else "removed")
+    if min_size > 2:
+        assert {-2, -1, 0, 1} <= offsets
+    edge = [a for a in report.artifacts if a.kind == "edge_speck"]
+    assert edge
+    for a in edge:
+        rows, cols = a.pixels()
+        k = a.frame
+        ys, xs = list(layout.iter_slices())[k]
+        assert (rows == ys.start).any() or (rows == ys.stop - 1).any() or (
+            cols == xs.start).any() or (cols == xs.stop - 1).any()

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from cellcrowd.appen.client import AppenClient
-from cellcrowd.appen.crowd import CrowdJob
-from cellcrowd.appen.emulator import Emulator, Faults
 from cellcrowd.appen.http import DeadlineTransport, capped_wait
 from cellcrowd.errors import ReportNotReadyError, TemporaryServiceError
+from cellcrowd.sim.crowd import CrowdJob
+from cellcrowd.sim.emulator import Emulator, Faults
 
 JOB = 1363594
 

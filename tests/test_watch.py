@@ -2,7 +2,7 @@
 
 One synthetic job is prepared per module (the pipeline tests' size) and its simulated
 crowd is served either finished (the reference: one ``run`` after completion) or live
-(:class:`cellcrowd.appen.live.LiveJob`): units complete in random order over 60 s of a
+(:class:`cellcrowd.sim.live.LiveJob`): units complete in random order over 60 s of a
 clock. In-process tests use a :class:`ManualClock` that the watch's own ``wait`` moves
 forward (a minute of the job takes no real minute: a scaled clock); the kill test runs
 ``cellcrowd watch`` in subprocesses, the test moving the clock between them.
@@ -11,7 +11,6 @@ forward (a minute of the job takes no real minute: a scaled clock); the kill tes
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import os
 import shutil
@@ -26,16 +25,17 @@ from typing import Any
 
 import pytest
 
-from cellcrowd.appen.crowd import CrowdJob, crowd_from_folder
-from cellcrowd.appen.emulator import Emulator, Faults
-from cellcrowd.appen.live import LiveJob, ManualClock, WebhookSender
 from cellcrowd.cli import main
 from cellcrowd.config import Config, ServiceConfig, load_config
-from cellcrowd.demo import Example, ExampleSettings, make_example, save_config
 from cellcrowd.errors import TemporaryServiceError
 from cellcrowd.pipeline import run, status
+from cellcrowd.sim.crowd import CrowdJob, crowd_from_folder
+from cellcrowd.sim.demo import Example, ExampleSettings, make_example, save_config
+from cellcrowd.sim.emulator import Emulator, Faults
+from cellcrowd.sim.live import LiveJob, ManualClock, WebhookSender
 from cellcrowd.watch import JobProgress, WatchRound, wait_for_wake, watch
 from cellcrowd.webhook import WEBHOOK_TOKEN_ENV, listen_for_webhooks
+from helpers import file_hashes
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
@@ -63,18 +63,12 @@ def _copy(example: Example, dest: Path, url: str) -> Path:
     return path
 
 
-def _outputs(base: Path) -> dict[str, str]:
-    """Every file's SHA-256, except cellcrowd's own bookkeeping (.cellcrowd/)."""
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*"))
-            if p.is_file() and ".cellcrowd" not in p.relative_to(base).parts}
-
 
 def _reference(example: Example, url: str, dest: Path) -> dict[str, str]:
     """The outputs of one ``run`` in a fresh copy (after the job completed)."""
     path = _copy(example, dest, url)
     run(load_config(path), api_key=lambda: KEY)
-    return _outputs(path.parent)
+    return file_hashes(path.parent)
 
 
 def _annotation_paths(emu: Emulator) -> list[str]:
@@ -110,7 +104,7 @@ def test_watch_follows_a_live_job_to_the_bytes_of_one_run(
             reference = _reference(example, emu.url, tmp_path / "reference")
         counts = dict(receiver.counts)
     assert result.complete
-    assert _outputs(base) == reference
+    assert file_hashes(base) == reference
     assert status(config).left == []
     # Units finished over several rounds, and later harvests fetched only new annotations.
     done = [r.progress.units_done for r in rounds]
@@ -159,7 +153,7 @@ def _wait_until(check: Any, proc: subprocess.Popen[bytes], timeout: float) -> No
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-def test_killed_watch_resumes_to_the_same_outputs(
+def test_killed_watch_resumes_to_the_samefile_hashes(
     example: Example, crowd: CrowdJob, tmp_path: Path
 ) -> None:
     """SIGKILL in the middle of a harvest, Ctrl-C (SIGINT) later, then a watch to the end."""
@@ -198,7 +192,7 @@ def test_killed_watch_resumes_to_the_same_outputs(
         reference = _reference(example, emu.url, tmp_path / "reference")
     assert proc.returncode == 0, err.decode()
     assert (out, err) == (b"", b"")
-    assert _outputs(config.parent) == reference
+    assert file_hashes(config.parent) == reference
     assert status(load_config(config)).left == []
 
 
@@ -226,7 +220,7 @@ def test_watch_of_a_finished_job_harvests_once_prints_progress_and_resends(
     assert broken
     assert [r["image_url"] for r in emu.inbox.rows[crowd.job_id]] == broken
     assert out.count(f"sent {len(broken)} unit(s) back") == 1
-    outputs = _outputs(config.parent)
+    outputs = file_hashes(config.parent)
     assert outputs.pop(wf.resend_csv(crowd.job_id).relative_to(config.parent).as_posix())
     assert outputs == reference
 

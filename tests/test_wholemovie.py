@@ -28,13 +28,13 @@ from cellcrowd.layout import WorkingFolder, part_of_montage
 from cellcrowd.logs import read_montage_log
 from cellcrowd.movies import montages_to_movies
 from cellcrowd.prepare import prepare
-from cellcrowd.stitch import read_stitched, stitch_movies
-from cellcrowd.synthetic import (
+from cellcrowd.sim.synthetic import (
     SyntheticMovie,
     paint_annotation,
     synthetic_movie,
     write_movie_frames,
 )
+from cellcrowd.stitch import read_stitched, stitch_movies
 
 FRAMES, SHAPE, LENGTH = 60, (192, 192), 20
 SEED = 22  # its divisions include daughters first seen in frames 20 and 40 (part starts)

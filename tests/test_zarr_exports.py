@@ -21,7 +21,6 @@ import pytest
 
 from cellcrowd.cli import main
 from cellcrowd.config import load_config
-from cellcrowd.demo import ExampleSettings, run_demo
 from cellcrowd.errors import CellcrowdError, ConfigError, InputError
 from cellcrowd.export.cells import _cell_values, cell_table
 from cellcrowd.export.ctc import read_ctc
@@ -30,6 +29,7 @@ from cellcrowd.export.omezarr import LABELS_NAME, export_omezarr, label_colour
 from cellcrowd.export.zarrstore import ExportTarget, require
 from cellcrowd.layout import WorkingFolder
 from cellcrowd.pipeline import working_folder
+from cellcrowd.sim.demo import ExampleSettings, run_demo
 from cellcrowd.stitch import read_stitched
 
 SMALL = ExampleSettings(frames=12, shape=(96, 96), cells=6, divisions=2, montage_len=4,

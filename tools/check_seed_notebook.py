@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cellcrowd.demo import ExampleSettings, emulated_job, make_example
 from cellcrowd.export.npz import load_npz
 from cellcrowd.files import list_images, read_image
 from cellcrowd.movies import read_movie_geometry
-from cellcrowd.testing import same_up_to_relabel
+from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example
+from cellcrowd.sim.testing import same_up_to_relabel
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "shared" / "seed" / "post-annotation-notebook.md"
 SETTINGS = ExampleSettings(identifier="3D_post_annotation_example", job_id=1363594, frames=20,

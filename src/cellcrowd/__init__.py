@@ -15,7 +15,6 @@ import typing as _typing
 
 if _typing.TYPE_CHECKING:
     from .appen.client import AppenClient
-    from .appen.emulator import Emulator
     from .appen.report import Judgment, read_report
     from .config import Config, load_config
     from .errors import (
@@ -41,6 +40,7 @@ if _typing.TYPE_CHECKING:
     from .layout import MontageKey, Padding, WorkingFolder, parse_montage_name
     from .logs import ChopperLog, MontageLog
     from .pipeline import STAGES, run, status
+    from .sim.emulator import Emulator
 
 #: Where each public name lives: imported on first use (PEP 562), so that
 #: ``import cellcrowd`` stays light (no numpy, pydantic, httpx or emulator at import).
@@ -54,7 +54,7 @@ _LAZY: dict[str, str] = {
     "ConfigError": ".errors",
     "DaskExecutor": ".executor",
     "DownloadError": ".errors",
-    "Emulator": ".appen.emulator",
+    "Emulator": ".sim.emulator",
     "GeometryError": ".errors",
     "InputError": ".errors",
     "JobNotFoundError": ".errors",

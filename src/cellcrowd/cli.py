@@ -338,7 +338,7 @@ def _cmd_prepare(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, ui: Ui) -> int:
-    from .demo import run_demo
+    from .sim.demo import run_demo
 
     if ui.quiet:
         result = run_demo(args.keep, workers=args.workers)
@@ -355,9 +355,9 @@ def _cmd_demo(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def _cmd_emulator(args: argparse.Namespace, ui: Ui) -> int:
-    from .appen.emulator import serve_forever
-    from .appen.serve_folder import crowd_from_annotations, crowd_from_labels
     from .layout import WorkingFolder
+    from .sim.emulator import serve_forever
+    from .sim.serve_folder import crowd_from_annotations, crowd_from_labels
 
     key = get_api_key(prompt=True)
     wf = WorkingFolder(args.folder, args.identifier)

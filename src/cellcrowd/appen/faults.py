@@ -1,109 +1,17 @@
-"""Hostile inputs for the emulator: decompression bombs, damaged PNGs, malicious report rows.
-
-The emulator's :class:`~cellcrowd.appen.emulator.Faults` break the *transport* (5xx,
-429, cut bodies, dropped connections). This module breaks the *content*, as an attacker
-or a broken service would, for the reliability tests and ``docs/reliability.md``:
-
-* :func:`bomb_png` a small file that decodes to a huge image (zlib-compressed zeros);
-* :func:`damaged_png` a PNG that arrives complete (closing ``IEND``) but does not decode;
-* :func:`hostile_rows` full-report rows with path-climbing ids, malformed values, bytes
-  that are not UTF-8, and a conflicting duplicate, each with the reason cellcrowd must
-  give; :func:`append_rows` adds them to a report's CSV bytes (serve the result with
-  :meth:`Emulator.replace_report <cellcrowd.appen.emulator.Emulator.replace_report>`).
-"""
+"""Moved to :mod:`cellcrowd.sim.faults`: names taken from here warn (DeprecationWarning)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import struct
-import zlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["HostileRow", "append_rows", "bomb_png", "damaged_png", "hostile_rows"]
+from .._moved import moved_attribute, moved_names
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+__all__: list[str] = []  # nothing new is exported from here
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(
-        ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+def __getattr__(name: str) -> Any:
+    return moved_attribute(__name__, "cellcrowd.sim.faults", name)
 
 
-def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A valid 1-bit grey PNG of ``width`` x ``height`` zeros: tiny on disk, huge decoded.
-
-    >>> len(bomb_png(20_000, 20_000)) < 200_000
-    True
-    """
-    row = b"\x00" * (1 + (width + 7) // 8)
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (_PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", data)
-            + _chunk(b"IEND", b""))
-
-
-def damaged_png(png: bytes) -> bytes:
-    """``png`` with its image data scrambled: complete (``IEND`` intact), undecodable.
-
-    The first ``IDAT`` chunk's payload is replaced by bytes that are not zlib data, and
-    its CRC is recomputed, so only decoding finds the damage.
-    """
-    at = png.index(b"IDAT") - 4
-    (length,) = struct.unpack(">I", png[at:at + 4])
-    garbage = bytes((i * 37 + 11) % 256 for i in range(max(length, 16)))
-    return png[:at] + _chunk(b"IDAT", garbage) + png[at + 12 + length:]
-
-
-@dataclass(frozen=True)
-class HostileRow:
-    """A report row that must become a problem, and words its reason must contain."""
-
-    name: str
-    row: Mapping[str, str]
-    reason: str
-    encoding: str = "utf-8"
-
-
-def hostile_rows(template: Mapping[str, str], annotation_url: str) -> list[HostileRow]:
-    """Rows made from a good full-report ``template`` row, each broken in one way.
-
-    ``annotation_url`` is a URL that serves a valid annotation, so only the broken value
-    (never the download) can make the row fail. Judgment ids start at 9e9, away from the
-    service's.
-    """
-    cell = json.dumps({"url": annotation_url})
-
-    def row(jid: int, **changes: str) -> dict[str, str]:
-        return {**template, "_id": str(jid), "annotation": cell, **changes}
-
-    image = template["image_url"]
-    return [
-        HostileRow("climbing-id", row(0, _id="../../../sentinel/pwned"), "not an id"),
-        HostileRow("climbing-unit", row(9_000_000_001, _unit_id="1/../../../../pwned"),
-                   "not an id"),
-        HostileRow("climbing-montage", row(9_000_000_002, image_url=image.rsplit("/", 1)[0]
-                                           + "/..%2F..%2Fpwned.png"), "not a montage name"),
-        HostileRow("bad-json", row(9_000_000_003, annotation='{"url": "http'), "not valid JSON"),
-        HostileRow("bad-tainted", row(9_000_000_004, _tainted="perhaps"), "not a boolean"),
-        HostileRow("bad-trust", row(9_000_000_005, _trust="very high"), "not a number"),
-        HostileRow("latin-1", row(9_000_000_006, _city="Montr\u00e9al"), "not UTF-8",
-                   encoding="latin-1"),
-        HostileRow("duplicate-a", row(9_000_000_007, _trust="0.5"), "conflicting duplicate"),
-        HostileRow("duplicate-b", row(9_000_000_007, _trust="0.9"), "conflicting duplicate"),
-    ]
-
-
-def append_rows(report: bytes, rows: Sequence[HostileRow]) -> bytes:
-    """A full report's CSV bytes with ``rows`` appended (each in its own encoding)."""
-    columns = next(csv.reader(io.StringIO(report.decode("utf-8-sig"))))
-    out = [report if report.endswith(b"\n") else report + b"\n"]
-    for item in rows:
-        buf = io.StringIO()
-        csv.DictWriter(buf, fieldnames=columns, lineterminator="\n",
-                       extrasaction="ignore").writerow(item.row)
-        out.append(buf.getvalue().encode(item.encoding))
-    return b"".join(out)
+def __dir__() -> list[str]:
+    return moved_names("cellcrowd.sim.faults")
