@@ -29,17 +29,20 @@ logger = logging.getLogger(__name__)
 
 
 def open_folder(config: Config) -> OpenFolder:
-    """The configured working folder and its job (None, with the reason, without logs)."""
+    """The configured working folder and its job (None, with the reason, without logs).
+
+    Raises
+    ------
+    LogError
+        The logs exist but cannot be read or disagree (the message names the file).
+    """
     wf = config.working_folder()
     if not wf.chopper_log.exists() or not wf.montage_log.exists():
         missing = wf.chopper_log if not wf.chopper_log.exists() else wf.montage_log
         return OpenFolder(wf, None, LogError(
             "this log is missing: copy json_logs/ from the upload (cellcrowd prepare "
             "writes it) into the working folder", path=missing))
-    try:
-        job = Job.load(wf)
-    except CellcrowdError as exc:
-        return OpenFolder(wf, None, exc)
+    job = Job.load(wf)  # logs that exist but are broken stop the run (and status) here
     return OpenFolder(job.wf, job)
 
 
