@@ -119,13 +119,17 @@ def test_a_stage_redoes_only_the_units_that_changed(tmp_path: Path) -> None:
 
     assert once() == {"redone": 4, "reused": 0}
     assert calls == ["a.txt", "b.txt", "c.txt", "d.txt"]
-    assert once() == {} and calls == []  # nothing changed: the stage is skipped whole
+    assert once() == {}
+    assert calls == []
     (base / "in" / "b.txt").write_text("B changed")
-    assert once() == {"redone": 1, "reused": 3} and calls == ["b.txt"]
+    assert once() == {"redone": 1, "reused": 3}
+    assert calls == ["b.txt"]
     (base / "out" / "c.txt").unlink()
-    assert once() == {"redone": 1, "reused": 3} and calls == ["c.txt"]
+    assert once() == {"redone": 1, "reused": 3}
+    assert calls == ["c.txt"]
     (base / "out" / "d.txt").write_text("tampered")
-    assert once() == {"redone": 1, "reused": 3} and calls == ["d.txt"]
+    assert once() == {"redone": 1, "reused": 3}
+    assert calls == ["d.txt"]
     assert once(force=("upper",)) == {"redone": 4, "reused": 0}
     assert once(cfg.with_overrides({"clean.min_size": 3})) == {"redone": 4, "reused": 0}
     assert (base / "out" / "a.txt").read_text() == "A!!!"
@@ -234,7 +238,8 @@ def test_one_changed_montage_is_all_a_rerun_redoes(
     changed = {k for k in before if after[k] != before[k]}
     frames = {k for k in changed if k.startswith("movies/")}
     pos = f"x_{parse_montage_name(name).x:02d}_y_{parse_montage_name(name).y:02d}"
-    assert frames and all(f"/part{part}/" in k and pos in k and "/annotated/" in k
+    assert frames
+    assert all(f"/part{part}/" in k and pos in k and "/annotated/" in k
                           for k in frames)
     assert changed - frames <= own
 
