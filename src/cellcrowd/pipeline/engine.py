@@ -8,6 +8,14 @@ committed only after all of the stage's outputs are written (and synced), and ev
 output is written atomically, so a run killed at any moment (SIGKILL included) is
 redone from the interrupted stage and ends with the same bytes as an uninterrupted run.
 
+**Units.** A stage that must run gets its per-unit records in ``ctx.units``
+(:class:`cellcrowd.pipeline.units.UnitRecords`, keys salted with its settings and
+versions; nothing is fresh when it is forced) and may reuse the units whose inputs and
+outputs did not change. The records are committed with the entry, after the sync;
+every unit's output files are among the stage's recorded outputs. The engine decides
+per stage only and knows no unit; :attr:`StageRun.units` says how many it redid and
+reused.
+
 **Observers.** :data:`observers` holds factories of :class:`StageObserver`: each run
 calls every factory once and tells the observers it gets when a stage starts, how
 many of its items are done and when its outputs are written but not yet recorded.

@@ -15,6 +15,10 @@ like broken-link and undownloaded judgments, in the stage's skipped units.
 ``consensus = false`` (or ``strategy = "latest"``) cleans only the judgment the fetch
 stage chose (``wf.annotation_path``). Either way what cleaning did per montage goes
 to ``clean_stats.json``.
+
+Incremental per unit: a judgment is cleaned again, and a montage merged again, only
+when what it is made from changed (:mod:`.cleanunits`); ``clean_stats.json`` and
+``consensus_workers.json`` are rewritten from every unit's recorded results.
 """
 
 from __future__ import annotations
