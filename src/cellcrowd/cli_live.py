@@ -71,7 +71,9 @@ def describe_round(r: Any) -> str:
     if r.error:
         return f"{text}; failed, trying again: {r.error}"
     if r.summary is not None:
-        return f"{text}; harvested ({', '.join(r.summary.ran) or 'nothing new'})"
+        from .watch import harvest_text
+
+        return f"{text}; harvested ({harvest_text(r.summary)})"
     return text
 
 

@@ -77,6 +77,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Strategy = Literal["reliability", "vote"]
+#: ``reuse`` of :func:`merge_job`: a montage's task, its judgments and the reliabilities
+#: -> the result of an earlier merge still on disk, or None.
+Reuse = Callable[[MergeTask, Sequence["JudgmentLabels"], "Reliability | None"],
+                 "MergeResult | None"]
 #: Cells also match when their overlap covers this share of the smaller one ("reliability").
 MIN_COVER = 0.5
 
@@ -160,6 +164,7 @@ def merge_job(
     layout: MontageLayout | None = None,
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
+    reuse: Reuse | None = None,
 ) -> JobConsensus:
     """Merge every montage's judgments into ``wf.label_path(montage)`` and write the JSON
     files of the module docstring.
@@ -168,6 +173,11 @@ def merge_job(
     (one evidence pass), then merges with it; ``"vote"`` merges each montage on its
     own with the report's trust as weights (:func:`cellcrowd.consensus.merge_labels`'
     defaults). A montage that cannot be merged is reported in its result, never raised.
+
+    ``reuse(task, judgments, reliability)``, when given, is asked about every montage's
+    :class:`~cellcrowd.consensus.MergeTask` before any is merged: a result means the
+    montage's labels and report file are already on disk as this task would write them
+    (neither is written again), None that it must be merged.
     """
     names = sorted(montages, key=natural_key)
     rel = None
@@ -187,9 +197,14 @@ def merge_job(
         tasks = [MergeTask(name, tuple(j.labels for j in montages[name]), wf.label_path(name),
                            _vote_weights(name, montages[name]), min_iou, min_support, layout)
                  for name in names]
-    results = merge_tasks(tasks, executor=executor, progress=progress)
-    files = [_write_montage(wf, montages[r.montage], r, r.report, rel) for r in results
-             if r.report is not None]
+    kept = {t.montage: k for t in tasks
+            if reuse is not None and (k := reuse(t, montages[t.montage], rel)) is not None}
+    merged = iter(merge_tasks([t for t in tasks if t.montage not in kept], executor=executor,
+                              progress=progress))
+    results = [kept[t.montage] if t.montage in kept else next(merged) for t in tasks]
+    files = [wf.consensus_report_path(r.montage) if r.montage in kept
+             else _write_montage(wf, montages[r.montage], r, r.report, rel)
+             for r in results if r.report is not None]
     files.append(_write_workers(wf, montages, results, rel, strategy))
     return JobConsensus(results, rel, files)
 

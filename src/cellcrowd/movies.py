@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -47,6 +47,10 @@ from .layout import (
     part_of_montage,
 )
 from .logs import MontageLog
+
+#: ``only`` of :func:`montages_to_movies` and :func:`raw_to_movies`: ``only(name, source,
+#: targets)`` False means the item's target files are already written from ``source``.
+Only = Callable[[str, Path, tuple[Path, ...]], bool]
 
 __all__ = [
     "ItemResult",
@@ -257,6 +261,7 @@ def montages_to_movies(
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
     job: Job | None = None,
+    only: Only | None = None,
 ) -> MoviesResult:
     """Chop every cleaned label montage into frames under ``movies/part{N}/…/annotated``.
 
@@ -272,6 +277,10 @@ def montages_to_movies(
         Called with 1 after each montage.
     job : Job, optional
         The job, when already loaded for ``wf`` (else its logs are read).
+    only : callable, optional
+        ``only(montage name, label file, frame files)``: False skips a montage whose
+        frame files are already written from that label file (its result names them
+        as if written). Default: every montage is written.
 
     Returns
     -------
@@ -317,9 +326,8 @@ def montages_to_movies(
             items.append(ItemResult(path.name, (), (
                 f"x={triple[0]}, y={triple[1]}, montage {triple[2]} is outside the logged "
                 f"{movie.grid.num_x}x{movie.grid.num_y} grid of {movie.count} montages")))
-    for key, item in zip(task_keys, run_tasks(_montage_to_frames, tasks, executor=executor,
-                                                  progress=progress),
-                         strict=True):
+    for key, item in zip(task_keys, _run_only(_montage_to_frames, tasks, only, executor,
+                                              progress), strict=True):
         items.append(item)
         if item.error is not None:
             logger.error("montage %s failed: %s", item.name, item.error)
@@ -332,6 +340,30 @@ def montages_to_movies(
     logger.info("wrote %d annotated frames from %d montages", result.files_written,
                 len(tasks))
     return result
+
+
+def _run_only(fn: Callable[[Any], ItemResult], tasks: Sequence[_AnnotatedTask | _RawTask],
+              only: Only | None, executor: Executor | None,
+              progress: Callable[[int], None] | None) -> list[ItemResult]:
+    """``run_tasks`` over the tasks ``only`` keeps; the others' targets as written."""
+    def keep(t: _AnnotatedTask | _RawTask) -> bool:
+        return only is None or only(_name(t), t.source, _targets(t))
+
+    kept = [keep(t) for t in tasks]
+    done = iter(run_tasks(fn, [t for t, k in zip(tasks, kept, strict=True) if k],
+                          executor=executor, progress=progress))
+    return [next(done) if k else ItemResult(_name(t), _targets(t))
+            for t, k in zip(tasks, kept, strict=True)]
+
+
+def _name(task: _AnnotatedTask | _RawTask) -> str:
+    return task.name if isinstance(task, _AnnotatedTask) else task.source.name
+
+
+def _targets(task: _AnnotatedTask | _RawTask) -> tuple[Path, ...]:
+    if isinstance(task, _AnnotatedTask):
+        return task.targets
+    return tuple(t for _, t in task.targets)
 
 
 # -- raw frames -> tiles ----------------------------------------------------------------
@@ -407,6 +439,7 @@ def raw_to_movies(
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
     job: Job | None = None,
+    only: Only | None = None,
 ) -> MoviesResult:
     """Cut the raw frames (``wf.raw``) into the tiles matching the annotated movies.
 
@@ -414,6 +447,8 @@ def raw_to_movies(
     the raw folder) goes to part ``t // L`` as frame ``t % L``; each tile is
     exactly ``TileGrid.tile(frame, position)``, with the raw dtype and channels.
     ``job``: the job, when already loaded for ``wf`` (else its logs are read).
+    ``only(frame file name, frame file, tile files)``: False skips a frame whose tiles
+    are already written (as :func:`montages_to_movies`).
 
     Raises
     ------
@@ -445,8 +480,7 @@ def raw_to_movies(
         part, f = part_of_montage(t // length), t % length
         tasks.append(_RawTask(source, movie.grid, tuple(
             (pos, wf.raw_tile_frame(part, pos, f)) for pos in movie.grid.positions)))
-    items = tuple(run_tasks(_raw_frame_to_tiles, tasks, executor=executor,
-                                     progress=progress))
+    items = tuple(_run_only(_raw_frame_to_tiles, tasks, only, executor, progress))
     result = MoviesResult(wf, "raw", items)
     for error in result.errors:
         logger.error("raw frame failed: %s", error)

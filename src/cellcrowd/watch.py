@@ -9,7 +9,12 @@
    ask the service to regenerate the report (a report is a snapshot) and run the
    pipeline with the report stage forced (:func:`cellcrowd.pipeline.run`): the fetch
    stage downloads only annotations not already on disk, and the manifest redoes only
-   stages whose inputs changed, the QC page included;
+   stages whose inputs changed, the QC page included. Within those, clean, movies and
+   npz redo only the units whose inputs changed (a montage's judgments, its label
+   montage, a part's frames: :mod:`cellcrowd.pipeline.units`) and reuse the others'
+   files; the round's log says how many units each redid and reused
+   (:attr:`cellcrowd.pipeline.StageRun.units`). Stitch, trk, ctc, omezarr, geff and
+   qc are redone whole when their inputs changed (they join every part);
 3. stop once a harvest saw the job complete (or cancelled); otherwise wait ``interval``
    seconds, or less when a webhook wakes the loop (:mod:`cellcrowd.webhook`).
 
@@ -48,6 +53,7 @@ __all__ = [
     "WatchResult",
     "WatchRound",
     "estimate_left",
+    "harvest_text",
     "job_progress",
     "wait_for_wake",
     "watch",
@@ -282,7 +288,7 @@ class _Rounds:
             if due:
                 self.client.regenerate_report(job_id, self.config.service.report_type)
                 self.summary = self.harvest()
-                logger.info("harvested: %s", ", ".join(self.summary.ran) or "nothing new")
+                logger.info("harvested: %s", harvest_text(self.summary))
                 _write_state(self.wf, job_id, current)
                 self.harvests += 1
                 if after_harvest is not None:
@@ -305,6 +311,25 @@ class _Rounds:
 
     def result(self, *, complete: bool) -> WatchResult:
         return WatchResult(self.number, self.harvests, complete, self.progress, self.summary)
+
+
+def harvest_text(summary: RunSummary) -> str:
+    """The stages a harvest ran, with the units redone and reused where a stage says.
+
+    >>> from pathlib import Path
+    >>> from cellcrowd.pipeline import StageRun
+    >>> harvest_text(RunSummary(Path("."), (StageRun("clean", "ran", "", units={
+    ...     "redone": 1, "reused": 14}), StageRun("qc", "ran", ""))))
+    'clean (1 units redone, 14 reused), qc'
+    """
+    parts = []
+    for s in summary.stages:
+        if s.status != "ran":
+            continue
+        units = s.units
+        parts.append(f"{s.name} ({units.get('redone', 0)} units redone, "
+                     f"{units.get('reused', 0)} reused)" if units else s.name)
+    return ", ".join(parts) or "nothing new"
 
 
 def _sleep_through(wait: Callable[[threading.Event, float], bool]) -> Callable[[float], None]:

@@ -9,7 +9,8 @@ clean, movies, npz, stitch, trk, ctc, omezarr, geff, qc) and what each does are 
 
 Modules: :mod:`.stage` (the stage record and the context handed to its body),
 :mod:`.manifest` (fingerprints, judging up to date, stale outputs), :mod:`.lock`
-(one run per folder), :mod:`.engine` (running a table), :mod:`.folderstatus`,
+(one run per folder), :mod:`.units` (per-unit records), :mod:`.engine` (running a
+table), :mod:`.folderstatus`,
 :mod:`.results` (what a run and a status return).
 
 **Resuming.** A manifest (``wf.manifest``, JSON, written atomically) records per
@@ -21,6 +22,12 @@ still exists with the same size and hash. An entry is committed only after all
 of the stage's outputs are written, and every output is written atomically, so
 a run killed at any moment (SIGKILL included) is redone from the interrupted
 stage and ends with the same bytes as an uninterrupted run.
+
+**Units.** A stage that runs because some inputs changed may redo only the units of
+work whose inputs changed: the entry also records per unit its input key and output
+files (:mod:`.units`, ``ctx.units``). Clean (per judgment, and per merged montage),
+movies (per label montage and raw frame) and npz (per part) do; stitch, trk, ctc,
+omezarr, geff and qc join every part and are redone whole.
 
 **Skipped units.** Broken links, failed downloads and unreadable annotations are
 recorded per stage (unit, reason) and carried by the files themselves: a montage

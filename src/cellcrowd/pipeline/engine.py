@@ -8,6 +8,14 @@ committed only after all of the stage's outputs are written (and synced), and ev
 output is written atomically, so a run killed at any moment (SIGKILL included) is
 redone from the interrupted stage and ends with the same bytes as an uninterrupted run.
 
+**Units.** A stage that must run gets its per-unit records in ``ctx.units``
+(:class:`cellcrowd.pipeline.units.UnitRecords`, keys salted with its settings and
+versions; nothing is fresh when it is forced) and may reuse the units whose inputs and
+outputs did not change. The records are committed with the entry, after the sync;
+every unit's output files are among the stage's recorded outputs. The engine decides
+per stage only and knows no unit; :attr:`StageRun.units` says how many it redid and
+reused.
+
 **Observers.** :data:`observers` holds factories of :class:`StageObserver`: each run
 calls every factory once and tells the observers it gets when a stage starts, how
 many of its items are done and when its outputs are written but not yet recorded.
@@ -22,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import Config, get_api_key
@@ -43,6 +52,7 @@ from .manifest import (
 )
 from .results import Progress, RunSummary, StageRun
 from .stage import Context, OpenFolder, Stage, StageOutput, StageTable
+from .units import UnitRecords
 
 __all__ = ["StageObserver", "observers", "run", "select"]
 
@@ -261,19 +271,30 @@ def _execute(stage: Stage, r: _Run, due: _Due) -> StageRun:
     for watcher in r.watchers:
         watcher.started(name)
     started = time.perf_counter()
-    out = _call(stage, _context(name, r), r.manifest, due.entry)
+    units = _unit_records(due, r, name in r.force)
+    out = _call(stage, _context(name, r, units), r.manifest, due.entry, units)
     for watcher in r.watchers:
         watcher.written(name)
-    outputs = _commit(name, r, due, out)
+    outputs = _commit(name, r, due, out, units)
     seconds = time.perf_counter() - started
     for unit in out.skipped:
         logger.info("%s: skipped %s: %s", name, unit.unit, unit.reason)
+    used = units.counts if units.redone or units.reused else {}
+    if used:
+        logger.info("%s: redid %d units, reused %d", name, units.redone, units.reused)
     logger.info("%s: done in %.1f s (%d files)", name, seconds, len(outputs))
     return StageRun(name, "ran", due.reason, dict(out.counts),
-                    recorded_paths(outputs, r.wf.base), tuple(out.skipped), seconds)
+                    recorded_paths(outputs, r.wf.base), tuple(out.skipped), seconds, used)
 
 
-def _context(name: str, r: _Run) -> Context:
+def _unit_records(due: _Due, r: _Run, forced: bool) -> UnitRecords:
+    """The stage's unit records from its last entry; keys salted with its settings and
+    versions (a change in them makes every unit stale)."""
+    salt = digest({k: due.inputs.get(k) for k in ("cellcrowd", "stage_version", "settings")})
+    return UnitRecords(due.entry, salt, r.wf.base, forced)
+
+
+def _context(name: str, r: _Run, units: UnitRecords) -> Context:
     def set_total(total: int | None) -> None:
         if r.progress is not None:
             r.progress.start(name, total)
@@ -285,16 +306,17 @@ def _context(name: str, r: _Run) -> Context:
             watcher.advanced(name, n)
 
     return Context(r.config, r.wf, r.services.executor, r.services.key, set_total, item_done,
-                   r.manifest.counts, r.opened)
+                   r.manifest.counts, r.opened, units)
 
 
-def _call(stage: Stage, ctx: Context, manifest: Manifest, entry: dict[str, Any] | None
-          ) -> StageOutput:
+def _call(stage: Stage, ctx: Context, manifest: Manifest, entry: dict[str, Any] | None,
+          units: UnitRecords) -> StageOutput:
     """Run the stage's body; a failure is recorded in the manifest before it is raised."""
     name = stage.name
     try:
         with deferred_sync():  # one sync for the stage's files, below, not one per file
             out = stage.run(ctx)
+        out.outputs = _with_unit_paths(out.outputs, units)
         sync_paths(out.outputs)
     except CellcrowdError as exc:
         with contextlib.suppress(OSError):
@@ -307,8 +329,18 @@ def _call(stage: Stage, ctx: Context, manifest: Manifest, entry: dict[str, Any] 
     return out
 
 
-def _commit(name: str, r: _Run, due: _Due, out: StageOutput) -> dict[str, list[Any]]:
-    """Record the stage as done (after removing what its earlier run wrote and this did not)."""
+def _with_unit_paths(outputs: list[Path], units: UnitRecords) -> list[Path]:
+    """The stage's outputs and every output of its unit records (recorded, so synced)."""
+    named = set(outputs)
+    return outputs + [p for p in dict.fromkeys(units.paths()) if p not in named]
+
+
+def _commit(name: str, r: _Run, due: _Due, out: StageOutput, units: UnitRecords
+            ) -> dict[str, list[Any]]:
+    """Record the stage as done (after removing what its earlier run wrote and this did not).
+
+    The unit records go into the same entry, so they are committed only with it.
+    """
     outputs = record(out.outputs, r.wf.base)
     remove_stale(due.entry, outputs, r.wf.base)
     r.manifest.set(name, {
@@ -321,5 +353,6 @@ def _commit(name: str, r: _Run, due: _Due, out: StageOutput) -> dict[str, list[A
         "skipped": [{"stage": u.stage, "unit": u.unit, "reason": u.reason}
                     for u in out.skipped],
         "retry": out.retry,
+        **({"units": units.records()} if units.records() else {}),
     })
     return outputs

@@ -29,9 +29,11 @@ __all__ = [
     "MANIFEST_VERSION",
     "Manifest",
     "digest",
+    "intact",
     "judge",
     "record",
     "recorded_paths",
+    "relative",
     "remove_stale",
     "remove_temporary_files",
     "skipped_from",
@@ -44,7 +46,8 @@ logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 
 
-def _rel(path: Path, base: Path) -> str:
+def relative(path: Path, base: Path) -> str:
+    """``path`` as the manifest records it: relative to ``base`` (absolute if outside)."""
     try:
         return path.resolve().relative_to(base.resolve()).as_posix()
     except ValueError:
@@ -71,8 +74,8 @@ def _size_and_hash(path: Path) -> tuple[int, str]:
 def record(paths: Sequence[Path], base: Path) -> dict[str, list[Any]]:
     """``{path relative to base: [size, sha256]}`` of ``paths``, sorted by path."""
     return {
-        _rel(p, base): list(_size_and_hash(p))
-        for p in sorted(set(paths), key=lambda q: _rel(q, base))
+        relative(p, base): list(_size_and_hash(p))
+        for p in sorted(set(paths), key=lambda q: relative(q, base))
     }
 
 
@@ -165,9 +168,9 @@ def _diff_inputs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> str:
     return "; ".join(reasons) or "inputs changed"
 
 
-def _verify_outputs(entry: Mapping[str, Any], base: Path) -> str | None:
-    """None when every recorded output is intact, else why not."""
-    for rel, (size, sha) in entry.get("outputs", {}).items():
+def intact(outputs: Mapping[str, Any], base: Path) -> str | None:
+    """None when every file of a :func:`record` is there with its size and hash, else why not."""
+    for rel, (size, sha) in outputs.items():
         path = _abs(rel, base)
         if not path.is_file():
             return f"output {rel} is missing"
@@ -190,7 +193,7 @@ def judge(entry: Mapping[str, Any] | None, inputs: Mapping[str, Any], base: Path
         return _diff_inputs(entry.get("inputs"), inputs)
     if entry.get("retry"):
         return f"retrying: {entry['retry']}"
-    return _verify_outputs(entry, base)
+    return intact(entry.get("outputs", {}), base)
 
 
 def skipped_from(entry: Mapping[str, Any] | None) -> tuple[SkippedUnit, ...]:

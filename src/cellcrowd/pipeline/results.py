@@ -23,7 +23,12 @@ RunStatus = Literal["ran", "up-to-date", "disabled", "not-selected"]
 
 @dataclass(frozen=True)
 class StageRun:
-    """What happened to one stage in a :func:`cellcrowd.pipeline.run`."""
+    """What happened to one stage in a :func:`cellcrowd.pipeline.run`.
+
+    ``units`` (stages that keep per-unit records, when they ran): ``{"redone": n,
+    "reused": m}``, the units of work it redid and those it found fresh from the last
+    run (see :mod:`cellcrowd.pipeline.units`); empty otherwise.
+    """
 
     name: str
     status: RunStatus
@@ -32,6 +37,7 @@ class StageRun:
     outputs: tuple[Path, ...] = ()
     skipped: tuple[SkippedUnit, ...] = ()
     seconds: float = 0.0
+    units: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def location(self) -> Path | None:

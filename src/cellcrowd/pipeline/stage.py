@@ -8,10 +8,10 @@ harvest's table is :data:`cellcrowd.stages.HARVEST`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Config
 from ..errors import CellcrowdError, LogError
@@ -19,7 +19,7 @@ from ..executor import Executor
 from ..job import Job
 from ..layout import WorkingFolder
 
-__all__ = ["Context", "OpenFolder", "SkippedUnit", "Stage", "StageOutput", "StageTable"]
+__all__ = ["Context", "OpenFolder", "SkippedUnit", "Stage", "StageOutput", "StageTable", "Units"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,38 @@ class StageOutput:
 
 def _no_counts(name: str) -> Mapping[str, int]:
     return {}
+
+
+class Units(Protocol):
+    """Per-unit records of a stage (``ctx.units``; see :mod:`cellcrowd.pipeline.units`)."""
+
+    def file_digest(self, paths: Sequence[Path]) -> str:
+        """A digest of the files' names, sizes and SHA-256 (for a unit's key)."""
+
+    def fresh(self, unit: str, key: Any, outputs: Sequence[Path] | None = None) -> bool:
+        """True when the last run recorded ``unit`` with ``key`` and its outputs are intact."""
+
+    def data(self, unit: str) -> Any:
+        """The data recorded with ``unit`` (None when none)."""
+
+    def done(self, unit: str, key: Any, outputs: Sequence[Path], data: Any = None) -> None:
+        """Record ``unit`` as made from ``key`` into ``outputs`` (committed with the stage)."""
+
+
+class NoUnits:
+    """:class:`Units` that finds nothing fresh and records nothing (a context without a run)."""
+
+    def file_digest(self, paths: Sequence[Path]) -> str:
+        return ""
+
+    def fresh(self, unit: str, key: Any, outputs: Sequence[Path] | None = None) -> bool:
+        return False
+
+    def data(self, unit: str) -> Any:
+        return None
+
+    def done(self, unit: str, key: Any, outputs: Sequence[Path], data: Any = None) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +122,9 @@ class Context:
         The counts an earlier stage recorded in the manifest ({} if none).
     folder : OpenFolder, optional
         The folder and job the run opened (:attr:`job`).
+    units : Units
+        The stage's per-unit records: which units of work are still fresh from the
+        last run (:mod:`cellcrowd.pipeline.units`); nothing is fresh by default.
     """
 
     config: Config
@@ -100,6 +135,7 @@ class Context:
     item_done: Callable[[int], None]
     counts_of: Callable[[str], Mapping[str, int]] = _no_counts
     folder: OpenFolder | None = None
+    units: Units = field(default_factory=NoUnits)
 
     @property
     def job(self) -> Job:

@@ -15,6 +15,10 @@ like broken-link and undownloaded judgments, in the stage's skipped units.
 ``consensus = false`` (or ``strategy = "latest"``) cleans only the judgment the fetch
 stage chose (``wf.annotation_path``). Either way what cleaning did per montage goes
 to ``clean_stats.json``.
+
+Incremental per unit: a judgment is cleaned again, and a montage merged again, only
+when what it is made from changed (:mod:`.cleanunits`); ``clean_stats.json`` and
+``consensus_workers.json`` are rewritten from every unit's recorded results.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ..files import natural_key
 from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
 from ._shared import log_files, read_judgments
 from .cleanjob import clean_with_consensus
+from .cleanunits import clean_or_reuse, fresh_cleanings
 from .jobview import tile_windows
 
 if TYPE_CHECKING:
@@ -56,7 +61,7 @@ def _run(ctx: Context) -> StageOutput:
 def _clean_chosen(ctx: Context, judgments: Report) -> StageOutput:
     """``consensus = false``: clean the one annotation per montage the fetch stage chose."""
     from ..appen.report import still_broken
-    from ..labels import CleanTask, clean_annotations, write_clean_stats
+    from ..labels import CleanTask, write_clean_stats
 
     cfg, wf = ctx.config, ctx.wf
     montages = sorted({j.montage for j in judgments if j.usable}, key=natural_key)
@@ -73,8 +78,9 @@ def _clean_chosen(ctx: Context, judgments: Report) -> StageOutput:
         else:
             skipped.append(SkippedUnit("clean", name, "no annotation could be downloaded "
                                        f"(see {wf.failures_csv(cfg.job_id).name})"))
-    ctx.set_total(len(tasks))
-    results = clean_annotations(tasks, executor=ctx.executor, progress=ctx.item_done)
+    fresh = fresh_cleanings(ctx, tasks)
+    ctx.set_total(fresh.count(False))
+    results = clean_or_reuse(ctx, tasks, fresh)
     outputs = [r.dst for r in results if r.ok]
     skipped += [SkippedUnit("clean", r.montage, f"annotation unusable: {r.error}")
                 for r in results if not r.ok]

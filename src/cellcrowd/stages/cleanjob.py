@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from ..files import natural_key
 from ..pipeline.stage import Context, SkippedUnit, StageOutput
+from .cleanunits import clean_or_reuse, fresh_cleanings, merge_units
 from .jobview import merge_layout, tile_windows
 
 if TYPE_CHECKING:
@@ -192,9 +193,11 @@ def _merge(ctx: Context, inputs: dict[str, list[JudgmentLabels]], strategy: Stra
     if not inputs:
         return []
     c = ctx.config.clean
+    reuse, record = merge_units(ctx)
     job = merge_job(ctx.wf, inputs, strategy=strategy, min_iou=c.min_iou,
                     min_support=c.min_support, layout=merge_layout(ctx.job),
-                    executor=ctx.executor, progress=ctx.item_done)
+                    executor=ctx.executor, progress=ctx.item_done, reuse=reuse)
+    record(job.results)
     tally.outputs += job.files
     return list(job.results)
 
@@ -225,16 +228,17 @@ def _record_merged(merged: list[Any], used: dict[str, list[Judgment]], strategy:
 def clean_with_consensus(ctx: Context, judgments: Report) -> StageOutput:
     """Clean every usable judgment of a montage; merge several into one (consensus)."""
     from ..appen.report import still_broken
-    from ..labels import clean_annotations, write_clean_stats
+    from ..labels import write_clean_stats
 
     wf = ctx.wf
     tally = _Tally()
     montages, present = _plan(judgments, ctx, tally)
     cleanings = _cleanings(ctx, present)
     several = sum(1 for js in present.values() if len(js) > 1)
-    ctx.set_total(len(cleanings) + several)
-    results = clean_annotations([x.task for x in cleanings], executor=ctx.executor,
-                                progress=ctx.item_done)
+    tasks = [x.task for x in cleanings]
+    fresh = fresh_cleanings(ctx, tasks)
+    ctx.set_total(fresh.count(False) + several)
+    results = clean_or_reuse(ctx, tasks, fresh)
     inputs, used = _collect(ctx, list(zip(cleanings, results, strict=True)), tally)
     tally.outputs.append(write_clean_stats(wf.clean_stats_path, tally.stats))
     strategy: Strategy = "vote" if ctx.config.clean.strategy == "vote" else "reliability"

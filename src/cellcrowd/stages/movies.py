@@ -1,6 +1,11 @@
 """The ``movies`` stage: label montages and raw frames -> ``movies/partN/x_XX_y_YY/...``.
 
 Library: :func:`cellcrowd.movies.montages_to_movies`, :func:`cellcrowd.movies.raw_to_movies`.
+
+Incremental per unit (``ctx.units``, :mod:`cellcrowd.pipeline.units`): a label montage
+(unit ``labels:<montage>``) is cut again only when its labels file, the logs or its
+frame files changed, and a raw frame (unit ``raw:<file>``) only when it, the logs or
+its tiles changed; the others' files are kept as they are.
 Before any stage runs, movies made by cellcrowd 0.1.0 (parts numbered from 1) are
 refused, or deleted when the stage is forced.
 """
@@ -9,11 +14,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CellcrowdError, PipelineError
 from ..files import list_images
+from ..pipeline.manifest import relative
 from ..pipeline.stage import Context, OpenFolder, SkippedUnit, Stage, StageOutput
-from ._shared import raw_and_logs
+from ._shared import log_files, raw_and_logs
+
+if TYPE_CHECKING:
+    from ..movies import ItemResult
 
 __all__ = ["STAGE"]
 
@@ -37,6 +49,31 @@ def _refuse_old_parts(folder: OpenFolder, forced: bool) -> None:
         shutil.rmtree(wf.movies)
 
 
+class _Units:
+    """The ``only`` of the movies functions: redo an item unless its unit is fresh."""
+
+    def __init__(self, ctx: Context, kind: str) -> None:
+        self.ctx, self.kind = ctx, kind
+        self.logs = ctx.units.file_digest(log_files(ctx.wf, ctx.config))
+        self.keys: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, name: str, source: Path, targets: tuple[Path, ...]) -> bool:
+        key = {"source": self.ctx.units.file_digest([source]), "logs": self.logs,
+               "targets": [relative(t, self.ctx.wf.base) for t in targets]}
+        if self.ctx.units.fresh(f"{self.kind}:{name}", key, targets):
+            self.ctx.item_done(1)
+            return False
+        self.keys[name] = key
+        return True
+
+    def record(self, items: Sequence[ItemResult]) -> None:
+        """Record the items written in this run."""
+        for item in items:
+            if item.error is None and item.name in self.keys:
+                self.ctx.units.done(f"{self.kind}:{item.name}", self.keys[item.name],
+                                    item.files)
+
+
 def _run(ctx: Context) -> StageOutput:
     """Cut the raw frames and the clean label montages into per-part movies."""
     from ..layout import position_name
@@ -47,9 +84,13 @@ def _run(ctx: Context) -> StageOutput:
     raw = len(list_images(wf.raw)) if wf.raw.is_dir() else 0
     ctx.set_total(labels + raw)
     job = ctx.job
-    raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done, job=job)
+    raw_units, label_units = _Units(ctx, "raw"), _Units(ctx, "labels")
+    raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done, job=job,
+                               only=raw_units)
+    raw_units.record(raw_result.items)
     annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done,
-                                   job=job)
+                                   job=job, only=label_units)
+    label_units.record(annotated.items)
     outputs = [f for item in annotated.items + raw_result.items for f in item.files]
     skipped = [SkippedUnit("movies", f"part{m.part} {position_name(m.position, wf.padding)}",
                            f"left out of part {m.part}: montage {m.montage}: {m.reason}")

@@ -4,6 +4,9 @@ Library: :func:`cellcrowd.stitch.stitch_movies`. With ``outputs.npz_full_movie``
 stage also writes the stitched movie's ``.npz``
 (:func:`cellcrowd.export.npz.write_stitched_movie_npz`), at its end, because the npz
 stage runs before the movie is stitched.
+
+Redone whole when its inputs changed (no per-unit records): linking runs across every
+part. Trk, ctc, omezarr, geff and qc read the stitched movie or everything, likewise.
 """
 
 from __future__ import annotations
