@@ -7,9 +7,7 @@ Test modules run with ``--import-mode=importlib``, so they get these through fix
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,17 +88,3 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def fake_sleep(sleeps: list[float]) -> Callable[[float], None]:
     return sleeps.append
-
-
-def _folder_hashes(base: Path, skip: tuple[str, ...] = (".cellcrowd",)) -> dict[str, str]:
-    """SHA-256 of every file under ``base`` by relative path, except under ``skip``."""
-    return {p.relative_to(base).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(base.rglob("*"))
-            if p.is_file() and p.relative_to(base).parts[0] not in skip}
-
-
-@pytest.fixture(scope="session")
-def folder_hashes() -> Callable[..., dict[str, str]]:
-    """``folder_hashes(base, skip=(".cellcrowd",))``: SHA-256 of every file under ``base``
-    (relative path -> hex digest), leaving out the top-level folders in ``skip``."""
-    return _folder_hashes

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cellcrowd.config import Config, load_config
-from cellcrowd.demo import Example, ExampleSettings, emulated_job, make_example, save_config
 from cellcrowd.errors import InputError
 from cellcrowd.files import read_image, write_image
 from cellcrowd.layout import parse_montage_name
@@ -28,6 +27,8 @@ from cellcrowd.pipeline import engine as pipeline_engine
 from cellcrowd.pipeline.manifest import record
 from cellcrowd.pipeline.stage import OpenFolder
 from cellcrowd.pipeline.units import UnitRecords
+from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
+from helpers import file_hashes
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
@@ -208,7 +209,6 @@ def _key() -> str:
 
 def test_one_changed_montage_is_all_a_rerun_redoes(
     job: tuple[Any, Config], example: Example, tmp_path: Path,
-    folder_hashes: Callable[..., dict[str, str]],
 ) -> None:
     cfg = _copy(example, tmp_path / "work", job[1], **{"clean.strategy": "vote"})
     first = run(cfg, api_key=_key)
@@ -243,15 +243,14 @@ def test_one_changed_montage_is_all_a_rerun_redoes(
                           for k in frames)
     assert changed - frames <= own
 
-    incremental = folder_hashes(wf.base)
+    incremental = file_hashes(wf.base)
     full = run(cfg, api_key=_key, force=LATER)
     assert full.stage("clean").units == {"redone": cleanings, "reused": 0}
-    assert folder_hashes(wf.base) == incremental
+    assert file_hashes(wf.base) == incremental
 
 
 def test_reliability_consensus_rerun_is_byte_identical(
     job: tuple[Any, Config], example: Example, tmp_path: Path,
-    folder_hashes: Callable[..., dict[str, str]],
 ) -> None:
     """With job-wide reliabilities a merged montage's result depends on every montage;
     the rerun still reuses the cleaning of each unchanged judgment."""
@@ -268,6 +267,6 @@ def test_reliability_consensus_rerun_is_byte_identical(
     assert second["redone"] + second["reused"] == total
     assert second["reused"] >= judgments - 1 + len(
         [p for p in wf.labels.glob("*_labels.png")]) - len(merged)  # every other cleaning
-    incremental = folder_hashes(wf.base)
+    incremental = file_hashes(wf.base)
     run(cfg, api_key=_key, force=LATER)
-    assert folder_hashes(wf.base) == incremental
+    assert file_hashes(wf.base) == incremental
