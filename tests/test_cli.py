@@ -272,7 +272,7 @@ def _parsers(parser: argparse.ArgumentParser, name: str = "cellcrowd"
 
 def test_every_option_has_help() -> None:
     seen = 0
-    for name, parser in _parsers(cli._parser()):
+    for name, parser in _parsers(cli.build_parser()):
         for action in parser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 continue

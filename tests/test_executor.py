@@ -36,7 +36,7 @@ def test_pool_workers_end_when_their_parent_is_killed() -> None:
         "from cellcrowd.files import natural_key\n"
         "ex = LocalExecutor(2)\n"
         "list(ex.map(natural_key, ['a1', 'b2', 'c3', 'd4']))\n"
-        "print(' '.join(str(p.pid) for p in ex._pool._processes.values()), flush=True)\n"
+        "print(' '.join(str(p) for p in ex.worker_pids()), flush=True)\n"
         "time.sleep(60)\n"
     )
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,

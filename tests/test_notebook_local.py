@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellcrowd import notebook
 from cellcrowd.errors import InputError
 from cellcrowd.export.npz import load_npz
 from cellcrowd.files import list_images, read_image, sha256_file, write_image
@@ -208,7 +207,6 @@ def test_make_training_data_options(tmp_path: Path, caplog: pytest.LogCaptureFix
             write_image(wf.raw_tile_frame(2, pos, f), raw[f])
         write_image(wf.annotated_frame(2, pos, f), np.full((3, 4), f, np.uint16))
     write_image(wf.raw_tile_frame(2, pos, 2), raw[1])
-    notebook._note_ignored_arguments.cache_clear()
     with caplog.at_level(logging.WARNING):
         path = make_training_data(direc_name=part, file_name_save=tmp_path / "out",
                                   training_direcs=["x_0{}_y_0{}".format(10, 0)],  # noqa: UP032

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -341,17 +343,24 @@ def test_prepare_tasks_read_their_own_frames_from_disk(
     movie = _movie(10, (64, 80))
     task_reads: list[list[str]] = []
     payload_sizes: list[int] = []
-    real_task = prepare_mod._write_montage_number
 
-    def watched_task(task: prepare_mod._MontageNumberTask) -> list[prepare_mod.MontageTaskResult]:
-        payload_sizes.append(len(pickle.dumps(task)))
-        before = len(reads)
-        results = real_task(task)
-        task_reads.append(reads[before:])
-        return results
+    class SpyExecutor:
+        """Runs each task here, recording what it would ship to a worker and read there."""
 
-    monkeypatch.setattr(prepare_mod, "_write_montage_number", watched_task)
-    wf, result = _prepare(tmp_path, movie)  # montage_len 4: frames 0-3, 4-7, 8-9
+        workers = 2
+
+        def map(self, fn: Callable[[Any], Any], tasks: Iterable[Any]) -> Iterator[Any]:
+            for task in tasks:
+                payload_sizes.append(len(pickle.dumps(task)))
+                before = len(reads)
+                result = fn(task)
+                task_reads.append(reads[before:])
+                yield result
+
+        def close(self) -> None:
+            pass
+
+    wf, result = _prepare(tmp_path, movie, executor=SpyExecutor())  # frames 0-3, 4-7, 8-9
     assert not result.errors
     assert len(result.montages) == 4 * 3
     # Each task reads exactly its own frames (at most L), never the rest of the movie ...

@@ -22,7 +22,7 @@ import pytest
 from cellcrowd.cli import main
 from cellcrowd.config import load_config
 from cellcrowd.errors import CellcrowdError, ConfigError, InputError
-from cellcrowd.export.cells import _cell_values, cell_table
+from cellcrowd.export.cells import cell_table, cell_values
 from cellcrowd.export.ctc import read_ctc
 from cellcrowd.export.geff import export_geff
 from cellcrowd.export.omezarr import LABELS_NAME, export_omezarr, label_colour
@@ -292,10 +292,10 @@ def test_auto_follows_the_extra(demo: tuple[Path, WorkingFolder],
 def test_consensus_values_are_read_tolerantly() -> None:
     report = {"mean_agreement": 0.75, "cells": [{"label": 3, "support": 0.6,
                                                   "agreement": 0.9}]}
-    assert _cell_values(report, 3) == (0.6, 0.9)
-    assert _cell_values(report, 4) == (None, 0.75)  # not listed: the montage's mean
-    assert _cell_values({"cells": {"5": {"support": 1}}}, 5) == (1.0, None)
-    assert _cell_values(None, 1) == (None, None)
+    assert cell_values(report, 3) == (0.6, 0.9)
+    assert cell_values(report, 4) == (None, 0.75)  # not listed: the montage's mean
+    assert cell_values({"cells": {"5": {"support": 1}}}, 5) == (1.0, None)
+    assert cell_values(None, 1) == (None, None)
 
 
 def test_bad_inputs_are_named(demo: tuple[Path, WorkingFolder], tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from .config import (
 from .errors import CellcrowdError, ConfigError, redact
 from .files import describe_os_error
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("cellcrowd.cli")
 
@@ -78,7 +78,7 @@ class _Subparsers:
         return parser
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cellcrowd",
         description="Harvest crowd annotations of microscopy montages into training and "
@@ -392,7 +392,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Ui], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``cellcrowd`` command; returns the exit code (0 ok, 2 error, 130 interrupted)."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     ui = Ui(args.quiet)
     try:
         with logging_to(ui.err, args.verbose, args.quiet):

@@ -82,6 +82,12 @@ class LocalExecutor:
         # Bounded look-ahead keeps memory at a few tasks' worth of results.
         yield from self._pool.map(fn, task_list, chunksize=1)
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the pool's workers (empty before the first parallel map)."""
+        pool = self._pool
+        processes = getattr(pool, "_processes", None) or {}
+        return sorted(p.pid for p in processes.values() if p.pid is not None)
+
     def close(self) -> None:
         if self._pool is not None:
             # Tasks not yet started are dropped (after Ctrl-C); results of a finished

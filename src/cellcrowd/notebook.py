@@ -26,7 +26,6 @@ Differences that matter:
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -214,16 +213,20 @@ def read_json_params_montage(
             log.x_buffer, log.y_buffer)
 
 
-_IGNORED = ("dimensionality", "annotation_name", "border_mode", "output_mode",
-            "reshape_size", "verbose")
+#: Arguments of the seed's ``make_training_data`` that change nothing here, and their defaults.
+_IGNORED: dict[str, object] = {"dimensionality": 3, "annotation_name": "",
+                               "border_mode": "same", "output_mode": "conv",
+                               "reshape_size": None, "verbose": False}
 
 
-@functools.cache
-def _note_ignored_arguments() -> None:
-    logger.warning(
-        "make_training_data: %s are accepted for compatibility and ignored (movies are "
-        "written whole, as (positions, frames, rows, cols, channels))", ", ".join(_IGNORED),
-    )
+def _note_ignored(given: dict[str, object]) -> None:
+    """Warn about ignored arguments the caller set to something else than their default."""
+    changed = [name for name, value in given.items() if value != _IGNORED[name]]
+    if changed:
+        logger.warning(
+            "make_training_data: %s are accepted for compatibility and ignored (movies are "
+            "written whole, as (positions, frames, rows, cols, channels))", ", ".join(changed),
+        )
 
 
 def make_training_data(
@@ -250,7 +253,8 @@ def make_training_data(
     ``num_frames`` (at most this many frames per position) and
     ``channel_names`` (one channel per entry: raw files whose name contains it;
     ``[""]`` = every file, one channel). Accepted for compatibility and ignored
-    (a warning is logged once): ``dimensionality``, ``annotation_name``,
+    (a warning names those set to something else than the seed's default):
+    ``dimensionality``, ``annotation_name``,
     ``border_mode``, ``output_mode``, ``reshape_size``, ``verbose``.
 
     Keys written: ``X`` float32 ``(positions, frames, rows, cols, channels)``,
@@ -264,7 +268,9 @@ def make_training_data(
     Path
         The file written.
     """
-    _note_ignored_arguments()
+    _note_ignored({"dimensionality": dimensionality, "annotation_name": annotation_name,
+                   "border_mode": border_mode, "output_mode": output_mode,
+                   "reshape_size": reshape_size, "verbose": verbose})
     direc = Path(direc_name)
     dest = Path(file_name_save)
     if dest.suffix != ".npz":

@@ -28,7 +28,7 @@ from ..job import Job
 from ..layout import MontageKey, WorkingFolder, montage_name
 from ..stitch import Lineage, read_lineage
 
-__all__ = ["CellNode", "CellTable", "cell_table", "stitched_frame_paths"]
+__all__ = ["CellNode", "CellTable", "cell_table", "cell_values", "stitched_frame_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _read_report(wf: WorkingFolder, montage: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _cell_values(report: dict[str, Any] | None, cell: int) -> tuple[float | None, float | None]:
+def cell_values(report: dict[str, Any] | None, cell: int) -> tuple[float | None, float | None]:
     """Per-cell (support, agreement) of a montage's consensus report, tolerant of its form."""
     if report is None:
         return None, None
@@ -171,7 +171,7 @@ class _Provenance:
             for name, cell in pairs:
                 if name not in self.reports:
                     self.reports[name] = _read_report(self.wf, name)
-                values.append(_cell_values(self.reports[name], cell))
+                values.append(cell_values(self.reports[name], cell))
             for i, target in enumerate((table.support, table.agreement)):
                 got = [x for v in values if (x := v[i]) is not None]
                 target[label] = round(float(np.mean(got)), 6) if got else None
