@@ -292,6 +292,7 @@ def section_memory(b: Bench) -> None:
     b.add("3 memory", "largest per-part array (X float32) / fixed overhead "
           "(3 x idle python with cellcrowd imported)",
           f"{part_bytes / 1e9:.3f} GB / {overhead / 1e9:.3f} GB")
+    peaks: dict[str, list[int]] = {}
     for frames in lengths:
         note(f"memory: building {shape[0]}^2 x {frames}")
         job = build_job(b.tmp / f"mem{frames}", shape, frames, outputs=outputs)
@@ -305,9 +306,14 @@ def section_memory(b: Bench) -> None:
             note(f"memory: {frames} frames, stage {stage}")
             seconds, peak = peak_rss(command)
             ratio = (peak - overhead) / part_bytes
+            peaks.setdefault(stage, []).append(peak)
             b.add("3 memory", f"{shape[0]}^2 x {frames}: {stage}",
                   f"{seconds:.1f} s, peak {peak / 1e9:.2f} GB",
                   f"(peak - overhead) = {ratio:.2f} x part", verdict(ratio, 1.5, False))
+    for stage, (short, long) in peaks.items():  # memory independent of the movie's length
+        b.add("3 memory", f"{stage}: peak at {lengths[1]} frames / at {lengths[0]}",
+              f"{long / 1e9:.2f} GB / {short / 1e9:.2f} GB", f"{long / short:.2f}",
+              verdict(long / short, 1.1, False))
 
 
 # -- main -------------------------------------------------------------------------------------
