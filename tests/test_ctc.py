@@ -146,7 +146,8 @@ def test_export_ctc_streams_the_files_write_ctc_writes(tmp_path: Path,
     masks = np.stack([tifffile.imread(streamed / "01_GT" / "TRA" / f"man_track{t:03d}.tif")
                       for t in range(6)])
     assert masks.dtype == np.uint16
-    assert masks[3, 3, 13] == 6 and masks[1, 3, 13] == 4  # cell 4's run after its gap
+    assert masks[3, 3, 13] == 6
+    assert masks[1, 3, 13] == 4
     back = np.stack([tifffile.imread(streamed / "01" / f"t{t:03d}.tif") for t in range(6)])
     np.testing.assert_array_equal(back, raw if channels != 1 else raw[..., 0])
 

@@ -158,7 +158,8 @@ def test_export_trk_streams_the_bytes_write_trk_writes(tmp_path: Path, channels:
     whole = write_trk(tmp_path / "whole.trk", raw, tracked_movie(), LINEAGE).read_bytes()
     assert streamed == whole
     raw_back, tracked_back, lineage_back = deepcell_load(wf.trk)
-    assert raw_back.dtype == dtype and tracked_back.dtype == np.int32
+    assert raw_back.dtype == dtype
+    assert tracked_back.dtype == np.int32
     np.testing.assert_array_equal(raw_back, raw if channels else raw[..., None])
     np.testing.assert_array_equal(tracked_back[..., 0], tracked_movie())
     assert {int(k): v for k, v in lineage_back.items()} == LINEAGE
