@@ -224,9 +224,10 @@ def download_annotations(
     workers = max(1, min(concurrency, client.max_connections, len(tasks)))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellcrowd-dl") as pool:
-            _run(pool, tasks, wf, client, limits, progress, result, done)
+            single = _single(tasks)  # their annotation file is written as they arrive
+            _run(pool, tasks, single, wf, client, limits, progress, result, done)
             copies = _choose(judgments, done, result)
-            copies = {m: path for m, path in copies.items() if m not in _single(tasks)}
+            copies = {m: path for m, path in copies.items() if m not in single}
             list(pool.map(_copy_if_changed, copies.values(),
                           [wf.annotation_path(m) for m in copies]))
     finally:
@@ -264,13 +265,12 @@ class _DamagedImageError(Exception):
 
 
 def _run(
-    pool: ThreadPoolExecutor, tasks: list[Judgment], wf: WorkingFolder, client: AppenClient,
-    limits: _Limits, progress: Callable[[int], None] | None,
+    pool: ThreadPoolExecutor, tasks: list[Judgment], single: set[str], wf: WorkingFolder,
+    client: AppenClient, limits: _Limits, progress: Callable[[int], None] | None,
     result: DownloadResult, done: list[tuple[Judgment, Path]],
 ) -> None:
     futures: dict[Future[str | DownloadFailure], tuple[Judgment, Path]] = {}
     inside = _Inside(wf.base)
-    single = _single(tasks)
     for j in tasks:
         path = wf.judgment_path(j.montage, j.unit_id, j.judgment_id)
         try:
