@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 
 from cellcrowd.errors import InputError, LineageError
 from cellcrowd.export.ctc import CTCTrack, ctc_tracks, export_ctc, read_ctc, validate_ctc, write_ctc
@@ -121,6 +122,42 @@ def test_export_ctc_from_the_stitched_folder(tmp_path: Path) -> None:
         write_image(wf.stitched_frame("raw", t), raw)
     assert export_ctc(wf) == wf.ctc
     assert [t.line() for t in sorted(validate_ctc(wf.ctc).values())] == TRACKS
+
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3], ids=["grey", "one-channel", "rgb"])
+def test_export_ctc_streams_the_files_write_ctc_writes(tmp_path: Path,
+                                                       channels: int | None) -> None:
+    raw = raw_movie()
+    if channels:
+        raw = np.repeat(raw[..., None], channels, axis=-1)
+    wf = WorkingFolder(tmp_path / "wf", "exp")
+    for t, (labels, raw_frame) in enumerate(zip(tracked_movie(), raw, strict=True)):
+        write_image(wf.stitched_frame("annotated", t), labels.astype(np.uint16))
+        write_image(wf.stitched_frame("raw", t), raw_frame)
+    wf.stitched_lineage.write_text(json.dumps({str(k): v for k, v in LINEAGE.items()}))
+    streamed = export_ctc(wf)
+    whole = write_ctc(tmp_path / "whole", raw, tracked_movie(), LINEAGE)
+    files = sorted(p.relative_to(whole) for p in whole.rglob("*") if p.is_file())
+    assert len(files) == 2 * 6 + 1
+    assert files == sorted(p.relative_to(streamed) for p in streamed.rglob("*") if p.is_file())
+    for name in files:
+        assert (streamed / name).read_bytes() == (whole / name).read_bytes(), name
+    masks = np.stack([tifffile.imread(streamed / "01_GT" / "TRA" / f"man_track{t:03d}.tif")
+                      for t in range(6)])
+    assert masks.dtype == np.uint16
+    assert masks[3, 3, 13] == 6
+    assert masks[1, 3, 13] == 4
+    back = np.stack([tifffile.imread(streamed / "01" / f"t{t:03d}.tif") for t in range(6)])
+    np.testing.assert_array_equal(back, raw if channels != 1 else raw[..., 0])
+
+
+def test_validate_ctc_refuses_masks_of_different_sizes(ctc_folder: Path) -> None:
+    mask = ctc_folder / "01_GT" / "TRA" / "man_track002.tif"
+    write_image(mask, read_image(mask)[:, :20])
+    with pytest.raises(LineageError, match="2-D 16-bit labels of one size") as err:
+        validate_ctc(ctc_folder)
+    assert err.value.rule == "16-bit labels"
 
 
 def test_traccuracy_reads_our_folder(ctc_folder: Path, caplog: pytest.LogCaptureFixture

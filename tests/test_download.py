@@ -139,6 +139,19 @@ def test_single_judgment_units_and_broken_montages(
     assert result.missing == []
     files = sorted(p.name for p in wf.judgments.iterdir())
     assert len(files) == result.requested  # one file per judgment, none overwritten
+    singles = [m for m, n in per_montage.items() if n == 1]
+    assert singles
+    assert len(singles) < len(result.chosen)
+    for m, chosen in result.chosen.items():
+        assert wf.annotation_path(m).read_bytes() == chosen.path.read_bytes()
+    # A rerun finds every judgment in place and restores an annotation changed since.
+    wf.annotation_path(singles[0]).write_bytes(b"edited")
+    with Emulator(job, api_key=api_key) as emu, client_for(emu, api_key) as client:
+        again = download_annotations(report, wf, job_id=JOB, client=client)
+    assert again.skipped_existing == result.requested
+    assert again.downloaded == 0
+    chosen = result.chosen[singles[0]].path
+    assert wf.annotation_path(singles[0]).read_bytes() == chosen.read_bytes()
 
 
 def test_failures_are_recorded_and_the_run_goes_on(
@@ -328,3 +341,23 @@ def test_notebook_step_2_without_broken_links(
         csv_path = download_and_unzip(JOB, tmp_path)
         assert save_annotations_from_csv(csv_path, tmp_path / "exp_annotations") == []
     assert len(list((tmp_path / "exp_annotations").glob("*_annotation.png"))) == 4
+
+
+def test_a_symlinked_judgment_file_is_refused_after_plain_ones(
+        small_job: CrowdJob, emulator: Emulator, api_key: str, tmp_path: Path) -> None:
+    """The folder check is made once per folder; a symbolic link in it is still refused."""
+    wf = WorkingFolder(tmp_path / "work", "exp")
+    usable = [j for j in fetch_report(emulator, api_key, wf) if j.usable]
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"keep")
+    evil = usable[-1]
+    link = wf.judgment_path(evil.montage, evil.unit_id, evil.judgment_id)
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    with client_for(emulator, api_key) as client:
+        result = download_annotations(usable, wf, job_id=JOB, client=client, concurrency=1)
+    assert (result.failed, result.downloaded) == (1, len(usable) - 1)
+    assert "refusing to write or delete outside the working folder" in result.failures[0].reason
+    assert result.failures[0].judgment == str(evil.judgment_id)
+    assert outside.read_bytes() == b"keep"
+    assert link.is_symlink()

@@ -137,6 +137,52 @@ def test_export_trk_from_the_stitched_folder(tmp_path: Path) -> None:
     assert data.lineage == LINEAGE
 
 
+
+def _stitched_folder(tmp_path: Path, raw: np.ndarray, lineage: dict[int, Any]) -> WorkingFolder:
+    wf = WorkingFolder(tmp_path, "exp")
+    for t, (labels, raw_frame) in enumerate(zip(tracked_movie(), raw, strict=True)):
+        write_image(wf.stitched_frame("annotated", t), labels.astype(np.uint16))
+        write_image(wf.stitched_frame("raw", t), raw_frame)
+    wf.stitched_lineage.write_text(json.dumps({str(k): v for k, v in lineage.items()}))
+    return wf
+
+
+@pytest.mark.parametrize(("channels", "dtype"), [(None, np.uint16), (None, np.float32),
+                                                  (1, np.uint16), (3, np.uint8)],
+                         ids=["grey", "float", "one-channel", "rgb"])
+def test_export_trk_streams_the_bytes_write_trk_writes(tmp_path: Path, channels: int | None,
+                                                       dtype: type) -> None:
+    raw = raw_movie(channels=channels).astype(dtype)
+    wf = _stitched_folder(tmp_path, raw, LINEAGE)
+    streamed = export_trk(wf).read_bytes()
+    whole = write_trk(tmp_path / "whole.trk", raw, tracked_movie(), LINEAGE).read_bytes()
+    assert streamed == whole
+    raw_back, tracked_back, lineage_back = deepcell_load(wf.trk)
+    assert raw_back.dtype == dtype
+    assert tracked_back.dtype == np.int32
+    np.testing.assert_array_equal(raw_back, raw if channels else raw[..., None])
+    np.testing.assert_array_equal(tracked_back[..., 0], tracked_movie())
+    assert {int(k): v for k, v in lineage_back.items()} == LINEAGE
+
+
+def test_export_trk_keeps_no_file_when_the_lineage_does_not_fit(tmp_path: Path) -> None:
+    lineage = copy.deepcopy(LINEAGE)
+    lineage[5]["frames"] = [3, 4, 5]  # cell 5 is also in frame 2
+    wf = _stitched_folder(tmp_path, raw_movie(), lineage)
+    with pytest.raises(LineageError, match="entry 5: 'frames'"):
+        export_trk(wf)
+    assert not wf.trk.exists()
+    assert not list(wf.trk.parent.glob("*.trk*"))  # no temporary file left either
+
+
+def test_export_trk_refuses_a_frame_of_another_size(tmp_path: Path) -> None:
+    wf = _stitched_folder(tmp_path, raw_movie(), LINEAGE)
+    write_image(wf.stitched_frame("raw", 4), raw_movie()[4, :, :20])
+    with pytest.raises(InputError, match=r"this frame is \(12, 20\)"):
+        export_trk(wf)
+    assert not wf.trk.exists()
+
+
 # -- every rule, broken once --------------------------------------------------------------
 
 Mutation = Callable[[dict[Any, Any]], None]

@@ -228,8 +228,10 @@ def download_annotations(
     workers = max(1, min(concurrency, client.max_connections, len(tasks)))
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellcrowd-dl") as pool:
-            _run(pool, tasks, wf, client, limits, progress, result, done)
+            single = _single(tasks)  # their annotation file is written as they arrive
+            _run(pool, tasks, single, wf, client, limits, progress, result, done)
             copies = _choose(judgments, done, result)
+            copies = {m: path for m, path in copies.items() if m not in single}
             list(pool.map(_copy_if_changed, copies.values(),
                           [wf.annotation_path(m) for m in copies]))
     finally:
@@ -267,21 +269,23 @@ class _DamagedImageError(Exception):
 
 
 def _run(
-    pool: ThreadPoolExecutor, tasks: list[Judgment], wf: WorkingFolder, client: AppenClient,
-    limits: _Limits, progress: Callable[[int], None] | None,
+    pool: ThreadPoolExecutor, tasks: list[Judgment], single: set[str], wf: WorkingFolder,
+    client: AppenClient, limits: _Limits, progress: Callable[[int], None] | None,
     result: DownloadResult, done: list[tuple[Judgment, Path]],
 ) -> None:
     futures: dict[Future[str | DownloadFailure], tuple[Judgment, Path]] = {}
+    inside = _Inside(wf.base)
     for j in tasks:
         path = wf.judgment_path(j.montage, j.unit_id, j.judgment_id)
         try:
-            check_inside(path, wf.base, source=_row_of(j))
-            check_inside(wf.annotation_path(j.montage), wf.base, source=_row_of(j))
+            inside.check(path, _row_of(j))
+            inside.check(wf.annotation_path(j.montage), _row_of(j))
         except UnsafePathError as exc:
             result.failed += 1
             result.failures.append(_failure(client, j, j.annotation_url or "", str(exc)))
             continue
-        futures[pool.submit(_fetch_one, client, j, path, limits)] = (j, path)
+        copy_to = wf.annotation_path(j.montage) if j.montage in single else None
+        futures[pool.submit(_fetch_one, client, j, path, limits, copy_to)] = (j, path)
     try:
         for future in as_completed(futures):
             outcome = future.result()
@@ -303,25 +307,66 @@ def _run(
     result.failures.sort(key=lambda f: (natural_key(f.montage), f.unit, f.judgment))
 
 
+class _Inside:
+    """``check_inside(path, base)`` for many files in a few folders: each folder resolved once.
+
+    A file in a folder already found inside ``base`` is inside too unless its name is a
+    symbolic link (or ``.``/``..``); only those get the full check. This keeps the
+    check of hundreds of names from taking the GIL from the download threads.
+    """
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self._folders: set[Path] = set()
+
+    def check(self, path: Path, source: str) -> None:
+        if (path.parent in self._folders and path.name not in ("", ".", "..")
+                and not path.is_symlink()):
+            return  # a plain name in a folder that resolves inside base
+        check_inside(path, self.base, source=source)
+        try:
+            check_inside(path.parent, self.base)
+        except UnsafePathError:
+            return  # e.g. base/../base_name: the file is base itself, its folder is not
+        self._folders.add(path.parent)
+
+
+def _single(tasks: list[Judgment]) -> set[str]:
+    """Montages with one judgment to fetch: its file is the montage's annotation."""
+    count: dict[str, int] = {}
+    for j in tasks:
+        count[j.montage] = count.get(j.montage, 0) + 1
+    return {montage for montage, n in count.items() if n == 1}
+
+
 def _row_of(j: Judgment) -> str:
     return f"report row {j.row_number} (unit {j.unit_id}, judgment {j.judgment_id})"
 
 
-def _fetch_one(client: AppenClient, j: Judgment, target: Path,
-               limits: _Limits) -> str | DownloadFailure:
-    """Fetch one annotation: ``"downloaded"``, ``"existing"`` or a failure record."""
+def _fetch_one(client: AppenClient, j: Judgment, target: Path, limits: _Limits,
+               copy_to: Path | None = None) -> str | DownloadFailure:
+    """Fetch one annotation: ``"downloaded"``, ``"existing"`` or a failure record.
+
+    ``copy_to``: the montage's annotation file, when this is the montage's only
+    judgment: written here, while other threads wait for the network, and from the
+    bytes just received rather than read back.
+    """
     url = j.annotation_url or ""
     if target.exists():
         problem = _quick_check(target, limits)
         if problem is None:
+            if copy_to is not None:
+                _copy_if_changed(target, copy_to)
             return "existing"
         logger.info("%s is damaged (%s): downloading it again", target.name, problem)
     what = f"annotation of {j.montage} (unit {j.unit_id}, judgment {j.judgment_id})"
     for attempt in (1, 2):
         try:
             with atomic_path(target) as tmp:
-                client.send("GET", url, what=what,
-                            handle=lambda r: _save_png(r, tmp, limits, what))
+                data = client.send("GET", url, what=what,
+                                   handle=lambda r: _save_png(r, tmp, limits, what))
+            if copy_to is not None:
+                _write_if_changed(copy_to, data)
             return "downloaded"
         except AuthenticationError:
             raise  # the API refused the key: every other request would fail the same way
@@ -346,8 +391,10 @@ def _failure(client: AppenClient, j: Judgment, url: str, reason: str) -> Downloa
                            client.redact(reason))
 
 
-def _save_png(response: httpx.Response, tmp: Path, limits: _Limits, what: str) -> None:
+def _save_png(response: httpx.Response, tmp: Path, limits: _Limits, what: str) -> bytes:
+    """Stream the body into ``tmp``, check it (:func:`_verify_png`), return its bytes."""
     received = 0
+    chunks: list[bytes] = []  # kept to check the image without reading the file back
     with open(tmp, "wb") as out:
         for chunk in response.iter_bytes(1 << 16):
             received += len(chunk)
@@ -355,28 +402,30 @@ def _save_png(response: httpx.Response, tmp: Path, limits: _Limits, what: str) -
                 raise DownloadError(f"{what} is larger than {limits.max_bytes} bytes",
                                     url=str(response.request.url))
             out.write(chunk)
+            chunks.append(chunk)
     check_complete(response, received)
-    _verify_png(tmp, limits, what, str(response.request.url))
+    data = b"".join(chunks)
+    _verify_png(data, limits, what, str(response.request.url))
+    return data
 
 
-def _verify_png(path: Path, limits: _Limits, what: str, url: str) -> None:
+def _verify_png(data: bytes, limits: _Limits, what: str, url: str) -> None:
     """Raise DownloadError (wrong content), RetryableError (cut) or _DamagedImageError if bad.
 
-    The size is checked from the header before anything is decoded.
+    ``data`` is the file's bytes, as written. The size is checked from the header
+    before anything is decoded.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(32)
-        fh.seek(max(0, path.stat().st_size - len(_IEND)))
-        complete = fh.read() == _IEND
+    head = data[:32]
+    complete = data[-len(_IEND):] == _IEND
     if not head.startswith(_PNG_SIGNATURE):
         raise DownloadError(f"{what} is not a PNG (starts {head[:16]!r})", url=url)
     problem = _size_problem(_png_size(head), limits)
     if problem:
         raise DownloadError(f"{what}: {problem}", url=url)
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.verify()
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
     except Image.DecompressionBombError as exc:
         raise DownloadError(f"{what}: refusing a possible decompression bomb ({exc})",
@@ -472,7 +521,10 @@ def _choose(judgments: list[Judgment], done: list[tuple[Judgment, Path]],
 
 
 def _copy_if_changed(src: Path, dst: Path) -> None:
-    data = src.read_bytes()
+    _write_if_changed(dst, src.read_bytes())
+
+
+def _write_if_changed(dst: Path, data: bytes) -> None:
     if dst.exists() and dst.stat().st_size == len(data) and dst.read_bytes() == data:
         return
     atomic_write_bytes(dst, data)

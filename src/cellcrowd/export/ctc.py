@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ from numpy.typing import NDArray
 from ..errors import InputError, LineageError
 from ..files import atomic_write_text, read_image, remove_file, write_image
 from ..layout import WorkingFolder
-from ..stitch import frames_per_label, read_stitched
-from .trk import _int_keys, _movie, _raw, validate_lineage
+from ..stitch import Lineage, frames_per_label
+from .frames import StitchedFrames, add_frame_labels
+from .trk import _check_lineage, _int_keys, _movie, _raw
 
 __all__ = [
     "CTCData",
@@ -121,9 +122,20 @@ def ctc_tracks(tracked: NDArray[Any], lineage: Mapping[Any, Any]
     ([5, 0, 6], ['5 0 0 0', '6 2 2 5'])
     """
     movie = _movie(tracked, "tracked")
-    lineage = _int_keys(lineage)
-    validate_lineage(movie, lineage, strict=False)
-    present = frames_per_label(movie)
+    tracks, relabel = _tracks(frames_per_label(movie), _int_keys(lineage))
+    masks = movie.astype(np.uint16)
+    for t in range(movie.shape[0]):
+        _relabel(masks[t], relabel.get(t, []))
+    return masks, tracks
+
+
+_Relabel = dict[int, list[tuple[int, int]]]  # frame -> [(label in the movie, CTC label)]
+
+
+def _tracks(present: dict[int, list[int]], lineage: Lineage
+            ) -> tuple[list[CTCTrack], _Relabel]:
+    """The track table (sorted) and, per frame, the labels a later run renames."""
+    _check_lineage(present, lineage, strict=False)
     next_label = max(present, default=0) + 1
     runs: dict[int, list[tuple[int, int, int]]] = {}  # label -> [(new label, first, last)]
     for label in sorted(present):
@@ -137,18 +149,23 @@ def ctc_tracks(tracked: NDArray[Any], lineage: Mapping[Any, Any]
         raise LineageError(f"the CTC tracks need labels up to {next_label - 1}, beyond the "
                            "16-bit masks (65535)", label=next_label - 1, rule="16-bit labels")
     tracks: list[CTCTrack] = []
+    relabel: _Relabel = {}
     for label, label_runs in runs.items():
         parent = lineage[label]["parent"]
         first_parent = runs[parent][-1][0] if parent is not None else 0
         for k, (new, first, last) in enumerate(label_runs):
             tracks.append(CTCTrack(new, first, last,
                                    first_parent if k == 0 else label_runs[k - 1][0]))
-    masks = movie.astype(np.uint16)
-    for label, label_runs in runs.items():
-        for new, first, last in label_runs[1:]:
-            window = masks[first:last + 1]
-            window[window == label] = new
-    return masks, sorted(tracks)
+            for t in range(first, last + 1) if k > 0 else ():
+                relabel.setdefault(t, []).append((label, new))
+    return sorted(tracks), relabel
+
+
+def _relabel(mask: NDArray[np.uint16], pairs: list[tuple[int, int]]) -> NDArray[np.uint16]:
+    """Give a frame's later runs their own labels (in place; new labels are unused ones)."""
+    for label, new in pairs:
+        mask[mask == label] = new
+    return mask
 
 
 def write_ctc(folder: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
@@ -168,26 +185,34 @@ def write_ctc(folder: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
     LineageError
         The lineage breaks a rule, or labels do not fit 16 bits.
     """
-    folder = Path(folder)
     if not sequence.isdigit():
         raise ValueError(f"sequence must be digits such as '01', got {sequence!r}")
     movie = _movie(tracked, "tracked")
     raw4 = _raw(raw, movie.shape)
-    masks, tracks = ctc_tracks(movie, lineage)
-    raw_frames = raw4[..., 0] if raw4.shape[-1] == 1 else raw4
-    digits = _digits(movie.shape[0])
+    tracks, relabel = _tracks(frames_per_label(movie), _int_keys(lineage))
+    return _write_frames(Path(folder), sequence, movie.shape[0], zip(raw4, movie, strict=True),
+                         tracks, relabel)
+
+
+def _write_frames(folder: Path, sequence: str, frames: int,
+                  pairs: Iterable[tuple[NDArray[Any], NDArray[Any]]],
+                  tracks: list[CTCTrack], relabel: _Relabel) -> Path:
+    """Write ``frames`` (raw, labels) pairs one at a time, the track table, drop stale frames."""
+    digits = _digits(frames)
     raw_dir, tra_dir = folder / sequence, folder / f"{sequence}_GT" / "TRA"
     written: set[Path] = set()
-    for t in range(movie.shape[0]):
-        written.add(write_image(raw_dir / f"t{t:0{digits}d}.tif", raw_frames[t]))
-        written.add(write_image(tra_dir / f"man_track{t:0{digits}d}.tif", masks[t]))
+    for t, (raw, labels) in enumerate(pairs):
+        raw = raw[..., 0] if raw.ndim == 3 and raw.shape[-1] == 1 else raw
+        written.add(write_image(raw_dir / f"t{t:0{digits}d}.tif", raw))
+        mask = _relabel(labels.astype(np.uint16), relabel.get(t, []))
+        written.add(write_image(tra_dir / f"man_track{t:0{digits}d}.tif", mask))
     atomic_write_text(tra_dir / "man_track.txt", "".join(f"{t.line()}\n" for t in tracks))
     for directory, pattern in ((raw_dir, _RAW_RE), (tra_dir, _MASK_RE)):
         for path in directory.iterdir():
             if pattern.match(path.name) and path not in written:
                 remove_file(path)  # a frame of an earlier, longer export
     logger.info("wrote CTC sequence %s in %s: %d frames, %d tracks", sequence, folder,
-                movie.shape[0], len(tracks))
+                frames, len(tracks))
     return folder
 
 
@@ -265,18 +290,40 @@ def validate_ctc(folder: str | Path, *, sequence: str = "01") -> dict[int, CTCTr
         Names the rule (``err.rule``), the track (``err.label``) and the file.
     """
     folder = Path(folder)
-    data = read_ctc(folder, sequence=sequence)
-    txt = folder / f"{sequence}_GT" / "TRA" / "man_track.txt"
-    if data.raw.shape[0] != data.masks.shape[0]:
-        raise LineageError(f"{data.raw.shape[0]} raw frames but {data.masks.shape[0]} masks",
+    tra_dir = folder / f"{sequence}_GT" / "TRA"
+    txt = tra_dir / "man_track.txt"
+    mask_paths = _numbered(tra_dir, _MASK_RE, "man_track*.tif mask")
+    raw_paths = _numbered(folder / sequence, _RAW_RE, "t*.tif raw")
+    tracks = _read_tracks(txt)
+    if len(raw_paths) != len(mask_paths):
+        raise LineageError(f"{len(raw_paths)} raw frames but {len(mask_paths)} masks",
                            path=folder / sequence, rule="raw frames")
-    if data.masks.ndim != 3 or data.masks.dtype.kind not in "ui" or (
-            data.masks.size and int(data.masks.max()) > _UINT16_MAX):
-        raise LineageError(f"masks must be 2-D 16-bit labels, got {data.masks.shape[1:]} "
-                           f"{data.masks.dtype}", path=txt.parent, rule="16-bit labels")
-    present = frames_per_label(data.masks)
+    present = _mask_labels(mask_paths, raw_paths)
+    _check_tracks(present, tracks, txt)
+    return tracks
+
+
+def _mask_labels(mask_paths: list[Path], raw_paths: list[Path]) -> dict[int, list[int]]:
+    """Read masks and raw frames one at a time; the frames of every mask label."""
+    present: dict[int, list[int]] = {}
+    first: tuple[int, ...] | None = None
+    for t, (mask_path, raw_path) in enumerate(zip(mask_paths, raw_paths, strict=True)):
+        mask = read_image(mask_path)
+        read_image(raw_path)  # readable
+        first = first or mask.shape
+        if mask.ndim != 2 or mask.shape != first or mask.dtype.kind not in "ui" or (
+                mask.size and int(mask.max()) > _UINT16_MAX):
+            raise LineageError(f"masks must be 2-D 16-bit labels of one size, got {mask.shape} "
+                               f"{mask.dtype}", path=mask_path, rule="16-bit labels")
+        add_frame_labels(present, t, mask)
+    return present
+
+
+def _check_tracks(present: dict[int, list[int]], tracks: dict[int, CTCTrack],
+                  txt: Path) -> None:
+    """The track table against the frames of every mask label (see :func:`validate_ctc`)."""
     for label, frames in sorted(present.items()):
-        track = data.tracks.get(label)
+        track = tracks.get(label)
         if track is None:
             raise LineageError(f"label {label} (frames {frames[0]}–{frames[-1]}) is in the "
                                "masks but not in man_track.txt", path=txt, label=label,
@@ -291,12 +338,12 @@ def validate_ctc(folder: str | Path, *, sequence: str = "01") -> dict[int, CTCTr
             raise LineageError(f"track {label} is absent in frames {gaps[:10]}: a track must "
                                "be contiguous (split it, parent = the part before the gap)",
                                path=txt, label=label, rule="contiguity")
-    for track in sorted(data.tracks.values()):
+    for track in sorted(tracks.values()):
         if track.label not in present:
             raise LineageError(f"track {track.label} is in man_track.txt but in no mask",
                                path=txt, label=track.label, rule="tracks in masks")
         if track.parent:
-            parent = data.tracks.get(track.parent)
+            parent = tracks.get(track.parent)
             if parent is None:
                 raise LineageError(f"track {track.label} names parent {track.parent}, which "
                                    "is not a track", path=txt, label=track.label,
@@ -306,11 +353,15 @@ def validate_ctc(folder: str | Path, *, sequence: str = "01") -> dict[int, CTCTr
                     f"track {track.label} begins in frame {track.begin} but its parent "
                     f"{parent.label} ends in frame {parent.end}", path=txt, label=track.label,
                     rule="parent ends before daughter begins")
-    return data.tracks
 
 
 def export_ctc(wf: WorkingFolder, *, sequence: str = "01") -> Path:
     """Write and check ``wf.ctc`` from the stitched movie (:func:`cellcrowd.stitch.stitch_movies`).
+
+    Streams: the label frames are read once for the track table, then raw and label
+    frames are read and written one at a time, and the check reads the written files
+    one at a time, so memory does not grow with the movie. Same files as
+    :func:`write_ctc` on the whole movie.
 
     Raises
     ------
@@ -319,10 +370,16 @@ def export_ctc(wf: WorkingFolder, *, sequence: str = "01") -> Path:
     LineageError
         The stored lineage does not fit the stitched labels.
     """
-    raw, labels, lineage = read_stitched(wf)
-    if raw is None:
-        raise InputError("no stitched raw frames: a CTC sequence needs the raw movie; set "
-                         "the raw folder and run the stitch stage again", path=wf.stitched)
-    write_ctc(wf.ctc, raw, labels, lineage, sequence=sequence)
+    if not sequence.isdigit():
+        raise ValueError(f"sequence must be digits such as '01', got {sequence!r}")
+    movie = StitchedFrames(wf, raw_needed_for="a CTC sequence")
+    if movie.raw is None:  # StitchedFrames raised already; for the type checker
+        raise InputError("no stitched raw frames", path=wf.stitched)
+    present: dict[int, list[int]] = {}
+    for t, frame in enumerate(movie.labels):
+        add_frame_labels(present, t, frame)
+    tracks, relabel = _tracks(present, _int_keys(movie.lineage))
+    _write_frames(wf.ctc, sequence, len(movie), zip(movie.raw, movie.labels, strict=True),
+                  tracks, relabel)
     validate_ctc(wf.ctc, sequence=sequence)
     return wf.ctc

@@ -30,7 +30,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -40,7 +40,8 @@ from numpy.typing import NDArray
 from ..errors import InputError, LineageError
 from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
-from ..stitch import Lineage, frames_per_label, read_stitched
+from ..stitch import Lineage, frames_per_label
+from .frames import StitchedFrames, add_frame_labels
 
 __all__ = [
     "LINEAGE_KEYS",
@@ -184,8 +185,15 @@ def validate_lineage(tracked: NDArray[Any], lineage: Mapping[Any, Any], *,
     cellcrowd.errors.LineageError: lineage entry 1: daughter 3 has no lineage entry ...
     """
     movie = _movie(tracked, "tracked")
-    lineage = _int_keys(lineage)
-    present = frames_per_label(movie)
+    _check_lineage(frames_per_label(movie), _int_keys(lineage), strict=strict)
+
+
+def _check_lineage(present: dict[int, list[int]], lineage: Lineage, *,
+                  strict: bool = True) -> None:
+    """:func:`validate_lineage` from the frames of each label (``frames_per_label``).
+
+    For a movie read one frame at a time; ``lineage`` has integer keys (``_int_keys``).
+    """
     for label in sorted(lineage):
         _check_entry(label, lineage[label], lineage, present, strict)
     orphans = sorted(set(present) - set(lineage))
@@ -234,37 +242,70 @@ def _json_lineage(lineage: Lineage) -> dict[str, Any]:
 
 
 class _NpyReader(io.RawIOBase):
-    """The bytes ``np.save`` writes for ``array``, read block by block (no copy in memory)."""
+    """The bytes ``np.save`` writes for an array, read block by block (no copy in memory).
 
-    def __init__(self, array: NDArray[Any]) -> None:
-        array = np.ascontiguousarray(array)
+    The array is given as its ``shape`` and ``dtype`` (the header is written from them)
+    and ``blocks``: C-ordered pieces of it (whole frames, or the whole array), pulled
+    one at a time as the reader needs them.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any],
+                 blocks: Iterable[NDArray[Any]]) -> None:
         head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, np.lib.format.header_data_from_array_1_0(
-            array))
-        self._parts = [np.frombuffer(head.getvalue(), np.uint8), array.reshape(-1).view(np.uint8)]
-        self.size = sum(part.size for part in self._parts)
+        np.lib.format.write_array_header_1_0(head, {
+            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+            "shape": tuple(shape)})
+        self._dtype = dtype
+        self._body = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self._blocks = iter(blocks)
+        self._pending = np.frombuffer(head.getvalue(), np.uint8)
+        self._fed = 0
+        self.size = self._pending.size + self._body
+
+    @classmethod
+    def of(cls, array: NDArray[Any]) -> _NpyReader:
+        array = np.ascontiguousarray(array)
+        return cls(array.shape, array.dtype, [array])
 
     def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        block = next(self._blocks, None)
+        if block is None:
+            if self._fed != self._body:
+                raise ValueError(f"the array's blocks hold {self._fed} bytes, its header "
+                                 f"says {self._body}")
+            return False
+        if block.dtype != self._dtype:
+            raise ValueError(f"a block is {block.dtype}, the array {self._dtype}")
+        self._pending = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
+        self._fed += self._pending.size
+        if self._fed > self._body:
+            raise ValueError(f"the array's blocks hold more than the {self._body} bytes its "
+                             "header says")
         return True
 
     def readinto(self, buffer: Any) -> int:
         out = memoryview(buffer).cast("B")
         done = 0
-        while self._parts and done < len(out):  # fill the buffer: tarfile wants full reads
-            n = min(len(out) - done, self._parts[0].size)
-            out[done:done + n] = self._parts[0][:n].data
+        while done < len(out):  # fill the buffer: tarfile wants full reads
+            if self._pending.size == 0 and not self._next():
+                break
+            n = min(len(out) - done, self._pending.size)
+            out[done:done + n] = self._pending[:n].data
             done += n
-            self._parts[0] = self._parts[0][n:]
-            if self._parts[0].size == 0:
-                self._parts.pop(0)
+            self._pending = self._pending[n:]
         return done
 
 
 def _npy(array: NDArray[Any]) -> _NpyReader:
-    return _NpyReader(array)
+    return _NpyReader.of(array)
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]]) -> Path:
+def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]],
+               check: Callable[[], None] | None = None) -> Path:
+    """Write the gzip tar; ``check`` runs after the last member, before the file is kept."""
     with (
         atomic_path(path) as tmp,
         open(tmp, "wb") as fh,
@@ -279,6 +320,8 @@ def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]]) -> Pat
             info.size = len(data) if isinstance(data, bytes) else data.size
             info.mtime, info.mode = 0, 0o644
             tar.addfile(info, reader)
+        if check is not None:
+            check()
     return path
 
 
@@ -446,15 +489,37 @@ def read_trks(path: str | Path) -> TrksData:
 def export_trk(wf: WorkingFolder) -> Path:
     """Write ``wf.trk`` from the stitched movie (:func:`cellcrowd.stitch.stitch_movies`).
 
+    Streams: the stitched frames are read one at a time into the ``.npy`` members
+    (their sizes are known from the first frame), so memory does not grow with the
+    movie. The lineage is checked against the labels once the last frame is read;
+    the file is only kept when it fits. Same bytes as :func:`write_trk` on the
+    whole movie.
+
     Raises
     ------
     InputError
-        The stitched movie, its raw frames or its lineage are missing.
+        The stitched movie, its raw frames or its lineage are missing, or frames differ.
     LineageError
         The stored lineage does not fit the stitched labels.
     """
-    raw, labels, lineage = read_stitched(wf)
-    if raw is None:
-        raise InputError("no stitched raw frames: a .trk needs the raw movie; set the raw "
-                         "folder and run the stitch stage again", path=wf.stitched)
-    return write_trk(wf.trk, raw, labels, lineage)
+    movie = StitchedFrames(wf, raw_needed_for="a .trk")
+    raw = movie.raw
+    if raw is None:  # StitchedFrames raised already; for the type checker
+        raise InputError("no stitched raw frames", path=wf.stitched)
+    lineage = _int_keys(movie.lineage)
+    present: dict[int, list[int]] = {}
+
+    def tracked() -> Iterator[NDArray[np.int32]]:
+        for t, frame in enumerate(movie.labels):
+            add_frame_labels(present, t, frame)
+            yield frame
+
+    frames, (rows, cols) = len(movie), movie.labels.shape
+    raw_shape = (frames, rows, cols, raw.shape[2] if len(raw.shape) == 3 else 1)
+    members: list[tuple[str, bytes | _NpyReader]] = [
+        ("lineage.json", json.dumps(_json_lineage(lineage), indent=1).encode()),
+        ("raw.npy", _NpyReader(raw_shape, raw.dtype, iter(raw))),
+        ("tracked.npy", _NpyReader((frames, rows, cols, 1), np.dtype(np.int32), tracked())),
+    ]
+    logger.info("writing %s: %d frames, %d cells", wf.trk, frames, len(lineage))
+    return _write_tar(wf.trk, members, lambda: _check_lineage(present, lineage))
