@@ -226,7 +226,7 @@ def test_one_changed_montage_is_all_a_rerun_redoes(
            "demo_labels/clean_stats.json", "demo_labels/consensus_workers.json"}
     before = _stats(wf.base, ("demo_labels", "movies", "npz"))
     kept = _stats(wf.base, (".cellcrowd/stitch",))
-    assert sorted(kept) == [f".cellcrowd/stitch/part{n}.npz" for n in range(len(kept))]
+    assert sorted(kept) == [f".cellcrowd/stitch/part{n}.stitched" for n in range(len(kept))]
 
     second = run(cfg, api_key=_key)
     assert wf.label_path(name).read_bytes() != labels_before
@@ -247,7 +247,8 @@ def test_one_changed_montage_is_all_a_rerun_redoes(
     # stitch: only the changed montage's part was stitched again (linking runs whole)
     assert second.stage("stitch").units == {"redone": 1, "reused": len(kept) - 1}
     restitched = _stats(wf.base, (".cellcrowd/stitch",))
-    assert {k for k in kept if restitched[k] != kept[k]} == {f".cellcrowd/stitch/part{part}.npz"}
+    assert {k for k in kept if restitched[k] != kept[k]} == {
+        f".cellcrowd/stitch/part{part}.stitched"}
 
     incremental = file_hashes(wf.base)
     parts = file_hashes(wf.base / ".cellcrowd" / "stitch", skip_folders=())

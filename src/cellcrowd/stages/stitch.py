@@ -7,9 +7,10 @@ stage runs before the movie is stitched.
 
 Incremental per part (``ctx.units``, :mod:`cellcrowd.pipeline.units`): a part's
 stitched tiles depend only on its ``movies/part{N}/*/annotated`` frames (and the logs),
-so each part stitched is kept in ``.cellcrowd/stitch/part{N}.npz``
-(:mod:`cellcrowd.stitch.parts`), recorded as the unit ``part{N}`` keyed by the SHA-256
-of those files; a rerun loads the unchanged parts and stitches only the others. Linking
+so each part stitched is kept in ``.cellcrowd/stitch/part{N}.stitched`` (an ``.npz``
+archive, :mod:`cellcrowd.stitch.parts`; not named ``.npz``, so the QC page does not
+list it among the exports), recorded as the unit ``part{N}`` keyed by the SHA-256 of
+those files; a rerun loads the unchanged parts and stitches only the others. Linking
 the parts, writing the frames and the lineage are redone whole (ids run across parts),
 into the same bytes. Trk, ctc, omezarr, geff and qc read the stitched movie or
 everything, and are redone whole.
@@ -48,7 +49,7 @@ class _UnitStore:
         self.logs = ctx.units.file_digest(log_files(ctx.wf, ctx.config))
 
     def _path(self, part: int) -> Path:
-        return self.ctx.wf.state / "stitch" / f"part{part}.npz"
+        return self.ctx.wf.state / "stitch" / f"part{part}.stitched"
 
     def _key(self, inputs: Sequence[Path]) -> dict[str, Any]:
         present = [p for p in inputs if p.is_file()]
