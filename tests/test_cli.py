@@ -237,8 +237,8 @@ def test_emulator_serve(example: Example, capsys: pytest.CaptureFixture[str],
     stop = threading.Event()
     stop.set()  # serve, announce, and return at once
 
-    def serve_once(*args: Any, **kwargs: Any) -> None:
-        real(*args, stop=stop, **kwargs)
+    def serve_once(*args: Any, **kwargs: Any) -> Any:
+        return real(*args, stop=stop, **kwargs)
 
     monkeypatch.setattr(emulator_module, "serve_forever", serve_once)
     code, out, err = _run(capsys, "emulator", "serve", str(example.config.base),
@@ -246,6 +246,7 @@ def test_emulator_serve(example: Example, capsys: pytest.CaptureFixture[str],
     assert code == 0, err
     assert "serving job 3 of" in out
     assert "http://127.0.0.1:" in out
+    assert "served 0 requests, 0 annotations (0 distinct)" in " ".join(out.split())
     assert KEY not in out + err
     monkeypatch.delenv("CELLCROWD_API_KEY")
     code, _, err = _run(capsys, "emulator", "serve", str(example.config.base),

@@ -225,6 +225,8 @@ def test_one_changed_montage_is_all_a_rerun_redoes(
     own = {f"npz/{wf.npz_part(part).name}", wf.label_path(name).relative_to(wf.base).as_posix(),
            "demo_labels/clean_stats.json", "demo_labels/consensus_workers.json"}
     before = _stats(wf.base, ("demo_labels", "movies", "npz"))
+    kept = _stats(wf.base, (".cellcrowd/stitch",))
+    assert sorted(kept) == [f".cellcrowd/stitch/part{n}.stitched" for n in range(len(kept))]
 
     second = run(cfg, api_key=_key)
     assert wf.label_path(name).read_bytes() != labels_before
@@ -242,11 +244,19 @@ def test_one_changed_montage_is_all_a_rerun_redoes(
     assert all(f"/part{part}/" in k and pos in k and "/annotated/" in k
                           for k in frames)
     assert changed - frames <= own
+    # stitch: only the changed montage's part was stitched again (linking runs whole)
+    assert second.stage("stitch").units == {"redone": 1, "reused": len(kept) - 1}
+    restitched = _stats(wf.base, (".cellcrowd/stitch",))
+    assert {k for k in kept if restitched[k] != kept[k]} == {
+        f".cellcrowd/stitch/part{part}.stitched"}
 
     incremental = file_hashes(wf.base)
+    parts = file_hashes(wf.base / ".cellcrowd" / "stitch", skip_folders=())
     full = run(cfg, api_key=_key, force=LATER)
     assert full.stage("clean").units == {"redone": cleanings, "reused": 0}
+    assert full.stage("stitch").units == {"redone": len(kept), "reused": 0}
     assert file_hashes(wf.base) == incremental
+    assert file_hashes(wf.base / ".cellcrowd" / "stitch", skip_folders=()) == parts
 
 
 def test_reliability_consensus_rerun_is_byte_identical(

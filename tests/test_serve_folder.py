@@ -2,7 +2,9 @@
 
 The README's "Dry run against the emulator", step by step: ``cellcrowd init``,
 ``cellcrowd prepare``, ``cellcrowd emulator serve --labels`` (a subprocess on
-127.0.0.1), ``cellcrowd run``; the harvest must give back the label movie.
+127.0.0.1), ``cellcrowd run``; the harvest must give back the label movie. And its
+"Try ``watch`` against the emulator": ``emulator serve --live 20 --webhook URL`` in one
+subprocess, ``cellcrowd watch --listen`` in another, to the bytes of one ``run``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import queue
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,8 +36,12 @@ from cellcrowd.sim.emulator import Emulator
 from cellcrowd.sim.serve_folder import crowd_from_annotations, crowd_from_labels
 from cellcrowd.sim.synthetic import SyntheticMovie, synthetic_movie, write_movie_frames
 from cellcrowd.sim.testing import same_up_to_relabel
+from helpers import file_hashes
 
 KEY = "dry-run-key-4f1c"
+TOKEN = "dry-run-hook-token-8e2a"
+#: One worker; a report being generated is asked for again after 0.2 s, not 10 s.
+FAST = ("--workers", "1", "--set", "service.poll_interval=0.2")
 ID, JOB, LENGTH, FRAMES = "dry", 7, 5, 10
 
 
@@ -60,37 +68,55 @@ def _lines(stream: object, into: queue.Queue[str]) -> None:
         into.put(line)
 
 
-@pytest.fixture
-def served_labels(tmp_path: Path, movie: SyntheticMovie) -> Iterator[tuple[Path, str]]:
-    config, labels = _prepared(tmp_path / "work", movie)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cellcrowd", "emulator", "serve", str(config.parent),
-         "--identifier", ID, "--job-id", str(JOB), "--labels", str(labels), "--port", "0"],
-        env={**os.environ, "CELLCROWD_API_KEY": KEY}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True)
-    reader.start()
-    try:
+class Served:
+    """``cellcrowd emulator serve`` in a subprocess: its URL and what it printed."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cellcrowd", "emulator", "serve", *args],
+            env={**os.environ, "CELLCROWD_API_KEY": KEY, **env}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.reader = threading.Thread(target=_lines, args=(self.proc.stdout, self.lines),
+                                       daemon=True)
+        self.reader.start()
         try:
-            ready = lines.get(timeout=60)
+            ready = self.lines.get(timeout=60)
         except queue.Empty:
+            self.stop()
             pytest.fail("the emulator did not say where it serves within 60 s")
         match = re.search(r"http://127\.0\.0\.1:\d+/v1", ready)
         assert match, ready
-        yield config, match[0]
-    finally:
-        proc.terminate()
+        self.url = match[0]
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        """Stop the emulator; return the rest of what it printed."""
+        self.proc.send_signal(sig)
         try:
-            proc.wait(timeout=30)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-        reader.join(timeout=30)
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        rest: list[str] = []
+        while not self.lines.empty():
+            rest.append(self.lines.get())
+        return "".join(rest)
+
+
+@pytest.fixture
+def served_labels(tmp_path: Path, movie: SyntheticMovie) -> Iterator[tuple[Path, str]]:
+    config, labels = _prepared(tmp_path / "work", movie)
+    served = Served([str(config.parent), "--identifier", ID, "--job-id", str(JOB),
+                     "--labels", str(labels), "--port", "0"], {})
+    try:
+        yield config, served.url
+    finally:
+        served.stop()
 
 
 @pytest.mark.slow
@@ -170,3 +196,76 @@ def test_bad_label_movies_and_annotations_are_refused(
     wf.upload_csv.write_text("identifier,image_url\n")
     with pytest.raises(InputError, match="the upload CSV has no rows"):
         crowd_from_labels(wf, labels, job_id=JOB)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cellcrowd(*args: str, url: str) -> str:
+    env = {**os.environ, "CELLCROWD_API_KEY": KEY, "CELLCROWD_API_URL": url,
+           "CELLCROWD_WEBHOOK_TOKEN": TOKEN}
+    done = subprocess.run([sys.executable, "-m", "cellcrowd", *args], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert "error" not in done.stderr.lower()  # warnings: montages not annotated yet
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="Ctrl-C (SIGINT) is POSIX")
+def test_try_watch_against_the_live_emulator(tmp_path: Path, movie: SyntheticMovie) -> None:
+    """The README's commands: a live emulator in one process, ``watch --listen`` in another."""
+    config, labels = _prepared(tmp_path / "work", movie)
+    reference = tmp_path / "reference"
+    shutil.copytree(config.parent, reference)
+    port, hook = _free_port(), f"http://127.0.0.1:{_free_port()}/hook"
+    serve = [str(config.parent), "--identifier", ID, "--job-id", str(JOB),
+             "--labels", str(labels), "--port", str(port)]
+    live = Served([*serve, "--live", "20", "--webhook", hook],
+                  {"CELLCROWD_WEBHOOK_TOKEN": TOKEN})
+    try:
+        out = _cellcrowd("watch", str(config), "--interval", "2", *FAST,
+                         "--listen", hook.removeprefix("http://").removesuffix("/hook"),
+                         url=live.url)
+    finally:
+        served = live.stop(signal.SIGINT)
+    # the finished job, served again on the same port (the reports name its URLs)
+    finished = Served(serve, {})
+    try:
+        _cellcrowd("-q", "run", str(reference / config.name), *FAST,
+                   url=finished.url)
+    finally:
+        finished.stop()
+    assert f"job {JOB} is complete" in out
+    assert len(re.findall(r"harvested \(", out)) >= 2  # units were harvested as they came
+    assert file_hashes(config.parent) == file_hashes(reference)
+    job = crowd_from_labels(WorkingFolder(config.parent, ID), labels, job_id=JOB)
+    annotations = sum(j.annotation is not None for j in job.judgments)
+    numbers = re.search(r"(\d+) annotations \((\d+) distinct\), webhooks: (\d+) delivered, "
+                        r"(\d+) duplicated", " ".join(served.split()))
+    assert numbers, served
+    assert [int(n) for n in numbers.groups()[:2]] == [annotations, annotations]  # each once
+    assert int(numbers[3]) >= 1
+    assert int(numbers[4]) >= 1
+    seen = (config.parent / ".cellcrowd" / "webhooks.jsonl").read_text().splitlines()
+    assert 1 <= len(seen) <= len(job.units) + 1
+
+
+def test_live_options_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CELLCROWD_API_KEY", KEY)
+    monkeypatch.delenv("HOOK_TOKEN", raising=False)
+    base = ["emulator", "serve", str(tmp_path), "--identifier", ID]
+    cases = [
+        (["--webhook", "http://127.0.0.1:9/hook"], "--webhook needs --live SECONDS"),
+        (["--live", "0"], "--live needs a positive number of seconds, not 0"),
+        (["--live", "5", "--webhook", "http://127.0.0.1:9/hook", "--webhook-token-env",
+          "HOOK_TOKEN"], "--webhook needs the webhook token in $HOOK_TOKEN"),
+    ]
+    for extra, message in cases:
+        assert main([*base, *extra]) == 2
+        assert message in " ".join(capsys.readouterr().err.split())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,6 +29,8 @@ from cellcrowd.stitch import (
     stitch_movies,
     stitch_tiles,
 )
+from cellcrowd.stitch.parts import StitchedPart, load_part, save_part
+from helpers import file_hashes
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -592,3 +594,47 @@ def test_read_stitched_and_read_lineage_name_what_is_missing(tmp_path: Path) -> 
     wf.stitched_lineage.write_text('{"a": {}}')
     with pytest.raises(InputError, match="must be cell labels"):
         read_lineage(wf.stitched_lineage)
+
+
+class _FileStore:
+    """A PartStore keeping parts in files (the stitch stage keys them by its unit records)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.saved: list[int] = []
+        self.loaded: list[int] = []
+
+    def fresh(self, part: int, inputs: Sequence[Path]) -> bool:
+        return (self.folder / f"part{part}.npz").is_file()
+
+    def load(self, part: int) -> StitchedPart:
+        self.loaded.append(part)
+        return load_part(self.folder / f"part{part}.npz")
+
+    def save(self, stitched: StitchedPart, inputs: Sequence[Path]) -> None:
+        assert inputs
+        self.saved.append(stitched.part)
+        save_part(stitched, self.folder / f"part{stitched.part}.npz")
+
+
+def test_stitch_movies_reuses_kept_parts_into_the_same_bytes(tmp_path: Path) -> None:
+    movie = boxes_movie(np.random.default_rng(4), (30, 30), 6, 7, smallest=5)
+    grid = TileGrid.for_frame((30, 30), num_x=2, num_y=2, overlap_perc=20)
+    wf = write_movies_folder(tmp_path / "work", movie, grid, 2, None)
+    shutil.rmtree(wf.annotated_dir(part_of_montage(1), Position(1, 1)))
+    store = _FileStore(tmp_path / "kept")
+    first = stitch_movies(wf, store=store)
+    written = file_hashes(wf.stitched, skip_folders=())
+    (store.folder / f"part{part_of_montage(2)}.npz").unlink()  # that part is stitched again
+    calls: list[int] = []
+    second = stitch_movies(wf, store=store, progress=calls.append)
+    assert store.saved == [*(part_of_montage(m) for m in range(3)), part_of_montage(2)]
+    assert store.loaded == [part_of_montage(0), part_of_montage(1)]
+    assert calls == [1, 1, 1]
+    assert file_hashes(wf.stitched, skip_folders=()) == written
+    assert (second.parts, second.missing, second.lineage) == (
+        first.parts, first.missing, first.lineage)
+    assert second.parts[1].missing == (Position(1, 1),)
+    (store.folder / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="not a stitched part"):
+        load_part(store.folder / "bad.npz")

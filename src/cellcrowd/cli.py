@@ -179,6 +179,15 @@ def _add_emulator_parser(sub: _Subparsers) -> None:
     paint.add_argument("--annotations", type=Path, default=None, metavar="DIR",
                        help="serve the {montage}_annotation.png files of an earlier job "
                             "(default: paint the folder's truth/ montages, synthetic data)")
+    q.add_argument("--live", type=float, default=None, metavar="SECONDS",
+                   help="serve the job still running: units complete over about SECONDS, "
+                        "in a random (seeded) order (to try `cellcrowd watch`)")
+    q.add_argument("--webhook", default=None, metavar="URL",
+                   help="with --live, POST signed webhooks here as units complete (e.g. "
+                        "the URL `cellcrowd watch --listen` prints)")
+    q.add_argument("--webhook-token-env", default="CELLCROWD_WEBHOOK_TOKEN", metavar="VAR",
+                   help="environment variable holding the token that signs the webhooks "
+                        "(default CELLCROWD_WEBHOOK_TOKEN, as for `watch --listen`)")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -357,22 +366,37 @@ def _cmd_demo(args: argparse.Namespace, ui: Ui) -> int:
 def _cmd_emulator(args: argparse.Namespace, ui: Ui) -> int:
     from .layout import WorkingFolder
     from .sim.emulator import serve_forever
-    from .sim.serve_folder import crowd_from_annotations, crowd_from_labels
+    from .sim.serve_folder import folder_job, live_job, served_counts
 
+    if args.webhook is not None and args.live is None:
+        raise ConfigError("--webhook needs --live SECONDS (a finished job sends no webhooks)")
+    if args.live is not None and args.live <= 0:
+        raise ConfigError(f"--live needs a positive number of seconds, not {args.live}")
+    token = os.environ.get(args.webhook_token_env, "").strip()
+    if args.webhook is not None and not token:
+        raise ConfigError(f"--webhook needs the webhook token in ${args.webhook_token_env}")
     key = get_api_key(prompt=True)
     wf = WorkingFolder(args.folder, args.identifier)
-    job = (crowd_from_labels(wf, args.labels, job_id=args.job_id, seed=args.seed)
-           if args.labels is not None else
-           crowd_from_annotations(wf, args.annotations, job_id=args.job_id, seed=args.seed)
-           if args.annotations is not None else None)
+    job: Any = (folder_job(wf, job_id=args.job_id, seed=args.seed, labels=args.labels,
+                           annotations=args.annotations)
+                if args.labels or args.annotations or args.live else None)
+    if args.live is not None:
+        job = live_job(job, seconds=args.live, seed=args.seed, webhook_url=args.webhook,
+                       webhook_token=token)
 
     def ready(emulator: Any) -> None:
-        ui.print(f"serving job {args.job_id} of {args.folder} at {emulator.url} (Ctrl-C "
-                 f"stops); clients use the API key in ${API_KEY_VARIABLES[0]}",
-                 soft_wrap=True)
+        running = f", units completing over {args.live:g} s" if args.live else ""
+        hooks = f", webhooks to {args.webhook}" if args.webhook else ""
+        ui.print(f"serving job {args.job_id} of {args.folder} at {emulator.url}{running}"
+                 f"{hooks} (Ctrl-C stops); clients use the API key in "
+                 f"${API_KEY_VARIABLES[0]}", soft_wrap=True)
 
-    serve_forever(args.folder, args.identifier, job_id=args.job_id, api_key=key,
-                  port=args.port, seed=args.seed, ready=ready, job=job)
+    emulator = serve_forever(args.folder, args.identifier, job_id=args.job_id, api_key=key,
+                             port=args.port, seed=args.seed, ready=ready, job=job)
+    served = served_counts(emulator)
+    ui.print("served {requests} requests, {annotations} annotations ({distinct_annotations} "
+             "distinct), webhooks: {webhooks_delivered} delivered, {webhooks_duplicated} "
+             "duplicated, {webhooks_given_up} given up".format(**served), soft_wrap=True)
     return 0
 
 

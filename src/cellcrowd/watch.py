@@ -13,8 +13,9 @@
    npz redo only the units whose inputs changed (a montage's judgments, its label
    montage, a part's frames: :mod:`cellcrowd.pipeline.units`) and reuse the others'
    files; the round's log says how many units each redid and reused
-   (:attr:`cellcrowd.pipeline.StageRun.units`). Stitch, trk, ctc, omezarr, geff and
-   qc are redone whole when their inputs changed (they join every part);
+   (:attr:`cellcrowd.pipeline.StageRun.units`). Stitch stitches only the parts whose
+   frames changed (linking the parts and writing the frames run whole); trk, ctc,
+   omezarr, geff and qc are redone whole when their inputs changed (they join every part);
 3. stop once a harvest saw the job complete (or cancelled); otherwise wait ``interval``
    seconds, or less when a webhook wakes the loop (:mod:`cellcrowd.webhook`).
 

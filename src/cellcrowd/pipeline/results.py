@@ -134,6 +134,8 @@ class Progress(Protocol):
 
 
 def _common_location(paths: Sequence[Path]) -> Path | None:
+    # cellcrowd's own files (kept stitched parts in .cellcrowd/) do not move the location
+    paths = [p for p in paths if ".cellcrowd" not in p.parts] or list(paths)
     if not paths:
         return None
     if len(paths) == 1:

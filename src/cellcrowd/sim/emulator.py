@@ -539,20 +539,24 @@ def serve_forever(
     crowd: CrowdConfig = _DEFAULT_CROWD,
     ready: Callable[[Emulator], None] | None = None,
     stop: threading.Event | None = None,
-    job: CrowdJob | None = None,
+    job: CrowdJob | LiveJob | None = None,
     **options: Any,
-) -> None:
+) -> Emulator:
     """Serve a prepared working folder's simulated job until ``stop`` is set (or Ctrl-C).
 
     For ``cellcrowd emulator serve``: prints nothing; ``ready(emulator)`` is called once
     the server listens (the CLI prints ``emulator.url`` from it). ``job`` serves that
     job instead of painting the folder's truth montages (see
-    :mod:`cellcrowd.sim.serve_folder`).
+    :mod:`cellcrowd.sim.serve_folder`); a :class:`~cellcrowd.sim.live.LiveJob` is
+    served still running. Returns the stopped emulator (its counts).
     """
     wf = WorkingFolder(Path(base_dir), identifier)
     stop = stop or threading.Event()
-    server = (Emulator(job, api_key=api_key, faults=faults, host=host, port=port,
-                       **options).start() if job is not None else
+    if isinstance(job, LiveJob):
+        job, options = None, {**options, "live": job}
+    served: CrowdJob | list[CrowdJob] = [] if job is None else job
+    server = (Emulator(served, api_key=api_key, faults=faults, host=host, port=port,
+                       **options).start() if job is not None or "live" in options else
               serve_job_from_folder(wf, job_id=job_id, api_key=api_key, seed=seed,
                                     faults=faults, crowd=crowd, host=host, port=port,
                                     **options))
@@ -564,3 +568,4 @@ def serve_forever(
                 pass
         except KeyboardInterrupt:
             logger.info("emulator stopped")
+    return emulator

@@ -13,13 +13,19 @@ simulated crowd needs to know what to paint:
   montages without one are left out of the job (and logged).
 
 Without either, :func:`cellcrowd.sim.crowd.crowd_from_folder` paints the folder's
-``truth/`` montages (synthetic data only).
+``truth/`` montages (synthetic data only); :func:`folder_job` picks one of the three.
+
+``--live SECONDS`` (:func:`live_job`) serves the job still running: its units complete
+over about that many seconds of wall time, in a random (seeded) order, and signed
+webhooks go to ``--webhook URL`` (with retries and an occasional duplicate).
+:func:`served_counts` sums up what an emulator served (printed when it stops).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +36,19 @@ from ..appen.report import montage_from_url
 from ..errors import InputError
 from ..files import list_images, read_image
 from ..layout import WorkingFolder
-from .crowd import CrowdConfig, CrowdJob, SourceRow, read_upload_csv, simulate_crowd
+from .crowd import (
+    CrowdConfig,
+    CrowdJob,
+    SourceRow,
+    crowd_from_folder,
+    read_upload_csv,
+    simulate_crowd,
+)
+from .emulator import Emulator
+from .live import LiveJob, WallClock, WebhookSender
 
-__all__ = ["crowd_from_annotations", "crowd_from_labels"]
+__all__ = ["crowd_from_annotations", "crowd_from_labels", "folder_job", "live_job",
+           "served_counts"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,3 +175,62 @@ def crowd_from_annotations(
     return simulate_crowd(rows, load, job_id=job_id, config=_REPLAY, seed=seed,
                           painter=unchanged,
                           title=f"cellcrowd: {wf.identifier} (annotations from {folder})")
+
+
+def folder_job(wf: WorkingFolder, *, job_id: int, seed: int = 0,
+               labels: str | Path | None = None,
+               annotations: str | Path | None = None) -> CrowdJob:
+    """The job ``emulator serve`` serves: painted from ``labels``, ``annotations`` or truth."""
+    if labels is not None and annotations is not None:
+        raise ValueError("give labels or annotations, not both")
+    if labels is not None:
+        return crowd_from_labels(wf, labels, job_id=job_id, seed=seed)
+    if annotations is not None:
+        return crowd_from_annotations(wf, annotations, job_id=job_id, seed=seed)
+    return crowd_from_folder(wf, job_id=job_id, seed=seed)
+
+
+def live_job(job: CrowdJob, *, seconds: float, seed: int = 0, webhook_url: str | None = None,
+             webhook_token: str = "", duplicate_share: float = 0.1) -> LiveJob:
+    """``job`` still running: its units complete over ``seconds`` of wall time from now.
+
+    With ``webhook_url``, each unit's completion (and then the job's) is POSTed there,
+    signed with ``webhook_token``; a failed delivery is retried a few times; about
+    ``duplicate_share`` of the deliveries (chosen by ``seed``, at least one) are sent
+    twice, as the service sometimes does.
+
+    Raises
+    ------
+    ValueError
+        ``seconds`` is not positive, or a webhook URL comes without a token.
+    """
+    sender = None
+    if webhook_url is not None:
+        if not webhook_token:
+            raise ValueError("webhooks need the job's webhook token to sign them")
+        deliveries = len({j.unit_id for j in job.judgments}) + 1  # units, then the job
+        rng = np.random.default_rng(seed + 1)
+        duplicated = {int(i) for i in np.flatnonzero(rng.random(deliveries) < duplicate_share)}
+        duplicated = duplicated or {int(rng.integers(deliveries))}
+        sender = WebhookSender(webhook_url, webhook_token, duplicated=duplicated)
+    return LiveJob(job, duration=seconds, clock=WallClock(), seed=seed, webhooks=sender)
+
+
+def served_counts(emulator: Emulator) -> dict[str, int]:
+    """What ``emulator`` served: requests, annotations (and distinct ones), webhooks.
+
+    Keys: ``requests``, ``annotations``, ``distinct_annotations`` (different annotation
+    paths among the latest recorded requests), ``webhooks_delivered``,
+    ``webhooks_duplicated``, ``webhooks_given_up`` (the last three 0 without webhooks).
+    """
+    paths = [r.path for r in emulator.api_requests if r.path.endswith("/annotation.png")]
+    paths += [r.path for r in emulator.storage_requests if r.path.startswith("/annotations/")]
+    webhooks: Counter[str] = Counter()
+    for live in emulator.live.values():
+        if live.webhooks is not None:
+            webhooks.update(live.webhooks.counts)
+    return {"requests": emulator.counts["request"], "annotations": len(paths),
+            "distinct_annotations": len(set(paths)),
+            "webhooks_delivered": webhooks["delivered"],
+            "webhooks_duplicated": webhooks["duplicated"],
+            "webhooks_given_up": webhooks["given_up"]}

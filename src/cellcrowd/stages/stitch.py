@@ -5,17 +5,29 @@ stage also writes the stitched movie's ``.npz``
 (:func:`cellcrowd.export.npz.write_stitched_movie_npz`), at its end, because the npz
 stage runs before the movie is stitched.
 
-Redone whole when its inputs changed (no per-unit records): linking runs across every
-part. Trk, ctc, omezarr, geff and qc read the stitched movie or everything, likewise.
+Incremental per part (``ctx.units``, :mod:`cellcrowd.pipeline.units`): a part's
+stitched tiles depend only on its ``movies/part{N}/*/annotated`` frames (and the logs),
+so each part stitched is kept in ``.cellcrowd/stitch/part{N}.stitched`` (an ``.npz``
+archive, :mod:`cellcrowd.stitch.parts`; not named ``.npz``, so the QC page does not
+list it among the exports), recorded as the unit ``part{N}`` keyed by the SHA-256 of
+those files; a rerun loads the unchanged parts and stitches only the others. Linking
+the parts, writing the frames and the lineage are redone whole (ids run across parts),
+into the same bytes. Trk, ctc, omezarr, geff and qc read the stitched movie or
+everything, and are redone whole.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
-from ._shared import raw_and_logs
+from ._shared import log_files, raw_and_logs
+
+if TYPE_CHECKING:
+    from ..stitch.parts import StitchedPart
 
 __all__ = ["STAGE"]
 
@@ -29,6 +41,36 @@ def _enabled(config: Config) -> bool:
     return config.outputs.stitched
 
 
+class _UnitStore:
+    """The :class:`~cellcrowd.stitch.parts.PartStore` of the stage: one unit per part."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.logs = ctx.units.file_digest(log_files(ctx.wf, ctx.config))
+
+    def _path(self, part: int) -> Path:
+        return self.ctx.wf.state / "stitch" / f"part{part}.stitched"
+
+    def _key(self, inputs: Sequence[Path]) -> dict[str, Any]:
+        present = [p for p in inputs if p.is_file()]
+        return {"inputs": self.ctx.units.file_digest(present), "logs": self.logs,
+                "expected": len(inputs)}
+
+    def fresh(self, part: int, inputs: Sequence[Path]) -> bool:
+        return self.ctx.units.fresh(f"part{part}", self._key(inputs), [self._path(part)])
+
+    def load(self, part: int) -> StitchedPart:
+        from ..stitch.parts import load_part
+
+        return load_part(self._path(part))
+
+    def save(self, stitched: StitchedPart, inputs: Sequence[Path]) -> None:
+        from ..stitch.parts import save_part
+
+        path = save_part(stitched, self._path(stitched.part))
+        self.ctx.units.done(f"part{stitched.part}", self._key(inputs), [path])
+
+
 def _run(ctx: Context) -> StageOutput:
     """Stitch every part and join them into one movie (and its ``.npz`` when asked)."""
     from ..errors import InputError
@@ -39,7 +81,8 @@ def _run(ctx: Context) -> StageOutput:
     cfg = ctx.config
     job = ctx.job
     ctx.set_total(len(job.parts))
-    result = stitch_movies(ctx.wf, executor=ctx.executor, progress=ctx.item_done, job=job)
+    result = stitch_movies(ctx.wf, executor=ctx.executor, progress=ctx.item_done, job=job,
+                           store=_UnitStore(ctx))
     wf = result.wf
     outputs = [wf.stitched_frame("annotated", t) for t in range(result.frames)]
     outputs += [wf.stitched_frame("raw", t) for t in range(result.raw_frames)]
@@ -60,4 +103,4 @@ def _run(ctx: Context) -> StageOutput:
 
 #: The stage the engine runs.
 STAGE = Stage("stitch", ("movies",), _run, settings=_settings, files=raw_and_logs,
-              enabled=_enabled, version=2)
+              enabled=_enabled, version=3)

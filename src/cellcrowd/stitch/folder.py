@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from ..layout import WorkingFolder, part_of_montage
 from .common import Lineage
 from .lineage import LineageBuilder, read_lineage
 from .link import LinkReport, PartLinker
+from .parts import PartStore, StitchedPart
 from .tiles import StitchConflict, StitchReport, stitch_tiles
 
 __all__ = ["MAX_CELLS", "StitchMoviesResult", "read_stitched", "stitch_movies"]
@@ -48,14 +50,6 @@ class _PartTask:
     part: int
     frames: int
     min_iou: float
-
-
-@dataclass(frozen=True)
-class _PartResult:
-    part: int
-    labels: NDArray[np.int32]
-    report: StitchReport
-    missing: tuple[tuple[Position, str], ...]
 
 
 def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
@@ -78,7 +72,7 @@ def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
     return stack
 
 
-def _stitch_part(task: _PartTask) -> _PartResult:
+def _stitch_part(task: _PartTask) -> StitchedPart:
     """Read and stitch every tile of one part; unreadable tiles are reported as missing."""
     grid = task.grid
     tiles = np.zeros((task.frames, grid.num_y, grid.num_x, *grid.tile_shape), dtype=np.int32)
@@ -91,7 +85,34 @@ def _stitch_part(task: _PartTask) -> _PartResult:
             missing.append((pos, str(exc)))
     labels, report = stitch_tiles(tiles, grid, min_iou=task.min_iou,
                                   missing=[pos for pos, _ in missing])
-    return _PartResult(task.part, labels, report, tuple(missing))
+    return StitchedPart(task.part, labels, report, tuple(missing))
+
+
+def _part_inputs(task: _PartTask) -> list[Path]:
+    """Every file stitching the part reads (a tile's frames may be missing)."""
+    return [task.wf.annotated_frame(task.part, pos, f) for pos in task.grid.positions
+            for f in range(task.frames)]
+
+
+def _stitched_parts(tasks: list[_PartTask], executor: Executor | None,
+                    progress: Callable[[int], None] | None,
+                    store: PartStore | None) -> Iterator[StitchedPart]:
+    """Every part stitched, in order: unchanged ones from ``store``, the others anew."""
+    inputs = {task.part: _part_inputs(task) for task in tasks}
+    kept = {task.part for task in tasks
+            if store is not None and store.fresh(task.part, inputs[task.part])}
+    new = run_tasks(_stitch_part, [t for t in tasks if t.part not in kept],
+                    executor=executor, progress=progress)
+    for task in tasks:
+        if store is not None and task.part in kept:
+            if progress is not None:
+                progress(1)
+            yield store.load(task.part)
+            continue
+        stitched = next(new)
+        if store is not None:
+            store.save(stitched, inputs[task.part])
+        yield stitched
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,7 @@ def stitch_movies(
     executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
     job: Job | None = None,
+    store: PartStore | None = None,
 ) -> StitchMoviesResult:
     """Stitch the annotated tiles of every part into one tracked full-size movie.
 
@@ -180,6 +202,10 @@ def stitch_movies(
         Called with 1 after each part.
     job : Job, optional
         The job's geometry when the caller has it (else read from the logs).
+    store : PartStore, optional
+        Parts stitched before: the unchanged ones are loaded instead of stitched again
+        (the same bytes result), the others are stitched and kept
+        (:mod:`cellcrowd.stitch.parts`; the stitch stage keeps them per unit).
 
     Raises
     ------
@@ -210,7 +236,7 @@ def stitch_movies(
     builder = LineageBuilder(min_inside=0.5, min_share=0.2)
     reports: list[StitchReport] = []
     missing: list[tuple[int, Position, str]] = []
-    for result in run_tasks(_stitch_part, tasks, executor=executor, progress=progress):
+    for result in _stitched_parts(tasks, executor, progress, store):
         for pos, reason in result.missing:
             logger.warning("part %d: tile x=%d, y=%d left out: %s", result.part, pos.x, pos.y,
                            reason)
