@@ -113,6 +113,14 @@ def test_watch_follows_a_live_job_to_the_bytes_of_one_run(
     assert 3 <= result.harvests <= len(rounds)
     assert len(fetched) == len(set(fetched))
     assert len(fetched) == sum(j.annotation is not None for j in crowd.judgments)
+    # Later harvests redo only the units that changed: clean and movies reuse what an
+    # earlier round made.
+    later = [r.summary for r in rounds if r.harvested and r.summary is not None][1:]
+    for stage in ("clean", "movies"):
+        runs = [s.units for summary in later for s in summary.stages
+                if s.name == stage and s.status == "ran"]
+        assert runs, f"no later {stage} run"
+        assert any(u["reused"] > 0 for u in runs), (stage, runs)
     # One webhook lost, one duplicated (and ignored), the others woke the loop.
     units = len({j.unit_id for j in crowd.judgments})
     assert sender.counts["lost"] == 1
