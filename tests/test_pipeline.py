@@ -98,6 +98,27 @@ class Recorder:
 # -- the whole harvest ----------------------------------------------------------------------
 
 
+def test_the_report_is_parsed_once_per_run(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cellcrowd.appen.report as report_module
+
+    parsed: list[Path] = []
+    real = report_module.read_report
+
+    def counting(path: Any, **kw: Any) -> Any:
+        parsed.append(Path(path))
+        return real(path, **kw)
+
+    monkeypatch.setattr(report_module, "read_report", counting)
+    summary = run(cfg, until_stage="clean")
+    assert summary.ran == ["report", "fetch", "clean"]
+    assert parsed == [cfg.working_folder().report_csv(cfg.job_id)]
+    # A new report (another file's content) is parsed again.
+    run(cfg, until_stage="clean", force=["report"])
+    assert len(parsed) == 2
+
+
 def test_full_run_writes_every_output_and_a_rerun_does_nothing(
     job: tuple[Any, Config], cfg: Config, example: Example
 ) -> None:

@@ -34,13 +34,36 @@ def existing(paths: Sequence[Path]) -> list[Path]:
     return [p for p in paths if p.is_file()]
 
 
-def read_judgments(config: Config, wf: WorkingFolder) -> Report:
-    """The job report the report stage downloaded, read and checked."""
-    from ..appen.report import read_report
+#: The last report read, by what identifies its file's content: the fetch and clean
+#: stages of one run read the report the report stage wrote, parsed once.
+_last_report: dict[tuple[object, ...], Report] = {}
 
-    return read_report(wf.report_csv(config.job_id, config.service.report_type),
-                       report_type=config.service.report_type, identifier=config.identifier,
-                       allow_other_identifier=config.service.allow_other_identifier)
+
+def read_judgments(config: Config, wf: WorkingFolder) -> Report:
+    """The job report the report stage downloaded, read and checked.
+
+    Parsed once while the file is unchanged (same path, inode, size and modification
+    time): later stages of a run get a copy of the same judgments.
+    """
+    from ..appen.report import Report, read_report
+
+    path = wf.report_csv(config.job_id, config.service.report_type)
+    s = config.service
+    try:
+        st = path.stat()
+    except OSError:
+        st = None  # read_report says what is wrong
+    key = (str(path), st and (st.st_ino, st.st_size, st.st_mtime_ns), s.report_type,
+           config.identifier, s.allow_other_identifier)
+    cached = _last_report.get(key) if st is not None else None
+    if cached is None:
+        cached = read_report(path, report_type=s.report_type, identifier=config.identifier,
+                             allow_other_identifier=s.allow_other_identifier)
+        _last_report.clear()
+        if st is not None:
+            _last_report[key] = cached
+    return Report(cached, problems=cached.problems, path=cached.path,
+                  report_type=cached.report_type, columns=cached.columns)
 
 
 def service_client(ctx: Context) -> AppenClient:
