@@ -66,6 +66,11 @@ def write_full_movie_npz(
     renumbered ``1..n`` per position. Keys as in the module docstring, plus
     ``linked`` and ``part_starts``.
 
+    ``X`` and ``y`` are written one position's part at a time
+    (:class:`~cellcrowd.export.npzstream.NpyStream`); between parts only the
+    last linked frame is kept, so memory follows the size of a part, not the
+    length of the movie.
+
     Parameters
     ----------
     wf : WorkingFolder
@@ -93,7 +98,8 @@ def write_full_movie_npz(
     ------
     InputError
         A part folder is missing or unreadable (see :func:`build_training_arrays`),
-        or no position is annotated in every part.
+        no position is annotated in every part, or the parts' frames differ in
+        size or channels.
     """
     from ..stitch.common import check_fraction
 
@@ -212,6 +218,8 @@ def write_stitched_movie_npz(
     ``y`` ``(1, frames, H, W, 1)`` int32 the stitched labels (one id per cell for
     the whole movie, as :func:`cellcrowd.stitch.stitch_movies` linked them);
     ``lineage`` is their DeepCell lineage as JSON text and ``linked`` is True.
+    The frames are read and written one at a time
+    (:class:`~cellcrowd.export.frames.StitchedFrames`).
 
     Parameters
     ----------
@@ -231,7 +239,8 @@ def write_stitched_movie_npz(
     ------
     InputError
         The stitched frames or lineage are missing or unreadable, there are no
-        stitched raw frames, or ``channels`` selects nothing that exists.
+        stitched raw frames, raw and label frames differ in number or size, or
+        ``channels`` selects nothing that exists.
     """
     movie = StitchedFrames(wf)
     raw, raw_dir = movie.raw, wf.stitched_frame("raw", 0).parent
