@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,39 @@ def test_full_movie_parts_must_have_one_frame_size(tmp_path: Path) -> None:
                                          r"are 6x7 with 1"):
         write_full_movie_npz(wf)
     assert not wf.npz_full_movie.exists()
+
+
+def _parts(wf: WorkingFolder, count: int) -> None:
+    """``count`` hand-written parts of one position, 4 frames of 512^2 each (4 MB of X)."""
+    rng = np.random.default_rng(count)
+    for part in range(count):
+        for f in range(4):
+            write_image(wf.raw_tile_frame(part, Position(0, 0), f),
+                        rng.integers(0, 999, (512, 512), dtype=np.uint16))
+            write_image(wf.annotated_frame(part, Position(0, 0), f),
+                        np.full((512, 512), f % 3, np.uint16))
+
+
+def _peak(fn: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_full_movie_memory_does_not_grow_with_the_movie(tmp_path: Path) -> None:
+    peaks: dict[tuple[int, bool], int] = {}
+    for count in (6, 12):
+        wf = WorkingFolder(tmp_path / str(count), "exp")
+        _parts(wf, count)
+        for link in (True, False):
+            peaks[count, link] = _peak(
+                lambda wf=wf, link=link: write_full_movie_npz(wf, link=link))  # type: ignore[misc]
+    x_bytes = 12 * 4 * 512 * 512 * 4  # X of the 12-part movie: 50 MB (written whole: 2-3x)
+    assert peaks[12, True] < 1.15 * peaks[6, True], peaks
+    assert peaks[12, False] < 1.15 * peaks[6, False], peaks
+    # less than the movie's X (written whole it was held two or three times): a part,
+    # one 16 MiB write and its deflated bytes; linking adds its work on one part
+    assert peaks[12, False] < x_bytes, peaks

@@ -61,8 +61,8 @@ class NpyStream:
             np.lib.format.write_array_header_2_0(fp, self._header())
         itemsize = self.dtype.itemsize
         chunk = max(_WRITE_BYTES // itemsize, 1) * itemsize if itemsize else 0
-        pending = bytearray()
-        written = 0
+        pending = memoryview(bytearray(min(chunk, self.nbytes)))  # one write's bytes
+        fill = written = 0
         for block in self._blocks:
             array = np.ascontiguousarray(np.asarray(block).astype(self.dtype, copy=False))
             written += array.nbytes
@@ -71,24 +71,25 @@ class NpyStream:
             if not chunk or not array.nbytes:  # no bytes: numpy writes no data either
                 continue
             data = array.reshape(-1).view(np.uint8).data
-            if pending:
-                take = min(chunk - len(pending), len(data))
-                pending += data[:take]
-                data = data[take:]
-                if len(pending) < chunk:
+            if fill:
+                take = min(chunk - fill, len(data))
+                pending[fill:fill + take] = data[:take]
+                fill, data = fill + take, data[take:]
+                if fill < chunk:
                     continue
                 fp.write(pending)
-                pending = bytearray()
+                fill = 0
             while len(data) >= chunk:
                 fp.write(data[:chunk])
                 data = data[chunk:]
-            pending += data
+            pending[:len(data)] = data
+            fill = len(data)
         if written != self.nbytes:
             raise ValueError(f"the blocks of an .npy stream of shape {self.shape} {self.dtype} "
                              f"held {'more than ' if written > self.nbytes else ''}"
                              f"{written} bytes, not {self.nbytes}")
-        if pending:
-            fp.write(pending)
+        if fill:
+            fp.write(pending[:fill])
 
 
 @dataclass(frozen=True)
