@@ -416,7 +416,7 @@ def test_full_movie_parts_without_a_log(tmp_path: Path, caplog: pytest.LogCaptur
 def test_stitched_movie_npz(movie_job: tuple[WorkingFolder, Any, Any], tmp_path: Path
                             ) -> None:
     wf = _copy_job(movie_job, tmp_path / "work")
-    with pytest.raises(InputError, match=r"stitched.annotated: folder not found"):
+    with pytest.raises(InputError, match=r"stitched.annotated: no stitched frames: run the stitch"):
         write_stitched_movie_npz(wf)
     stitch_movies(wf)
     path = write_stitched_movie_npz(wf)
@@ -439,7 +439,7 @@ def test_stitched_movie_npz(movie_job: tuple[WorkingFolder, Any, Any], tmp_path:
         write_stitched_movie_npz(wf, channels=[2])
     for frame in sorted((wf.stitched / "raw").iterdir()):
         write_image(frame, np.zeros((8, 8), np.uint16))
-    with pytest.raises(InputError, match="stitched raw frames are 8x8 but the label frames"):
+    with pytest.raises(InputError, match=r"raw frames are \(8, 8\) but label frames \(96, 96\)"):
         write_stitched_movie_npz(wf)
     shutil.rmtree(wf.stitched / "raw")
     with pytest.raises(InputError, match="no stitched raw frames"):

@@ -553,12 +553,16 @@ def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
     setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel",
             level)
     info.external_attr = 0o600 << 16
-    array = np.asanyarray(value)
+    write_npy: Any = getattr(value, "write_npy", None)  # a streamed array writes itself
+    array = None if callable(write_npy) else np.asanyarray(value)
     with zf.open(info, "w", force_zip64=True) as member:
         deflater = _deflater(level) if compressed else None
         if deflater is not None and hasattr(member, "_compressor"):
             member._compressor = deflater
-        np.lib.format.write_array(member, array, allow_pickle=False)
+        if array is None:
+            write_npy(member)
+        else:
+            np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool = True,
@@ -568,7 +572,9 @@ def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool =
     Each array is streamed into its zip member in blocks (no second copy in
     memory). Compressed members use ``level`` (default
     :attr:`WriteSettings.npz_level`) and the codec of :class:`WriteSettings`;
-    timestamps are fixed, so equal arrays give equal bytes.
+    timestamps are fixed, so equal arrays give equal bytes. A value with a
+    ``write_npy(file)`` method (:class:`cellcrowd.export.npzstream.NpyStream`)
+    writes its own ``.npy`` bytes into the member: a movie streamed frame by frame.
 
     Raises
     ------

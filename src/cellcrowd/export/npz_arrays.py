@@ -20,14 +20,19 @@ from ..errors import InputError
 from ..files import list_images, read_image, write_npz
 from ..geometry import Position
 from ..layout import WorkingFolder, parse_position_name
+from .npzstream import StreamedArrays
 
 __all__ = [
     "NpzData",
+    "PositionMovie",
     "TrainingArrays",
     "build_training_arrays",
+    "check_same_movie",
     "load_npz",
     "part_folder_numbers",
+    "part_movies",
     "position_dirs",
+    "position_movie",
     "save_npz",
     "select_channels",
 ]
@@ -109,16 +114,68 @@ def _stack(paths: Sequence[Path], folder: Path) -> NDArray[np.generic]:
     return out
 
 
-def _read_position(
+@dataclass(frozen=True)
+class PositionMovie:
+    """The frame files of one annotated position of a part, read whole or in part.
+
+    :func:`position_movie` lists them (and checks the frame counts);
+    :meth:`read_labels` and :meth:`read_raw` read frames ``start:stop``.
+    """
+
+    ann_dir: Path
+    labels: list[Path]
+    raw_dir: Path
+    raw: list[list[Path]]  # one list per channel filter
+
+    @property
+    def frames(self) -> int:
+        """How many frames the position has."""
+        return len(self.labels)
+
+    def read_labels(self, start: int = 0, stop: int | None = None) -> NDArray[np.int32]:
+        """Annotated frames ``start:stop``, ``(frames, rows, cols, 1)`` int32."""
+        labels = _stack(self.labels[start:stop], self.ann_dir)
+        if labels.ndim != 3 or labels.dtype.kind not in "ui":
+            raise InputError(f"annotated frames must be 2-D integer labels, got "
+                             f"{labels.shape[1:]} {labels.dtype}", path=self.ann_dir)
+        return labels.astype(np.int32)[..., None]
+
+    def read_raw(self, channels: Sequence[int] | None, start: int = 0,
+                 stop: int | None = None) -> NDArray[np.float32]:
+        """Raw frames ``start:stop``, ``(frames, rows, cols, C)`` float32, ``channels`` kept."""
+        raw_channels = []
+        for paths in self.raw:
+            raw = _stack(paths[start:stop], self.raw_dir)
+            raw_channels.append(raw[..., None] if raw.ndim == 3 else raw)
+        x = np.concatenate(raw_channels, axis=-1)
+        return select_channels(x, channels, self.raw_dir).astype(np.float32)
+
+    def check_sizes(self, x: NDArray[Any], labels: NDArray[Any]) -> None:
+        """Raise InputError unless raw ``x`` and ``labels`` frames have one size (rows, cols)."""
+        if x.shape[1:3] != labels.shape[1:3]:
+            raise InputError(
+                f"raw frames are {x.shape[1]}x{x.shape[2]} but annotated frames in "
+                f"{self.ann_dir} are {labels.shape[1]}x{labels.shape[2]}: remake the movies "
+                "from the same logs", path=self.raw_dir,
+            )
+
+
+def position_movie(
     pos_dir: Path,
     *,
-    raw_dirname: str,
-    annotation_dirname: str,
-    channel_filters: Sequence[str],
-    channels: Sequence[int] | None,
-    num_frames: int | None,
-) -> tuple[NDArray[np.float32], NDArray[np.int32]] | None:
-    """``(X, y)`` of one position: ``(frames, rows, cols, C)``, ``(…, 1)``; None if unannotated."""
+    raw_dirname: str = "raw",
+    annotation_dirname: str = "annotated",
+    channel_filters: Sequence[str] = ("",),
+    num_frames: int | None = None,
+) -> PositionMovie | None:
+    """The frame files of a position folder; None if it has no annotated frames.
+
+    Raises
+    ------
+    InputError
+        The raw folder is missing or holds another number of frames than the
+        annotated one (per channel filter).
+    """
     ann_dir = pos_dir / annotation_dirname
     ann_paths = _frames(ann_dir) if ann_dir.is_dir() else []
     if not ann_paths:
@@ -131,11 +188,7 @@ def _read_position(
         )
     if num_frames is not None:
         ann_paths = ann_paths[:num_frames]
-    labels = _stack(ann_paths, ann_dir)
-    if labels.ndim != 3 or labels.dtype.kind not in "ui":
-        raise InputError(f"annotated frames must be 2-D integer labels, got "
-                         f"{labels.shape[1:]} {labels.dtype}", path=ann_dir)
-    raw_channels = []
+    raw = []
     for name_filter in channel_filters:
         raw_paths = _frames(raw_dir, name_filter)
         if num_frames is not None:
@@ -146,17 +199,8 @@ def _read_position(
                 f"{len(ann_paths)} annotated frames in {ann_dir}: remake the movies of this "
                 "position so both have the same frames", path=raw_dir,
             )
-        raw = _stack(raw_paths, raw_dir)
-        raw_channels.append(raw[..., None] if raw.ndim == 3 else raw)
-    x = np.concatenate(raw_channels, axis=-1)
-    if x.shape[1:3] != labels.shape[1:3]:
-        raise InputError(
-            f"raw frames are {x.shape[1]}x{x.shape[2]} but annotated frames in {ann_dir} are "
-            f"{labels.shape[1]}x{labels.shape[2]}: remake the movies from the same logs",
-            path=raw_dir,
-        )
-    x = select_channels(x, channels, raw_dir)
-    return x.astype(np.float32), labels.astype(np.int32)[..., None]
+        raw.append(raw_paths)
+    return PositionMovie(ann_dir, ann_paths, raw_dir, raw)
 
 
 def select_channels(
@@ -215,6 +259,55 @@ def build_training_arrays(
         raw and annotated frames disagree (the message names the folder), or
         ``channels`` selects nothing that exists.
     """
+    movies, missing = part_movies(part_dir, positions=positions,
+                                  samples_to_drop=samples_to_drop, raw_dirname=raw_dirname,
+                                  annotation_dirname=annotation_dirname,
+                                  channel_filters=channel_filters, num_frames=num_frames)
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.int32]] = []
+    for movie in movies.values():
+        labels = movie.read_labels()
+        x = movie.read_raw(channels)
+        movie.check_sizes(x, labels)
+        if xs:
+            check_same_movie(x.shape, xs[0].shape, next(iter(movies)), movie)
+        xs.append(x)
+        ys.append(labels)
+    return TrainingArrays(np.stack(xs), np.stack(ys), list(movies), missing)
+
+
+def check_same_movie(shape: tuple[int, ...], first: tuple[int, ...], first_name: str,
+                     movie: PositionMovie) -> None:
+    """Raise InputError unless a position's ``X`` shape is the part's first position's."""
+    if shape != first:
+        raise InputError(
+            f"this position's movie is {shape[:-1]} (frames, rows, cols) with "
+            f"{shape[-1]} channels but {first_name} is {first[:-1]} with "
+            f"{first[-1]}: all positions of a part must match", path=movie.ann_dir.parent,
+        )
+
+
+def part_movies(
+    part_dir: str | Path,
+    *,
+    positions: Iterable[str | Position] | None = None,
+    samples_to_drop: Collection[str] = (),
+    raw_dirname: str = "raw",
+    annotation_dirname: str = "annotated",
+    channel_filters: Sequence[str] = ("",),
+    num_frames: int | None = None,
+) -> tuple[dict[str, PositionMovie], list[str]]:
+    """The annotated positions of a part (name -> frame files) and the unannotated ones.
+
+    Chosen as :func:`build_training_arrays` chooses them (same parameters),
+    without reading a frame.
+
+    Raises
+    ------
+    InputError
+        A folder is missing, frame counts of raw and annotated frames disagree,
+        or no position is annotated.
+    """
     part_dir = Path(part_dir)
     available = position_dirs(part_dir)
     chosen = (available if positions is None
@@ -223,41 +316,30 @@ def build_training_arrays(
     unknown = sorted(str(d) for d in drop if d not in available)
     if unknown:
         logger.warning("%s: samples_to_drop %s match no position folder", part_dir, unknown)
-    xs: list[NDArray[np.float32]] = []
-    ys: list[NDArray[np.int32]] = []
-    kept: list[str] = []
+    movies: dict[str, PositionMovie] = {}
     missing: list[str] = []
     for pos, pos_dir in chosen.items():
         if pos in drop:
             continue
-        pair = _read_position(pos_dir, raw_dirname=raw_dirname,
-                              annotation_dirname=annotation_dirname,
-                              channel_filters=channel_filters, channels=channels,
-                              num_frames=num_frames)
-        if pair is None:
+        movie = position_movie(pos_dir, raw_dirname=raw_dirname,
+                               annotation_dirname=annotation_dirname,
+                               channel_filters=channel_filters, num_frames=num_frames)
+        if movie is None:
             logger.warning("%s: no annotated frames; position left out", pos_dir)
             missing.append(pos_dir.name)
-            continue
-        if xs and (pair[0].shape != xs[0].shape or pair[1].shape != ys[0].shape):
-            raise InputError(
-                f"this position's movie is {pair[0].shape[:-1]} (frames, rows, cols) with "
-                f"{pair[0].shape[-1]} channels but {kept[0]} is {xs[0].shape[:-1]} with "
-                f"{xs[0].shape[-1]}: all positions of a part must match", path=pos_dir,
-            )
-        xs.append(pair[0])
-        ys.append(pair[1])
-        kept.append(pos_dir.name)
-    if not xs:
+        else:
+            movies[pos_dir.name] = movie
+    if not movies:
         raise InputError(
             "no position of this part has annotated frames: run montages_to_movies "
             "(all_montages_chopper) first, or check samples_to_drop", path=part_dir,
         )
-    return TrainingArrays(np.stack(xs), np.stack(ys), kept, missing)
+    return movies, missing
 
 
 def save_npz(
     path: str | Path,
-    arrays: TrainingArrays,
+    arrays: TrainingArrays | StreamedArrays,
     *,
     part: int,
     identifier: str,
@@ -271,7 +353,9 @@ def save_npz(
     ``extra`` keys (plain arrays or scalars, no objects) are written too; they
     must not repeat a standard key. Compressed files use the deflate ``level``
     (default :attr:`cellcrowd.files.WriteSettings.npz_level`, fast) with
-    :func:`cellcrowd.files.write_npz`, which streams each array into the file.
+    :func:`cellcrowd.files.write_npz`, which streams each array into the file;
+    :class:`~cellcrowd.export.npzstream.StreamedArrays` are written block by block
+    as their streams make them (a whole movie never in memory).
 
     Raises
     ------

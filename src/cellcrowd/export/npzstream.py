@@ -1,0 +1,106 @@
+"""Arrays written into an ``.npz`` block by block, so a whole movie is never in memory.
+
+:func:`cellcrowd.files.write_npz` writes a value with a ``write_npy(file)`` method
+by calling it. :class:`NpyStream` is such a value: the ``.npy`` header is written
+from the shape and dtype known up front, then the blocks (for example one frame,
+or one position's part, at a time) as they are made. The bytes are those
+``np.lib.format.write_array`` writes for the whole array, split into the same
+writes (16 MiB of data each), so the deflated member is byte-identical too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["NpyStream", "StreamedArrays"]
+
+#: Bytes per data write of ``np.lib.format.write_array`` (16 MiB, whole items).
+_WRITE_BYTES = 16 * 1024 ** 2
+
+
+class NpyStream:
+    """An array of ``shape`` and ``dtype`` (C order) whose data comes from ``blocks``.
+
+    ``blocks`` yields arrays whose C-order data, one after another, is the whole
+    array's (each is converted to ``dtype``); it is iterated once, when the
+    ``.npz`` member is written.
+
+    Raises
+    ------
+    ValueError
+        (when written) The blocks hold more or fewer items than ``shape``, or
+        ``dtype`` holds Python objects.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any, blocks: Iterable[ArrayLike]) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
+        if self.dtype.hasobject:
+            raise ValueError("an .npy stream cannot hold Python objects")
+        self._blocks = blocks
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of data (the header not counted)."""
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def _header(self) -> dict[str, Any]:
+        return {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                "shape": self.shape}
+
+    def write_npy(self, fp: IO[bytes]) -> None:
+        """Write the ``.npy`` header and then the blocks to ``fp``, in writes as numpy's."""
+        try:
+            np.lib.format.write_array_header_1_0(fp, self._header())
+        except ValueError:  # a header too long for version 1.0, as numpy does
+            np.lib.format.write_array_header_2_0(fp, self._header())
+        itemsize = self.dtype.itemsize
+        chunk = max(_WRITE_BYTES // itemsize, 1) * itemsize if itemsize else 0
+        pending = memoryview(bytearray(min(chunk, self.nbytes)))  # one write's bytes
+        fill = written = 0
+        for block in self._blocks:
+            array = np.ascontiguousarray(np.asarray(block).astype(self.dtype, copy=False))
+            written += array.nbytes
+            if written > self.nbytes:
+                break
+            if not chunk or not array.nbytes:  # no bytes: numpy writes no data either
+                continue
+            data = array.reshape(-1).view(np.uint8).data
+            if fill:
+                take = min(chunk - fill, len(data))
+                pending[fill:fill + take] = data[:take]
+                fill, data = fill + take, data[take:]
+                if fill < chunk:
+                    continue
+                fp.write(pending)
+                fill = 0
+            while len(data) >= chunk:
+                fp.write(data[:chunk])
+                data = data[chunk:]
+            pending[:len(data)] = data
+            fill = len(data)
+        if written != self.nbytes:
+            raise ValueError(f"the blocks of an .npy stream of shape {self.shape} {self.dtype} "
+                             f"held {'more than ' if written > self.nbytes else ''}"
+                             f"{written} bytes, not {self.nbytes}")
+        if fill:
+            fp.write(pending[:fill])
+
+
+@dataclass(frozen=True)
+class StreamedArrays:
+    """``X`` and ``y`` of a training file as streams, and the positions they hold.
+
+    :func:`cellcrowd.export.npz.save_npz` writes them as it writes
+    :class:`cellcrowd.export.npz.TrainingArrays`.
+    """
+
+    X: NpyStream
+    y: NpyStream
+    positions: list[str]
+    missing_positions: list[str]
