@@ -122,10 +122,17 @@ def hashing_writes() -> Iterator[list[FileDigest]]:
 
 
 def note_written(path: Path) -> None:
-    """Hash ``path`` (just put in place) for every :func:`hashing_writes` block open."""
-    st = os.stat(path)
-    key = _identity(resolved_text(path.absolute(), {}), st)
-    entry = (key, sha256_file(path))
+    """Hash ``path`` (just put in place) for every :func:`hashing_writes` block open.
+
+    A file that cannot be read back (already moved or removed) is left to be hashed
+    when it is recorded.
+    """
+    try:
+        st = os.stat(path)
+        key = _identity(resolved_text(path.absolute(), {}), st)
+        entry = (key, sha256_file(path))
+    except OSError:
+        return
     _keep(*entry)
     with _LOCK:
         for found in _COLLECTING:
