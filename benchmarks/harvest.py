@@ -29,7 +29,7 @@ from PIL import Image
 
 from bench_clean import baseline_clean_montage
 from cellcrowd.config import CleanConfig, Config, ExecutorConfig, OutputsConfig
-from cellcrowd.executor import Executor
+from cellcrowd.executor import Executor, LocalExecutor
 from cellcrowd.export.npz import write_parts_npz
 from cellcrowd.geometry import MontageLayout, Position, TileGrid
 from cellcrowd.layout import WorkingFolder, parse_montage_name
@@ -107,8 +107,12 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def ours_library(job: Job, executor: Executor | None = None) -> None:
-    """clean_montages + all_montages_chopper + raw_movie_maker + write_parts_npz."""
+    """clean_montages + all_montages_chopper + raw_movie_maker + write_parts_npz.
+
+    ``executor`` None: serially (the notebook functions' own default is a local pool).
+    """
     wf = job.wf
+    executor = executor if executor is not None else LocalExecutor(1)
     clean_montages(wf.annotations, executor=executor)
     all_montages_chopper(wf.base, wf.annotations.name, wf.identifier, executor=executor)
     raw_movie_maker(wf.base, wf.raw, wf.identifier, executor=executor)

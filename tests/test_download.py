@@ -361,3 +361,42 @@ def test_a_symlinked_judgment_file_is_refused_after_plain_ones(
     assert result.failures[0].judgment == str(evil.judgment_id)
     assert outside.read_bytes() == b"keep"
     assert link.is_symlink()
+
+
+def test_downloads_are_synced_once_at_the_end(small_job: CrowdJob, emulator: Emulator,
+                                              api_key: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fsync per file while downloading; every file written is synced before return."""
+    import os
+
+    from cellcrowd import files
+
+    wf = WorkingFolder(tmp_path, "exp")
+    report = [j for j in fetch_report(emulator, api_key, wf) if j.usable][:6]
+    synced: list[str] = []
+    placed: list[int] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        placed.append(len(synced))  # how many syncs came before this file was in place
+        real_replace(src, dst)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the synced files")
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    with client_for(emulator, api_key) as client:
+        result = download_annotations(report, wf, job_id=JOB, client=client)
+    assert result.downloaded == len(report)
+    assert placed
+    assert set(placed) == {0}  # nothing synced while the files were written
+    written = {str(j.path.resolve()) for j in result.chosen.values()}
+    written |= {str(wf.annotation_path(m).resolve()) for m in result.chosen}
+    written |= {str(wf.judgment_path(j.montage, j.unit_id, j.judgment_id).resolve())
+                for j in report}
+    assert written <= set(synced)
+    assert str(wf.annotations.resolve()) in synced  # and their folder

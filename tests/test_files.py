@@ -84,3 +84,73 @@ def test_list_images_natural_order(tmp_path: Path) -> None:
     ]
     with pytest.raises(InputError, match="folder not found"):
         list_images(tmp_path / "missing")
+
+
+def test_atomic_path_makes_the_folder_keeps_the_file_private_then_gives_it_its_mode(
+        tmp_path: Path) -> None:
+    import os
+    import stat
+
+    target = tmp_path / "new" / "sub" / "out.bin"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent
+        assert stat.S_IMODE(tmp.stat().st_mode) == 0o600  # private while written
+        tmp.write_bytes(b"data")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+    assert target.read_bytes() == b"data"
+    assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
+
+
+def test_resolve_path_is_path_resolve(tmp_path: Path) -> None:
+    from cellcrowd.hashes import resolve_path
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "f.txt").write_text("x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "t.txt").write_text("y")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "sub" / "file_link").symlink_to(tmp_path / "elsewhere" / "t.txt")
+    folders: dict[str, str] = {}
+    for path in [tmp_path / "link" / "sub" / "f.txt", tmp_path / "real" / "sub" / "file_link",
+                 tmp_path / "real" / "missing" / "x", tmp_path / "real" / "sub" / "..",
+                 tmp_path / "link", Path("relative") / "name"]:
+        for _ in range(2):  # the second time from the folder cache
+            assert resolve_path(path, folders) == path.resolve(), path
+    assert resolve_path(tmp_path / "link" / "sub" / "f.txt") == (
+        tmp_path / "real" / "sub" / "f.txt").resolve()
+
+
+def _write_one(path: Path) -> Path:
+    from cellcrowd.files import atomic_write_bytes
+
+    return atomic_write_bytes(path, path.name.encode() * 1000)
+
+
+def test_files_written_on_workers_are_hashed_there(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from cellcrowd import hashes
+    from cellcrowd.executor import LocalExecutor, run_tasks
+
+    targets = [tmp_path / f"f{i}.bin" for i in range(4)]
+    executor = LocalExecutor(2)
+    try:
+        list(executor.map(abs, [-1, -2]))  # the workers exist before the patch below
+        reads: list[str] = []
+        real = hashes.sha256_file
+        monkeypatch.setattr(hashes, "sha256_file", lambda p: reads.append(str(p)) or real(p))
+        with hashes.hashing_writes():
+            written = list(run_tasks(_write_one, targets, executor=executor))
+        for path in written:
+            size, sha = hashes.size_and_sha256(path)
+            assert (size, sha) == (path.stat().st_size,
+                                   hashlib.sha256(path.read_bytes()).hexdigest())
+        assert reads == []  # the hashes came back with the results: nothing read here
+        path.write_bytes(b"changed")  # a changed file is hashed again
+        assert hashes.size_and_sha256(path)[1] == hashlib.sha256(b"changed").hexdigest()
+        assert reads == [str(path)]
+    finally:
+        executor.close()

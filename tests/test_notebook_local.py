@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import pathlib
 from pathlib import Path
@@ -254,15 +255,22 @@ def test_notebook_steps_on_an_executor_write_the_same_files(
         return {p.relative_to(wf.base).as_posix(): sha256_file(p)
                 for folder in (wf.labels, wf.movies) for p in sorted(folder.rglob("*.*"))}
 
-    serial = harvest(None)
-    for folder in (wf.labels, wf.movies):
-        for path in folder.rglob("*.*"):
-            path.unlink()
+    def remove_outputs() -> None:
+        for folder in (wf.labels, wf.movies):
+            for path in folder.rglob("*.*"):
+                path.unlink()
+
+    serial = harvest(LocalExecutor(1))
+    remove_outputs()
     executor = LocalExecutor(2)
     try:
         parallel = harvest(executor)
     finally:
         executor.close()
     assert parallel == serial
+    remove_outputs()
+    before = set(multiprocessing.active_children())
+    assert harvest(None) == serial  # the default: a local pool, as cellcrowd run's
+    assert set(multiprocessing.active_children()) <= before  # and it was closed
     assert any("/annotated/" in name for name in serial)
     assert any("/raw/" in name for name in serial)

@@ -68,8 +68,11 @@ from .files import (
     atomic_write_bytes,
     atomic_write_text,
     check_inside,
+    deferred_sync,
     natural_key,
     remove_file,
+    sync_paths,
+    write_settings,
 )
 from .job import Job
 from .layout import WorkingFolder
@@ -226,10 +229,12 @@ def download_annotations(
     result = DownloadResult(requested=len(tasks))
     done: list[tuple[Judgment, Path]] = []
     workers = max(1, min(concurrency, client.max_connections, len(tasks)))
-    try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellcrowd-dl") as pool:
+    durable, written = write_settings().durable, _Written()
+    try:  # files synced once at the end, not one by one (renames stay atomic)
+        with (deferred_sync(),
+              ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellcrowd-dl") as pool):
             single = _single(tasks)  # their annotation file is written as they arrive
-            _run(pool, tasks, single, wf, client, limits, progress, result, done)
+            _run(pool, tasks, single, wf, client, limits, progress, result, done, written)
             copies = _choose(judgments, done, result)
             copies = {m: path for m, path in copies.items() if m not in single}
             list(pool.map(_copy_if_changed, copies.values(),
@@ -237,6 +242,8 @@ def download_annotations(
     finally:
         if own:
             client.close()
+        if durable:  # what was written is on disk before this returns (or raises)
+            sync_paths([*written.paths, *(wf.annotation_path(m) for m in result.chosen)])
     result.failures_csv = _write_failures(result.failures, wf, job_id)
     logger.info(
         "job %s: %d annotations: %d downloaded, %d already there, %d failed; %d montages "
@@ -264,6 +271,13 @@ class _Limits:
     max_pixels: int
 
 
+@dataclass
+class _Written:
+    """Files a download wrote (synced together at its end)."""
+
+    paths: list[Path] = field(default_factory=list)
+
+
 class _DamagedImageError(Exception):
     """A PNG arrived complete (closing IEND chunk) but does not decode."""
 
@@ -271,7 +285,7 @@ class _DamagedImageError(Exception):
 def _run(
     pool: ThreadPoolExecutor, tasks: list[Judgment], single: set[str], wf: WorkingFolder,
     client: AppenClient, limits: _Limits, progress: Callable[[int], None] | None,
-    result: DownloadResult, done: list[tuple[Judgment, Path]],
+    result: DownloadResult, done: list[tuple[Judgment, Path]], written: _Written,
 ) -> None:
     futures: dict[Future[str | DownloadFailure], tuple[Judgment, Path]] = {}
     inside = _Inside(wf.base)
@@ -295,6 +309,7 @@ def _run(
             else:
                 if outcome == "downloaded":
                     result.downloaded += 1
+                    written.paths.append(futures[future][1])
                 else:
                     result.skipped_existing += 1
                 done.append(futures[future])

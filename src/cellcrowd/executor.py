@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from .files import call_with_settings, write_settings
+from . import hashes
+from .files import WriteSettings, call_with_settings, write_settings
 
 __all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor", "run_tasks"]
 
@@ -140,7 +141,9 @@ def run_tasks(
 
     ``progress`` is called with 1 after each result, for progress bars. Tasks
     run under this process's :func:`cellcrowd.files.write_settings` (deflate
-    levels, deferred syncing), wherever the executor runs them.
+    levels, deferred syncing), wherever the executor runs them; inside
+    :func:`cellcrowd.hashes.hashing_writes` the files they write are hashed where
+    they are written and the hashes come back with the results.
 
     >>> ticks = []
     >>> list(run_tasks(abs, [-1, -2], progress=ticks.append)), ticks
@@ -148,12 +151,29 @@ def run_tasks(
     """
     if executor is None:
         results: Iterator[R] = map(fn, tasks)
+    elif hashes.hashing():
+        results = _remembered(executor.map(
+            functools.partial(_call_hashing, write_settings(), fn), tasks))
     else:
         results = executor.map(functools.partial(call_with_settings, write_settings(), fn),
                                tasks)
     for result in results:
         if progress is not None:
             progress(1)
+        yield result
+
+
+def _call_hashing(settings: WriteSettings, fn: Callable[[T], R], task: T
+                  ) -> tuple[R, list[hashes.FileDigest]]:
+    """``fn(task)`` under ``settings``, with the digests of the files it wrote."""
+    with hashes.hashing_writes() as found:
+        return call_with_settings(settings, fn, task), found
+
+
+def _remembered(results: Iterator[tuple[R, list[hashes.FileDigest]]]) -> Iterator[R]:
+    """The results; the digests that came with them remembered here."""
+    for result, found in results:
+        hashes.remember(found)
         yield result
 
 

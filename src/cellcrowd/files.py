@@ -26,16 +26,15 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import hashlib
 import io
+import itertools
 import os
 import re
 import shutil
-import tempfile
 import threading
 import warnings
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,7 +43,9 @@ import tifffile
 from numpy.typing import NDArray
 from PIL import Image
 
+from . import hashes
 from .errors import InputError, UnsafePathError
+from .hashes import sha256_file
 from .labelcheck import fits_uint16
 
 __all__ = [
@@ -78,6 +79,7 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 #: Part of every temporary file name: such files are never a finished output.
 TMP_MARK = ".cellcrowd-tmp-"
+_O_BINARY = getattr(os, "O_BINARY", 0)
 #: Largest image plane :func:`read_image` decodes (the header is checked first).
 MAX_PIXELS = 1 << 27
 #: The folders writes are confined to (innermost last); empty: no confinement.
@@ -222,6 +224,25 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
+_TMP_COUNT = itertools.count()
+
+
+def _open_temporary(path: Path) -> tuple[int, Path]:
+    """Create a private temporary file beside ``path`` (its folder made if missing)."""
+    for attempt in range(100):
+        tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{next(_TMP_COUNT)}"
+                             f"{path.suffix}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o600), tmp
+        except FileNotFoundError:
+            if attempt:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:  # left by an earlier process of the same id
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
@@ -229,24 +250,45 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     On error the temporary file is removed and ``path`` is untouched. The temporary
     file is private while it is written; the result gets the mode a plain ``open``
     would give it (``0o666`` less the umask: ``0644`` under umask 022), so colleagues
-    and a web server hosting montages can read it.
+    and a web server hosting montages can read it. Inside
+    :func:`cellcrowd.hashes.hashing_writes` the file is hashed once in place.
     """
     path = check_inside(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}{TMP_MARK}", dir=path.parent,
-                                    suffix=path.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    fd, tmp = _open_temporary(path)
+    done = False
     try:
+        if os.name == "nt":  # pragma: no cover - another open of the file must be possible
+            os.close(fd)
+            fd = -1
         yield tmp
+        _finish(fd, tmp)
+        fd = -1
+        os.replace(tmp, path)
+        done = True
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not done:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    if hashes.hashing():
+        hashes.note_written(path)
+
+
+def _finish(fd: int, tmp: Path) -> None:
+    """Sync (when durable) and give the file its final mode, through ``fd`` when open."""
+    if fd < 0:  # pragma: no cover - Windows
         if _settings.durable:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
+        return
+    try:
+        if _settings.durable:
+            os.fsync(fd)
+        os.fchmod(fd, _file_mode())
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -386,15 +428,6 @@ def write_image(path: str | Path, array: NDArray[np.generic]) -> Path:
     raise ValueError(f"cannot write {path.name}: use a .png, .tif or .tiff name")
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # -- write settings ---------------------------------------------------------------------------
 
 T = TypeVar("T")
@@ -502,7 +535,8 @@ def sync_paths(paths: Iterable[str | Path]) -> int:
     """Sync ``paths`` (files or folders) and the folders holding them to disk.
 
     Missing paths are ignored. Folders cannot be synced on Windows; there only
-    files are. Returns how many files and folders were synced.
+    files are. Returns how many files and folders were synced. The syncs run on a
+    few threads (the file system commits them together: much faster than one by one).
     """
     files: set[Path] = set()
     folders: set[Path] = set()
@@ -512,57 +546,23 @@ def sync_paths(paths: Iterable[str | Path]) -> int:
         elif p.is_file():
             files.add(p)
             folders.add(p.parent)
-    for path in sorted(files):
-        _fsync(path, os.O_RDONLY)
+    _fsync_all(sorted(files))
     if os.name != "nt":
-        for folder in sorted(folders):
-            _fsync(folder, os.O_RDONLY)
+        _fsync_all(sorted(folders))
     return len(files) + (len(folders) if os.name != "nt" else 0)
 
 
+def _fsync_all(paths: list[Path]) -> None:
+    if len(paths) < 4:
+        for path in paths:
+            _fsync(path, os.O_RDONLY)
+        return
+    with ThreadPoolExecutor(min(16, len(paths)), thread_name_prefix="cellcrowd-sync") as pool:
+        for _ in pool.map(_fsync, paths, itertools.repeat(os.O_RDONLY)):
+            pass
+
+
 # -- .npz -------------------------------------------------------------------------------------
-
-
-def _isal_zlib() -> Any | None:
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        return None
-    return isal_zlib
-
-
-def _deflater(level: int) -> Any | None:
-    """A raw-deflate compressor for a zip member, or None for zipfile's own zlib."""
-    codec = _settings.codec
-    if codec == "zlib" or level > 3:
-        return None
-    isal = _isal_zlib()
-    if isal is None:
-        if codec == "isal":
-            raise ImportError("python-isal is not installed: pip install 'cellcrowd[fast]', "
-                              "or use the codec 'zlib'")
-        return None
-    return isal.compressobj(level, isal.DEFLATED, -15)
-
-
-def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
-                  level: int) -> None:
-    info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-    info.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
-    # ``compress_level`` from Python 3.13, ``_compresslevel`` before
-    setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel",
-            level)
-    info.external_attr = 0o600 << 16
-    write_npy: Any = getattr(value, "write_npy", None)  # a streamed array writes itself
-    array = None if callable(write_npy) else np.asanyarray(value)
-    with zf.open(info, "w", force_zip64=True) as member:
-        deflater = _deflater(level) if compressed else None
-        if deflater is not None and hasattr(member, "_compressor"):
-            member._compressor = deflater
-        if array is None:
-            write_npy(member)
-        else:
-            np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool = True,
@@ -572,22 +572,16 @@ def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool =
     Each array is streamed into its zip member in blocks (no second copy in
     memory). Compressed members use ``level`` (default
     :attr:`WriteSettings.npz_level`) and the codec of :class:`WriteSettings`;
-    timestamps are fixed, so equal arrays give equal bytes. A value with a
-    ``write_npy(file)`` method (:class:`cellcrowd.export.npzstream.NpyStream`)
-    writes its own ``.npy`` bytes into the member: a movie streamed frame by frame.
+    timestamps are fixed, so equal arrays give equal bytes (:mod:`cellcrowd.npzfile`).
+    A value with a ``write_npy(file)`` method
+    (:class:`cellcrowd.export.npzstream.NpyStream`) writes its own ``.npy`` bytes into
+    the member: a movie streamed frame by frame.
 
     Raises
     ------
     ValueError
         ``level`` is not 0-9, or an array holds Python objects.
     """
-    level = _settings.npz_level if level is None else level
-    if not 0 <= level <= 9:
-        raise ValueError(f"the npz deflate level must be 0 to 9, got {level}")
-    path = Path(path)
-    with (atomic_path(path) as tmp,
-          zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level,
-                          allowZip64=True) as zf):
-        for name, value in arrays.items():
-            _write_member(zf, name, value, compressed, level)
-    return path
+    from .npzfile import write_npz as write
+
+    return write(path, arrays, compressed=compressed, level=level)

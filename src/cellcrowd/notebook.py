@@ -22,16 +22,24 @@ Differences that matter:
   on its output (already ``1..n``) and relabels grey copies otherwise.
 * :func:`make_training_data` writes ``X`` float32 ``(positions, frames, rows,
   cols, channels)`` and ``y`` int32 ``(…, 1)`` (see :mod:`cellcrowd.export.npz`).
+* :func:`clean_montages`, :func:`all_montages_chopper` and :func:`raw_movie_maker`
+  run on the executor ``cellcrowd run`` uses by default: local worker processes, one
+  per CPU up to 8 (``[executor]`` defaults of :class:`cellcrowd.config.Config`),
+  started for the call and closed before it returns. Pass ``executor=`` to use
+  your own (``LocalExecutor(1)`` runs them one after the other here); the files
+  written are the same either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 
+from .config import ExecutorConfig
 from .errors import InputError
-from .executor import Executor
+from .executor import Executor, make_executor
 from .export.npz import build_training_arrays, save_npz
 from .files import deferred_sync, list_images, read_image, sync_paths, write_image
 from .job import Job
@@ -119,9 +127,9 @@ def clean_montages(
     Reads every downloaded annotation of ``folder`` and writes the cleaned
     labels to ``{identifier}_labels/{montage}_labels.png``; the downloads are
     never changed. Needs the JSON logs (``json_logs``). One bad file is logged
-    and skipped. ``executor`` (e.g. the one ``cellcrowd run`` uses) runs the
-    montages in parallel; default one after the other here. The files are
-    synced to disk once, at the end.
+    and skipped. ``executor`` runs the montages (default: local processes, as
+    ``cellcrowd run``; see the module docstring). The files are synced to disk
+    once, at the end.
 
     Returns
     -------
@@ -132,8 +140,8 @@ def clean_montages(
     log = Job.load(wf).montage_log
     tasks = [CleanTask(src, wf.label_path(montage), log, montage)
              for src, montage in _annotations(wf)]
-    with deferred_sync():
-        results = clean_annotations(tasks, executor=executor)
+    with _executor(executor) as ex, deferred_sync():
+        results = clean_annotations(tasks, executor=ex)
     sync_paths(r.dst for r in results if r.ok)
     logger.info("cleaned %d of %d annotations into %s",
                 sum(r.ok for r in results), len(results), wf.labels)
@@ -170,12 +178,12 @@ def all_montages_chopper(
 
     ``montage_dir`` is the annotations folder (``identifier + "_annotations"``,
     relative to ``base_dir``); the cleaned copies made from it are read. See
-    :func:`cellcrowd.movies.montages_to_movies` (``executor`` as there; files
-    synced once at the end).
+    :func:`cellcrowd.movies.montages_to_movies` (``executor`` as there, default
+    local processes as ``cellcrowd run``; files synced once at the end).
     """
     base = Path(base_dir)
     wf = WorkingFolder(base, identifier, annotations=base / montage_dir)
-    return _synced(lambda: montages_to_movies(wf, skip=skip, executor=executor))
+    return _synced(executor, lambda ex: montages_to_movies(wf, skip=skip, executor=ex))
 
 
 def raw_movie_maker(
@@ -184,17 +192,31 @@ def raw_movie_maker(
 ) -> MoviesResult:
     """Cut the full-size raw frames into ``movies/part{N}/x_XX_y_YY/raw`` tiles.
 
-    See :func:`cellcrowd.movies.raw_to_movies` (``executor`` as there; files
-    synced once at the end).
+    See :func:`cellcrowd.movies.raw_to_movies` (``executor`` as there, default
+    local processes as ``cellcrowd run``; files synced once at the end).
     """
     wf = WorkingFolder(Path(base_dir), identifier, raw=Path(raw_dir))
-    return _synced(lambda: raw_to_movies(wf, executor=executor))
+    return _synced(executor, lambda ex: raw_to_movies(wf, executor=ex))
 
 
-def _synced(make: Callable[[], MoviesResult]) -> MoviesResult:
-    """``make()`` with its files synced once at the end instead of one by one."""
-    with deferred_sync():
-        result = make()
+@contextlib.contextmanager
+def _executor(given: Executor | None) -> Iterator[Executor]:
+    """``given``, else the executor ``cellcrowd run`` makes by default (closed at the end)."""
+    if given is not None:
+        yield given
+        return
+    defaults = ExecutorConfig()
+    made = make_executor(defaults.workers or None, defaults.scheduler or None)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _synced(given: Executor | None, make: Callable[[Executor], MoviesResult]) -> MoviesResult:
+    """``make(executor)`` with its files synced once at the end instead of one by one."""
+    with _executor(given) as ex, deferred_sync():
+        result = make(ex)
     sync_paths(f for item in result.items for f in item.files)
     return result
 

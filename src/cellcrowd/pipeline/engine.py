@@ -37,6 +37,7 @@ from ..config import Config, get_api_key
 from ..errors import CellcrowdError, PipelineError
 from ..executor import Executor, make_executor
 from ..files import confine, deferred_sync, describe_os_error, sync_paths
+from ..hashes import hashing_writes
 from ..layout import WorkingFolder
 from .lock import hold_lock
 from .manifest import (
@@ -47,6 +48,7 @@ from .manifest import (
     recorded_paths,
     remove_stale,
     remove_temporary_files,
+    resolving_once,
     skipped_from,
     stage_inputs,
 )
@@ -236,8 +238,9 @@ def _run_reported(stage: Stage, r: _Run) -> StageRun:
 
 
 def _run_stage(stage: Stage, r: _Run) -> StageRun:
-    due = _decide(stage, r)
-    return due if isinstance(due, StageRun) else _execute(stage, r, due)
+    with resolving_once():  # each folder resolved once per stage, not once per file
+        due = _decide(stage, r)
+        return due if isinstance(due, StageRun) else _execute(stage, r, due)
 
 
 def _decide(stage: Stage, r: _Run) -> StageRun | _Due:
@@ -314,7 +317,9 @@ def _call(stage: Stage, ctx: Context, manifest: Manifest, entry: dict[str, Any] 
     """Run the stage's body; a failure is recorded in the manifest before it is raised."""
     name = stage.name
     try:
-        with deferred_sync():  # one sync for the stage's files, below, not one per file
+        # one sync for the stage's files, below, not one per file; each file hashed by
+        # the process that wrote it, for the record
+        with deferred_sync(), hashing_writes():
             out = stage.run(ctx)
         out.outputs = _with_unit_paths(out.outputs, units)
         sync_paths(out.outputs)

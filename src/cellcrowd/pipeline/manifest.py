@@ -10,18 +10,20 @@ SHA-256). :func:`judge` decides whether a stage must run; :func:`remove_stale` a
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..config import Config
 from ..errors import UnsafePathError
-from ..files import TMP_MARK, atomic_write_text, remove_file, sha256_file
+from ..files import TMP_MARK, atomic_write_text, remove_file
+from ..hashes import resolved_text, size_and_sha256
 from ..layout import WorkingFolder
 from .stage import SkippedUnit, Stage
 
@@ -36,6 +38,7 @@ __all__ = [
     "relative",
     "remove_stale",
     "remove_temporary_files",
+    "resolving_once",
     "skipped_from",
     "stage_inputs",
 ]
@@ -46,12 +49,39 @@ logger = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
 
 
+#: Folder caches of :func:`resolving_once` blocks (innermost last).
+_FOLDERS: list[dict[str, str]] = []
+
+
+@contextlib.contextmanager
+def resolving_once() -> Iterator[None]:
+    """Resolve each folder once in the block (:func:`relative`, :func:`record`).
+
+    For one stage's run: a folder turned into a symbolic link during the block would
+    not be noticed.
+    """
+    _FOLDERS.append({})
+    try:
+        yield
+    finally:
+        _FOLDERS.pop()
+
+
+def _folders() -> dict[str, str]:
+    return _FOLDERS[-1] if _FOLDERS else {}
+
+
 def relative(path: Path, base: Path) -> str:
     """``path`` as the manifest records it: relative to ``base`` (absolute if outside)."""
+    folders = _folders()
+    text, root = resolved_text(path, folders), resolved_text(base, folders)
+    prefix = root.rstrip("/") + "/"
+    if os.sep == "/" and text.startswith(prefix) and len(text) > len(prefix):
+        return text[len(prefix):]
     try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
+        return Path(text).relative_to(root).as_posix()
     except ValueError:
-        return path.resolve().as_posix()
+        return Path(text).as_posix()
 
 
 def _abs(rel: str, base: Path) -> Path:
@@ -59,24 +89,11 @@ def _abs(rel: str, base: Path) -> Path:
     return path if path.is_absolute() else base / path
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _cached_sha256(path: str, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def _size_and_hash(path: Path) -> tuple[int, str]:
-    """Size and SHA-256 of a file, hashed once per process while the file is unchanged."""
-    st = path.stat()
-    return st.st_size, _cached_sha256(str(path.resolve()), st.st_ino, st.st_size,
-                                      st.st_mtime_ns, st.st_ctime_ns)
-
-
 def record(paths: Sequence[Path], base: Path) -> dict[str, list[Any]]:
     """``{path relative to base: [size, sha256]}`` of ``paths``, sorted by path."""
-    return {
-        relative(p, base): list(_size_and_hash(p))
-        for p in sorted(set(paths), key=lambda q: relative(q, base))
-    }
+    named = {relative(p, base): p for p in set(paths)}
+    folders = _folders()
+    return {rel: list(size_and_sha256(named[rel], folders)) for rel in sorted(named)}
 
 
 def recorded_paths(outputs: Mapping[str, Any], base: Path) -> tuple[Path, ...]:
@@ -174,7 +191,7 @@ def intact(outputs: Mapping[str, Any], base: Path) -> str | None:
         path = _abs(rel, base)
         if not path.is_file():
             return f"output {rel} is missing"
-        if path.stat().st_size != size or _size_and_hash(path)[1] != sha:
+        if path.stat().st_size != size or size_and_sha256(path, _folders())[1] != sha:
             return f"output {rel} was changed"
     return None
 

@@ -1,0 +1,88 @@
+"""Writing ``.npz`` files member by member, fixed timestamps (:func:`cellcrowd.files.write_npz`).
+
+Each array is streamed into its zip member with ``np.lib.format.write_array``; compressed
+members use python-isal when installed and allowed by :class:`cellcrowd.files.WriteSettings`.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .files import atomic_path, write_settings
+
+__all__ = ["write_npz"]
+
+
+def _isal_zlib() -> Any | None:
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return None
+    return isal_zlib
+
+
+def _deflater(level: int) -> Any | None:
+    """A raw-deflate compressor for a zip member, or None for zipfile's own zlib."""
+    codec = write_settings().codec
+    if codec == "zlib" or level > 3:
+        return None
+    isal = _isal_zlib()
+    if isal is None:
+        if codec == "isal":
+            raise ImportError("python-isal is not installed: pip install 'cellcrowd[fast]', "
+                              "or use the codec 'zlib'")
+        return None
+    return isal.compressobj(level, isal.DEFLATED, -15)
+
+
+def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
+                  level: int) -> None:
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    # ``compress_level`` from Python 3.13, ``_compresslevel`` before
+    setattr(info, "compress_level" if hasattr(info, "compress_level") else "_compresslevel",
+            level)
+    info.external_attr = 0o600 << 16
+    write_npy: Any = getattr(value, "write_npy", None)  # a streamed array writes itself
+    array = None if callable(write_npy) else np.asanyarray(value)
+    with zf.open(info, "w", force_zip64=True) as member:
+        deflater = _deflater(level) if compressed else None
+        if deflater is not None and hasattr(member, "_compressor"):
+            member._compressor = deflater
+        if array is None:
+            write_npy(member)
+        else:
+            np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool = True,
+              level: int | None = None) -> Path:
+    """Write ``arrays`` as an ``.npz`` (what ``np.load`` reads) atomically, member by member.
+
+    Each array is streamed into its zip member in blocks (no second copy in
+    memory). Compressed members use ``level`` (default
+    :attr:`cellcrowd.files.WriteSettings.npz_level`) and its codec; a value with a
+    ``write_npy(file)`` method (:class:`cellcrowd.export.npzstream.NpyStream`) writes
+    its own ``.npy`` bytes into the member;
+    timestamps are fixed, so equal arrays give equal bytes.
+
+    Raises
+    ------
+    ValueError
+        ``level`` is not 0-9, or an array holds Python objects.
+    """
+    level = write_settings().npz_level if level is None else level
+    if not 0 <= level <= 9:
+        raise ValueError(f"the npz deflate level must be 0 to 9, got {level}")
+    path = Path(path)
+    with (atomic_path(path) as tmp,
+          zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=level,
+                          allowZip64=True) as zf):
+        for name, value in arrays.items():
+            _write_member(zf, name, value, compressed, level)
+    return path
