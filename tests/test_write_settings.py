@@ -191,12 +191,12 @@ def test_trk_gzip_level_is_a_setting(tmp_path: Path) -> None:
 def test_trk_members_stream_the_bytes_np_save_writes(dtype: str, shape: tuple[int, ...]) -> None:
     import io
 
-    from cellcrowd.export.trk import _NpyReader
+    from cellcrowd.export.npzstream import NpyReader
 
     array = np.random.default_rng(len(shape)).integers(0, 200, size=shape).astype(dtype)
     expected = io.BytesIO()
     np.save(expected, array, allow_pickle=False)
-    reader = _NpyReader(array)
+    reader = NpyReader.of(array)
     blocks = iter(lambda: reader.read(7), b"")
     got = b"".join(blocks)
     assert reader.size == len(got)

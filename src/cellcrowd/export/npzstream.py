@@ -1,4 +1,7 @@
-"""Arrays written into an ``.npz`` block by block, so a whole movie is never in memory.
+"""``.npy`` bytes streamed block by block (into an ``.npz`` or a tar), so a whole movie
+is never in memory.
+
+:class:`NpyReader` reads them, for ``tarfile`` (the ``.trk`` members).
 
 :func:`cellcrowd.files.write_npz` writes a value with a ``write_npy(file)`` method
 by calling it. :class:`NpyStream` is such a value: the ``.npy`` header is written
@@ -10,14 +13,15 @@ writes (16 MiB of data each), so the deflated member is byte-identical too.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["NpyStream", "StreamedArrays"]
+__all__ = ["NpyReader", "NpyStream", "StreamedArrays"]
 
 #: Bytes per data write of ``np.lib.format.write_array`` (16 MiB, whole items).
 _WRITE_BYTES = 16 * 1024 ** 2
@@ -104,3 +108,62 @@ class StreamedArrays:
     y: NpyStream
     positions: list[str]
     missing_positions: list[str]
+
+
+class NpyReader(io.RawIOBase):
+    """The bytes ``np.save`` writes for an array, read block by block (no copy in memory):
+    a ``.npy`` member of a tar (``.trk``) streamed as ``tarfile`` reads it.
+
+    The array is given as its ``shape`` and ``dtype`` (the header is written from them)
+    and ``blocks``: C-ordered pieces of it (whole frames, or the whole array), pulled
+    one at a time as the reader needs them.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any],
+                 blocks: Iterable[NDArray[Any]]) -> None:
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {
+            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+            "shape": tuple(shape)})
+        self._dtype = dtype
+        self._body = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self._blocks = iter(blocks)
+        self._pending = np.frombuffer(head.getvalue(), np.uint8)
+        self._fed = 0
+        self.size = self._pending.size + self._body
+
+    @classmethod
+    def of(cls, array: NDArray[Any]) -> NpyReader:
+        array = np.ascontiguousarray(array)
+        return cls(array.shape, array.dtype, [array])
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bool:
+        block = next(self._blocks, None)
+        if block is None:
+            if self._fed != self._body:
+                raise ValueError(f"the array's blocks hold {self._fed} bytes, its header "
+                                 f"says {self._body}")
+            return False
+        if block.dtype != self._dtype:
+            raise ValueError(f"a block is {block.dtype}, the array {self._dtype}")
+        self._pending = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
+        self._fed += self._pending.size
+        if self._fed > self._body:
+            raise ValueError(f"the array's blocks hold more than the {self._body} bytes its "
+                             "header says")
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(out):  # fill the buffer: tarfile wants full reads
+            if self._pending.size == 0 and not self._next():
+                break
+            n = min(len(out) - done, self._pending.size)
+            out[done:done + n] = self._pending[:n].data
+            done += n
+            self._pending = self._pending[n:]
+        return done

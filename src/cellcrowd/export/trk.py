@@ -30,7 +30,7 @@ import io
 import json
 import logging
 import tarfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,6 +42,7 @@ from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
 from ..stitch import Lineage, frames_per_label
 from .frames import StitchedFrames, add_frame_labels
+from .npzstream import NpyReader
 
 __all__ = [
     "LINEAGE_KEYS",
@@ -241,69 +242,11 @@ def _json_lineage(lineage: Lineage) -> dict[str, Any]:
     return {str(k): {key: plain(v) for key, v in lineage[k].items()} for k in sorted(lineage)}
 
 
-class _NpyReader(io.RawIOBase):
-    """The bytes ``np.save`` writes for an array, read block by block (no copy in memory).
-
-    The array is given as its ``shape`` and ``dtype`` (the header is written from them)
-    and ``blocks``: C-ordered pieces of it (whole frames, or the whole array), pulled
-    one at a time as the reader needs them.
-    """
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any],
-                 blocks: Iterable[NDArray[Any]]) -> None:
-        head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, {
-            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-            "shape": tuple(shape)})
-        self._dtype = dtype
-        self._body = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        self._blocks = iter(blocks)
-        self._pending = np.frombuffer(head.getvalue(), np.uint8)
-        self._fed = 0
-        self.size = self._pending.size + self._body
-
-    @classmethod
-    def of(cls, array: NDArray[Any]) -> _NpyReader:
-        array = np.ascontiguousarray(array)
-        return cls(array.shape, array.dtype, [array])
-
-    def readable(self) -> bool:
-        return True
-
-    def _next(self) -> bool:
-        block = next(self._blocks, None)
-        if block is None:
-            if self._fed != self._body:
-                raise ValueError(f"the array's blocks hold {self._fed} bytes, its header "
-                                 f"says {self._body}")
-            return False
-        if block.dtype != self._dtype:
-            raise ValueError(f"a block is {block.dtype}, the array {self._dtype}")
-        self._pending = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
-        self._fed += self._pending.size
-        if self._fed > self._body:
-            raise ValueError(f"the array's blocks hold more than the {self._body} bytes its "
-                             "header says")
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        out = memoryview(buffer).cast("B")
-        done = 0
-        while done < len(out):  # fill the buffer: tarfile wants full reads
-            if self._pending.size == 0 and not self._next():
-                break
-            n = min(len(out) - done, self._pending.size)
-            out[done:done + n] = self._pending[:n].data
-            done += n
-            self._pending = self._pending[n:]
-        return done
+def _npy(array: NDArray[Any]) -> NpyReader:
+    return NpyReader.of(array)
 
 
-def _npy(array: NDArray[Any]) -> _NpyReader:
-    return _NpyReader.of(array)
-
-
-def _write_tar(path: Path, members: list[tuple[str, bytes | _NpyReader]],
+def _write_tar(path: Path, members: list[tuple[str, bytes | NpyReader]],
                check: Callable[[], None] | None = None) -> Path:
     """Write the gzip tar; ``check`` runs after the last member, before the file is kept."""
     with (
@@ -356,7 +299,7 @@ def write_trk(path: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
     movie = _movie(tracked, "tracked")
     raw4 = _raw(raw, movie.shape)
     validate_lineage(movie, lineage)
-    members: list[tuple[str, bytes | _NpyReader]] = [
+    members: list[tuple[str, bytes | NpyReader]] = [
         ("lineage.json", json.dumps(_json_lineage(_int_keys(lineage)), indent=1).encode()),
         ("raw.npy", _npy(raw4)),
         ("tracked.npy", _npy(_int32(movie)[..., None])),
@@ -408,7 +351,7 @@ def write_trks(path: str | Path, raws: Sequence[NDArray[Any]],
     for i, (r, m) in enumerate(zip(raw4, movies, strict=True)):
         raw_out[i, :r.shape[0]] = r
         tracked_out[i, :m.shape[0], ..., 0] = _int32(m)
-    members: list[tuple[str, bytes | _NpyReader]] = [
+    members: list[tuple[str, bytes | NpyReader]] = [
         ("lineages.json",
          json.dumps([_json_lineage(_int_keys(lin)) for lin in lineages], indent=1).encode()),
         ("raw.npy", _npy(raw_out)),
@@ -516,10 +459,10 @@ def export_trk(wf: WorkingFolder) -> Path:
 
     frames, (rows, cols) = len(movie), movie.labels.shape
     raw_shape = (frames, rows, cols, raw.shape[2] if len(raw.shape) == 3 else 1)
-    members: list[tuple[str, bytes | _NpyReader]] = [
+    members: list[tuple[str, bytes | NpyReader]] = [
         ("lineage.json", json.dumps(_json_lineage(lineage), indent=1).encode()),
-        ("raw.npy", _NpyReader(raw_shape, raw.dtype, iter(raw))),
-        ("tracked.npy", _NpyReader((frames, rows, cols, 1), np.dtype(np.int32), tracked())),
+        ("raw.npy", NpyReader(raw_shape, raw.dtype, iter(raw))),
+        ("tracked.npy", NpyReader((frames, rows, cols, 1), np.dtype(np.int32), tracked())),
     ]
     logger.info("writing %s: %d frames, %d cells", wf.trk, frames, len(lineage))
     return _write_tar(wf.trk, members, lambda: _check_lineage(present, lineage))
