@@ -120,7 +120,7 @@ def dask(workers: int) -> Iterator[Executor]:
     from distributed import Client, LocalCluster
 
     with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                       dashboard_address=None) as cluster, Client(cluster) as client):
+                       dashboard_address=":0") as cluster, Client(cluster) as client):
         client.wait_for_workers(workers, timeout=120)
         yield DaskExecutor(client=client)
 

@@ -39,7 +39,7 @@ def test_dask_cluster_and_local_processes_write_identicalfile_hashes(tmp_path: P
             local.close()
 
         with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                      dashboard_address=None) as cluster, \
+                                      dashboard_address=":0") as cluster, \
                 distributed.Client(cluster) as client:
             executor = DaskExecutor(client=client)
             with distributed.get_task_stream(client) as tasks:
