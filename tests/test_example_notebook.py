@@ -64,9 +64,11 @@ def test_the_notebook_runs_against_the_emulator(
                      "identifier": SETTINGS.identifier,
                      "job_id_to_download": SETTINGS.job_id, "job_type": "full"})
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    # Set before emulated_job, which sets the key for its own time and restores what it
+    # found: set inside, monkeypatch would "restore" the key after the test.
+    monkeypatch.setenv("CELLCROWD_API_KEY", KEY)
     with emulated_job(example, api_key=KEY, report_polls=0) as (server, _served):
         monkeypatch.setenv("CELLCROWD_API_URL", server.url)
-        monkeypatch.setenv("CELLCROWD_API_KEY", KEY)
         NotebookClient(nb, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(tmp_path)}}).execute()
         assert server.counts["annotation"] >= 1
