@@ -149,6 +149,11 @@ class Context:
         return (self.folder or OpenFolder(self.wf)).require_job()
 
     @property
+    def known_job(self) -> Job | None:
+        """The job when its logs could be read, else None (for stages that work without)."""
+        return self.folder.job if self.folder is not None else None
+
+    @property
     def executor(self) -> Executor:
         """The executor (made on first use, so stages without tasks never start one)."""
         return self.get_executor()

@@ -56,7 +56,7 @@ def _run(ctx: Context) -> StageOutput:
         value = ctx.counts_of(stage).get(key)
         if value is not None:
             summary[label] = value
-    job = ctx.folder.job if ctx.folder is not None else None
+    job = ctx.known_job
     qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id, job=job)
     files = write_qc(qc)
     totals = qc.totals()
