@@ -4,14 +4,21 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from cellcrowd.executor import LocalExecutor, make_executor
+from cellcrowd.executor import LocalExecutor, in_order, make_executor
 
 
 def _square(x: int) -> int:
     return x * x
+
+
+def _mark_started(task: tuple[Path, int]) -> int:
+    folder, n = task
+    (folder / f"started_{n}").touch()
+    return n
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["serial", "processes"])
@@ -21,6 +28,36 @@ def test_results_come_back_in_task_order(workers: int) -> None:
         assert list(ex.map(_square, range(20))) == [x * x for x in range(20)]
     finally:
         ex.close()
+
+
+def test_a_slow_consumer_holds_few_results(tmp_path: Path) -> None:
+    """Workers run at most 2 x workers tasks ahead of the one being taken, so results a
+    slow consumer has not taken yet (e.g. whole stitched parts) never pile up."""
+    ex = LocalExecutor(2)
+    ahead = []
+    try:
+        for n in ex.map(_mark_started, [(tmp_path, n) for n in range(30)]):
+            time.sleep(0.05)  # slower than the tasks: without a bound all would start
+            ahead.append(len(list(tmp_path.glob("started_*"))) - (n + 1))
+    finally:
+        ex.close()
+    assert max(ahead) <= 4
+    assert max(ahead) >= 1  # and the workers did run ahead
+
+
+def test_in_order_cancels_what_a_stopped_consumer_leaves() -> None:
+    submitted: list[int] = []
+    cancelled: list[int] = []
+
+    def submit(task: int) -> int:
+        submitted.append(task)
+        return task
+
+    results = in_order(submit, lambda f: f * 10, cancelled.append, range(100), window=3)
+    assert [next(results), next(results)] == [0, 10]
+    results.close()
+    assert submitted == [0, 1, 2, 3, 4]
+    assert cancelled == [2, 3, 4]
 
 
 def test_bad_worker_count() -> None:

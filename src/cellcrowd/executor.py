@@ -7,7 +7,9 @@ so outputs do not depend on the executor.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -20,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 from . import hashes
 from .files import WriteSettings, call_with_settings, write_settings
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "make_executor", "run_tasks"]
+__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "in_order", "make_executor", "run_tasks"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +82,9 @@ class LocalExecutor:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, initializer=_init_worker, initargs=(os.getpid(),)
             )
-        # Bounded look-ahead keeps memory at a few tasks' worth of results.
-        yield from self._pool.map(fn, task_list, chunksize=1)
+        pool = self._pool
+        yield from in_order(lambda task: pool.submit(fn, task), lambda fut: fut.result(),
+                            lambda fut: fut.cancel(), task_list, 2 * self.workers)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the pool's workers (empty before the first parallel map)."""
@@ -111,23 +114,44 @@ class DaskExecutor:
         self.client = client if client is not None else Client(scheduler)
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
-        from distributed import as_completed
+        client = self.client
 
-        task_list = list(tasks)
-        futures = self.client.map(fn, task_list, pure=False)
-        index = {f.key: i for i, f in enumerate(futures)}
-        done: dict[int, R] = {}
-        nxt = 0
-        for fut in as_completed(futures):
-            done[index[fut.key]] = fut.result()
+        def result(fut: Any) -> R:
+            value: R = fut.result()
             fut.release()
-            while nxt in done:
-                yield done.pop(nxt)
-                nxt += 1
+            return value
+
+        threads = sum(client.nthreads().values()) or 1
+        yield from in_order(lambda task: client.submit(fn, task, pure=False), result,
+                            lambda fut: fut.cancel(), list(tasks), 2 * threads)
 
     def close(self) -> None:
         if self._own:
             self.client.close()
+
+
+def in_order(submit: Callable[[T], Any], result: Callable[[Any], R],
+             cancel: Callable[[Any], object], tasks: Iterable[T], window: int) -> Iterator[R]:
+    """Results of ``tasks`` in task order, with at most ``window`` of them submitted and
+    not yet taken: a consumer slower than the workers holds a few results, not all.
+
+    ``submit(task)`` starts a task and returns its future, ``result(future)`` waits for
+    it; futures still pending when the consumer stops are cancelled with ``cancel``.
+
+    >>> list(in_order(lambda t: t * 2, lambda f: f, lambda f: None, [1, 2, 3], window=2))
+    [2, 4, 6]
+    """
+    pending: collections.deque[Any] = collections.deque()
+    remaining = iter(tasks)
+    try:
+        pending.extend(submit(task) for task in itertools.islice(remaining, max(window, 1)))
+        while pending:
+            value = result(pending.popleft())
+            pending.extend(submit(task) for task in itertools.islice(remaining, 1))
+            yield value
+    finally:
+        for fut in pending:
+            cancel(fut)
 
 
 def run_tasks(
