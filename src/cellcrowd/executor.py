@@ -8,6 +8,7 @@ so outputs do not depend on the executor.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import logging
@@ -22,7 +23,10 @@ from typing import Any, Protocol, TypeVar
 from . import hashes
 from .files import WriteSettings, call_with_settings, write_settings
 
-__all__ = ["DaskExecutor", "Executor", "LocalExecutor", "in_order", "make_executor", "run_tasks"]
+__all__ = [
+    "DaskExecutor", "Executor", "LocalExecutor", "in_order", "make_executor", "owned_executor",
+    "run_tasks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -207,3 +211,17 @@ def make_executor(workers: int | None = None, scheduler: str | None = None) -> E
         logger.info("running tasks on the dask scheduler at %s", scheduler)
         return DaskExecutor(scheduler)
     return LocalExecutor(workers)
+
+
+@contextlib.contextmanager
+def owned_executor(given: Executor | None, workers: int | None = None,
+                   scheduler: str | None = None) -> Iterator[Executor]:
+    """``given``, else :func:`make_executor` ``(workers, scheduler)``, closed at the end."""
+    if given is not None:
+        yield given
+        return
+    made = make_executor(workers, scheduler)
+    try:
+        yield made
+    finally:
+        made.close()

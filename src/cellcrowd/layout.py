@@ -147,6 +147,10 @@ def part_numbers(montages: int) -> range:
     return range(FIRST_PART, FIRST_PART + montages)
 
 
+#: The folder of cellcrowd's own bookkeeping in a working folder.
+STATE_FOLDER = ".cellcrowd"
+
+
 def part_name(part: int) -> str:
     """``part0`` (parts count from 0, as in the original notebook)."""
     return f"part{part}"
@@ -471,7 +475,11 @@ class WorkingFolder:
     @property
     def state(self) -> Path:
         """Folder for cellcrowd's own bookkeeping (manifest)."""
-        return self.base / ".cellcrowd"
+        return self.base / STATE_FOLDER
+
+    def stitch_part_store(self, part: int) -> Path:
+        """A stitched part kept for the next run: ``.cellcrowd/stitch/partN.stitched``."""
+        return self.state / "stitch" / f"{part_name(part)}.stitched"
 
     @property
     def manifest(self) -> Path:

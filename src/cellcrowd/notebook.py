@@ -32,14 +32,12 @@ Differences that matter:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from .config import ExecutorConfig
 from .errors import InputError
-from .executor import Executor, make_executor
+from .executor import Executor, owned_executor
 from .export.npz import build_training_arrays, save_npz
 from .files import deferred_sync, list_images, read_image, sync_paths, write_image
 from .job import Job
@@ -140,7 +138,7 @@ def clean_montages(
     log = Job.load(wf).montage_log
     tasks = [CleanTask(src, wf.label_path(montage), log, montage)
              for src, montage in _annotations(wf)]
-    with _executor(executor) as ex, deferred_sync():
+    with owned_executor(executor) as ex, deferred_sync():
         results = clean_annotations(tasks, executor=ex)
     sync_paths(r.dst for r in results if r.ok)
     logger.info("cleaned %d of %d annotations into %s",
@@ -199,23 +197,9 @@ def raw_movie_maker(
     return _synced(executor, lambda ex: raw_to_movies(wf, executor=ex))
 
 
-@contextlib.contextmanager
-def _executor(given: Executor | None) -> Iterator[Executor]:
-    """``given``, else the executor ``cellcrowd run`` makes by default (closed at the end)."""
-    if given is not None:
-        yield given
-        return
-    defaults = ExecutorConfig()
-    made = make_executor(defaults.workers or None, defaults.scheduler or None)
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def _synced(given: Executor | None, make: Callable[[Executor], MoviesResult]) -> MoviesResult:
     """``make(executor)`` with its files synced once at the end instead of one by one."""
-    with _executor(given) as ex, deferred_sync():
+    with owned_executor(given) as ex, deferred_sync():
         result = make(ex)
     sync_paths(f for item in result.items for f in item.files)
     return result

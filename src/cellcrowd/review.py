@@ -32,7 +32,7 @@ from pathlib import Path
 
 from .appen.report import Judgment, read_report, still_broken
 from .errors import InputError
-from .files import natural_key
+from .files import natural_key, remove_file
 from .layout import WorkingFolder
 from .uploadcsv import write_upload_csv
 
@@ -149,7 +149,7 @@ def write_review_csv(wf: WorkingFolder, job_id: int | str, *, report_type: str =
     if not items:
         if path.exists():
             logger.info("nothing to review: removing the old %s", path.name)
-            path.unlink()
+            remove_file(path)
         return path, items
     write_upload_csv(path, ((i.identifier, i.image_url) for i in items))
     logger.info("%d unit(s) to judge again: %s", len(items), path)

@@ -33,18 +33,17 @@ round, at most ``max_failures`` rounds in a row.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
 from .errors import ReportNotReadyError, TemporaryServiceError
-from .executor import Executor, make_executor
+from .executor import Executor, owned_executor
 from .files import atomic_write_text
 from .layout import WorkingFolder
 from .pipeline import Progress, RunSummary, run
@@ -170,19 +169,6 @@ def _write_state(wf: WorkingFolder, job_id: int, progress: JobProgress) -> None:
     }, indent=1, sort_keys=True) + "\n")
 
 
-@contextlib.contextmanager
-def _own_executor(config: Config, given: Executor | None) -> Iterator[Executor]:
-    """One executor for every harvest of the watch (made here unless given)."""
-    if given is not None:
-        yield given
-        return
-    ex = make_executor(config.executor.workers or None, config.executor.scheduler or None)
-    try:
-        yield ex
-    finally:
-        ex.close()
-
-
 def watch(
     config: Config,
     *,
@@ -244,7 +230,8 @@ def watch(
     client = AppenClient(api_key(), base_url=config.service.api_url,
                          poll_interval=config.service.poll_interval,
                          sleep=_sleep_through(wait))
-    with client, _own_executor(config, executor) as ex:
+    with client, owned_executor(executor, config.executor.workers or None,
+                                        config.executor.scheduler or None) as ex:
         rounds = _Rounds(config, client, lambda: run(
             config, force=["report"], executor=ex, progress=progress, api_key=api_key),
             clock, max_failures)

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import ReportError, ServiceError
+from ..files import TMP_MARK
 
 __all__ = [
     "EMPTY_ZIP_MAGIC",
@@ -132,7 +133,7 @@ def read_head(path: Path, size: int = 64) -> bytes:
 @contextlib.contextmanager
 def scratch_path(beside: Path) -> Iterator[Path]:
     """A temporary file next to ``beside``, removed on exit whatever happens."""
-    fd, name = tempfile.mkstemp(prefix=f".{beside.name}.cellcrowd-tmp-", suffix=".zip",
+    fd, name = tempfile.mkstemp(prefix=f".{beside.name}{TMP_MARK}", suffix=".zip",
                                 dir=beside.parent)
     os.close(fd)
     try:

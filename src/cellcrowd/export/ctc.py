@@ -34,9 +34,10 @@ from numpy.typing import NDArray
 
 from ..errors import InputError, LineageError
 from ..files import atomic_write_text, read_image, remove_file, write_image
+from ..labelcheck import UINT16_MAX
 from ..layout import WorkingFolder
-from ..stitch import Lineage, frames_per_label
-from .frames import StitchedFrames, add_frame_labels
+from ..stitch import Lineage, add_frame_labels, frames_per_label
+from .frames import StitchedFrames
 from .trk import _check_lineage, _int_keys, _movie, _raw
 
 __all__ = [
@@ -51,7 +52,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 _MASK_RE = re.compile(r"^man_track(\d+)\.tif$")
 _RAW_RE = re.compile(r"^t(\d+)\.tif$")
 
@@ -145,7 +145,7 @@ def _tracks(present: dict[int, list[int]], lineage: Lineage
             if k > 0:
                 new, next_label = next_label, next_label + 1
             runs[label].append((new, first, last))
-    if next_label - 1 > _UINT16_MAX:
+    if next_label - 1 > UINT16_MAX:
         raise LineageError(f"the CTC tracks need labels up to {next_label - 1}, beyond the "
                            "16-bit masks (65535)", label=next_label - 1, rule="16-bit labels")
     tracks: list[CTCTrack] = []
@@ -312,7 +312,7 @@ def _mask_labels(mask_paths: list[Path], raw_paths: list[Path]) -> dict[int, lis
         read_image(raw_path)  # readable
         first = first or mask.shape
         if mask.ndim != 2 or mask.shape != first or mask.dtype.kind not in "ui" or (
-                mask.size and int(mask.max()) > _UINT16_MAX):
+                mask.size and int(mask.max()) > UINT16_MAX):
             raise LineageError(f"masks must be 2-D 16-bit labels of one size, got {mask.shape} "
                                f"{mask.dtype}", path=mask_path, rule="16-bit labels")
         add_frame_labels(present, t, mask)

@@ -21,14 +21,7 @@ from ..files import list_images, read_image
 from ..layout import WorkingFolder
 from ..stitch import Lineage, read_lineage
 
-__all__ = ["StitchedFrames", "add_frame_labels"]
-
-
-def add_frame_labels(present: dict[int, list[int]], t: int, frame: NDArray[Any]) -> None:
-    """Record frame ``t``'s labels in ``present`` (label -> frames), as ``frames_per_label``."""
-    for label in np.unique(frame):
-        if label:
-            present.setdefault(int(label), []).append(t)
+__all__ = ["StitchedFrames"]
 
 
 class _Frames:

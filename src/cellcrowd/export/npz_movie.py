@@ -200,7 +200,7 @@ def _label_blocks(plan: _FullMovie, link: bool, min_iou: float) -> Iterator[NDAr
             if link:
                 labels = linker.add(check_labels(labels, 3, f"part {k + 1}"))
                 top = max(top, int(labels.max(initial=0)))
-            yield labels.astype(np.int32)[..., None]
+            yield labels[..., None]
         if link:
             logger.info("%s: %d cells over %d parts (%s carried over each boundary)", name,
                         top, len(plan.movies), list(linker.report().links))

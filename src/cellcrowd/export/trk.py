@@ -40,8 +40,8 @@ from numpy.typing import NDArray
 from ..errors import InputError, LineageError
 from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
-from ..stitch import Lineage, frames_per_label
-from .frames import StitchedFrames, add_frame_labels
+from ..stitch import Lineage, add_frame_labels, frames_per_label
+from .frames import StitchedFrames
 from .npzstream import NpyReader
 
 __all__ = [

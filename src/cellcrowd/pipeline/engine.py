@@ -358,6 +358,6 @@ def _commit(name: str, r: _Run, due: _Due, out: StageOutput, units: UnitRecords
         "skipped": [{"stage": u.stage, "unit": u.unit, "reason": u.reason}
                     for u in out.skipped],
         "retry": out.retry,
-        **({"units": units.records()} if units.records() else {}),
+        **({"units": recs} if (recs := units.records()) else {}),
     })
     return outputs

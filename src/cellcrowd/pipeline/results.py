@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ..layout import STATE_FOLDER
 from .stage import SkippedUnit
 
 __all__ = ["Progress", "RunStatus", "RunSummary", "StageRun", "StageState", "StageStatus",
@@ -135,7 +136,7 @@ class Progress(Protocol):
 
 def _common_location(paths: Sequence[Path]) -> Path | None:
     # cellcrowd's own files (kept stitched parts in .cellcrowd/) do not move the location
-    paths = [p for p in paths if ".cellcrowd" not in p.parts] or list(paths)
+    paths = [p for p in paths if STATE_FOLDER not in p.parts] or list(paths)
     if not paths:
         return None
     if len(paths) == 1:

@@ -23,7 +23,7 @@ def _settings(config: Config) -> dict[str, Any]:
 
 def _run(ctx: Context) -> StageOutput:
     """Download the annotations (one file per judgment, and the chosen one per montage)."""
-    from ..download import download_annotations
+    from ..download import download_annotations, expected_montage_shape
 
     cfg, wf = ctx.config, ctx.wf
     judgments = read_judgments(cfg, wf)
@@ -33,7 +33,9 @@ def _run(ctx: Context) -> StageOutput:
         result = download_annotations(judgments, wf, job_id=cfg.job_id,
                                       concurrency=cfg.service.concurrency, client=client,
                                       progress=ctx.item_done,
-                                      max_pixels=cfg.service.max_pixels)
+                                      max_pixels=cfg.service.max_pixels,
+                                      expected_shape=expected_montage_shape(
+                                          wf, job=ctx.known_job))
     failed = {(f.montage, f.unit, f.judgment) for f in result.failures}
     outputs = [wf.judgment_path(*key) for key in sorted(usable - failed)]
     outputs += [wf.annotation_path(m) for m in sorted(result.chosen)]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import CellcrowdError, PipelineError
-from ..files import list_images
 from ..pipeline.manifest import relative
 from ..pipeline.stage import Context, OpenFolder, SkippedUnit, Stage, StageOutput
 from ._shared import log_files, raw_and_logs
@@ -79,11 +78,9 @@ def _run(ctx: Context) -> StageOutput:
     from ..layout import position_name
     from ..movies import montages_to_movies, raw_to_movies
 
-    wf = ctx.wf
+    wf, job = ctx.wf, ctx.job
     labels = len(list(wf.labels.glob("*_labels.png"))) if wf.labels.is_dir() else 0
-    raw = len(list_images(wf.raw)) if wf.raw.is_dir() else 0
-    ctx.set_total(labels + raw)
-    job = ctx.job
+    ctx.set_total(labels + len(job.raw_paths))
     raw_units, label_units = _Units(ctx, "raw"), _Units(ctx, "labels")
     raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done, job=job,
                                only=raw_units)

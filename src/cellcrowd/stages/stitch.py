@@ -49,7 +49,7 @@ class _UnitStore:
         self.logs = ctx.units.file_digest(log_files(ctx.wf, ctx.config))
 
     def _path(self, part: int) -> Path:
-        return self.ctx.wf.state / "stitch" / f"part{part}.stitched"
+        return self.ctx.wf.stitch_part_store(part)
 
     def _key(self, inputs: Sequence[Path]) -> dict[str, Any]:
         present = [p for p in inputs if p.is_file()]

@@ -51,7 +51,13 @@ from __future__ import annotations
 
 from .common import Lineage
 from .folder import MAX_CELLS, StitchMoviesResult, read_stitched, stitch_movies
-from .lineage import LineageBuilder, frames_per_label, lineage_from_labels, read_lineage
+from .lineage import (
+    LineageBuilder,
+    add_frame_labels,
+    frames_per_label,
+    lineage_from_labels,
+    read_lineage,
+)
 from .link import AmbiguousLink, LinkReport, PartLinker, link_parts
 from .tiles import StitchConflict, StitchReport, stitch_tiles
 
@@ -65,6 +71,7 @@ __all__ = [
     "StitchConflict",
     "StitchMoviesResult",
     "StitchReport",
+    "add_frame_labels",
     "frames_per_label",
     "lineage_from_labels",
     "link_parts",

@@ -222,8 +222,7 @@ def stitch_movies(
     tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou)
              for m in range(movie.count)]
     total = sum(task.frames for task in tasks)
-    offset = movie.chopper.frame_offset or 0
-    raw_paths = movie.raw_paths[offset:offset + total]
+    raw_paths = movie.movie_raw_paths()
     if len(raw_paths) < total:
         logger.warning("%d raw frames found for %d stitched frames; stitched/raw not written",
                        len(raw_paths), total)

@@ -24,7 +24,10 @@ from ..errors import InputError, LineageError
 from ..match import compact_ids, overlap
 from .common import Lineage, check_fraction, check_labels, dividing_cells
 
-__all__ = ["LineageBuilder", "frames_per_label", "lineage_from_labels", "read_lineage"]
+__all__ = [
+    "LineageBuilder", "add_frame_labels", "frames_per_label", "lineage_from_labels",
+    "read_lineage",
+]
 
 
 def frames_per_label(movie: NDArray[Any]) -> dict[int, list[int]]:
@@ -35,10 +38,16 @@ def frames_per_label(movie: NDArray[Any]) -> dict[int, list[int]]:
     """
     frames: dict[int, list[int]] = {}
     for t in range(movie.shape[0]):
-        for label in np.unique(movie[t]):
-            if label:
-                frames.setdefault(int(label), []).append(t)
+        add_frame_labels(frames, t, movie[t])
     return frames
+
+
+def add_frame_labels(present: dict[int, list[int]], t: int, frame: NDArray[Any]) -> None:
+    """Record frame ``t``'s labels in ``present`` (label -> frames), one frame at a time
+    (what :func:`frames_per_label` does for a whole movie)."""
+    for label in np.unique(frame):
+        if label:
+            present.setdefault(int(label), []).append(t)
 
 
 def lineage_from_labels(
