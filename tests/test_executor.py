@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -28,6 +29,17 @@ def test_results_come_back_in_task_order(workers: int) -> None:
         assert list(ex.map(_square, range(20))) == [x * x for x in range(20)]
     finally:
         ex.close()
+
+
+def test_a_with_block_closes_the_pool() -> None:
+    with LocalExecutor(2) as ex:
+        assert list(ex.map(_square, range(6))) == [x * x for x in range(6)]
+        pids = ex.worker_pids()
+        assert len(pids) == 2
+    assert ex.worker_pids() == []
+    for pid in pids:  # the workers are gone, not just forgotten
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_a_slow_consumer_holds_few_results(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from cellcrowd.errors import AnnotationError, GeometryError, InputError
 from cellcrowd.executor import LocalExecutor
@@ -177,6 +178,37 @@ def test_hole_between_two_cells_or_at_the_edge_stays() -> None:
     square(frame, 3, 14, 0, 6, 6)
     frame[16:18, 0:2] = 0  # a notch at the frame edge, surrounded by cell 3 otherwise
     np.testing.assert_array_equal(clean_labels(frame), frame)
+
+
+def _fill_region_by_region(labels: NDArray[np.int64], max_hole: int) -> NDArray[np.int64]:
+    """The hole rule written plainly, one background region at a time (the oracle)."""
+    out = labels.copy()
+    regions, count = ndimage.label(labels == 0)
+    for region in range(1, count + 1):
+        mask = regions == region
+        on_edge = mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any()
+        if mask.sum() >= max_hole or on_edge:
+            continue
+        cells = set(np.unique(labels[ndimage.binary_dilation(mask) & ~mask]).tolist())
+        if len(cells) == 1:
+            out[mask] = cells.pop()
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_holes_are_filled_as_the_rule_says_on_random_frames(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    frame = np.zeros((40, 52), np.int64)
+    for _ in range(rng.integers(3, 12)):  # overlapping blocks of a few cells
+        y, x = rng.integers(0, 36), rng.integers(0, 48)
+        square(frame, int(rng.integers(1, 6)), y, x, *rng.integers(3, 20, 2))
+    frame[rng.random(frame.shape) < rng.uniform(0.02, 0.2)] = 0  # holes of every size
+    for _ in range(rng.integers(0, 4)):
+        y, x = rng.integers(0, 36), rng.integers(0, 48)
+        square(frame, 0, y, x, *rng.integers(1, 9, 2))
+    for max_hole in (1, 2, 5, 17, 64):
+        out = clean_labels(frame, min_size=0, max_hole=max_hole)
+        np.testing.assert_array_equal(out, _fill_region_by_region(frame, max_hole))
 
 
 def test_ids_above_255_survive() -> None:

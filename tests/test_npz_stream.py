@@ -17,6 +17,7 @@ from cellcrowd.export.npz import (
     build_training_arrays,
     save_npz,
     write_full_movie_npz,
+    write_part_npz,
     write_stitched_movie_npz,
 )
 from cellcrowd.export.npzstream import NpyStream
@@ -193,3 +194,49 @@ def test_full_movie_memory_does_not_grow_with_the_movie(tmp_path: Path) -> None:
     # less than the movie's X (written whole it was held two or three times): a part,
     # one 16 MiB write and its deflated bytes; linking adds its work on one part
     assert peaks[12, False] < x_bytes, peaks
+
+
+def _positions(wf: WorkingFolder, count: int) -> None:
+    """One part of ``count`` positions, 4 frames of 512^2 each (4 MB of X per position)."""
+    rng = np.random.default_rng(count)
+    for x in range(count):
+        for f in range(4):
+            write_image(wf.raw_tile_frame(1, Position(x, 0), f),
+                        rng.integers(0, 999, (512, 512), dtype=np.uint16))
+            write_image(wf.annotated_frame(1, Position(x, 0), f),
+                        rng.integers(0, 40, (512, 512), dtype=np.uint16))
+
+
+@pytest.mark.parametrize(("codec", "level", "compressed"), SETTINGS, ids=SETTING_IDS)
+def test_part_file_is_the_bytes_of_the_arrays_written_whole(
+    tmp_path: Path, codec: str, level: int, compressed: bool
+) -> None:
+    wf = WorkingFolder(tmp_path, "exp")
+    _positions(wf, 5)  # X 21 MB: positions cross numpy's 16 MiB writes mid-frame
+    with use_write_settings(codec=codec, npz_level=level):
+        streamed = write_part_npz(wf, 1, compressed=compressed).read_bytes()
+        whole = save_npz(tmp_path / "whole.npz", build_training_arrays(wf.part_dir(1)), part=1,
+                         identifier="exp", frame_offset=-1, compressed=compressed)
+    assert streamed == whole.read_bytes()
+
+
+def test_part_memory_does_not_grow_with_its_positions(tmp_path: Path) -> None:
+    peaks = {}
+    for count in (4, 8):
+        wf = WorkingFolder(tmp_path / str(count), "exp")
+        _positions(wf, count)
+        peaks[count] = _peak(lambda wf=wf: write_part_npz(wf, 1))  # type: ignore[misc]
+    assert peaks[8] < 1.15 * peaks[4], peaks
+    assert peaks[8] < 8 * 4 * 512 * 512 * 4, peaks  # less than the part's X (34 MB)
+
+
+def test_a_bad_position_met_while_writing_leaves_no_part_file(tmp_path: Path) -> None:
+    wf = WorkingFolder(tmp_path, "exp")
+    _positions(wf, 3)
+    write_image(wf.raw_tile_frame(1, Position(2, 0), 3), np.ones((512, 500), np.uint16))
+    with pytest.raises(InputError, match=r"x_02_y_00/raw: frame .*frame_003.tif is "
+                                         r"\(512, 500\)"):
+        write_part_npz(wf, 1)
+    assert not wf.npz_part(1).exists()
+    leftovers = list(wf.npz_part(1).parent.glob("*")) if wf.npz_part(1).parent.exists() else []
+    assert not leftovers  # no temporary file left either

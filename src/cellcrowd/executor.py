@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 from . import hashes
 from .files import WriteSettings, call_with_settings, write_settings
@@ -63,11 +63,25 @@ def _init_worker(parent: int) -> None:
     _exit_with_parent(parent)
 
 
-class LocalExecutor:
-    """Serial (``workers=1``) or a local process pool (``workers>1``).
+class _Closes:
+    """``with executor:`` closes it at the end of the block."""
 
-    >>> ex = LocalExecutor(workers=1)
-    >>> list(ex.map(abs, [-1, 2, -3]))
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LocalExecutor(_Closes):
+    """Serial (``workers=1``) or a local process pool (``workers>1``), closed by
+    :meth:`close` or at the end of a ``with`` block.
+
+    >>> with LocalExecutor(workers=1) as ex:
+    ...     list(ex.map(abs, [-1, 2, -3]))
     [1, 2, 3]
     """
 
@@ -104,8 +118,9 @@ class LocalExecutor:
             self._pool = None
 
 
-class DaskExecutor:
-    """Tasks on a dask.distributed cluster (``scheduler`` address, or a given ``Client``)."""
+class DaskExecutor(_Closes):
+    """Tasks on a dask.distributed cluster (``scheduler`` address, or a given ``Client``);
+    closing it closes a client it made itself."""
 
     def __init__(self, scheduler: str | None = None, client: Any = None) -> None:
         try:

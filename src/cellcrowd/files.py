@@ -362,33 +362,46 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> NDArray[np.
 
     The size is checked from the header first: an image of more than ``max_pixels``
     pixels per plane (a decompression bomb, or not what cellcrowd writes) is refused
-    before anything is decoded.
+    before anything is decoded. The file is opened once.
     """
     path = Path(path)
-    shape, _ = image_header(path)
-    pixels = shape[0] * shape[1] if len(shape) < 3 or shape[-1] <= 4 else shape[-2] * shape[-1]
-    if pixels > max_pixels:
-        raise InputError(f"the image is {'x'.join(map(str, shape))}: more than {max_pixels} "
-                         "pixels, refusing to decode it (a decompression bomb?)", path=path)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                if img.mode == "P":
-                    return np.asarray(img.convert("RGBA" if "transparency" in img.info
-                                                  else "RGB"))
-                return np.asarray(img)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                _check_pixels(tuple(int(n) for n in series.shape), max_pixels, path)
+                return np.asarray(series.asarray())
+        with open(path, "rb") as fh:
+            header = _png_header(fh.read(29))
+            _check_pixels(header[0] if header is not None else image_header(path)[0],
+                          max_pixels, path)
+            fh.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(fh) as img:
+                    img.load()
+                    if img.mode == "P":
+                        return np.asarray(img.convert("RGBA" if "transparency" in img.info
+                                                      else "RGB"))
+                    return np.asarray(img)
     except FileNotFoundError:
         raise InputError("image not found", path=path) from None
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
+            Image.DecompressionBombError) as exc:
         raise InputError(
             f"cannot read this image ({exc}); it may be truncated or not an image: "
             "delete it and download or regenerate it",
             path=path,
         ) from None
+
+
+def _check_pixels(shape: tuple[int, ...], max_pixels: int, path: Path) -> None:
+    pixels = shape[0] * shape[1] if len(shape) < 3 or shape[-1] <= 4 else shape[-2] * shape[-1]
+    if pixels > max_pixels:
+        raise InputError(f"the image is {'x'.join(map(str, shape))}: more than {max_pixels} "
+                         "pixels, refusing to decode it (a decompression bomb?)", path=path)
 
 
 def _encode_png(array: NDArray[np.generic]) -> bytes:

@@ -26,11 +26,13 @@ only partly filled larger holes and wrapped ids above 255. Here:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -119,15 +121,32 @@ def _border(image: NDArray[np.intp]) -> NDArray[np.intp]:
 Window = tuple[slice, slice]
 
 
-def _edges(shape: tuple[int, int], window: Window | None
-           ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
-    """The image data mask, the frame's border, and the image's border inside the frame."""
+class _Edges(NamedTuple):
+    data: NDArray[np.bool_]  # where the image's data lies
+    frame_edge: NDArray[np.bool_]  # the frame's border
+    image_edge: NDArray[np.bool_]  # the image's border inside the frame
+    everywhere: bool  # data fills the frame (no padding)
+
+
+def _edges(shape: tuple[int, int], window: Window | None) -> _Edges:
+    """Where the data lies in a frame and its edges: the same for every frame of a
+    tile, so made once per shape and window (read-only arrays)."""
+    key = None if window is None else tuple((s.start, s.stop, s.step) for s in window)
+    return _edges_of(shape, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _edges_of(shape: tuple[int, int], window: tuple[tuple[int | None, ...], ...] | None
+              ) -> _Edges:
     data = np.zeros(shape, dtype=bool)
-    data[window if window is not None else (slice(None), slice(None))] = True
+    data[tuple(slice(*s) for s in window) if window is not None else ...] = True
     frame_edge = np.zeros(shape, dtype=bool)
     frame_edge[[0, -1], :] = frame_edge[:, [0, -1]] = True
     inner = ndimage.binary_erosion(data, border_value=1)  # data pixels next to padding
-    return data, frame_edge, data & ~inner
+    edges = _Edges(data, frame_edge, data & ~inner, bool(data.all()))
+    for array in edges[:3]:
+        array.flags.writeable = False
+    return edges
 
 
 #: How far (px) a sliver at the image's edge may be from its cell in the frame before or
@@ -147,22 +166,27 @@ def _seen_nearby(piece: tuple[slice, slice], cell: int,
 def _drop_specks(
     labels: NDArray[np.int32], min_size: int, window: Window | None = None,
     neighbours: Sequence[NDArray[np.generic]] | None = None,
-) -> tuple[NDArray[np.int32], int, int]:
-    """Drop every 8-connected part of a cell under ``min_size`` px (see :func:`clean_labels`)."""
+) -> tuple[NDArray[np.int32], int, int, int]:
+    """Drop every 8-connected part of a cell under ``min_size`` px (see :func:`clean_labels`).
+
+    Returns the labels kept (``labels`` itself when nothing is dropped), the parts and
+    pixels dropped, and the cells left.
+    """
     comps: NDArray[np.intp] = np.asarray(
         _skimage_label(labels, background=0, connectivity=2)  # type: ignore[no-untyped-call]
     )
     count = int(comps.max()) if comps.size else 0
     if count == 0:
-        return labels.copy(), 0, 0
+        return labels, 0, 0, 0
     flat = comps.ravel()
     sizes = np.bincount(flat, minlength=count + 1)
     cell = np.zeros(count + 1, dtype=np.int64)
     cell[flat] = labels.ravel()
-    data, frame_edge, image_edge = _edges(labels.shape, window)
-    on_frame = np.bincount(flat[frame_edge.ravel()], minlength=count + 1) > 0
-    on_image = np.bincount(flat[image_edge.ravel()], minlength=count + 1) > 0
-    in_data = np.bincount(flat[data.ravel()], minlength=count + 1)
+    edges = _edges(labels.shape, window)
+    on_frame = np.bincount(flat[edges.frame_edge.ravel()], minlength=count + 1) > 0
+    on_image = np.bincount(flat[edges.image_edge.ravel()], minlength=count + 1) > 0
+    in_data = (sizes if edges.everywhere
+               else np.bincount(flat[edges.data.ravel()], minlength=count + 1))
     # The largest part of each cell with image data (ties: the first in raster order);
     # a part lying only in the padding never is: the cell is not in this frame.
     order = np.lexsort((np.arange(1, count + 1), -sizes[1:], in_data[1:] == 0, cell[1:])) + 1
@@ -172,41 +196,56 @@ def _drop_specks(
     largest[order[first]] = True
     keep = (sizes >= min_size) | (largest & (on_frame | on_image) & (in_data > 0))
     if neighbours:  # a sliver only at the image's edge: its cell is there before or after
-        boxes = ndimage.find_objects(comps)
-        for piece in np.flatnonzero(keep & (sizes < min_size) & ~on_frame).tolist():
+        slivers = np.flatnonzero(keep & (sizes < min_size) & ~on_frame).tolist()
+        boxes = ndimage.find_objects(comps) if slivers else []
+        for piece in slivers:
             keep[piece] = _seen_nearby(boxes[piece - 1], int(cell[piece]), neighbours)
     keep[0] = True
     dropped = ~keep
-    out = np.where(keep[comps], labels, 0).astype(np.int32)
-    return out, int(dropped.sum()), int(sizes[dropped].sum())
+    out = labels if keep.all() else np.where(keep[comps], labels, 0).astype(np.int32)
+    cells = np.unique(cell[1:][keep[1:]]).size  # the ids left (parts, not pixels)
+    return out, int(dropped.sum()), int(sizes[dropped].sum()), cells
 
 
 def _fill_holes(
     labels: NDArray[np.int32], max_hole: int
 ) -> tuple[NDArray[np.int32], int, int]:
-    """Fill small background regions bordered by one cell only (see :func:`clean_labels`)."""
-    background = labels == 0
-    regions, count = ndimage.label(background)  # 4-connectivity
+    """Fill small background regions bordered by one cell only (see :func:`clean_labels`).
+
+    Returns the labels (``labels`` itself when nothing is filled), the holes and
+    pixels filled.
+    """
+    regions, count = ndimage.label(labels == 0)  # 4-connectivity
     if count == 0:
-        return labels.copy(), 0, 0
-    sizes = np.bincount(regions.ravel(), minlength=count + 1)
-    on_edge = np.zeros(count + 1, dtype=bool)
-    on_edge[_border(regions)] = True
-    # Every (region, cell) pair of 4-neighbours; a region is fillable if it has one cell.
+        return labels, 0, 0
+    flat_regions = regions.ravel()
+    sizes = np.bincount(flat_regions, minlength=count + 1)
+    small = sizes < max_hole  # the candidates: small, and not touching the frame's edge
+    small[0] = False
+    small[_border(regions)] = False
+    if not small.any():
+        return labels, 0, 0
+    # No candidate pixel is on the frame's edge: its 4-neighbours are at -1, +1,
+    # -cols and +cols in the flat frame. Every (region, cell) pair of neighbours:
+    pixels = np.flatnonzero(small[flat_regions])
+    reg = flat_regions[pixels]
+    flat_labels = labels.ravel()
     pairs = []
-    for reg, lab in ((regions[:, :-1], labels[:, 1:]), (regions[:, 1:], labels[:, :-1]),
-                     (regions[:-1], labels[1:]), (regions[1:], labels[:-1])):
-        touch = (reg > 0) & (lab > 0)
+    for step in (-1, 1, -labels.shape[1], labels.shape[1]):
+        lab = flat_labels[pixels + step]
+        touch = lab > 0
         pairs.append(reg[touch].astype(np.int64) * (INT32_MAX + 1) + lab[touch])
-    unique = np.unique(np.concatenate(pairs))
-    reg_of, cell_of = np.divmod(unique, INT32_MAX + 1)
+    reg_of, cell_of = np.divmod(np.unique(np.concatenate(pairs)), INT32_MAX + 1)
     neighbours = np.bincount(reg_of, minlength=count + 1)
     fill_value = np.zeros(count + 1, dtype=np.int32)
     single = neighbours[reg_of] == 1
     fill_value[reg_of[single]] = cell_of[single]
-    fillable = (sizes < max_hole) & ~on_edge & (neighbours == 1)
-    fillable[0] = False
-    out = np.where(background & fillable[regions], fill_value[regions], labels).astype(np.int32)
+    fillable = small & (neighbours == 1)  # bordered by one cell only
+    if not fillable.any():
+        return labels, 0, 0
+    filled = fillable[reg]
+    out = labels.copy()
+    out.ravel()[pixels[filled]] = fill_value[reg[filled]]
     return out, int(fillable.sum()), int(sizes[fillable].sum())
 
 
@@ -214,10 +253,9 @@ def _clean_frame(
     labels: NDArray[np.generic], min_size: int, max_hole: int, window: Window | None = None,
     neighbours: Sequence[NDArray[np.generic]] | None = None,
 ) -> tuple[NDArray[np.int32], CleanStats]:
-    kept, specks, removed = _drop_specks(labels.astype(np.int32), min_size, window,
-                                         neighbours)
-    filled, holes, pixels = _fill_holes(kept, max_hole)
-    cells = int(np.unique(filled).size - (1 if (filled == 0).any() else 0))
+    kept, specks, removed, cells = _drop_specks(labels.astype(np.int32), min_size, window,
+                                                neighbours)
+    filled, holes, pixels = _fill_holes(kept, max_hole)  # fills with kept cells only
     return filled, CleanStats(cells, specks, removed, holes, pixels)
 
 

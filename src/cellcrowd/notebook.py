@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .executor import Executor, owned_executor
-from .export.npz import build_training_arrays, save_npz
+from .export.npz import save_npz, stream_training_arrays
 from .files import deferred_sync, list_images, read_image, sync_paths, write_image
 from .job import Job
 from .labels import CleanResult, CleanTask, clean_annotations, decode_annotation, relabel_sequential
@@ -281,7 +281,7 @@ def make_training_data(
     dest = Path(file_name_save)
     if dest.suffix != ".npz":
         dest = dest.with_name(dest.name + ".npz")
-    arrays = build_training_arrays(
+    arrays = stream_training_arrays(
         direc, positions=training_direcs, raw_dirname=raw_image_direc,
         annotation_dirname=annotation_direc, channel_filters=tuple(channel_names),
         num_frames=num_frames,

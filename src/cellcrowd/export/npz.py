@@ -82,6 +82,7 @@ from .npz_arrays import (
     part_folder_numbers,
     position_dirs,
     save_npz,
+    stream_training_arrays,
 )
 from .npz_movie import write_full_movie_npz, write_stitched_movie_npz
 
@@ -94,6 +95,7 @@ __all__ = [
     "load_part",
     "position_dirs",
     "save_npz",
+    "stream_training_arrays",
     "write_full_movie_npz",
     "write_part_npz",
     "write_parts_npz",
@@ -170,8 +172,8 @@ def _write_part(
     compressed: bool = True,
     positions: Iterable[str | Position] | None = None,
 ) -> Path:
-    arrays = build_training_arrays(wf.part_dir(part), positions=positions,
-                                   samples_to_drop=samples_to_drop, channels=channels)
+    arrays = stream_training_arrays(wf.part_dir(part), positions=positions,
+                                    samples_to_drop=samples_to_drop, channels=channels)
     return save_npz(wf.npz_part(part), arrays, part=part, identifier=wf.identifier,
                     frame_offset=frame_offset, compressed=compressed)
 

@@ -8,7 +8,7 @@ builds the whole-movie files from the same pieces.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError
-from ..files import list_images, read_image, write_npz
+from ..files import image_header, list_images, read_image, write_npz
 from ..geometry import Position
 from ..layout import WorkingFolder, parse_position_name
-from .npzstream import StreamedArrays
+from .npzstream import NpyStream, StreamedArrays
 
 __all__ = [
     "NpzData",
@@ -35,6 +35,7 @@ __all__ = [
     "position_movie",
     "save_npz",
     "select_channels",
+    "stream_training_arrays",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,15 +148,16 @@ class PositionMovie:
         for paths in self.raw:
             raw = _stack(paths[start:stop], self.raw_dir)
             raw_channels.append(raw[..., None] if raw.ndim == 3 else raw)
-        x = np.concatenate(raw_channels, axis=-1)
+        x = raw_channels[0] if len(raw_channels) == 1 else np.concatenate(raw_channels, -1)
         return select_channels(x, channels, self.raw_dir).astype(np.float32)
 
-    def check_sizes(self, x: NDArray[Any], labels: NDArray[Any]) -> None:
-        """Raise InputError unless raw ``x`` and ``labels`` frames have one size (rows, cols)."""
-        if x.shape[1:3] != labels.shape[1:3]:
+    def check_sizes(self, x: tuple[int, ...], labels: tuple[int, ...]) -> None:
+        """Raise InputError unless raw frames of shape ``x`` and label frames of shape
+        ``labels`` (both ``(frames, rows, cols, …)``) have one size (rows, cols)."""
+        if x[1:3] != labels[1:3]:
             raise InputError(
-                f"raw frames are {x.shape[1]}x{x.shape[2]} but annotated frames in "
-                f"{self.ann_dir} are {labels.shape[1]}x{labels.shape[2]}: remake the movies "
+                f"raw frames are {x[1]}x{x[2]} but annotated frames in "
+                f"{self.ann_dir} are {labels[1]}x{labels[2]}: remake the movies "
                 "from the same logs", path=self.raw_dir,
             )
 
@@ -268,12 +270,64 @@ def build_training_arrays(
     for movie in movies.values():
         labels = movie.read_labels()
         x = movie.read_raw(channels)
-        movie.check_sizes(x, labels)
+        movie.check_sizes(x.shape, labels.shape)
         if xs:
             check_same_movie(x.shape, xs[0].shape, next(iter(movies)), movie)
         xs.append(x)
         ys.append(labels)
     return TrainingArrays(np.stack(xs), np.stack(ys), list(movies), missing)
+
+
+def stream_training_arrays(
+    part_dir: str | Path,
+    *,
+    positions: Iterable[str | Position] | None = None,
+    samples_to_drop: Collection[str] = (),
+    raw_dirname: str = "raw",
+    annotation_dirname: str = "annotated",
+    channel_filters: Sequence[str] = ("",),
+    channels: Sequence[int] | None = None,
+    num_frames: int | None = None,
+) -> StreamedArrays:
+    """:func:`build_training_arrays` as streams: one position's frames in memory at a time.
+
+    Same parameters, positions and arrays; :func:`save_npz` writes the same bytes
+    as for the stacked arrays. Only the first position's first raw frame is read
+    here (for ``X``'s shape); the frames are read, and checked as
+    :func:`build_training_arrays` checks them, while the file is written, so an
+    InputError then leaves no file (:func:`save_npz` writes atomically).
+
+    Raises
+    ------
+    InputError
+        As :func:`build_training_arrays` (here, or when the streams are written).
+    """
+    movies, missing = part_movies(part_dir, positions=positions,
+                                  samples_to_drop=samples_to_drop, raw_dirname=raw_dirname,
+                                  annotation_dirname=annotation_dirname,
+                                  channel_filters=channel_filters, num_frames=num_frames)
+    first_name, first = next(iter(movies.items()))
+    frame = first.read_raw(channels, 0, 1).shape[1:]
+    shape = (first.frames, *frame)  # each position's X: (frames, rows, cols, channels)
+
+    def raw_blocks() -> Iterator[NDArray[np.float32]]:
+        for movie in movies.values():
+            x = movie.read_raw(channels)
+            label_frame = image_header(movie.labels[0])[0][:2]  # as build_training_arrays:
+            movie.check_sizes(x.shape, (movie.frames, *label_frame))  # this check first
+            check_same_movie(x.shape, shape, first_name, movie)
+            yield x
+
+    def label_blocks() -> Iterator[NDArray[np.int32]]:
+        for movie in movies.values():
+            labels = movie.read_labels()
+            movie.check_sizes(shape, labels.shape)
+            yield labels
+
+    n = len(movies)
+    return StreamedArrays(NpyStream((n, *shape), np.float32, raw_blocks()),
+                          NpyStream((n, *shape[:3], 1), np.int32, label_blocks()),
+                          list(movies), missing)
 
 
 def check_same_movie(shape: tuple[int, ...], first: tuple[int, ...], first_name: str,

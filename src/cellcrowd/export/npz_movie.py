@@ -171,7 +171,7 @@ def _part_shape(movies: dict[str, PositionMovie],
     for movie in movies.values():
         labels = movie.read_labels(0, 1)
         x = movie.read_raw(channels, 0, 1)
-        movie.check_sizes(x, labels)
+        movie.check_sizes(x.shape, labels.shape)
         shape = (movie.frames, *x.shape[1:])
         if first:
             check_same_movie(shape, first, next(iter(movies)), movie)
