@@ -91,7 +91,7 @@ from .bodies import (
     server_message,
     stream_to_file,
 )
-from .http import DeadlineTransport, capped_wait
+from .http import DeadlineTransport, PerThreadTransport, capped_wait
 from .http import retry_after as _retry_after
 
 __all__ = [
@@ -156,7 +156,9 @@ class AppenClient:
     max_redirects : int
         Redirects followed per request.
     max_connections : int
-        Size of the connection pool (concurrent downloads share it).
+        Most downloads at once. Each thread using the client has connections of its
+        own (at most 2: one answer is read at a time), so this also bounds the
+        connections the downloads open.
     max_report_bytes : int
         Largest report accepted (compressed download and uncompressed member).
     proxy : str or None
@@ -221,12 +223,10 @@ class AppenClient:
         self._key = api_key or None
         self._credentials = Credentials(api_key, self.base_url, auth)
         self._random = random.Random()
-        inner = transport or httpx.HTTPTransport(
-            verify=_default_ssl_context() if verify is True else verify,
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections),
-            proxy=proxy,
-        )
+        tls = _default_ssl_context() if verify is True else verify
+        inner = transport or PerThreadTransport(lambda: httpx.HTTPTransport(
+            verify=tls, limits=httpx.Limits(max_connections=2, max_keepalive_connections=2),
+            proxy=proxy))
         self._http = httpx.Client(
             transport=AuthTransport(DeadlineTransport(inner, request_deadline),
                                      self._credentials),

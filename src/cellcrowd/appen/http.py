@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 
 import httpx
 
-__all__ = ["LONG_WAIT", "DeadlineTransport", "capped_wait", "retry_after"]
+__all__ = ["LONG_WAIT", "DeadlineTransport", "PerThreadTransport", "capped_wait", "retry_after"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,3 +116,49 @@ class DeadlineTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+
+
+class PerThreadTransport(httpx.BaseTransport):
+    """A transport of its own for each thread, made by ``make`` at the thread's first request.
+
+    httpcore's connection pool looks at every connection it holds (and asks the socket
+    of each idle one whether it was closed) for every request, so 32 download threads
+    sharing one pool of 32 connections spend more of the client's CPU (and of the GIL
+    the threads share) on the pool than 32 pools of one connection each: measured in
+    ``docs/performance.md``. The transports of threads that have ended are closed when
+    a new thread makes one, and all of them by :meth:`close`.
+    """
+
+    def __init__(self, make: Callable[[], httpx.BaseTransport]) -> None:
+        self._make = make
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._made: list[tuple[threading.Thread, httpx.BaseTransport]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        transport: httpx.BaseTransport | None = getattr(self._local, "transport", None)
+        if transport is None:
+            transport = self._local.transport = self._new()
+        return transport.handle_request(request)
+
+    def _new(self) -> httpx.BaseTransport:
+        made = self._make()
+        with self._lock:
+            ended = [t for thread, t in self._made if not thread.is_alive()]
+            self._made = [(th, t) for th, t in self._made if th.is_alive()]
+            self._made.append((threading.current_thread(), made))
+        for transport in ended:
+            transport.close()
+        return made
+
+    @property
+    def open_transports(self) -> int:
+        """How many threads' transports are open."""
+        with self._lock:
+            return len(self._made)
+
+    def close(self) -> None:
+        with self._lock:
+            made, self._made = self._made, []
+        for _, transport in made:
+            transport.close()

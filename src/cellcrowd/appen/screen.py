@@ -7,6 +7,7 @@ stopping the report stage.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +50,12 @@ def undecodable(row: Mapping[str, str]) -> str | None:
             "was saved in another encoding; download it again, or save it as UTF-8")
 
 
+#: The lone surrogates ``errors="surrogateescape"`` decodes bytes that are not UTF-8 into.
+_SURROGATES = re.compile("[\udc80-\udcff]")
+
+
 def _has_surrogates(text: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in text)
+    return _SURROGATES.search(text) is not None
 
 
 def printable(text: str) -> str:
