@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -30,6 +31,7 @@ from cellcrowd.stitch import (
     stitch_tiles,
 )
 from cellcrowd.stitch.parts import StitchedPart, load_part, save_part
+from cellcrowd.stitch.tiles import stitch_tile_movies
 from helpers import file_hashes
 
 T = TypeVar("T")
@@ -638,3 +640,32 @@ def test_stitch_movies_reuses_kept_parts_into_the_same_bytes(tmp_path: Path) -> 
     (store.folder / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a stitched part"):
         load_part(store.folder / "bad.npz")
+
+
+def test_tiles_given_one_at_a_time_are_stitched_alike_and_not_kept() -> None:
+    """The stitch stage's workers read a part's tiles one at a time: only their compact
+    labels stay in memory, and the result is :func:`stitch_tiles`' on all of them."""
+    grid = TileGrid.for_frame((48, 60), num_x=3, num_y=2, overlap_perc=20)
+    rng = np.random.default_rng(3)
+    movie = expand_labels(np.where(rng.random((4, 48, 60)) < 0.01,
+                                   rng.integers(1, 500, (4, 48, 60)), 0), 3)
+    tiles = np.stack([grid.cut(frame) for frame in movie])
+    tiles[tiles > 0] += rng.integers(0, 2, tiles.shape)[tiles > 0] * 1000  # unrelated ids
+    missing = Position(2, 1)
+    made: list[weakref.ref[np.ndarray]] = []
+
+    def one_at_a_time() -> Iterator[tuple[Position, np.ndarray]]:
+        for pos in grid.positions:
+            if pos != missing:
+                tile = tiles[:, pos.y, pos.x].copy()
+                made.append(weakref.ref(tile))
+                yield pos, tile
+                del tile
+
+    labels, report = stitch_tile_movies(one_at_a_time(), grid, 4)
+    expected, expected_report = stitch_tiles(tiles, grid, missing=[missing])
+    np.testing.assert_array_equal(labels, expected)
+    assert report == expected_report
+    assert report.missing == (missing,)
+    assert len(made) == 5
+    assert all(ref() is None for ref in made)

@@ -32,6 +32,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from .decode import rank_ids
+
 __all__ = [
     "Overlap",
     "OwnerUnionFind",
@@ -46,16 +48,23 @@ __all__ = [
 # -- id compaction ----------------------------------------------------------------------
 
 
-def compact_ids(labels: NDArray[Any]) -> tuple[NDArray[np.int64], NDArray[np.intp]]:
+def compact_ids(labels: NDArray[Any]) -> tuple[NDArray[np.int64], NDArray[np.integer[Any]]]:
     """The distinct ids of ``labels`` (sorted, ``ids[0] == 0`` always) and each pixel's index.
 
     ``ids[index] == labels``; index 0 is the background even when ``labels``
-    holds no 0.
+    holds no 0. Non-negative integer labels are numbered by a hash
+    (:func:`cellcrowd.decode.rank_ids`, a ``uint32`` index: no sort over the pixels).
 
     >>> ids, index = compact_ids(np.array([[7, 0], [3, 7]]))
     >>> ids.tolist(), index.tolist()
     ([0, 3, 7], [[2, 0], [1, 2]])
     """
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "ui" and labels.size and labels.min() >= 0:
+        index, count = rank_ids(labels)
+        ids = np.zeros(count + 1, dtype=np.int64)
+        ids[index] = labels
+        return ids, index
     uniq, inverse = np.unique(labels, return_inverse=True)
     inverse = inverse.reshape(labels.shape)
     if uniq.size == 0 or uniq[0] != 0:

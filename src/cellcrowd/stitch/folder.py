@@ -33,7 +33,7 @@ from .common import Lineage
 from .lineage import LineageBuilder, read_lineage
 from .link import LinkReport, PartLinker
 from .parts import PartStore, StitchedPart
-from .tiles import StitchConflict, StitchReport, stitch_tiles
+from .tiles import StitchConflict, StitchReport, stitch_tile_movies
 
 __all__ = ["MAX_CELLS", "StitchMoviesResult", "read_stitched", "stitch_movies"]
 
@@ -73,18 +73,19 @@ def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
 
 
 def _stitch_part(task: _PartTask) -> StitchedPart:
-    """Read and stitch every tile of one part; unreadable tiles are reported as missing."""
-    grid = task.grid
-    tiles = np.zeros((task.frames, grid.num_y, grid.num_x, *grid.tile_shape), dtype=np.int32)
+    """Read and stitch every tile of one part, one tile in memory at a time (then only its
+    compact labels); unreadable tiles are reported as missing."""
     missing: list[tuple[Position, str]] = []
-    for pos in grid.positions:
-        try:
-            tiles[:, pos.y, pos.x] = _read_tile_movie(task.wf, task.part, pos, task.frames,
-                                                      grid.tile_shape)
-        except InputError as exc:
-            missing.append((pos, str(exc)))
-    labels, report = stitch_tiles(tiles, grid, min_iou=task.min_iou,
-                                  missing=[pos for pos, _ in missing])
+
+    def tiles() -> Iterator[tuple[Position, NDArray[Any]]]:
+        for pos in task.grid.positions:
+            try:
+                yield pos, _read_tile_movie(task.wf, task.part, pos, task.frames,
+                                            task.grid.tile_shape)
+            except InputError as exc:
+                missing.append((pos, str(exc)))
+
+    labels, report = stitch_tile_movies(tiles(), task.grid, task.frames, min_iou=task.min_iou)
     return StitchedPart(task.part, labels, report, tuple(missing))
 
 
@@ -174,7 +175,7 @@ def stitch_movies(
 
     Reads ``movies/part{N}/x_XX_y_YY/annotated`` (as written by
     :func:`cellcrowd.movies.montages_to_movies`), stitches each part with
-    :func:`stitch_tiles`, joins the parts with :func:`link_parts`, finds the
+    :func:`stitch_tile_movies`, joins the parts with :func:`link_parts`, finds the
     lineage with :func:`lineage_from_labels`, and writes
     ``stitched/annotated/{id}_frame_FFF.png`` (uint16), copies of the raw frames
     as ``stitched/raw/{id}_frame_FFF.tif`` (when the raw folder exists) and
@@ -193,7 +194,7 @@ def stitch_movies(
     wf : WorkingFolder
         Holds the logs and the movies.
     min_iou : float
-        Passed to :func:`stitch_tiles`.
+        Passed to :func:`stitch_tile_movies`.
     link_iou : float
         ``min_iou`` of :func:`link_parts`.
     executor : Executor, optional

@@ -189,7 +189,7 @@ class PartLinker:
                 for local in daughters:
                     self.parents[int(new[int(np.searchsorted(uniq, local))])] = parent
                 self.division_frames[parent] = start
-        out = new[inverse].astype(np.int32)
+        out: NDArray[np.int32] = new[inverse].astype(np.int32)
         self.last = out[-1].copy()
         self.starts.append(start)
         self.id_maps.append({int(u): int(n) for u, n in zip(uniq[1:], new[1:], strict=True)})

@@ -17,7 +17,7 @@ then takes the cell of the tile whose core owns it (:meth:`TileGrid.core_window`
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..geometry import Position, TileGrid
 from ..match import OwnerUnionFind, assign, compact_ids, overlap
 from .common import check_labels
 
-__all__ = ["StitchConflict", "StitchReport", "stitch_tiles"]
+__all__ = ["StitchConflict", "StitchReport", "stitch_tile_movies", "stitch_tiles"]
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +170,33 @@ def stitch_tiles(
     (1, 2)
     """
     tiles = _check_tiles(tiles, grid)
-    if not 0 < min_iou <= 1:
-        raise ValueError(f"min_iou must be in (0, 1], got {min_iou!r}")
     for pos in missing:
         if not (0 <= pos.x < grid.num_x and 0 <= pos.y < grid.num_y):
             raise ValueError(f"missing tile x={pos.x}, y={pos.y} is outside the "
                              f"{grid.num_x}x{grid.num_y} grid")
     absent = set(missing)
-    nodes = _Nodes(tiles, [pos for pos in grid.positions if pos not in absent])
+    return stitch_tile_movies(((pos, tiles[:, pos.y, pos.x]) for pos in grid.positions
+                               if pos not in absent), grid, tiles.shape[0], min_iou=min_iou)
+
+
+def stitch_tile_movies(
+    movies: Iterable[tuple[Position, NDArray[Any]]],
+    grid: TileGrid,
+    frames: int,
+    *,
+    min_iou: float = 0.3,
+) -> tuple[NDArray[np.int32], StitchReport]:
+    """:func:`stitch_tiles` for tiles given one at a time, as ``(position, movie)``.
+
+    Each movie is one tile's ``(frames, th, tw)`` labels (non-negative integers;
+    checked by the caller), in :attr:`TileGrid.positions` order; positions not given
+    are missing. Only each tile's compact labels are kept (a ``uint32`` per pixel),
+    not the tiles themselves.
+    """
+    if not 0 < min_iou <= 1:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou!r}")
+    nodes = _Nodes(movies)
+    absent = set(grid.positions) - set(nodes.present)
     edges, seen_shared, matched = _tile_matches(grid, nodes, min_iou)
     cells = OwnerUnionFind(nodes.tile_of)
     conflicts = []
@@ -188,14 +207,15 @@ def stitch_tiles(
         conflicts.append(StitchConflict(pa, la, pb, lb, iou, pc, (lc, ld)))
         logger.warning("stitching: %s", conflicts[-1])
     roots = cells.groups() + 1
-    out = np.zeros((tiles.shape[0], *grid.frame_shape), dtype=np.int32)  # ids < cells
+    labels = np.zeros((frames, *grid.frame_shape), dtype=np.int32)  # ids < cells
     for pos in nodes.present:
         lut = roots[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
         lut[0] = 0  # background stays background
         (fy, fx), (ty, tx) = grid.core_window(pos)
-        out[:, fy, fx] = lut[nodes.index[pos][:, ty, tx]]
-    labels, _ = fastremap.renumber(out, preserve_zero=True)
-    labels = labels.astype(np.int32)
+        labels[:, fy, fx] = lut[nodes.index[pos][:, ty, tx]]
+    del nodes  # the compact tiles: no longer needed while renumbering
+    labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=True)
+    labels = labels.astype(np.int32, copy=False)
     report = StitchReport(
         cells=int(labels.max(initial=0)),
         matches=len(edges) - len(conflicts),
@@ -217,18 +237,19 @@ def _edge_arrays(edges: list[tuple[float, int, int]]
 class _Nodes:
     """Every (tile, label) of a part as one node number; node ``offset[pos]`` is background."""
 
-    def __init__(self, tiles: NDArray[Any], present: list[Position]) -> None:
-        self.present = present
+    def __init__(self, movies: Iterable[tuple[Position, NDArray[Any]]]) -> None:
+        self.present: list[Position] = []
         self.labels: dict[Position, NDArray[np.int64]] = {}
-        self.index: dict[Position, NDArray[np.intp]] = {}
+        self.index: dict[Position, NDArray[np.integer[Any]]] = {}
         self.offset: dict[Position, int] = {}
         self.count = 0
-        for pos in present:
-            self.labels[pos], self.index[pos] = compact_ids(tiles[:, pos.y, pos.x])
+        for pos, movie in movies:
+            self.present.append(pos)
+            self.labels[pos], self.index[pos] = compact_ids(movie)
             self.offset[pos] = self.count
             self.count += self.labels[pos].size
         self.tile_of = np.zeros(self.count, dtype=np.intp)
-        for i, pos in enumerate(present):
+        for i, pos in enumerate(self.present):
             self.tile_of[self.offset[pos]:self.offset[pos] + self.labels[pos].size] = i
 
     def describe(self, node: int) -> tuple[Position, int]:
