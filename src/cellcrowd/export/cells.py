@@ -26,6 +26,7 @@ from ..errors import InputError
 from ..files import list_images, read_image
 from ..job import Job
 from ..layout import MontageKey, WorkingFolder, montage_name
+from ..match import overlap
 from ..stitch import Lineage, read_lineage
 
 __all__ = ["CellNode", "CellTable", "cell_table", "cell_values", "stitched_frame_paths"]
@@ -157,8 +158,9 @@ class _Provenance:
             window = frame[fy, fx]
             both = (tile > 0) & (window > 0)
             name = montage_name(key, self.wf.padding)
-            for lab, cell in set(zip(window[both].tolist(), tile[both].tolist(), strict=True)):
-                self.sources[int(lab)].add((name, int(cell)))
+            pairs = overlap(window[both], tile[both])  # each (stitched, montage) cell pair
+            for lab, cell in zip(pairs.a.tolist(), pairs.b.tolist(), strict=True):
+                self.sources[lab].add((name, cell))
 
     def finish(self, table: CellTable) -> None:
         if self.movie is not None:
