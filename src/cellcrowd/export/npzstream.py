@@ -21,10 +21,24 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["NpyReader", "NpyStream", "StreamedArrays"]
+__all__ = ["NpyReader", "NpyStream", "StreamedArrays", "npy_header"]
 
 #: Bytes per data write of ``np.lib.format.write_array`` (16 MiB, whole items).
 _WRITE_BYTES = 16 * 1024 ** 2
+
+
+def npy_header(shape: Sequence[int], dtype: np.dtype[Any]) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-order array of ``shape`` and ``dtype``
+    (format version 1.0, or 2.0 when the header is too long for 1.0, as numpy does)."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    out = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(out, header)
+    except ValueError:
+        out = io.BytesIO()
+        np.lib.format.write_array_header_2_0(out, header)
+    return out.getvalue()
 
 
 class NpyStream:
@@ -53,16 +67,9 @@ class NpyStream:
         """Bytes of data (the header not counted)."""
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
-    def _header(self) -> dict[str, Any]:
-        return {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                "shape": self.shape}
-
     def write_npy(self, fp: IO[bytes]) -> None:
         """Write the ``.npy`` header and then the blocks to ``fp``, in writes as numpy's."""
-        try:
-            np.lib.format.write_array_header_1_0(fp, self._header())
-        except ValueError:  # a header too long for version 1.0, as numpy does
-            np.lib.format.write_array_header_2_0(fp, self._header())
+        fp.write(npy_header(self.shape, self.dtype))
         itemsize = self.dtype.itemsize
         chunk = max(_WRITE_BYTES // itemsize, 1) * itemsize if itemsize else 0
         pending = memoryview(bytearray(min(chunk, self.nbytes)))  # one write's bytes
@@ -121,14 +128,10 @@ class NpyReader(io.RawIOBase):
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype[Any],
                  blocks: Iterable[NDArray[Any]]) -> None:
-        head = io.BytesIO()
-        np.lib.format.write_array_header_1_0(head, {
-            "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-            "shape": tuple(shape)})
         self._dtype = dtype
         self._body = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         self._blocks = iter(blocks)
-        self._pending = np.frombuffer(head.getvalue(), np.uint8)
+        self._pending = np.frombuffer(npy_header(shape, dtype), np.uint8)
         self._fed = 0
         self.size = self._pending.size + self._body
 
