@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from cellcrowd.errors import InputError
+from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.npz import write_parts_npz
 from cellcrowd.files import read_image, write_image
 from cellcrowd.job import Job
@@ -36,6 +37,7 @@ from cellcrowd.qc import (
     overlay_panels,
     stretch_to_uint8,
     thumbnail,
+    write_qc,
     write_qc_report,
 )
 from cellcrowd.sim.synthetic import paint_annotation, synthetic_movie, write_movie_frames
@@ -369,6 +371,22 @@ def test_rerun_is_byte_identical(harvest: Harvest, tmp_path: Path) -> None:
         wf.qc_overlay(n) for n in names} <= set(first)
     write_qc_report(wf, job_id=JOB, summary={"n": 1})
     assert {p: p.read_bytes() for p in sorted(wf.qc.rglob("*")) if p.is_file()} == first
+
+
+def test_images_drawn_on_worker_processes_are_the_same_files(harvest: Harvest,
+                                                              tmp_path: Path) -> None:
+    files = {}
+    for workers in (1, 2):
+        base = tmp_path / str(workers)
+        shutil.copytree(harvest.wf.base, base)
+        wf = WorkingFolder(base, "exp")
+        with LocalExecutor(workers) as executor:
+            written = write_qc(collect_qc(wf, job_id=JOB), executor=executor)
+            assert workers == 1 or len(executor.worker_pids()) == 2  # a pool drew them
+        assert written.overlays
+        files[workers] = {p.relative_to(base): p.read_bytes()
+                          for p in sorted(wf.qc.rglob("*")) if p.is_file()}
+    assert files[1] == files[2]
 
 
 # -- partial and broken folders -----------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError
+from ..executor import Executor, run_tasks
 from ..files import atomic_write_text, list_images, read_image, remove_file, write_image
 from ..labels import decode_annotation
 from ..layout import WorkingFolder
@@ -98,11 +99,16 @@ def write_qc_report(
     return write_qc(qc).index
 
 
-def write_qc(qc: QcSummary) -> QcFiles:
-    """Write the page, images and tables of a collected summary; return every file written."""
+def write_qc(qc: QcSummary, *, executor: Executor | None = None) -> QcFiles:
+    """Write the page, images and tables of a collected summary; return every file written.
+
+    ``executor`` draws the montages' images, one task per montage (default: here, one
+    after the other); the page and tables are written here.
+    """
     wf = qc.wf
     chosen = set(qc.overlays)
-    images = [_write_images(wf, m, m.name in chosen) for m in qc.montages]
+    images = list(run_tasks(_images_task, [(wf, m, m.name in chosen) for m in qc.montages],
+                            executor=executor))
     _remove_stale(wf, images)
     tables = (atomic_write_text(wf.qc_units_csv, _units_csv(qc)),
               atomic_write_text(wf.qc_workers_csv, _workers_csv(qc)))
@@ -170,6 +176,10 @@ def _write_images(wf: WorkingFolder, m: MontageQc, full: bool) -> OverlayFile:
         wf.qc_thumbnail(m.name), small)
     return OverlayFile(m.name, path, (image.shape[1], image.shape[0]), thumb,
                        (small.shape[1], small.shape[0]), tuple(notes))
+
+
+def _images_task(task: tuple[WorkingFolder, MontageQc, bool]) -> OverlayFile:
+    return _write_images(*task)
 
 
 def _remove_stale(wf: WorkingFolder, images: Sequence[OverlayFile]) -> None:

@@ -58,7 +58,7 @@ def _run(ctx: Context) -> StageOutput:
             summary[label] = value
     job = ctx.known_job
     qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id, job=job)
-    files = write_qc(qc)
+    files = write_qc(qc, executor=ctx.executor)
     totals = qc.totals()
     counts = {"montages": totals["montages"], "labels": totals["labels"],
               "overlays": len(files.overlays), "missing": len(qc.missing),
