@@ -275,8 +275,9 @@ def peak_rss(command: Sequence[str], interval: float = 0.05) -> tuple[float, int
     return seconds, peak
 
 
-#: Peak RSS of building a memory job, per pixel of the movie (2048^2 x 200: about 14 GB).
-BUILD_BYTES_PER_PIXEL = 18
+#: Peak RSS of building a memory job, per pixel of the movie (the simulator holds the movie:
+#: its labels, raw frames and photon counts, about 10 bytes; the rest is margin).
+BUILD_BYTES_PER_PIXEL = 16
 
 
 def section_memory(b: Bench) -> None:

@@ -12,6 +12,7 @@ from scipy import ndimage
 
 from cellcrowd.files import list_images, read_image
 from cellcrowd.geometry import MontageLayout
+from cellcrowd.sim import synthetic
 from cellcrowd.sim.synthetic import (
     PaintReport,
     SyntheticMovie,
@@ -359,3 +360,31 @@ def test_across_sizes_straddle_the_thresholds(min_size: int, max_hole: int) -> N
         ys, xs = list(layout.iter_slices())[k]
         assert (rows == ys.start).any() or (rows == ys.stop - 1).any() or (
             cols == xs.start).any() or (cols == xs.stop - 1).any()
+
+
+def _render_whole(rng: np.random.Generator, labels: np.ndarray,
+                  brightness: np.ndarray) -> np.ndarray:
+    """The raw movie rendered in one piece (how it was done before it was chunked)."""
+    frames, height, width = labels.shape
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = 110.0 + 50.0 * (yy / height) * 0.6 + 50.0 * (xx / width) * 0.4
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), 2.0)
+    texture = 1.0 + 0.15 * texture / max(float(np.abs(texture).max()), 1e-9)
+    signal = brightness[labels] * texture[None]
+    signal = ndimage.gaussian_filter(signal.astype(np.float32), sigma=(0, 1.0, 1.0))
+    flicker = rng.normal(1.0, 0.02, (frames, 1, 1))
+    expected = (background[None] + signal) * flicker
+    noisy = rng.poisson(np.clip(expected, 0, None)) + rng.normal(0, 4.0, expected.shape)
+    return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+
+
+@pytest.mark.parametrize("chunk_pixels", [1, 3 * 40 * 50, 1 << 24])
+def test_raw_rendered_in_chunks_is_the_movie_rendered_whole(
+    monkeypatch: pytest.MonkeyPatch, chunk_pixels: int
+) -> None:
+    labels = synthetic_movie(frames=7, shape=(40, 50), cells=4, divisions=1, seed=2).labels
+    brightness = np.random.default_rng(0).uniform(700, 1900, int(labels.max()) + 1)
+    monkeypatch.setattr(synthetic, "_RENDER_PIXELS", chunk_pixels)  # 7, 3 or 1 chunk(s)
+    chunked = synthetic._render_raw(np.random.default_rng(9), labels, brightness)
+    np.testing.assert_array_equal(chunked, _render_whole(np.random.default_rng(9), labels,
+                                                         brightness))

@@ -263,19 +263,33 @@ def _largest_parts(labels: NDArray[np.int32]) -> NDArray[np.int32]:
     return np.where(keep[comps], labels, 0).astype(np.int32)
 
 
+#: Pixels rendered at a time by :func:`_render_raw` (whole frames).
+_RENDER_PIXELS = 1 << 24
+
+
 def _render_raw(rng: np.random.Generator, labels: NDArray[np.int32],
                 brightness: NDArray[np.float64]) -> NDArray[np.uint16]:
+    """The raw movie of ``labels``, a few frames at a time: its float temporaries take
+    about 40 bytes per pixel, too much for a long movie at once. The random draws are
+    the ones made for the whole movie (the same numbers in the same order)."""
     frames, height, width = labels.shape
     yy, xx = np.mgrid[0:height, 0:width]
     background = 110.0 + 50.0 * (yy / height) * 0.6 + 50.0 * (xx / width) * 0.4
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), 2.0)
     texture = 1.0 + 0.15 * texture / max(float(np.abs(texture).max()), 1e-9)
-    signal = brightness[labels] * texture[None]
-    signal = ndimage.gaussian_filter(signal.astype(np.float32), sigma=(0, 1.0, 1.0))
     flicker = rng.normal(1.0, 0.02, (frames, 1, 1))
-    expected = (background[None] + signal) * flicker
-    noisy = rng.poisson(np.clip(expected, 0, None)) + rng.normal(0, 4.0, expected.shape)
-    raw: NDArray[np.uint16] = np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+    chunks = [slice(t, t + max(1, _RENDER_PIXELS // (height * width)))
+              for t in range(0, frames, max(1, _RENDER_PIXELS // (height * width)))]
+    counts = np.empty(labels.shape, dtype=np.int32)  # photon counts: thousands at most
+    for part in chunks:  # every Poisson draw first, then every Gaussian one, as before
+        signal = brightness[labels[part]] * texture[None]
+        signal = ndimage.gaussian_filter(signal.astype(np.float32), sigma=(0, 1.0, 1.0))
+        expected = (background[None] + signal) * flicker[part]
+        counts[part] = rng.poisson(np.clip(expected, 0, None))
+    raw = np.empty(labels.shape, dtype=np.uint16)
+    for part in chunks:
+        noisy = counts[part] + rng.normal(0, 4.0, counts[part].shape)
+        raw[part] = np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
     return raw
 
 
