@@ -86,7 +86,9 @@ def _stitch_part(task: _PartTask) -> StitchedPart:
                 missing.append((pos, str(exc)))
 
     labels, report = stitch_tile_movies(tiles(), task.grid, task.frames, min_iou=task.min_iou)
-    return StitchedPart(task.part, labels, report, tuple(missing))
+    if report.cells <= MAX_CELLS:  # half the bytes back to the main process and held there
+        return StitchedPart(task.part, labels.astype(np.uint16), report, tuple(missing))
+    return StitchedPart(task.part, labels, report, tuple(missing))  # refused there, by name
 
 
 def _part_inputs(task: _PartTask) -> list[Path]:

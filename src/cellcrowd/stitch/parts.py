@@ -37,7 +37,7 @@ class StitchedPart:
     """One part's stitched tiles: labels (frames, height, width), report, tiles left out."""
 
     part: int
-    labels: NDArray[np.int32]
+    labels: NDArray[np.int32] | NDArray[np.uint16]  # uint16 when the ids fit
     report: StitchReport
     missing: tuple[tuple[Position, str], ...]
 
