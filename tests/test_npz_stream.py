@@ -20,6 +20,7 @@ from cellcrowd.export.npz import (
     write_part_npz,
     write_stitched_movie_npz,
 )
+from cellcrowd.export.npz_arrays import part_movies
 from cellcrowd.export.npzstream import NpyStream
 from cellcrowd.files import read_image, use_write_settings, write_image, write_npz
 from cellcrowd.geometry import Position
@@ -79,6 +80,15 @@ def test_a_stream_of_the_wrong_length_leaves_no_file(tmp_path: Path, blocks: lis
     with pytest.raises(ValueError, match=match):
         write_npz(path, {"y": NpyStream((3, 3), np.int32, blocks)})
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match=r"held (more than )?\d+ items, not 9"):
+        NpyStream((3, 3), np.int32, blocks).array()
+
+
+def test_a_stream_read_into_memory_is_the_array() -> None:
+    y = np.arange(60, dtype=np.int64).reshape(5, 3, 4)
+    streamed = NpyStream(y.shape, np.int32, _frames(y, 2)).array()
+    assert streamed.dtype == np.int32
+    np.testing.assert_array_equal(streamed, y)
 
 
 def test_a_stream_cannot_hold_objects() -> None:
@@ -215,8 +225,13 @@ def test_part_file_is_the_bytes_of_the_arrays_written_whole(
     _positions(wf, 5)  # X 21 MB: positions cross numpy's 16 MiB writes mid-frame
     with use_write_settings(codec=codec, npz_level=level):
         streamed = write_part_npz(wf, 1, compressed=compressed).read_bytes()
-        whole = save_npz(tmp_path / "whole.npz", build_training_arrays(wf.part_dir(1)), part=1,
-                         identifier="exp", frame_offset=-1, compressed=compressed)
+        movies, _ = part_movies(wf.part_dir(1))  # stacked here, position by position
+        stacked = TrainingArrays(np.stack([m.read_raw(None) for m in movies.values()]),
+                                 np.stack([m.read_labels() for m in movies.values()]),
+                                 list(movies), [])
+        whole = save_npz(tmp_path / "whole.npz", stacked, part=1, identifier="exp",
+                         frame_offset=-1, compressed=compressed)
+    np.testing.assert_array_equal(build_training_arrays(wf.part_dir(1)).X, stacked.X)
     assert streamed == whole.read_bytes()
 
 

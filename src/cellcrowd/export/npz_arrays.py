@@ -261,21 +261,12 @@ def build_training_arrays(
         raw and annotated frames disagree (the message names the folder), or
         ``channels`` selects nothing that exists.
     """
-    movies, missing = part_movies(part_dir, positions=positions,
-                                  samples_to_drop=samples_to_drop, raw_dirname=raw_dirname,
-                                  annotation_dirname=annotation_dirname,
-                                  channel_filters=channel_filters, num_frames=num_frames)
-    xs: list[NDArray[np.float32]] = []
-    ys: list[NDArray[np.int32]] = []
-    for movie in movies.values():
-        labels = movie.read_labels()
-        x = movie.read_raw(channels)
-        movie.check_sizes(x.shape, labels.shape)
-        if xs:
-            check_same_movie(x.shape, xs[0].shape, next(iter(movies)), movie)
-        xs.append(x)
-        ys.append(labels)
-    return TrainingArrays(np.stack(xs), np.stack(ys), list(movies), missing)
+    streams = stream_training_arrays(
+        part_dir, positions=positions, samples_to_drop=samples_to_drop,
+        raw_dirname=raw_dirname, annotation_dirname=annotation_dirname,
+        channel_filters=channel_filters, channels=channels, num_frames=num_frames)
+    return TrainingArrays(streams.X.array(), streams.y.array(), streams.positions,
+                          streams.missing_positions)
 
 
 def stream_training_arrays(

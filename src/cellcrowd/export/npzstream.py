@@ -67,6 +67,29 @@ class NpyStream:
         """Bytes of data (the header not counted)."""
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
+    def array(self) -> NDArray[Any]:
+        """The whole array in memory (the blocks, read now, one after another).
+
+        Raises
+        ------
+        ValueError
+            The blocks hold more or fewer items than ``shape``.
+        """
+        out = np.empty(self.shape, self.dtype)
+        flat, done = out.reshape(-1), 0
+        for block in self._blocks:
+            items = np.asarray(block).astype(self.dtype, copy=False).reshape(-1)
+            if done + items.size > flat.size:
+                done += items.size
+                break
+            flat[done:done + items.size] = items
+            done += items.size
+        if done != flat.size:
+            raise ValueError(f"the blocks of an array of shape {self.shape} held "
+                             f"{'more than ' if done > flat.size else ''}{done} items, "
+                             f"not {flat.size}")
+        return out
+
     def write_npy(self, fp: IO[bytes]) -> None:
         """Write the ``.npy`` header and then the blocks to ``fp``, in writes as numpy's."""
         fp.write(npy_header(self.shape, self.dtype))
