@@ -720,3 +720,27 @@ def test_thumbnail_is_the_block_mean_and_never_enlarged() -> None:
     block = rgb[step:2 * step, 2 * step:3 * step].reshape(-1, 3).mean(axis=0)
     np.testing.assert_array_equal(small[1, 2], np.rint(block).astype(np.uint8))
     np.testing.assert_array_equal(thumbnail(rgb, 500), rgb)
+
+
+def test_overlays_made_in_row_blocks_are_the_overlays_made_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The overlays' float temporaries are made a few rows at a time (a 2048^2 montage
+    would need hundreds of MB at once): the pixels are those of one block."""
+    from cellcrowd.qc import overlay
+
+    rng = np.random.default_rng(4)
+    raw = rng.integers(0, 4000, (61, 47)).astype(np.uint16)
+    labels = rng.integers(0, 9, (61, 47)) * (rng.random((61, 47)) < 0.6)
+    whole = (overlay_panels(raw, labels, labels), stretch_to_uint8(raw))
+    monkeypatch.setattr(overlay, "_BLOCK_PIXELS", 100)  # blocks of 2 rows
+    assert overlay._row_blocks(raw.shape)[1] == slice(2, 4)
+    np.testing.assert_array_equal(overlay_panels(raw, labels, labels), whole[0])
+    np.testing.assert_array_equal(stretch_to_uint8(raw), whole[1])
+
+
+def test_thumbnail_is_the_rounded_block_mean() -> None:
+    rgb = np.random.default_rng(5).integers(0, 256, (95, 61, 3)).astype(np.uint8)
+    small = thumbnail(rgb, 20)  # blocks of 5 x 5, the last rows and columns left out
+    blocks = rgb[:95, :60].reshape(19, 5, 12, 5, 3).astype(np.float64)
+    np.testing.assert_array_equal(small, np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8))

@@ -99,8 +99,11 @@ def stretch_to_uint8(
     low, high = (float(v) for v in np.percentile(image.astype(np.float64), [low_p, high_p]))
     if high <= low:
         high = low + 1.0
-    scaled = np.clip((image.astype(np.float64) - low) / (high - low), 0.0, 1.0)
-    return np.rint(scaled * 255).astype(np.uint8)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for rows in _row_blocks(image.shape):
+        scaled = np.clip((image[rows].astype(np.float64) - low) / (high - low), 0.0, 1.0)
+        out[rows] = np.rint(scaled * 255).astype(np.uint8)
+    return out
 
 
 def _colours(labels: NDArray[np.generic], palette: NDArray[np.uint8]) -> NDArray[np.uint8]:
@@ -183,11 +186,24 @@ def fill_overlay(
     _check_pair(image, labels, palette)
     if not (0 <= alpha <= 1 and 0 <= dim <= 1):
         raise ValueError(f"alpha and dim must lie in 0..1, got {alpha!r} and {dim!r}")
-    grey = stretch_to_uint8(image, percentiles=percentiles).astype(np.float64) * dim
-    rgb = np.repeat(grey[..., None], 3, axis=2)
-    cells = labels != 0
-    rgb[cells] = alpha * _colours(labels[cells], palette) + (1 - alpha) * rgb[cells]
-    return np.rint(rgb).astype(np.uint8)
+    stretched = stretch_to_uint8(image, percentiles=percentiles)
+    out = np.empty((*labels.shape, 3), dtype=np.uint8)
+    for rows in _row_blocks(labels.shape):  # float temporaries for a few rows at a time
+        grey = stretched[rows].astype(np.float64) * dim
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+        cells = labels[rows] != 0
+        rgb[cells] = alpha * _colours(labels[rows][cells], palette) + (1 - alpha) * rgb[cells]
+        out[rows] = np.rint(rgb).astype(np.uint8)
+    return out
+
+
+#: Pixels of the float temporaries of an overlay made at a time (by row blocks).
+_BLOCK_PIXELS = 1 << 18
+
+
+def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
+    step = max(1, _BLOCK_PIXELS // max(1, shape[1]))
+    return [slice(r, r + step) for r in range(0, shape[0], step)] or [slice(0, 0)]
 
 
 def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]) -> NDArray[np.int64]:
@@ -273,8 +289,10 @@ def thumbnail(rgb: NDArray[np.uint8], max_side: int = 160) -> NDArray[np.uint8]:
     h, w = rgb.shape[0] // step * step, rgb.shape[1] // step * step
     if h == 0 or w == 0:
         return rgb[::step, ::step].copy()
-    blocks = rgb[:h, :w].reshape(h // step, step, w // step, step, 3).astype(np.float64)
-    small: NDArray[np.uint8] = np.rint(blocks.mean(axis=(1, 3))).astype(np.uint8)
+    blocks = rgb[:h, :w].reshape(h // step, step, w // step, step, 3)
+    # the mean of each block: its exact sum (no float copy of the image) over its size
+    sums = blocks.sum(axis=(1, 3), dtype=np.uint64).astype(np.float64)
+    small: NDArray[np.uint8] = np.rint(sums / (step * step)).astype(np.uint8)
     return small
 
 
