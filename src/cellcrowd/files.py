@@ -582,13 +582,11 @@ def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool =
               level: int | None = None) -> Path:
     """Write ``arrays`` as an ``.npz`` (what ``np.load`` reads) atomically, member by member.
 
-    Each array is streamed into its zip member in blocks (no second copy in
-    memory). Compressed members use ``level`` (default
-    :attr:`WriteSettings.npz_level`) and the codec of :class:`WriteSettings`;
-    timestamps are fixed, so equal arrays give equal bytes (:mod:`cellcrowd.npzfile`).
-    A value with a ``write_npy(file)`` method
-    (:class:`cellcrowd.export.npzstream.NpyStream`) writes its own ``.npy`` bytes into
-    the member: a movie streamed frame by frame.
+    Each array is streamed into its zip member in blocks (no second copy in memory).
+    Compressed members use ``level`` (default :attr:`WriteSettings.npz_level`) and the
+    codec of :class:`WriteSettings`; timestamps are fixed, so equal arrays give equal
+    bytes (:mod:`cellcrowd.npzfile`). A value with a ``write_npy(file)`` method
+    (:class:`cellcrowd.export.npzstream.NpyStream`) writes its own ``.npy`` bytes.
 
     Raises
     ------
