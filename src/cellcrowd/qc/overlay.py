@@ -203,7 +203,7 @@ _BLOCK_PIXELS = 1 << 18
 
 def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
     step = max(1, _BLOCK_PIXELS // max(1, shape[1]))
-    return [slice(r, r + step) for r in range(0, shape[0], step)] or [slice(0, 0)]
+    return [slice(r, r + step) for r in range(0, shape[0], step)]
 
 
 def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]) -> NDArray[np.int64]:

@@ -278,8 +278,8 @@ def _render_raw(rng: np.random.Generator, labels: NDArray[np.int32],
     texture = ndimage.gaussian_filter(rng.normal(0, 1, (height, width)), 2.0)
     texture = 1.0 + 0.15 * texture / max(float(np.abs(texture).max()), 1e-9)
     flicker = rng.normal(1.0, 0.02, (frames, 1, 1))
-    chunks = [slice(t, t + max(1, _RENDER_PIXELS // (height * width)))
-              for t in range(0, frames, max(1, _RENDER_PIXELS // (height * width)))]
+    step = max(1, _RENDER_PIXELS // (height * width))  # frames at a time
+    chunks = [slice(t, t + step) for t in range(0, frames, step)]
     counts = np.empty(labels.shape, dtype=np.int32)  # photon counts: thousands at most
     for part in chunks:  # every Poisson draw first, then every Gaussian one, as before
         signal = brightness[labels[part]] * texture[None]
