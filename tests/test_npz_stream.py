@@ -26,6 +26,7 @@ from cellcrowd.files import read_image, use_write_settings, write_image, write_n
 from cellcrowd.geometry import Position
 from cellcrowd.layout import WorkingFolder
 from cellcrowd.movies import montages_to_movies, raw_to_movies
+from cellcrowd.npzfile import read_npy_frames
 from cellcrowd.pipeline import working_folder
 from cellcrowd.sim.demo import ExampleSettings, make_example
 from cellcrowd.stitch import link_parts, read_stitched, stitch_movies
@@ -94,6 +95,38 @@ def test_a_stream_read_into_memory_is_the_array() -> None:
 def test_a_stream_cannot_hold_objects() -> None:
     with pytest.raises(ValueError, match="cannot hold Python objects"):
         NpyStream((1,), object, [])
+
+
+@pytest.mark.parametrize(("codec", "level", "compressed"), SETTINGS, ids=SETTING_IDS)
+def test_frames_read_back_one_at_a_time_are_the_array(tmp_path: Path, codec: str, level: int,
+                                                      compressed: bool) -> None:
+    rng = np.random.default_rng(2)
+    for dtype in (np.uint16, np.int32, np.float32):
+        array = (rng.random((5, 33, 17)) * 60_000).astype(dtype)
+        with use_write_settings(codec=codec, npz_level=level):
+            write_npz(tmp_path / "a.npz", {"y": array, "z": np.zeros(3)}, compressed=compressed)
+        frames = list(read_npy_frames(tmp_path / "a.npz", "y"))
+        assert [f.shape for f in frames] == [(33, 17)] * 5
+        np.testing.assert_array_equal(np.stack(frames), array)
+        assert frames[0].dtype == dtype
+    with pytest.raises(ValueError, match="no array 'x'"):
+        next(read_npy_frames(tmp_path / "a.npz", "x"))
+    with pytest.raises(ValueError, match="not a C-order array of frames"):
+        next(read_npy_frames(tmp_path / "a.npz", "z"))  # one dimension: no frames
+
+
+def test_frames_of_a_short_member_name_where_they_stop(tmp_path: Path) -> None:
+    array = np.arange(4 * 6 * 5, dtype=np.uint16).reshape(4, 6, 5)
+    data = np.lib.format.header_data_from_array_1_0(array)
+    with (zipfile.ZipFile(tmp_path / "short.npz", "w", zipfile.ZIP_DEFLATED) as zf,
+          zf.open("y.npy", "w") as member):  # the header says 4 frames, 2.5 follow
+        np.lib.format.write_array_header_1_0(member, data)
+        member.write(array.tobytes()[:array.nbytes * 5 // 8])
+    frames = read_npy_frames(tmp_path / "short.npz", "y")
+    np.testing.assert_array_equal(next(frames), array[0])
+    np.testing.assert_array_equal(next(frames), array[1])
+    with pytest.raises(ValueError, match="ends in frame 2 of 4"):
+        next(frames)
 
 
 MOVIE = ExampleSettings(frames=12, shape=(80, 80), cells=5, divisions=1, montage_len=4,

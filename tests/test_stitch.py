@@ -30,7 +30,7 @@ from cellcrowd.stitch import (
     stitch_movies,
     stitch_tiles,
 )
-from cellcrowd.stitch.parts import StitchedPart, load_part, save_part
+from cellcrowd.stitch.parts import load_part
 from cellcrowd.stitch.tiles import stitch_tile_movies
 from helpers import file_hashes
 
@@ -519,16 +519,23 @@ def test_stitch_movies_streams_part_by_part(tmp_path: Path,
     movie = boxes_movie(np.random.default_rng(5), (30, 30), 8, 7, smallest=5)
     grid = TileGrid.for_frame((30, 30), num_x=2, num_y=2, overlap_perc=20)
     wf = write_movies_folder(tmp_path, movie, grid, 3, None)
-    expected = stitch_movies(wf)
-    _, labels, _ = read_stitched(wf)
-    shutil.rmtree(wf.stitched)
+    parts = []  # the whole-movie way: every part stitched whole, then all linked at once
+    for m, frames in enumerate((3, 3, 2)):
+        tiles = np.zeros((frames, grid.num_y, grid.num_x, *grid.tile_shape), np.int32)
+        for pos in grid.positions:
+            for f in range(frames):
+                tiles[f, pos.y, pos.x] = read_image(wf.annotated_frame(part_of_montage(m),
+                                                                       pos, f))
+        parts.append(stitch_tiles(tiles, grid)[0])
+    labels, link = stitch.link_parts(parts)
+    lineage = stitch.lineage_from_labels(labels, link.parents)
 
     def whole_movie(*args: object, **kwargs: object) -> None:
         raise AssertionError("the whole movie was linked at once")
 
     written_before: list[int] = []
     held: list[int] = []
-    link_add, lineage_add = PartLinker.add, LineageBuilder.add
+    link_add, lineage_add = PartLinker.add_numbered, LineageBuilder.add
 
     class SerialSpy:
         """Runs each part only when asked for its result, counting frames on disk first."""
@@ -543,9 +550,9 @@ def test_stitch_movies_streams_part_by_part(tmp_path: Path,
         def close(self) -> None:
             pass
 
-    def spy_link(self: PartLinker, arr: np.ndarray) -> np.ndarray:
-        held.append(arr.shape[0])
-        return link_add(self, arr)
+    def spy_link(self: PartLinker, first: np.ndarray, cells: int) -> np.ndarray:
+        held.append(1 if first.ndim == 2 else first.shape[0])
+        return link_add(self, first, cells)
 
     def spy_lineage(self: LineageBuilder, frames: np.ndarray, parents: dict[int, int]) -> None:
         held.append(frames.shape[0])
@@ -553,14 +560,17 @@ def test_stitch_movies_streams_part_by_part(tmp_path: Path,
 
     monkeypatch.setattr(stitch, "link_parts", whole_movie)
     monkeypatch.setattr(stitch, "lineage_from_labels", whole_movie)
-    monkeypatch.setattr(PartLinker, "add", spy_link)
+    monkeypatch.setattr(PartLinker, "add", whole_movie)
+    monkeypatch.setattr(PartLinker, "add_numbered", spy_link)
     monkeypatch.setattr(LineageBuilder, "add", spy_lineage)
     result = stitch_movies(wf, executor=SerialSpy())
     # Serially, part N is read only after parts 1..N-1 are linked and on disk.
     assert written_before == [0, 3, 6]
-    assert max(held) == 3  # never more than one part's frames at once
-    assert result.lineage == expected.lineage
+    assert len(held) == 3 + 8  # 3 parts linked, 8 frames fed to the lineage
+    assert max(held) == 1  # one frame at a time, never a part
+    assert result.lineage == lineage
     np.testing.assert_array_equal(read_stitched(wf)[1], labels)
+    assert not list(wf.base.glob(".stitch-*"))  # the run's part files are gone
 
 
 def test_stitch_movies_refuses_ids_beyond_16_bits(tmp_path: Path,
@@ -603,20 +613,22 @@ class _FileStore:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.saved: list[int] = []
+        self.written: list[int] = []
         self.loaded: list[int] = []
 
+    def path(self, part: int) -> Path:
+        return self.folder / f"part{part}.npz"
+
     def fresh(self, part: int, inputs: Sequence[Path]) -> bool:
-        return (self.folder / f"part{part}.npz").is_file()
+        if self.path(part).is_file():
+            self.loaded.append(part)
+            return True
+        return False
 
-    def load(self, part: int) -> StitchedPart:
-        self.loaded.append(part)
-        return load_part(self.folder / f"part{part}.npz")
-
-    def save(self, stitched: StitchedPart, inputs: Sequence[Path]) -> None:
+    def saved(self, part: int, inputs: Sequence[Path]) -> None:
         assert inputs
-        self.saved.append(stitched.part)
-        save_part(stitched, self.folder / f"part{stitched.part}.npz")
+        assert self.path(part).is_file()
+        self.written.append(part)
 
 
 def test_stitch_movies_reuses_kept_parts_into_the_same_bytes(tmp_path: Path) -> None:
@@ -625,21 +637,27 @@ def test_stitch_movies_reuses_kept_parts_into_the_same_bytes(tmp_path: Path) -> 
     wf = write_movies_folder(tmp_path / "work", movie, grid, 2, None)
     shutil.rmtree(wf.annotated_dir(part_of_montage(1), Position(1, 1)))
     store = _FileStore(tmp_path / "kept")
+    store.folder.mkdir()
     first = stitch_movies(wf, store=store)
     written = file_hashes(wf.stitched, skip_folders=())
     (store.folder / f"part{part_of_montage(2)}.npz").unlink()  # that part is stitched again
     calls: list[int] = []
     second = stitch_movies(wf, store=store, progress=calls.append)
-    assert store.saved == [*(part_of_montage(m) for m in range(3)), part_of_montage(2)]
+    assert store.written == [*(part_of_montage(m) for m in range(3)), part_of_montage(2)]
     assert store.loaded == [part_of_montage(0), part_of_montage(1)]
     assert calls == [1, 1, 1]
     assert file_hashes(wf.stitched, skip_folders=()) == written
     assert (second.parts, second.missing, second.lineage) == (
         first.parts, first.missing, first.lineage)
     assert second.parts[1].missing == (Position(1, 1),)
+    assert not list(wf.base.glob(".stitch-*"))  # the store held the parts, not a run folder
     (store.folder / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a stitched part"):
         load_part(store.folder / "bad.npz")
+    kept = store.path(part_of_montage(0))
+    kept.write_bytes(kept.read_bytes()[:-200])  # cut short: no longer a whole zip
+    with pytest.raises(InputError, match="not a stitched part"):
+        stitch_movies(wf, store=store)
 
 
 def test_tiles_given_one_at_a_time_are_stitched_alike_and_not_kept() -> None:

@@ -1,4 +1,5 @@
-"""Writing ``.npz`` files member by member, fixed timestamps (:func:`cellcrowd.files.write_npz`).
+"""Writing ``.npz`` files member by member, fixed timestamps (:func:`cellcrowd.files.write_npz`),
+and reading one member back a frame at a time (:func:`read_npy_frames`).
 
 Each array is streamed into its zip member with ``np.lib.format.write_array``; compressed
 members use python-isal when installed and allowed by :class:`cellcrowd.files.WriteSettings`.
@@ -7,7 +8,7 @@ members use python-isal when installed and allowed by :class:`cellcrowd.files.Wr
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from .files import atomic_path, write_settings
 
-__all__ = ["write_npz"]
+__all__ = ["read_npy_frames", "write_npz"]
 
 
 def _isal_zlib() -> Any | None:
@@ -86,3 +87,37 @@ def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool =
         for name, value in arrays.items():
             _write_member(zf, name, value, compressed, level)
     return path
+
+
+def read_npy_frames(path: str | Path, name: str) -> Iterator[np.ndarray[Any, Any]]:
+    """The member ``name`` of an ``.npz``, a C-order array of 2 or more dimensions, read
+    and yielded one item of its first axis (one frame) at a time: the whole array is
+    never in memory, compressed or not.
+
+    Raises
+    ------
+    ValueError
+        The member is missing, holds Python objects, is Fortran-ordered or has fewer
+        than 2 dimensions, or ends before its header's shape (truncated).
+    OSError, zipfile.BadZipFile
+        The file cannot be read or is not a zip archive.
+    """
+    with zipfile.ZipFile(path) as archive:
+        try:
+            member = archive.open(f"{name}.npy")
+        except KeyError:
+            raise ValueError(f"no array {name!r} in this .npz") from None
+        with member:
+            version = np.lib.format.read_magic(member)
+            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                      else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = header(member)
+            if dtype.hasobject or fortran or len(shape) < 2:
+                raise ValueError(f"array {name!r} is not a C-order array of frames "
+                                 f"(shape {shape}, dtype {dtype})")
+            size = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+            for t in range(shape[0]):
+                data = member.read(size)
+                if len(data) != size:
+                    raise ValueError(f"array {name!r} ends in frame {t} of {shape[0]}")
+                yield np.frombuffer(data, dtype).reshape(shape[1:])

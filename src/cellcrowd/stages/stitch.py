@@ -20,14 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..config import Config
 from ..pipeline.stage import Context, SkippedUnit, Stage, StageOutput
 from ._shared import log_files, raw_and_logs
-
-if TYPE_CHECKING:
-    from ..stitch.parts import StitchedPart
 
 __all__ = ["STAGE"]
 
@@ -48,7 +45,7 @@ class _UnitStore:
         self.ctx = ctx
         self.logs = ctx.units.file_digest(log_files(ctx.wf, ctx.config))
 
-    def _path(self, part: int) -> Path:
+    def path(self, part: int) -> Path:
         return self.ctx.wf.stitch_part_store(part)
 
     def _key(self, inputs: Sequence[Path]) -> dict[str, Any]:
@@ -57,18 +54,10 @@ class _UnitStore:
                 "expected": len(inputs)}
 
     def fresh(self, part: int, inputs: Sequence[Path]) -> bool:
-        return self.ctx.units.fresh(f"part{part}", self._key(inputs), [self._path(part)])
+        return self.ctx.units.fresh(f"part{part}", self._key(inputs), [self.path(part)])
 
-    def load(self, part: int) -> StitchedPart:
-        from ..stitch.parts import load_part
-
-        return load_part(self._path(part))
-
-    def save(self, stitched: StitchedPart, inputs: Sequence[Path]) -> None:
-        from ..stitch.parts import save_part
-
-        path = save_part(stitched, self._path(stitched.part))
-        self.ctx.units.done(f"part{stitched.part}", self._key(inputs), [path])
+    def saved(self, part: int, inputs: Sequence[Path]) -> None:
+        self.ctx.units.done(f"part{part}", self._key(inputs), [self.path(part)])
 
 
 def _run(ctx: Context) -> StageOutput:

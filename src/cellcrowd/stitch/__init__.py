@@ -36,14 +36,17 @@ Working folder (:func:`stitch_movies`)
     links them, and writes ``stitched/annotated`` (uint16 PNG),
     ``stitched/raw`` (TIFF copies of the raw frames) and
     ``stitched/lineage.json``. :func:`read_stitched` reads them back. It streams:
-    each part is linked to the last frame of the part before (the same linking
-    step as :func:`link_parts`) and written as it arrives, and the lineage is
-    built frame by frame (the same search as :func:`lineage_from_labels`), so
-    the whole label movie is never in memory.
+    each part's task writes its stitched frames to a file one at a time
+    (:func:`match_tiles`, :mod:`~cellcrowd.stitch.parts`); each part is then read
+    back a frame at a time, linked to the last frame of the part before (the same
+    linking step as :func:`link_parts`) and written, and the lineage is built
+    frame by frame (the same search as :func:`lineage_from_labels`), so neither a
+    whole part nor the whole label movie is ever in memory.
 
 Modules: :mod:`~cellcrowd.stitch.tiles`, :mod:`~cellcrowd.stitch.link`,
 :mod:`~cellcrowd.stitch.lineage`, :mod:`~cellcrowd.stitch.folder` (the working
-folder) and :mod:`~cellcrowd.stitch.common`; every public name is importable from
+folder), :mod:`~cellcrowd.stitch.parts` (stitched parts on disk) and
+:mod:`~cellcrowd.stitch.common`; every public name is importable from
 ``cellcrowd.stitch``. The matching primitives are in :mod:`cellcrowd.match`.
 """
 
@@ -59,7 +62,7 @@ from .lineage import (
     read_lineage,
 )
 from .link import AmbiguousLink, LinkReport, PartLinker, link_parts
-from .tiles import StitchConflict, StitchReport, stitch_tiles
+from .tiles import StitchConflict, StitchReport, TileStitch, match_tiles, stitch_tiles
 
 __all__ = [
     "MAX_CELLS",
@@ -71,10 +74,12 @@ __all__ = [
     "StitchConflict",
     "StitchMoviesResult",
     "StitchReport",
+    "TileStitch",
     "add_frame_labels",
     "frames_per_label",
     "lineage_from_labels",
     "link_parts",
+    "match_tiles",
     "read_lineage",
     "read_stitched",
     "stitch_movies",

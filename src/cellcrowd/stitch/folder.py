@@ -12,9 +12,12 @@ so the whole label movie is never in memory.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import logging
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +35,8 @@ from ..layout import WorkingFolder, part_of_montage
 from .common import Lineage
 from .lineage import LineageBuilder, read_lineage
 from .link import LinkReport, PartLinker
-from .parts import PartStore, StitchedPart
-from .tiles import StitchConflict, StitchReport, stitch_tile_movies
+from .parts import PartStore, StitchedPart, load_part, write_part
+from .tiles import StitchConflict, StitchReport, match_tiles
 
 __all__ = ["MAX_CELLS", "StitchMoviesResult", "read_stitched", "stitch_movies"]
 
@@ -50,6 +53,7 @@ class _PartTask:
     part: int
     frames: int
     min_iou: float
+    out: Path  # where the stitched part is written
 
 
 def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
@@ -74,7 +78,8 @@ def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
 
 def _stitch_part(task: _PartTask) -> StitchedPart:
     """Read and stitch every tile of one part, one tile in memory at a time (then only its
-    compact labels); unreadable tiles are reported as missing."""
+    compact labels), and write the part's frames to ``task.out`` one at a time; unreadable
+    tiles are reported as missing."""
     missing: list[tuple[Position, str]] = []
 
     def tiles() -> Iterator[tuple[Position, NDArray[Any]]]:
@@ -85,10 +90,8 @@ def _stitch_part(task: _PartTask) -> StitchedPart:
             except InputError as exc:
                 missing.append((pos, str(exc)))
 
-    labels, report = stitch_tile_movies(tiles(), task.grid, task.frames, min_iou=task.min_iou)
-    if report.cells <= MAX_CELLS:  # half the bytes back to the main process and held there
-        return StitchedPart(task.part, labels.astype(np.uint16), report, tuple(missing))
-    return StitchedPart(task.part, labels, report, tuple(missing))  # refused there, by name
+    stitched = match_tiles(tiles(), task.grid, task.frames, min_iou=task.min_iou)
+    return write_part(task.out, task.part, stitched, missing)
 
 
 def _part_inputs(task: _PartTask) -> list[Path]:
@@ -97,25 +100,64 @@ def _part_inputs(task: _PartTask) -> list[Path]:
             for f in range(task.frames)]
 
 
+class _RunStore:
+    """The :class:`PartStore` of a run given none: files in a folder of its own, never fresh."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, part: int) -> Path:
+        return self.folder / f"part{part}.stitched"
+
+    def fresh(self, part: int, inputs: Sequence[Path]) -> bool:
+        return False
+
+    def saved(self, part: int, inputs: Sequence[Path]) -> None:
+        pass
+
+
 def _stitched_parts(tasks: list[_PartTask], executor: Executor | None,
                     progress: Callable[[int], None] | None,
-                    store: PartStore | None) -> Iterator[StitchedPart]:
+                    store: PartStore) -> Iterator[StitchedPart]:
     """Every part stitched, in order: unchanged ones from ``store``, the others anew."""
     inputs = {task.part: _part_inputs(task) for task in tasks}
-    kept = {task.part for task in tasks
-            if store is not None and store.fresh(task.part, inputs[task.part])}
+    kept = {task.part for task in tasks if store.fresh(task.part, inputs[task.part])}
     new = run_tasks(_stitch_part, [t for t in tasks if t.part not in kept],
                     executor=executor, progress=progress)
     for task in tasks:
-        if store is not None and task.part in kept:
+        if task.part in kept:
             if progress is not None:
                 progress(1)
-            yield store.load(task.part)
+            yield load_part(task.out)
             continue
         stitched = next(new)
-        if store is not None:
-            store.save(stitched, inputs[task.part])
+        store.saved(task.part, inputs[task.part])
         yield stitched
+
+
+def _add_part(wf: WorkingFolder, stitched: StitchedPart, linker: PartLinker,
+              builder: LineageBuilder, raw_paths: Sequence[Path]) -> None:
+    """Link one stitched part to the movie so far and write its frames, one at a time."""
+    frames = stitched.frames()
+    first = next(frames, None)
+    if first is None:
+        raise InputError("a stitched part without frames: run the stitch stage again "
+                         "(--force stitch)", path=stitched.path)
+    ids = linker.add_numbered(first, stitched.report.cells)
+    if linker.next_id - 1 > MAX_CELLS:
+        raise InputError(
+            f"the stitched movie has {linker.next_id - 1} cells by part {stitched.part}, "
+            "more than a 16-bit label frame holds (65535): stitch fewer frames at a time",
+            path=wf.stitched)
+    ids16, start = ids.astype(np.uint16), linker.start
+    movie = ids16[first]
+    for t, local in enumerate(itertools.chain([first], frames), start=start):
+        movie = ids16[local]
+        write_image(wf.stitched_frame("annotated", t), movie)
+        builder.add(movie[None], linker.parents)
+        if raw_paths:
+            write_image(wf.stitched_frame("raw", t), read_image(raw_paths[t]))
+    linker.end_part(movie, t + 1 - start)
 
 
 @dataclass(frozen=True)
@@ -176,20 +218,23 @@ def stitch_movies(
     """Stitch the annotated tiles of every part into one tracked full-size movie.
 
     Reads ``movies/part{N}/x_XX_y_YY/annotated`` (as written by
-    :func:`cellcrowd.movies.montages_to_movies`), stitches each part with
-    :func:`stitch_tile_movies`, joins the parts with :func:`link_parts`, finds the
+    :func:`cellcrowd.movies.montages_to_movies`), stitches each part's tiles,
+    joins the parts with :func:`link_parts`, finds the
     lineage with :func:`lineage_from_labels`, and writes
     ``stitched/annotated/{id}_frame_FFF.png`` (uint16), copies of the raw frames
     as ``stitched/raw/{id}_frame_FFF.tif`` (when the raw folder exists) and
     ``stitched/lineage.json``. A tile whose frames are missing or unreadable is
     reported and left out (its pixels are 0 in that part), never fatal.
 
-    Parts are linked and written one at a time, in order, as their stitched
-    labels arrive; only the last frame linked so far and the per-cell lineage
-    records are kept, plus any parts an executor has finished ahead of the one
-    being written (a process pool may run ahead of this loop). The result is the
-    same as linking the whole movie with :func:`link_parts` and
-    :func:`lineage_from_labels`.
+    Each part's task matches its tiles (:func:`match_tiles`) and writes the
+    stitched part to a file a frame at a time (:func:`~cellcrowd.stitch.parts.write_part`;
+    in ``store``, or in a temporary folder in ``wf.base`` for the run). Parts are
+    then linked and written one at a time, in order, read back a frame at a time;
+    only the last frame linked so far and the per-cell lineage records are kept,
+    so memory does not grow with the movie or with parts an executor finishes
+    ahead. The result is the same as stitching each part with
+    :func:`stitch_tile_movies` and linking the whole movie with :func:`link_parts`
+    and :func:`lineage_from_labels`.
 
     Parameters
     ----------
@@ -206,8 +251,8 @@ def stitch_movies(
     job : Job, optional
         The job's geometry when the caller has it (else read from the logs).
     store : PartStore, optional
-        Parts stitched before: the unchanged ones are loaded instead of stitched again
-        (the same bytes result), the others are stitched and kept
+        Where the stitched parts are kept: the unchanged ones are loaded instead of
+        stitched again (the same bytes result), the others are stitched into it
         (:mod:`cellcrowd.stitch.parts`; the stitch stage keeps them per unit).
 
     Raises
@@ -222,41 +267,34 @@ def stitch_movies(
 
     movie = read_movie_geometry(wf, job=job)
     wf, grid = movie.wf, movie.grid
-    tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou)
-             for m in range(movie.count)]
-    total = sum(task.frames for task in tasks)
+    total = sum(movie.frames_in(m) for m in range(movie.count))
     raw_paths = movie.movie_raw_paths()
     if len(raw_paths) < total:
         logger.warning("%d raw frames found for %d stitched frames; stitched/raw not written",
                        len(raw_paths), total)
         raw_paths = []
     check_raw_frames(raw_paths, grid.frame_shape, source=wf.chopper_log)
-    # Streaming: each part is linked to the last frame of the one before, written, and
-    # fed to the lineage as it arrives; only that last frame and the per-cell records
-    # stay in memory (plus results the executor has finished ahead of this loop).
+    # Streaming: each part is linked to the last frame of the one before and written a
+    # frame at a time, and fed to the lineage; only that last frame and the per-cell
+    # records stay in memory (workers write the parts to files, so results the executor
+    # finishes ahead of this loop hold nothing).
     linker = PartLinker(min_iou=link_iou, min_inside=0.5, min_share=0.2)
     builder = LineageBuilder(min_inside=0.5, min_share=0.2)
     reports: list[StitchReport] = []
     missing: list[tuple[int, Position, str]] = []
-    for result in _stitched_parts(tasks, executor, progress, store):
-        for pos, reason in result.missing:
-            logger.warning("part %d: tile x=%d, y=%d left out: %s", result.part, pos.x, pos.y,
-                           reason)
-        reports.append(result.report)
-        missing.extend((result.part, pos, reason) for pos, reason in result.missing)
-        start = linker.start
-        labels = linker.add(result.labels)
-        if linker.next_id - 1 > MAX_CELLS:
-            raise InputError(
-                f"the stitched movie has {linker.next_id - 1} cells by part {result.part}, "
-                "more than a 16-bit label frame holds (65535): stitch fewer frames at a time",
-                path=wf.stitched)
-        builder.add(labels, linker.parents)
-        for t, frame in enumerate(labels, start=start):
-            write_image(wf.stitched_frame("annotated", t), frame.astype(np.uint16))
-        for t, path in enumerate(raw_paths[start:start + labels.shape[0]], start=start):
-            write_image(wf.stitched_frame("raw", t), read_image(path))
-        del labels, result
+    with contextlib.ExitStack() as stack:
+        if store is None:
+            store = _RunStore(Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix=".stitch-", dir=wf.base))))
+        tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou,
+                           store.path(part_of_montage(m))) for m in range(movie.count)]
+        for result in _stitched_parts(tasks, executor, progress, store):
+            for pos, reason in result.missing:
+                logger.warning("part %d: tile x=%d, y=%d left out: %s", result.part, pos.x,
+                               pos.y, reason)
+            reports.append(result.report)
+            missing.extend((result.part, pos, reason) for pos, reason in result.missing)
+            _add_part(wf, result, linker, builder, raw_paths)
     link = linker.report()
     lineage = builder.finish()
     atomic_write_text(wf.stitched_lineage, json.dumps(

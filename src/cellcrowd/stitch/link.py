@@ -157,7 +157,7 @@ class PartLinker:
 
     def __init__(self, *, min_iou: float, min_inside: float, min_share: float) -> None:
         self.min_iou, self.min_inside, self.min_share = min_iou, min_inside, min_share
-        self.last: NDArray[np.int32] | None = None  # the last frame so far, movie ids
+        self.last: NDArray[Any] | None = None  # the last frame so far, movie ids
         self.next_id = 1
         self.start = 0
         self.starts: list[int] = []
@@ -169,32 +169,50 @@ class PartLinker:
 
     def add(self, arr: NDArray[Any]) -> NDArray[np.int32]:
         """The next part (T_i, H, W) relabelled with movie ids, links and divisions recorded."""
-        start = self.start
         uniq, inverse = compact_ids(arr)
+        ids = self._movie_ids(uniq, arr[0])
+        out: NDArray[np.int32] = ids[inverse].astype(np.int32)
+        self.end_part(out[-1], arr.shape[0])
+        return out
+
+    def add_numbered(self, first: NDArray[Any], cells: int) -> NDArray[np.int64]:
+        """The next part, numbered ``1..cells`` with every id present, given by its first
+        frame: returns the table of its ids -> movie ids (``table[0] == 0``).
+
+        The caller maps the part's frames through the table, one at a time, and then
+        calls :meth:`end_part`. What is linked and recorded is exactly what :meth:`add`
+        does for the whole part.
+        """
+        return self._movie_ids(np.arange(cells + 1, dtype=np.int64), first)
+
+    def end_part(self, last: NDArray[Any], frames: int) -> None:
+        """The part just added ended with frame ``last`` (movie ids) and had ``frames``."""
+        self.last = np.array(last, copy=True)  # not a view keeping the part alive
+        self.start += frames
+
+    def _movie_ids(self, uniq: NDArray[np.int64], first: NDArray[Any]) -> NDArray[np.int64]:
+        """Movie ids for the part's distinct ids ``uniq`` (sorted, ``uniq[0] == 0``)."""
+        start = self.start
         new = np.zeros(uniq.size, dtype=np.int64)
         link = None
         if self.last is not None:
-            link = _link_frames(self.last, arr[0], start, uniq, min_iou=self.min_iou,
+            link = _link_frames(self.last, first, start, uniq, min_iou=self.min_iou,
                                 min_inside=self.min_inside, min_share=self.min_share)
             for local, glob in link.continued.items():
                 new[int(np.searchsorted(uniq, local))] = glob
             self.links.append(len(link.continued))
             self.ambiguous.extend(link.ambiguous)
-        for k in range(1, uniq.size):
-            if new[k] == 0:
-                new[k] = self.next_id
-                self.next_id += 1
+        fresh = np.flatnonzero(new[1:] == 0) + 1  # cells starting here: the next ids, in order
+        new[fresh] = np.arange(self.next_id, self.next_id + fresh.size)
+        self.next_id += fresh.size
         if link is not None:
             for parent, daughters in link.divisions.items():
                 for local in daughters:
                     self.parents[int(new[int(np.searchsorted(uniq, local))])] = parent
                 self.division_frames[parent] = start
-        out: NDArray[np.int32] = new[inverse].astype(np.int32)
-        self.last = out[-1].copy()
         self.starts.append(start)
         self.id_maps.append({int(u): int(n) for u, n in zip(uniq[1:], new[1:], strict=True)})
-        self.start += arr.shape[0]
-        return out
+        return new
 
     def report(self) -> LinkReport:
         """What was linked so far (the parts added, their id maps, links and divisions)."""
@@ -214,7 +232,7 @@ class _FrameLink:
     ambiguous: list[AmbiguousLink]
 
 
-def _link_frames(before: NDArray[np.int32], after: NDArray[Any], frame: int,
+def _link_frames(before: NDArray[Any], after: NDArray[Any], frame: int,
                  after_labels: NDArray[np.int64], *, min_iou: float, min_inside: float,
                  min_share: float) -> _FrameLink:
     """Links and divisions from one frame (global ids) to the next (local ids)."""

@@ -17,7 +17,7 @@ then takes the cell of the tile whose core owns it (:meth:`TileGrid.core_window`
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,10 @@ from ..geometry import Position, TileGrid
 from ..match import OwnerUnionFind, assign, compact_ids, overlap
 from .common import check_labels
 
-__all__ = ["StitchConflict", "StitchReport", "stitch_tile_movies", "stitch_tiles"]
+__all__ = [
+    "StitchConflict", "StitchReport", "TileStitch", "match_tiles", "stitch_tile_movies",
+    "stitch_tiles",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +193,28 @@ def stitch_tile_movies(
 
     Each movie is one tile's ``(frames, th, tw)`` labels (non-negative integers;
     checked by the caller), in :attr:`TileGrid.positions` order; positions not given
-    are missing. Only each tile's compact labels are kept (a ``uint32`` per pixel),
-    not the tiles themselves.
+    are missing. :func:`match_tiles` does the work; this stacks its frames.
+    """
+    stitched = match_tiles(movies, grid, frames, min_iou=min_iou)
+    labels = np.empty((frames, *grid.frame_shape), dtype=np.int32)  # ids < cells
+    for t, frame in enumerate(stitched.frames()):
+        labels[t] = frame
+    return labels, stitched.report
+
+
+def match_tiles(
+    movies: Iterable[tuple[Position, NDArray[Any]]],
+    grid: TileGrid,
+    frames: int,
+    *,
+    min_iou: float = 0.3,
+) -> TileStitch:
+    """The cells of the tiles of one part matched into physical cells; frames on demand.
+
+    Takes the tiles as :func:`stitch_tile_movies` does. Only each tile's compact
+    labels are kept (the smallest unsigned integer per pixel that holds them), not
+    the tiles themselves; :meth:`TileStitch.frames` makes the stitched frames one at
+    a time.
     """
     if not 0 < min_iou <= 1:
         raise ValueError(f"min_iou must be in (0, 1], got {min_iou!r}")
@@ -206,24 +229,70 @@ def stitch_tile_movies(
         (pc, lc), (_, ld) = nodes.describe(clash[0]), nodes.describe(clash[1])
         conflicts.append(StitchConflict(pa, la, pb, lb, iou, pc, (lc, ld)))
         logger.warning("stitching: %s", conflicts[-1])
-    roots = cells.groups() + 1
-    labels = np.zeros((frames, *grid.frame_shape), dtype=np.int32)  # ids < cells
-    for pos in nodes.present:
-        lut = roots[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
-        lut[0] = 0  # background stays background
-        (fy, fx), (ty, tx) = grid.core_window(pos)
-        labels[:, fy, fx] = lut[nodes.index[pos][:, ty, tx]]
-    del nodes  # the compact tiles: no longer needed while renumbering
-    labels, _ = fastremap.renumber(labels, preserve_zero=True, in_place=True)
-    labels = labels.astype(np.int32, copy=False)
-    report = StitchReport(
-        cells=int(labels.max(initial=0)),
+    stitched = TileStitch(grid, frames, nodes, cells.groups() + 1)
+    stitched.report = StitchReport(
+        cells=stitched.cells,
         matches=len(edges) - len(conflicts),
         unmatched=len(seen_shared - matched),
         conflicts=tuple(conflicts),
         missing=tuple(pos for pos in grid.positions if pos in absent),
     )
-    return labels, report
+    return stitched
+
+
+class TileStitch:
+    """The tiles of one part matched (:func:`match_tiles`): its report and its frames.
+
+    Every pixel takes the physical cell of the tile whose core owns it
+    (:meth:`TileGrid.core_window`); cells are numbered ``1..cells`` in the order of
+    their first pixel in the part (frame by frame, row by row), as
+    ``fastremap.renumber`` numbers the whole part.
+    """
+
+    report: StitchReport
+
+    def __init__(self, grid: TileGrid, frames: int, nodes: _Nodes,
+                 groups: NDArray[np.int64]) -> None:
+        self.grid, self.length, self._nodes = grid, frames, nodes
+        # per tile: its compact labels -> physical cell (group + 1)
+        self._luts: dict[Position, NDArray[np.int64]] = {}
+        appear = np.zeros(int(groups.max(initial=0)) + 1, dtype=bool)
+        for pos in nodes.present:
+            lut = groups[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
+            lut[0] = 0  # background stays background
+            self._luts[pos] = lut
+            _, (ty, tx) = grid.core_window(pos)
+            core = nodes.index[pos][:, ty, tx]
+            appear[lut[np.bincount(core.ravel(), minlength=lut.size) > 0]] = True
+        appear[0] = False
+        self._groups = appear.size
+        #: Physical cells in the stitched frames.
+        self.cells = int(np.count_nonzero(appear))
+        #: The frames' dtype: uint16 when the ids fit, else int32.
+        self.dtype = np.dtype(np.uint16 if self.cells <= np.iinfo(np.uint16).max else np.int32)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(frames, height, width)`` of the stitched part."""
+        return (self.length, *self.grid.frame_shape)
+
+    def frames(self) -> Iterator[NDArray[Any]]:
+        """The stitched frames (:attr:`dtype`), one at a time, numbered ``1..cells``."""
+        numbers = np.zeros(self._groups, dtype=np.int64)  # group -> cell id; 0 = not seen
+        seen = 0
+        for t in range(self.length):
+            groups = np.zeros(self.grid.frame_shape, dtype=np.int64)
+            for pos, lut in self._luts.items():
+                (fy, fx), (ty, tx) = self.grid.core_window(pos)
+                groups[fy, fx] = lut[self._nodes.index[pos][t, ty, tx]]
+            local, remap = fastremap.renumber(groups, preserve_zero=True, in_place=True)
+            order = np.zeros(int(max(remap.values(), default=0)) + 1, dtype=np.int64)
+            order[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(
+                remap.keys(), np.int64, len(remap))  # local id (first pixel order) -> group
+            new = np.flatnonzero(numbers[order[1:]] == 0) + 1
+            numbers[order[new]] = np.arange(seen + 1, seen + 1 + new.size)
+            seen += new.size
+            yield numbers[order].astype(self.dtype)[local]
 
 
 def _edge_arrays(edges: list[tuple[float, int, int]]
@@ -245,7 +314,9 @@ class _Nodes:
         self.count = 0
         for pos, movie in movies:
             self.present.append(pos)
-            self.labels[pos], self.index[pos] = compact_ids(movie)
+            self.labels[pos], index = compact_ids(movie)
+            small = np.min_scalar_type(self.labels[pos].size - 1)  # uint16 below 65536 labels
+            self.index[pos] = index.astype(small, copy=False)
             self.offset[pos] = self.count
             self.count += self.labels[pos].size
         self.tile_of = np.zeros(self.count, dtype=np.intp)
