@@ -9,6 +9,7 @@ S3-compatible server (moto in server mode on 127.0.0.1).
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import warnings
@@ -22,15 +23,22 @@ import pytest
 from cellcrowd.cli import main
 from cellcrowd.config import load_config
 from cellcrowd.errors import CellcrowdError, ConfigError, InputError
-from cellcrowd.export.cells import cell_table, cell_values
+from cellcrowd.export.cells import CellNodes, CellTable, cell_table, cell_values
 from cellcrowd.export.ctc import read_ctc
-from cellcrowd.export.geff import export_geff
+from cellcrowd.export.geff import (
+    _finish_metadata,
+    export_geff,
+    lineage_arrays,
+    lineage_graph,
+    write_geff,
+)
 from cellcrowd.export.omezarr import LABELS_NAME, export_omezarr, label_colour
 from cellcrowd.export.zarrstore import ExportTarget, require
 from cellcrowd.layout import WorkingFolder
 from cellcrowd.pipeline import working_folder
 from cellcrowd.sim.demo import ExampleSettings, run_demo
 from cellcrowd.stitch import read_stitched
+from helpers import file_hashes
 
 SMALL = ExampleSettings(frames=12, shape=(96, 96), cells=6, divisions=2, montage_len=4,
                         row_length=2)
@@ -163,6 +171,81 @@ def test_geff_per_part_splits_the_frames(demo: tuple[Path, WorkingFolder],
         assert max(times) - min(times) < SMALL.montage_len
         counts += part.number_of_nodes()
     assert counts == whole.number_of_nodes()
+
+
+def _reference_graph(table: CellTable, frames: range | None) -> Any:
+    """The lineage graph as it was built before the arrays (node by node, in networkx)."""
+    import networkx as nx
+
+    graph = nx.DiGraph()
+    runs: dict[int, list[int]] = {}
+    n = table.nodes
+    for i in range(len(n)):
+        lab, t = int(n.label[i]), int(n.t[i])
+        if frames is not None and t not in frames:
+            continue
+        attrs: dict[str, Any] = {"t": t, "y": float(n.y[i]), "x": float(n.x[i]),
+                                 "area": int(n.area[i]), "seg_id": lab, "track_id": lab}
+        for key, values in (("support", table.support), ("agreement", table.agreement)):
+            if values.get(lab) is not None:
+                attrs[key] = values[lab]
+        runs.setdefault(lab, []).append(graph.number_of_nodes())
+        graph.add_node(graph.number_of_nodes(), **attrs)
+    for ids in runs.values():
+        ids.sort(key=lambda node: graph.nodes[node]["t"])
+        graph.add_edges_from(itertools.pairwise(ids))
+    for lab, ids in runs.items():
+        for daughter in table.lineage.get(lab, {}).get("daughters") or []:
+            if runs.get(int(daughter)):
+                graph.add_edge(ids[-1], runs[int(daughter)][0])
+    return graph
+
+
+def _random_table(rng: np.random.Generator) -> CellTable:
+    """Cells with gaps, divisions (a daughter named twice, one never seen) and
+    support/agreement some cells lack."""
+    rows = []
+    for t in range(12):
+        for lab in sorted(rng.choice(np.arange(1, 30), size=int(rng.integers(0, 12)),
+                                     replace=False).tolist()):
+            rows.append((lab, t, float(rng.random() * 50), float(rng.random() * 50),
+                         int(rng.integers(1, 90))))
+    lineage: dict[int, dict[str, Any]] = {lab: {"daughters": []} for lab in range(1, 30)}
+    for parent in rng.choice(np.arange(1, 30), size=6, replace=False).tolist():
+        kids = rng.choice(np.arange(1, 31), size=2, replace=False).tolist()
+        lineage[parent]["daughters"] = [*kids, kids[0]]  # 30 never appears
+    support = {lab: (None if rng.random() < 0.3 else round(float(rng.random()), 6))
+               for lab in range(1, 30)}
+    table = CellTable(12, (50, 50), CellNodes.of(rows), lineage, support=support,
+                      agreement={lab: 0.5 for lab in range(1, 30)})
+    table.part_frames = {1: range(0, 5), 2: range(5, 12)}
+    return table
+
+
+def test_geff_from_arrays_is_the_files_geff_writes_from_a_graph(
+        demo: tuple[Path, WorkingFolder], tmp_path: Path) -> None:
+    geff = require("geff")
+    _, wf = demo
+    tables = [cell_table(wf), _random_table(np.random.default_rng(1)),
+              CellTable(3, (4, 4), CellNodes.of([]), {})]
+    for k, table in enumerate(tables):
+        for frames in [None, *table.part_frames.values()]:
+            ours, want = tmp_path / f"ours{k}.geff", tmp_path / f"want{k}.geff"
+            write_geff(str(ours), lineage_arrays(table, frames), "../x.ome.zarr")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # geff warns about an empty graph's props
+                geff.write(_reference_graph(table, frames), str(want), axis_names=["t", "y", "x"],
+                           axis_types=["time", "space", "space"],
+                           axis_units=["frame", "pixel", "pixel"], zarr_format=2,
+                           overwrite=True)
+            _finish_metadata(str(want), "../x.ome.zarr")
+            assert file_hashes(ours, skip_folders=()) == file_hashes(want, skip_folders=())
+            got = lineage_graph(table, frames)
+            reference = _reference_graph(table, frames)
+            assert list(got.nodes(data=True)) == list(reference.nodes(data=True))
+            assert list(got.edges) == list(reference.edges)
+            shutil.rmtree(ours)
+            shutil.rmtree(want)
 
 
 def test_ctc_export_is_valid_for_py_ctcmetrics(demo: tuple[Path, WorkingFolder]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,20 +30,44 @@ from ..layout import MontageKey, WorkingFolder, montage_name
 from ..match import overlap
 from ..stitch import Lineage, read_lineage
 
-__all__ = ["CellNode", "CellTable", "cell_table", "cell_values", "stitched_frame_paths"]
+__all__ = ["CellNodes", "CellTable", "cell_table", "cell_values", "stitched_frame_paths"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class CellNode:
-    """One cell in one frame: its label, frame, centroid (pixels) and area (pixels)."""
+class CellNodes:
+    """Every cell in every frame, as columns: label, frame, centroid (pixels), area (pixels).
 
-    label: int
-    t: int
-    y: float
-    x: float
-    area: int
+    One row per cell and frame, frame by frame, labels ascending inside a frame. Columns,
+    not objects: 40 bytes a row, so a long movie's table stays small.
+    """
+
+    label: NDArray[np.int64]
+    t: NDArray[np.int64]
+    y: NDArray[np.float64]
+    x: NDArray[np.float64]
+    area: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return int(self.label.size)
+
+    @classmethod
+    def of(cls, rows: Sequence[tuple[int, int, float, float, int]]) -> CellNodes:
+        """Columns from ``(label, t, y, x, area)`` rows."""
+        label, t, y, x, area = list(zip(*rows, strict=True)) or [()] * 5
+        return cls(np.asarray(label, np.int64), np.asarray(t, np.int64),
+                   np.asarray(y, np.float64), np.asarray(x, np.float64),
+                   np.asarray(area, np.int64))
+
+    @classmethod
+    def concat(cls, parts: Sequence[CellNodes]) -> CellNodes:
+        """The rows of ``parts``, one after another."""
+        if not parts:
+            return cls.of([])
+        return cls(np.concatenate([p.label for p in parts]), np.concatenate([p.t for p in parts]),
+                   np.concatenate([p.y for p in parts]), np.concatenate([p.x for p in parts]),
+                   np.concatenate([p.area for p in parts]))
 
 
 @dataclass
@@ -51,7 +76,7 @@ class CellTable:
 
     frames: int
     shape: tuple[int, int]
-    nodes: list[CellNode]
+    nodes: CellNodes
     lineage: Lineage
     montages: dict[int, list[str]] = field(default_factory=dict)
     support: dict[int, float | None] = field(default_factory=dict)
@@ -80,14 +105,16 @@ def stitched_frame_paths(wf: WorkingFolder, kind: str) -> list[Path]:
     return list_images(folder) if folder.is_dir() else []
 
 
-def _frame_stats(frame: NDArray[Any], t: int) -> list[CellNode]:
+def _frame_stats(frame: NDArray[Any], t: int) -> CellNodes:
     flat = frame.ravel().astype(np.int64)
     ys, xs = np.indices(frame.shape)
     area = np.bincount(flat)
     sy = np.bincount(flat, weights=ys.ravel())
     sx = np.bincount(flat, weights=xs.ravel())
-    return [CellNode(int(lab), t, float(sy[lab] / area[lab]), float(sx[lab] / area[lab]),
-                     int(area[lab])) for lab in np.flatnonzero(area) if lab]
+    labels = np.flatnonzero(area[1:]) + 1
+    return CellNodes(labels.astype(np.int64), np.full(labels.size, t, np.int64),
+                     sy[labels] / area[labels], sx[labels] / area[labels],
+                     area[labels].astype(np.int64))
 
 
 def _read_report(wf: WorkingFolder, montage: str) -> dict[str, Any] | None:
@@ -195,7 +222,7 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None) -> CellTable:
                          path=wf.stitched_frame("annotated", 0).parent)
     lineage = read_lineage(wf.stitched_lineage)
     provenance = _Provenance(wf, job)
-    nodes: list[CellNode] = []
+    nodes: list[CellNodes] = []
     shape: tuple[int, int] | None = None
     for t, path in enumerate(paths):
         frame = read_image(path)
@@ -204,10 +231,10 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None) -> CellTable:
         elif frame.shape != shape:
             raise InputError(f"frame {t} is {frame.shape}, the first frame {shape}: run the "
                              "stitch stage again", path=path)
-        nodes += _frame_stats(frame, t)
+        nodes.append(_frame_stats(frame, t))
         provenance.add(frame, t)
     if shape is None:
         raise InputError("no stitched frames to export: run the stitch stage first")
-    table = CellTable(len(paths), shape, nodes, lineage)
+    table = CellTable(len(paths), shape, CellNodes.concat(nodes), lineage)
     provenance.finish(table)
     return table

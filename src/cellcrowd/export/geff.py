@@ -12,70 +12,156 @@ it is missing from some frames) and a dividing cell's last node to each
 daughter's first. ``related_objects`` point at the OME-Zarr's level-0 arrays
 (relative to the GEFF group): the labels (``node_prop`` = ``seg_id``) and the
 image. The geff library validates the structure before writing.
+
+The graph is built as arrays (:func:`lineage_arrays`, written with
+``geff.core_io.write_arrays``), not as a graph object: about 60 bytes per node
+rather than the kilobyte a ``networkx`` node with its attributes takes, so a long
+movie's graph stays small. The files are those ``geff.write`` makes of the same
+``networkx.DiGraph`` (:func:`lineage_graph`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Collection
-from itertools import pairwise
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from ..layout import WorkingFolder
 from .cells import CellTable, cell_table
 from .omezarr import LABELS_NAME
 from .zarrstore import ExportTarget, require
 
-__all__ = ["export_geff", "lineage_graph", "write_geff"]
+__all__ = ["GraphArrays", "export_geff", "lineage_arrays", "lineage_graph", "write_geff"]
 
 logger = logging.getLogger(__name__)
 
+#: A GEFF property: its values and, when some elements lack it, which (else None).
+Prop = dict[str, NDArray[Any] | None]
+
+
+@dataclass(frozen=True)
+class GraphArrays:
+    """The lineage graph as GEFF arrays: node ids ``0..n-1`` (``uint64``), node
+    properties (``{"values", "missing"}``) and edges (``(E, 2)``, ``uint64``).
+
+    Nodes are the table's rows (only the frames asked for) in order; edges are sorted by
+    their first node, a division's in the order of the lineage's daughters: the arrays
+    ``geff.write`` makes of the same ``networkx.DiGraph`` (:func:`lineage_graph`).
+    """
+
+    node_ids: NDArray[np.uint64]
+    node_props: dict[str, Prop]
+    edge_ids: NDArray[np.uint64]
+
+    @property
+    def nodes(self) -> int:
+        return int(self.node_ids.size)
+
+    @property
+    def edges(self) -> int:
+        return int(self.edge_ids.shape[0])
+
+
+def _per_label(values: dict[int, float | None], labels: NDArray[np.int64]) -> Prop | None:
+    """A per-label value for every node: None when no node has one."""
+    got = [values.get(int(lab)) for lab in labels.tolist()]
+    missing = np.array([v is None for v in got], dtype=bool)
+    if missing.all():
+        return None
+    return {"values": np.array([0.0 if v is None else v for v in got], dtype=np.float64),
+            "missing": missing if missing.any() else None}
+
+
+def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]
+           ) -> NDArray[np.uint64]:
+    """A cell's consecutive appearances, and a dividing cell's last node to each daughter's
+    first, sorted by the first node (each node is the source of one kind only)."""
+    order = np.lexsort((t, label))  # every cell's nodes in time order, cell after cell
+    same = label[order][1:] == label[order][:-1]
+    src, dst = [order[:-1][same]], [order[1:][same]]
+    starts = np.flatnonzero(np.r_[True, ~same])
+    ends = np.r_[starts[1:], order.size] - 1
+    first = dict(zip(label[order[starts]].tolist(), order[starts].tolist(), strict=True))
+    last = dict(zip(label[order[ends]].tolist(), order[ends].tolist(), strict=True))
+    pairs = [(last[lab], first[int(d)]) for lab in last
+             for d in dict.fromkeys(table.lineage.get(lab, {}).get("daughters") or [])
+             if int(d) in first]
+    if pairs:
+        src.append(np.array([p[0] for p in pairs], dtype=np.int64))
+        dst.append(np.array([p[1] for p in pairs], dtype=np.int64))
+    edges = np.stack([np.concatenate(src), np.concatenate(dst)], axis=1).astype(np.int64)
+    return edges[np.argsort(edges[:, 0], kind="stable")].astype(np.uint64)
+
+
+def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> GraphArrays:
+    """The lineage as GEFF arrays of cell-frame nodes (only ``frames`` if given).
+
+    >>> from cellcrowd.export.cells import CellNodes
+    >>> table = CellTable(3, (4, 4), CellNodes.of([(1, 0, 1.0, 1.0, 4), (2, 2, 1.0, 1.0, 2),
+    ...     (3, 2, 3.0, 3.0, 2)]), {1: {"parent": None, "daughters": [2, 3], "frames": [0]},
+    ...     2: {"parent": 1, "frames": [2]}, 3: {"parent": 1, "frames": [2]}})
+    >>> lineage_arrays(table).edge_ids.tolist()
+    [[0, 1], [0, 2]]
+    """
+    n = table.nodes
+    rows = (np.arange(len(n)) if frames is None
+            else np.flatnonzero(np.isin(n.t, np.fromiter(frames, np.int64))))
+    label, t = n.label[rows], n.t[rows]
+    props: dict[str, Prop] = {}
+    if rows.size:
+        columns: dict[str, NDArray[Any]] = {"t": t, "y": n.y[rows], "x": n.x[rows],
+                                            "area": n.area[rows], "seg_id": label,
+                                            "track_id": label}
+        props = {k: {"values": v, "missing": None} for k, v in columns.items()}
+        for key, values in (("support", table.support), ("agreement", table.agreement)):
+            if (prop := _per_label(values, label)) is not None:
+                props[key] = prop
+    edges = (_edges(table, label, t) if rows.size else np.zeros((0, 2), np.uint64))
+    return GraphArrays(np.arange(rows.size, dtype=np.uint64), props, edges)
+
 
 def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> Any:
-    """The lineage as a ``networkx.DiGraph`` of cell-frame nodes (only ``frames`` if given).
-
-    >>> from cellcrowd.export.cells import CellNode
-    >>> table = CellTable(3, (4, 4), [CellNode(1, 0, 1.0, 1.0, 4), CellNode(2, 2, 1.0, 1.0, 2),
-    ...     CellNode(3, 2, 3.0, 3.0, 2)], {1: {"parent": None, "daughters": [2, 3],
-    ...     "frames": [0]}, 2: {"parent": 1, "frames": [2]}, 3: {"parent": 1, "frames": [2]}})
-    >>> sorted(lineage_graph(table).edges)
-    [(0, 1), (0, 2)]
-    """
+    """The lineage as a ``networkx.DiGraph`` of cell-frame nodes (only ``frames`` if given):
+    :func:`lineage_arrays` as a graph, for analysis (a property a node lacks is left out)."""
     nx = require("networkx")
+    arrays = lineage_arrays(table, frames)
     graph = nx.DiGraph()
-    runs: dict[int, list[int]] = defaultdict(list)
-    for node in table.nodes:
-        if frames is not None and node.t not in frames:
-            continue
-        attrs: dict[str, Any] = {"t": node.t, "y": node.y, "x": node.x, "area": node.area,
-                                 "seg_id": node.label, "track_id": node.label}
-        for key, values in (("support", table.support), ("agreement", table.agreement)):
-            if values.get(node.label) is not None:
-                attrs[key] = values[node.label]
-        runs[node.label].append(graph.number_of_nodes())
-        graph.add_node(graph.number_of_nodes(), **attrs)
-    for ids in runs.values():
-        ids.sort(key=lambda n: graph.nodes[n]["t"])
-        graph.add_edges_from(pairwise(ids))
-    for label, ids in runs.items():
-        for daughter in table.lineage.get(label, {}).get("daughters") or []:
-            if runs.get(int(daughter)):
-                graph.add_edge(ids[-1], runs[int(daughter)][0])
+    columns = {k: (p["values"].tolist(), p["missing"])  # type: ignore[union-attr]
+               for k, p in arrays.node_props.items()}
+    for i in range(arrays.nodes):
+        graph.add_node(i, **{k: v[i] for k, (v, miss) in columns.items()
+                             if miss is None or not miss[i]})
+    graph.add_edges_from(arrays.edge_ids.tolist())
     return graph
 
 
-def write_geff(store: Any, graph: Any, omezarr_path: str) -> None:
-    """Write ``graph`` as GEFF into a zarr store, pointing at the OME-Zarr at ``omezarr_path``.
+def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
+    """Write the lineage ``arrays`` as GEFF into a zarr store, pointing at the OME-Zarr at
+    ``omezarr_path`` (relative to the GEFF group, e.g. ``../exp.ome.zarr``)."""
+    require("geff")
+    from geff.core_io import write_arrays
+    from geff_spec.utils import create_or_update_metadata, update_metadata_axes
 
-    ``omezarr_path`` is relative to the GEFF group (e.g. ``../exp.ome.zarr``).
-    """
-    geff, spec = require("geff"), require("geff_spec")
-    geff.write(graph, store, axis_names=["t", "y", "x"], axis_types=["time", "space", "space"],
-               axis_units=["frame", "pixel", "pixel"], zarr_format=2, overwrite=True)
+    metadata = update_metadata_axes(
+        create_or_update_metadata(metadata=None, is_directed=True), ["t", "y", "x"],
+        ["frame", "pixel", "pixel"], ["time", "space", "space"], None, None, None)
+    props: Any = dict(arrays.node_props)  # geff's PropDictNpArray: the same two keys
+    write_arrays(store, arrays.node_ids, props, arrays.edge_ids, {}, metadata, zarr_format=2,
+                 overwrite=True)
+    _finish_metadata(store, omezarr_path)
+
+
+def _finish_metadata(store: Any, omezarr_path: str) -> None:
+    """Sorted property lists, the tracklet property and the OME-Zarr arrays, in the
+    metadata geff wrote."""
+    spec = require("geff_spec")
     written = spec.GeffMetadata.read(store)
     metadata = written.model_copy(update={
-        # geff lists properties in set order: sorted, a rerun writes the same bytes
+        # geff lists properties in the order given: sorted, a rerun writes the same bytes
         "node_props_metadata": dict(sorted(written.node_props_metadata.items())),
         "edge_props_metadata": dict(sorted(written.edge_props_metadata.items())),
         "track_node_props": {"tracklet": "track_id"},
@@ -103,10 +189,10 @@ def export_geff(wf: WorkingFolder, target: ExportTarget | None = None, *,
         jobs += [(wf.geff_name(part), frames) for part, frames in table.part_frames.items()]
     written = []
     for name, frames in jobs:
-        graph = lineage_graph(table, frames)
+        arrays = lineage_arrays(table, frames)
         with target.writing(name) as store:
-            write_geff(store, graph, f"../{wf.omezarr_name}")
-        logger.info("wrote %s: %d nodes, %d edges", target.url(name), graph.number_of_nodes(),
-                    graph.number_of_edges())
+            write_geff(store, arrays, f"../{wf.omezarr_name}")
+        logger.info("wrote %s: %d nodes, %d edges", target.url(name), arrays.nodes,
+                    arrays.edges)
         written.append(target.url(name))
     return written
