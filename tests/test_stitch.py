@@ -17,7 +17,7 @@ from scipy import ndimage
 from skimage.segmentation import expand_labels
 
 from cellcrowd.errors import InputError, LineageError
-from cellcrowd.files import read_image, write_image
+from cellcrowd.files import read_image, write_image, write_npz
 from cellcrowd.geometry import Position, TileGrid, num_montages
 from cellcrowd.layout import WorkingFolder, part_of_montage
 from cellcrowd.logs import ChopperLog, MontageLog, write_log
@@ -655,6 +655,14 @@ def test_stitch_movies_reuses_kept_parts_into_the_same_bytes(tmp_path: Path) -> 
     with pytest.raises(InputError, match="not a stitched part"):
         load_part(store.folder / "bad.npz")
     kept = store.path(part_of_montage(0))
+    with np.load(kept) as data:
+        report, labels = data["report"], data["labels"]
+    write_npz(kept, {"labels": labels + 1, "report": report})  # an id beyond its cells
+    with pytest.raises(InputError, match=r"frame 0 is \(30, 30\) with ids up to \d+, not"):
+        stitch_movies(wf, store=store)
+    write_npz(kept, {"labels": labels[:, :20], "report": report})  # another frame size
+    with pytest.raises(InputError, match=r"frame 0 is \(20, 30\)"):
+        stitch_movies(wf, store=store)
     kept.write_bytes(kept.read_bytes()[:-200])  # cut short: no longer a whole zip
     with pytest.raises(InputError, match="not a stitched part"):
         stitch_movies(wf, store=store)

@@ -135,10 +135,22 @@ def _stitched_parts(tasks: list[_PartTask], executor: Executor | None,
         yield stitched
 
 
-def _add_part(wf: WorkingFolder, stitched: StitchedPart, linker: PartLinker,
-              builder: LineageBuilder, raw_paths: Sequence[Path]) -> None:
-    """Link one stitched part to the movie so far and write its frames, one at a time."""
-    frames = stitched.frames()
+def _checked_frames(stitched: StitchedPart, shape: tuple[int, int]) -> Iterator[NDArray[Any]]:
+    """The part's frames, each checked against the frame size and the part's cell count."""
+    for f, local in enumerate(stitched.frames()):
+        if local.shape != shape or int(local.max(initial=0)) > stitched.report.cells:
+            raise InputError(
+                f"frame {f} is {local.shape} with ids up to {local.max(initial=0)}, not "
+                f"{shape} with {stitched.report.cells} cells: run the stitch stage again "
+                "(--force stitch)", path=stitched.path)
+        yield local
+
+
+def _add_part(wf: WorkingFolder, stitched: StitchedPart, shape: tuple[int, int],
+              linker: PartLinker, builder: LineageBuilder, raw_paths: Sequence[Path]) -> None:
+    """Link one stitched part to the movie so far and write its frames, one at a time
+    (``shape``: the frame size)."""
+    frames = _checked_frames(stitched, shape)
     first = next(frames, None)
     if first is None:
         raise InputError("a stitched part without frames: run the stitch stage again "
@@ -149,15 +161,16 @@ def _add_part(wf: WorkingFolder, stitched: StitchedPart, linker: PartLinker,
             f"the stitched movie has {linker.next_id - 1} cells by part {stitched.part}, "
             "more than a 16-bit label frame holds (65535): stitch fewer frames at a time",
             path=wf.stitched)
-    ids16, start = ids.astype(np.uint16), linker.start
-    movie = ids16[first]
+    ids16, start, count = ids.astype(np.uint16), linker.start, 0
+    movie = ids16[:1]  # (the part's last frame in movie ids, after the loop)
     for t, local in enumerate(itertools.chain([first], frames), start=start):
         movie = ids16[local]
         write_image(wf.stitched_frame("annotated", t), movie)
         builder.add(movie[None], linker.parents)
         if raw_paths:
             write_image(wf.stitched_frame("raw", t), read_image(raw_paths[t]))
-    linker.end_part(movie, t + 1 - start)
+        count += 1
+    linker.end_part(movie, count)
 
 
 @dataclass(frozen=True)
@@ -294,7 +307,7 @@ def stitch_movies(
                                pos.y, reason)
             reports.append(result.report)
             missing.extend((result.part, pos, reason) for pos, reason in result.missing)
-            _add_part(wf, result, linker, builder, raw_paths)
+            _add_part(wf, result, grid.frame_shape, linker, builder, raw_paths)
     link = linker.report()
     lineage = builder.finish()
     atomic_write_text(wf.stitched_lineage, json.dumps(

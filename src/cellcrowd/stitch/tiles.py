@@ -229,47 +229,51 @@ def match_tiles(
         (pc, lc), (_, ld) = nodes.describe(clash[0]), nodes.describe(clash[1])
         conflicts.append(StitchConflict(pa, la, pb, lb, iou, pc, (lc, ld)))
         logger.warning("stitching: %s", conflicts[-1])
-    stitched = TileStitch(grid, frames, nodes, cells.groups() + 1)
-    stitched.report = StitchReport(
-        cells=stitched.cells,
+    luts, present = _tile_luts(grid, nodes, cells.groups() + 1)
+    report = StitchReport(
+        cells=present,
         matches=len(edges) - len(conflicts),
         unmatched=len(seen_shared - matched),
         conflicts=tuple(conflicts),
         missing=tuple(pos for pos in grid.positions if pos in absent),
     )
-    return stitched
+    return TileStitch(grid, frames, nodes, luts, report)
+
+
+def _tile_luts(grid: TileGrid, nodes: _Nodes, groups: NDArray[np.int64]
+               ) -> tuple[dict[Position, NDArray[np.int64]], int]:
+    """Per tile, its compact labels -> physical cell (``group + 1``, 0 for the background),
+    and how many physical cells own pixels in the stitched frames."""
+    luts: dict[Position, NDArray[np.int64]] = {}
+    appear = np.zeros(int(groups.max(initial=0)) + 1, dtype=bool)
+    for pos in nodes.present:
+        lut = groups[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
+        lut[0] = 0  # background stays background
+        luts[pos] = lut
+        _, (ty, tx) = grid.core_window(pos)
+        core = nodes.index[pos][:, ty, tx]
+        appear[lut[np.bincount(core.ravel(), minlength=lut.size) > 0]] = True
+    appear[0] = False
+    return luts, int(np.count_nonzero(appear))
 
 
 class TileStitch:
     """The tiles of one part matched (:func:`match_tiles`): its report and its frames.
 
     Every pixel takes the physical cell of the tile whose core owns it
-    (:meth:`TileGrid.core_window`); cells are numbered ``1..cells`` in the order of
-    their first pixel in the part (frame by frame, row by row), as
+    (:meth:`TileGrid.core_window`); cells are numbered ``1..report.cells`` in the order
+    of their first pixel in the part (frame by frame, row by row), as
     ``fastremap.renumber`` numbers the whole part.
     """
 
-    report: StitchReport
-
     def __init__(self, grid: TileGrid, frames: int, nodes: _Nodes,
-                 groups: NDArray[np.int64]) -> None:
-        self.grid, self.length, self._nodes = grid, frames, nodes
-        # per tile: its compact labels -> physical cell (group + 1)
-        self._luts: dict[Position, NDArray[np.int64]] = {}
-        appear = np.zeros(int(groups.max(initial=0)) + 1, dtype=bool)
-        for pos in nodes.present:
-            lut = groups[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
-            lut[0] = 0  # background stays background
-            self._luts[pos] = lut
-            _, (ty, tx) = grid.core_window(pos)
-            core = nodes.index[pos][:, ty, tx]
-            appear[lut[np.bincount(core.ravel(), minlength=lut.size) > 0]] = True
-        appear[0] = False
-        self._groups = appear.size
-        #: Physical cells in the stitched frames.
-        self.cells = int(np.count_nonzero(appear))
+                 luts: dict[Position, NDArray[np.int64]], report: StitchReport) -> None:
+        self.grid, self.length, self.report = grid, frames, report
+        self._nodes, self._luts = nodes, luts
+        self._groups = max((int(lut.max(initial=0)) for lut in luts.values()), default=0) + 1
         #: The frames' dtype: uint16 when the ids fit, else int32.
-        self.dtype = np.dtype(np.uint16 if self.cells <= np.iinfo(np.uint16).max else np.int32)
+        self.dtype = np.dtype(np.uint16 if report.cells <= np.iinfo(np.uint16).max
+                              else np.int32)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -277,7 +281,7 @@ class TileStitch:
         return (self.length, *self.grid.frame_shape)
 
     def frames(self) -> Iterator[NDArray[Any]]:
-        """The stitched frames (:attr:`dtype`), one at a time, numbered ``1..cells``."""
+        """The stitched frames (:attr:`dtype`), one at a time, numbered ``1..report.cells``."""
         numbers = np.zeros(self._groups, dtype=np.int64)  # group -> cell id; 0 = not seen
         seen = 0
         for t in range(self.length):
