@@ -84,14 +84,15 @@ def _keep(key: tuple[str, int, int, int, int], sha: str) -> None:
         _KNOWN[key] = sha
 
 
-def size_and_sha256(path: str | Path, folders: dict[str, str] | None = None
-                    ) -> tuple[int, str]:
+def size_and_sha256(path: str | Path, folders: dict[str, str] | None = None, *,
+                    resolved: str | None = None) -> tuple[int, str]:
     """Size and SHA-256 of a file, hashed once per process while the file is unchanged.
 
-    ``folders``: a :func:`resolve_path` cache.
+    ``folders``: a :func:`resolve_path` cache; ``resolved``: the path's
+    :func:`resolved_text` when the caller has it.
     """
     st = os.stat(path)
-    key = _identity(resolved_text(path, folders), st)
+    key = _identity(resolved if resolved is not None else resolved_text(path, folders), st)
     sha = _KNOWN.get(key)
     if sha is None:
         sha = sha256_file(path)

@@ -74,7 +74,11 @@ def _folders() -> dict[str, str]:
 def relative(path: Path, base: Path) -> str:
     """``path`` as the manifest records it: relative to ``base`` (absolute if outside)."""
     folders = _folders()
-    text, root = resolved_text(path, folders), resolved_text(base, folders)
+    return _relative_text(resolved_text(path, folders), resolved_text(base, folders))
+
+
+def _relative_text(text: str, root: str) -> str:
+    """A resolved path relative to a resolved folder (absolute if outside)."""
     prefix = root.rstrip("/") + "/"
     if os.sep == "/" and text.startswith(prefix) and len(text) > len(prefix):
         return text[len(prefix):]
@@ -91,9 +95,14 @@ def _abs(rel: str, base: Path) -> Path:
 
 def record(paths: Sequence[Path], base: Path) -> dict[str, list[Any]]:
     """``{path relative to base: [size, sha256]}`` of ``paths``, sorted by path."""
-    named = {relative(p, base): p for p in set(paths)}
     folders = _folders()
-    return {rel: list(size_and_sha256(named[rel], folders)) for rel in sorted(named)}
+    root = resolved_text(base, folders)
+    named: dict[str, tuple[Path, str]] = {}
+    for p in set(paths):
+        text = resolved_text(p, folders)  # once per path: for its name and its hash
+        named[_relative_text(text, root)] = (p, text)
+    return {rel: list(size_and_sha256(named[rel][0], resolved=named[rel][1]))
+            for rel in sorted(named)}
 
 
 def recorded_paths(outputs: Mapping[str, Any], base: Path) -> tuple[Path, ...]:
