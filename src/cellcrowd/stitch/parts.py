@@ -92,9 +92,7 @@ def _xy(pos: Position) -> list[int]:
     return [int(pos.x), int(pos.y)]
 
 
-def _report_json(part: int, report: StitchReport,
-                 missing: Sequence[tuple[Position, str]]) -> str:
-    r = report
+def _report_json(part: int, r: StitchReport, missing: Sequence[tuple[Position, str]]) -> str:
     return json.dumps({
         "part": int(part), "cells": int(r.cells), "matches": int(r.matches),
         "unmatched": int(r.unmatched),
