@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import cellcrowd
-from cellcrowd import cli, cli_output
+from cellcrowd import cli, cli_output, pipeline
 from cellcrowd.cli import main
 from cellcrowd.config import API_KEY_VARIABLES, Config, load_config
 from cellcrowd.pipeline import STAGES, working_folder
@@ -343,9 +343,27 @@ def test_key_is_asked_before_any_progress_bar(
     assert code == 0, err
     assert events == ["key", "bars"]
     events.clear()
+    looked: list[dict[str, Any]] = []
+    real_status = pipeline.status
+
+    def status(config: Config, **kwargs: Any) -> Any:
+        looked.append(kwargs)
+        return real_status(config, **kwargs)
+
+    monkeypatch.setattr(pipeline, "status", status)
     code, _out, err = _run(capsys, "run", str(config), "--until", "fetch")  # up to date
     assert code == 0, err
     assert events == ["bars"]
+    assert looked == [{"until": "fetch"}]  # only the stages that need the key are looked at
+    # A run after the service stages neither asks for the key nor hashes the folder's
+    # outputs to find out whether it will need it.
+    events.clear()
+    code, _out, err = _run(capsys, "run", str(config), "--from", "clean", "--until", "clean")
+    assert code == 0, err
+    assert events == ["bars"]
+    assert looked == [{"until": "fetch"}]
+    with pytest.raises(ValueError, match="unknown stage 'nope'"):
+        real_status(load_config(config), until="nope")
 
 
 def test_prepare_warns_when_url_prefix_is_empty(

@@ -242,8 +242,12 @@ def _key_first(config: Config, from_stage: str | None, until_stage: str | None,
     except ValueError:
         return _api_key
     wanted = set(STAGES[lo:hi + 1]) & set(_SERVICE_STAGES)
-    if not wanted & (set(force) | set(status(config).left)):
+    if not wanted:  # (no status: it hashes every output of the stages it looks at)
         return _api_key
+    if not wanted & set(force):
+        left = status(config, until=max(wanted, key=STAGES.index)).left
+        if not wanted & set(left):
+            return _api_key
     key = _api_key()
     return lambda: key
 

@@ -122,10 +122,11 @@ def run(
                       force=force, executor=executor, progress=progress, api_key=api_key)
 
 
-def status(config: Config) -> StatusReport:
+def status(config: Config, *, until: str | None = None) -> StatusReport:
     """What is done, what a run would redo and why, what failed, what was skipped.
 
-    :func:`cellcrowd.pipeline.folderstatus.status` over the harvest's stages. Reads the
-    manifest and re-checks inputs and outputs; changes nothing.
+    :func:`cellcrowd.pipeline.folderstatus.status` over the harvest's stages (up to and
+    including ``until``, when given). Reads the manifest and re-checks inputs and
+    outputs; changes nothing.
     """
-    return folderstatus.status(config, _harvest())
+    return folderstatus.status(config, _harvest(), until=until)
