@@ -297,8 +297,10 @@ def stitch_movies(
     missing: list[tuple[int, Position, str]] = []
     with contextlib.ExitStack() as stack:
         if store is None:
+            # (a failure may leave workers still writing parts into it: cleaned up as
+            # far as it can be)
             store = _RunStore(Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix=".stitch-", dir=wf.base))))
+                prefix=".stitch-", dir=wf.base, ignore_cleanup_errors=True))))
         tasks = [_PartTask(wf, grid, part_of_montage(m), movie.frames_in(m), min_iou,
                            store.path(part_of_montage(m))) for m in range(movie.count)]
         for result in _stitched_parts(tasks, executor, progress, store):
