@@ -14,7 +14,7 @@ daughter's first. ``related_objects`` point at the OME-Zarr's level-0 arrays
 image. The geff library validates the structure before writing.
 
 The graph is built as arrays (:func:`lineage_arrays`, written with
-``geff.core_io.write_arrays``), not as a graph object: about 60 bytes per node
+``geff.core_io.write_arrays``), not as a graph object: under 100 bytes a node
 rather than the kilobyte a ``networkx`` node with its attributes takes, so a long
 movie's graph stays small. The files are those ``geff.write`` makes of the same
 ``networkx.DiGraph`` (:func:`lineage_graph`).
