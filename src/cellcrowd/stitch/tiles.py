@@ -284,9 +284,11 @@ class TileStitch:
         """The stitched frames (:attr:`dtype`), one at a time, numbered ``1..report.cells``."""
         numbers = np.zeros(self._groups, dtype=np.int64)  # group -> cell id; 0 = not seen
         seen = 0
+        kind = np.int32 if self._groups <= np.iinfo(np.int32).max else np.int64
+        luts = {pos: lut.astype(kind) for pos, lut in self._luts.items()}
         for t in range(self.length):
-            groups = np.zeros(self.grid.frame_shape, dtype=np.int64)
-            for pos, lut in self._luts.items():
+            groups = np.zeros(self.grid.frame_shape, dtype=kind)  # 4 bytes a pixel
+            for pos, lut in luts.items():
                 (fy, fx), (ty, tx) = self.grid.core_window(pos)
                 groups[fy, fx] = lut[self._nodes.index[pos][t, ty, tx]]
             local, remap = fastremap.renumber(groups, preserve_zero=True, in_place=True)
