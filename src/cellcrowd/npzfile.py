@@ -10,13 +10,13 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from .files import atomic_path, write_settings
 
-__all__ = ["read_npy_frames", "write_npz"]
+__all__ = ["read_npy_frames", "read_npy_header", "write_npz"]
 
 
 def _isal_zlib() -> Any | None:
@@ -89,6 +89,16 @@ def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool =
     return path
 
 
+def read_npy_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """``(shape, fortran_order, dtype)`` from the header of the ``.npy`` stream ``fh``
+    (format 1.0 or 2.0), leaving ``fh`` at the start of the data."""
+    version = np.lib.format.read_magic(fh)
+    reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+              else np.lib.format.read_array_header_2_0)
+    shape, fortran, dtype = reader(fh)
+    return tuple(int(n) for n in shape), bool(fortran), dtype
+
+
 def read_npy_frames(path: str | Path, name: str) -> Iterator[np.ndarray[Any, Any]]:
     """The member ``name`` of an ``.npz``, a C-order array of 2 or more dimensions, read
     and yielded one item of its first axis (one frame) at a time: the whole array is
@@ -108,10 +118,7 @@ def read_npy_frames(path: str | Path, name: str) -> Iterator[np.ndarray[Any, Any
         except KeyError:
             raise ValueError(f"no array {name!r} in this .npz") from None
         with member:
-            version = np.lib.format.read_magic(member)
-            header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                      else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = header(member)
+            shape, fortran, dtype = read_npy_header(member)
             if dtype.hasobject or fortran or len(shape) < 2:
                 raise ValueError(f"array {name!r} is not a C-order array of frames "
                                  f"(shape {shape}, dtype {dtype})")

@@ -67,13 +67,15 @@ class GraphArrays:
 
 
 def _per_label(values: dict[int, float | None], labels: NDArray[np.int64]) -> Prop | None:
-    """A per-label value for every node: None when no node has one."""
-    got = [values.get(int(lab)) for lab in labels.tolist()]
-    missing = np.array([v is None for v in got], dtype=bool)
+    """A per-label value for every node (looked up once per label): None when no node
+    has one."""
+    cells, node_cell = np.unique(labels, return_inverse=True)
+    got = [values.get(int(lab)) for lab in cells.tolist()]
+    missing = np.array([v is None for v in got], dtype=bool)[node_cell]
     if missing.all():
         return None
-    return {"values": np.array([0.0 if v is None else v for v in got], dtype=np.float64),
-            "missing": missing if missing.any() else None}
+    found = np.array([0.0 if v is None else v for v in got], dtype=np.float64)
+    return {"values": found[node_cell], "missing": missing if missing.any() else None}
 
 
 def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]

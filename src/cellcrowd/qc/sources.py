@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import InputError, redact
 from ..job import Job
 from ..layout import WorkingFolder
+from ..npzfile import read_npy_header
 from .model import CsvTable, StageRunQc
 
 __all__ = [
@@ -154,9 +155,5 @@ def npz_shapes(path: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
     with zipfile.ZipFile(path) as archive:
         for key in ("X", "y"):
             with archive.open(f"{key}.npy") as fh:
-                version = np.lib.format.read_magic(fh)
-                reader = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                          else np.lib.format.read_array_header_2_0)
-                shape, _, _ = reader(fh)
-                shapes.append(tuple(int(v) for v in shape))
+                shapes.append(read_npy_header(fh)[0])
     return shapes[0], shapes[1]

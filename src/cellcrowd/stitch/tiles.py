@@ -270,6 +270,7 @@ class TileStitch:
                  luts: dict[Position, NDArray[np.int64]], report: StitchReport) -> None:
         self.grid, self.length, self.report = grid, frames, report
         self._nodes, self._luts = nodes, luts
+        self._cores = {pos: grid.core_window(pos) for pos in luts}  # frame, tile windows
         self._groups = max((int(lut.max(initial=0)) for lut in luts.values()), default=0) + 1
         #: The frames' dtype: uint16 when the ids fit, else int32.
         self.dtype = np.dtype(np.uint16 if report.cells <= np.iinfo(np.uint16).max
@@ -289,7 +290,7 @@ class TileStitch:
         for t in range(self.length):
             groups = np.zeros(self.grid.frame_shape, dtype=kind)  # 4 bytes a pixel
             for pos, lut in luts.items():
-                (fy, fx), (ty, tx) = self.grid.core_window(pos)
+                (fy, fx), (ty, tx) = self._cores[pos]
                 groups[fy, fx] = lut[self._nodes.index[pos][t, ty, tx]]
             local, remap = fastremap.renumber(groups, preserve_zero=True, in_place=True)
             order = np.zeros(int(max(remap.values(), default=0)) + 1, dtype=np.int64)
