@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -31,7 +33,7 @@ from cellcrowd.stitch import (
     stitch_tiles,
 )
 from cellcrowd.stitch.parts import load_part
-from cellcrowd.stitch.tiles import stitch_tile_movies
+from cellcrowd.stitch.tiles import TileChangedError, match_tiles
 from helpers import file_hashes
 
 T = TypeVar("T")
@@ -668,30 +670,93 @@ def test_stitch_movies_reuses_kept_parts_into_the_same_bytes(tmp_path: Path) -> 
         stitch_movies(wf, store=store)
 
 
-def test_tiles_given_one_at_a_time_are_stitched_alike_and_not_kept() -> None:
-    """The stitch stage's workers read a part's tiles one at a time: only their compact
-    labels stay in memory, and the result is :func:`stitch_tiles`' on all of them."""
-    grid = TileGrid.for_frame((48, 60), num_x=3, num_y=2, overlap_perc=20)
-    rng = np.random.default_rng(3)
-    movie = expand_labels(np.where(rng.random((4, 48, 60)) < 0.01,
-                                   rng.integers(1, 500, (4, 48, 60)), 0), 3)
+def _random_tiles(grid: TileGrid, frames: int, seed: int) -> np.ndarray:
+    """Tiles cut from a random movie, each cell renumbered apart in some tiles."""
+    rng = np.random.default_rng(seed)
+    shape = (frames, *grid.frame_shape)
+    movie = expand_labels(np.where(rng.random(shape) < 0.01, rng.integers(1, 500, shape), 0), 3)
     tiles = np.stack([grid.cut(frame) for frame in movie])
     tiles[tiles > 0] += rng.integers(0, 2, tiles.shape)[tiles > 0] * 1000  # unrelated ids
+    return tiles
+
+
+def test_match_tiles_reads_each_tile_frame_twice_and_holds_one_frame_per_tile() -> None:
+    """The stitch stage's workers read a part a frame at a time: twice per tile frame
+    (matching, then the frames), never more than one frame of each tile alive, and the
+    result is :func:`stitch_tiles`' on all of them."""
+    grid = TileGrid.for_frame((48, 60), num_x=3, num_y=2, overlap_perc=20)
+    tiles = _random_tiles(grid, 4, 3)
     missing = Position(2, 1)
-    made: list[weakref.ref[np.ndarray]] = []
+    reads: Counter[tuple[Position, int]] = Counter()
+    alive: list[weakref.ref[np.ndarray]] = []
+    most_alive = 0
 
-    def one_at_a_time() -> Iterator[tuple[Position, np.ndarray]]:
-        for pos in grid.positions:
-            if pos != missing:
-                tile = tiles[:, pos.y, pos.x].copy()
-                made.append(weakref.ref(tile))
-                yield pos, tile
-                del tile
+    def read(pos: Position, t: int) -> np.ndarray:
+        nonlocal most_alive
+        gc.collect()
+        alive[:] = [ref for ref in alive if ref() is not None]
+        frame = tiles[t, pos.y, pos.x].copy()
+        alive.append(weakref.ref(frame))
+        most_alive = max(most_alive, len(alive))
+        reads[pos, t] += 1
+        return frame
 
-    labels, report = stitch_tile_movies(one_at_a_time(), grid, 4)
+    present = [pos for pos in grid.positions if pos != missing]
+    stitched = match_tiles(read, grid, 4, tiles=present)
+    labels = np.stack(list(stitched.frames()))
     expected, expected_report = stitch_tiles(tiles, grid, missing=[missing])
     np.testing.assert_array_equal(labels, expected)
-    assert report == expected_report
-    assert report.missing == (missing,)
-    assert len(made) == 5
-    assert all(ref() is None for ref in made)
+    assert stitched.report == expected_report
+    assert stitched.report.missing == (missing,)
+    assert reads == Counter({(pos, t): 2 for pos in present for t in range(4)})
+    assert most_alive <= len(present)
+
+
+@pytest.mark.parametrize("fail_at", [0, 2, 3])
+def test_a_tile_unreadable_while_matching_is_left_out_with_its_reason(fail_at: int) -> None:
+    """A tile failing at any frame is stitched as if missing: what was summed from its
+    earlier frames is dropped."""
+    grid = TileGrid.for_frame((48, 60), num_x=3, num_y=2, overlap_perc=20)
+    tiles = _random_tiles(grid, 4, 5)
+    bad = Position(1, 0)
+
+    def read(pos: Position, t: int) -> np.ndarray:
+        if pos == bad and t == fail_at:
+            raise InputError(f"frame {t} is broken", path=Path("tile"))
+        return tiles[t, pos.y, pos.x]
+
+    stitched = match_tiles(read, grid, 4, unreadable=(InputError,))
+    expected, expected_report = stitch_tiles(tiles, grid, missing=[bad])
+    np.testing.assert_array_equal(np.stack(list(stitched.frames())), expected)
+    assert stitched.report == expected_report
+    assert [(pos, "broken" in why) for pos, why in stitched.left_out] == [(bad, True)]
+    with pytest.raises(ValueError, match="broken"):  # not named unreadable: raised
+        match_tiles(read, grid, 4)
+
+
+def test_huge_ids_stitch_as_small_ones() -> None:
+    """Ids far beyond a lookup table's reach (searched, not tabled) stitch alike."""
+    grid = TileGrid.for_frame((48, 60), num_x=3, num_y=2, overlap_perc=20)
+    tiles = _random_tiles(grid, 3, 11)
+    huge = np.where(tiles > 0, tiles.astype(np.int64) + 2**40, 0)
+    labels, report = stitch_tiles(huge, grid)
+    expected, expected_report = stitch_tiles(tiles, grid)
+    np.testing.assert_array_equal(labels, expected)
+    assert (report.cells, report.matches, report.unmatched) == (
+        expected_report.cells, expected_report.matches, expected_report.unmatched)
+
+
+@pytest.mark.parametrize("offset", [0, 2**40], ids=["table", "search"])
+@pytest.mark.parametrize("new_label", ["beyond", "between"])
+def test_a_tile_frame_that_changes_between_the_passes_is_an_error(
+        offset: int, new_label: str) -> None:
+    grid = TileGrid.for_frame((48, 60), num_x=3, num_y=2, overlap_perc=20)
+    tiles = _random_tiles(grid, 2, 7).astype(np.int64)
+    tiles[tiles > 0] += offset
+    stitched = match_tiles(lambda pos, t: tiles[t, pos.y, pos.x], grid, 2)
+    held = np.unique(tiles[:, 0, 0])
+    absent = held[-1] + 1 if new_label == "beyond" else next(
+        v for v in range(int(held[1]), int(held[-1])) if v not in held)
+    tiles[1, 0, 0, 10:20, 10:20] = absent  # a label the tile did not hold
+    with pytest.raises(TileChangedError, match="frame 1 of tile x=0, y=0"):
+        list(stitched.frames())

@@ -9,6 +9,7 @@ S3-compatible server (moto in server mode on 127.0.0.1).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -107,6 +108,16 @@ def test_label_montages_are_those_whose_tiles_overlap(demo: tuple[Path, WorkingF
     numbers = {int(m.rsplit("_", 1)[1]) for m in table.montages[longest]}
     first, last = min(lineage[longest]["frames"]), max(lineage[longest]["frames"])
     assert numbers == set(range(first // SMALL.montage_len, last // SMALL.montage_len + 1))
+
+
+def test_a_cell_table_without_nodes_differs_only_in_its_nodes(
+        demo: tuple[Path, WorkingFolder]) -> None:
+    """The OME-Zarr's table skips the per-frame measurements (nodes), nothing else."""
+    _, wf = demo
+    full, light = cell_table(wf), cell_table(wf, nodes=False)
+    assert len(full.nodes) > 0
+    assert len(light.nodes) == 0
+    assert dataclasses.replace(light, nodes=full.nodes) == full
 
 
 # traccuracy's matcher notes that it computes the predicted boxes itself.

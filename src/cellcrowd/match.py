@@ -8,7 +8,8 @@ Overlap tables
     :func:`overlap` counts the pixels of every pair of labels that share pixels
     (sparse: one ``np.unique`` of packed pairs) and the area of every label;
     :class:`Overlap` gives IoU and cover per pair, :func:`best_partners` the
-    label each label shares most pixels with.
+    label each label shares most pixels with. :class:`OverlapSum` sums the table
+    of two label movies one frame at a time, in their own ids.
 Assignment
     :func:`assign` is a Hungarian assignment (``scipy.optimize.linear_sum_assignment``)
     maximising the total score over sparse candidate pairs above a threshold.
@@ -36,6 +37,7 @@ from .decode import rank_ids
 
 __all__ = [
     "Overlap",
+    "OverlapSum",
     "OwnerUnionFind",
     "assign",
     "best_partners",
@@ -160,6 +162,76 @@ def overlap(a: NDArray[Any], b: NDArray[Any], na: int | None = None,
         area_a=np.bincount(a, minlength=na).astype(np.int64),
         area_b=np.bincount(b, minlength=nb).astype(np.int64),
     )
+
+
+class OverlapSum:
+    """The overlap table of two label movies, summed one pair of frames at a time.
+
+    Frames keep their own ids (any non-negative integers) while they are added;
+    :meth:`table` then gives the :class:`Overlap` of the whole movies in the
+    compact ids of :func:`compact_ids`: what :func:`overlap` gives for the two
+    movies' compact indices, without either movie in memory.
+
+    >>> acc = OverlapSum()
+    >>> acc.add(np.array([7, 7, 0]), np.array([2, 0, 2]))
+    >>> acc.add(np.array([7, 9, 9]), np.array([2, 2, 2]))
+    >>> ov = acc.table(np.array([0, 7, 9]), np.array([0, 2]))
+    >>> ov.a.tolist(), ov.b.tolist(), ov.inter.tolist(), ov.area_a.tolist()
+    ([1, 2], [1, 1], [2, 2], [1, 3, 2])
+    """
+
+    def __init__(self) -> None:
+        self._pairs: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]] = []
+        self._areas: tuple[list[tuple[NDArray[np.int64], NDArray[np.int64]]], ...] = ([], [])
+
+    def add(self, a: NDArray[Any], b: NDArray[Any]) -> None:
+        """Add one pair of frames (label arrays of one shape)."""
+        (ids_a, ia), (ids_b, ib) = compact_ids(a), compact_ids(b)
+        ov = overlap(ia, ib, ids_a.size, ids_b.size)
+        self._pairs.append((ids_a[ov.a], ids_b[ov.b], ov.inter))
+        for ids, area, areas in ((ids_a, ov.area_a, self._areas[0]),
+                                 (ids_b, ov.area_b, self._areas[1])):
+            held = np.flatnonzero(area)
+            areas.append((ids[held], area[held]))
+
+    def table(self, ids_a: NDArray[Any], ids_b: NDArray[Any]) -> Overlap:
+        """The summed table in the indices of ``ids_a`` and ``ids_b``: the sorted distinct
+        ids of each movie, ``ids[0] == 0`` (as :func:`compact_ids` returns them).
+
+        Raises
+        ------
+        ValueError
+            A frame added held an id its list lacks.
+        """
+        nb = ids_b.size
+        keys = np.zeros(0, dtype=np.int64)
+        inter = np.zeros(0, dtype=np.int64)
+        if self._pairs:
+            a, b, counts = (np.concatenate(c) for c in zip(*self._pairs, strict=True))
+            keys, inverse = np.unique(_index_of(ids_a, a) * nb + _index_of(ids_b, b),
+                                      return_inverse=True)
+            inter = np.zeros(keys.size, dtype=np.int64)
+            np.add.at(inter, inverse.ravel(), counts)
+        return Overlap(a=(keys // nb).astype(np.intp), b=(keys % nb).astype(np.intp),
+                       inter=inter, area_a=_summed(ids_a, self._areas[0]),
+                       area_b=_summed(ids_b, self._areas[1]))
+
+
+def _index_of(ids: NDArray[Any], values: NDArray[Any]) -> NDArray[np.int64]:
+    """Where each value sits in the sorted ``ids``; ValueError when one is not there."""
+    index = np.searchsorted(ids, values)
+    if np.any(index >= ids.size) or np.any(ids[np.minimum(index, ids.size - 1)] != values):
+        raise ValueError("the frames hold ids the id list lacks")
+    return index.astype(np.int64)
+
+
+def _summed(ids: NDArray[Any], areas: list[tuple[NDArray[np.int64], NDArray[np.int64]]]
+            ) -> NDArray[np.int64]:
+    total = np.zeros(ids.size, dtype=np.int64)
+    if areas:
+        values, counts = (np.concatenate(c) for c in zip(*areas, strict=True))
+        np.add.at(total, _index_of(ids, values), counts)
+    return total
 
 
 def best_partners(ov: Overlap) -> tuple[NDArray[np.intp], NDArray[np.intp]]:

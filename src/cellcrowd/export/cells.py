@@ -72,7 +72,8 @@ class CellNodes:
 
 @dataclass
 class CellTable:
-    """The cells of the stitched movie: nodes, lineage and per-label provenance."""
+    """The cells of the stitched movie: nodes (empty unless asked for), lineage and
+    per-label provenance."""
 
     frames: int
     shape: tuple[int, int]
@@ -206,9 +207,12 @@ class _Provenance:
                 target[label] = round(float(np.mean(got)), 6) if got else None
 
 
-def cell_table(wf: WorkingFolder, *, job: Job | None = None) -> CellTable:
+def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True) -> CellTable:
     """Read the stitched movie once, frame by frame, into a :class:`CellTable`
     (``job``: the job's geometry when the caller has it, else read from the logs).
+
+    With ``nodes=False`` the table's :attr:`~CellTable.nodes` stay empty: measuring every
+    cell in every frame takes time and 40 bytes a cell-frame, which only the GEFF needs.
 
     Raises
     ------
@@ -222,7 +226,7 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None) -> CellTable:
                          path=wf.stitched_frame("annotated", 0).parent)
     lineage = read_lineage(wf.stitched_lineage)
     provenance = _Provenance(wf, job)
-    nodes: list[CellNodes] = []
+    stats: list[CellNodes] = []
     shape: tuple[int, int] | None = None
     for t, path in enumerate(paths):
         frame = read_image(path)
@@ -231,10 +235,11 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None) -> CellTable:
         elif frame.shape != shape:
             raise InputError(f"frame {t} is {frame.shape}, the first frame {shape}: run the "
                              "stitch stage again", path=path)
-        nodes.append(_frame_stats(frame, t))
+        if nodes:
+            stats.append(_frame_stats(frame, t))
         provenance.add(frame, t)
     if shape is None:
         raise InputError("no stitched frames to export: run the stitch stage first")
-    table = CellTable(len(paths), shape, CellNodes.concat(nodes), lineage)
+    table = CellTable(len(paths), shape, CellNodes.concat(stats), lineage)
     provenance.finish(table)
     return table

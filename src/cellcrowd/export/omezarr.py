@@ -105,7 +105,8 @@ def write_omezarr(store: Any, raw_paths: list[Path], label_paths: list[Path],
     raw_paths, label_paths : list of Path
         The raw and label frames, one per frame, in order.
     table : CellTable
-        The cells of ``label_paths`` (:func:`cellcrowd.export.cells.cell_table`).
+        The cells of ``label_paths`` (:func:`cellcrowd.export.cells.cell_table`; its
+        nodes are not used).
 
     Raises
     ------
@@ -153,7 +154,7 @@ def export_omezarr(wf: WorkingFolder, target: ExportTarget | None = None, *,
     """
     target = target or ExportTarget(str(wf.zarr_exports))
     raw_paths = stitched_frame_paths(wf, "raw")
-    table = table or cell_table(wf)
+    table = table or cell_table(wf, nodes=False)
     if len(raw_paths) != table.frames:
         raise InputError(f"{len(raw_paths)} stitched raw frames for {table.frames} label "
                          "frames: OME-Zarr needs the raw movie; set the raw folder and run "

@@ -36,7 +36,7 @@ from .common import Lineage
 from .lineage import LineageBuilder, read_lineage
 from .link import LinkReport, PartLinker
 from .parts import PartStore, StitchedPart, load_part, write_part
-from .tiles import StitchConflict, StitchReport, match_tiles
+from .tiles import StitchConflict, StitchReport, TileChangedError, match_tiles
 
 __all__ = ["MAX_CELLS", "StitchMoviesResult", "read_stitched", "stitch_movies"]
 
@@ -56,42 +56,33 @@ class _PartTask:
     out: Path  # where the stitched part is written
 
 
-def _read_tile_movie(wf: WorkingFolder, part: int, pos: Position, frames: int,
-                     tile_shape: tuple[int, int]) -> NDArray[Any]:
-    """The annotated frames of one tile of one part, or an InputError saying why not."""
-    folder = wf.annotated_dir(part, pos)
-    if not folder.is_dir():
-        raise InputError("no annotated frames (folder missing)", path=folder)
-    stack = np.zeros((frames, *tile_shape), dtype=np.int32)  # label PNGs are 16-bit
-    for f in range(frames):
-        path = wf.annotated_frame(part, pos, f)
-        if not path.is_file():
-            raise InputError(f"frame {f} of {frames} is missing", path=path)
-        image = read_image(path)
-        if image.shape != tuple(tile_shape) or image.dtype.kind not in "ui":
-            raise InputError(
-                f"expected a {tile_shape[0]}x{tile_shape[1]} label image, got shape "
-                f"{image.shape} ({image.dtype}): rerun the movies stage", path=path)
-        stack[f] = image
-    return stack
+def _read_tile_frame(task: _PartTask, pos: Position, f: int) -> NDArray[Any]:
+    """Frame ``f`` of one tile of the task's part, or an InputError saying why not."""
+    path = task.wf.annotated_frame(task.part, pos, f)
+    if not path.is_file():
+        if not path.parent.is_dir():
+            raise InputError("no annotated frames (folder missing)", path=path.parent)
+        raise InputError(f"frame {f} of {task.frames} is missing", path=path)
+    image = read_image(path)
+    shape = task.grid.tile_shape
+    if image.shape != tuple(shape) or image.dtype.kind not in "ui":
+        raise InputError(
+            f"expected a {shape[0]}x{shape[1]} label image, got shape "
+            f"{image.shape} ({image.dtype}): rerun the movies stage", path=path)
+    return image
 
 
 def _stitch_part(task: _PartTask) -> StitchedPart:
-    """Read and stitch every tile of one part, one tile in memory at a time (then only its
-    compact labels), and write the part's frames to ``task.out`` one at a time; unreadable
-    tiles are reported as missing."""
-    missing: list[tuple[Position, str]] = []
-
-    def tiles() -> Iterator[tuple[Position, NDArray[Any]]]:
-        for pos in task.grid.positions:
-            try:
-                yield pos, _read_tile_movie(task.wf, task.part, pos, task.frames,
-                                            task.grid.tile_shape)
-            except InputError as exc:
-                missing.append((pos, str(exc)))
-
-    stitched = match_tiles(tiles(), task.grid, task.frames, min_iou=task.min_iou)
-    return write_part(task.out, task.part, stitched, missing)
+    """Match the tiles of one part, reading them a frame at a time, and write the part's
+    frames to ``task.out`` one at a time; unreadable tiles are reported as missing."""
+    stitched = match_tiles(lambda pos, f: _read_tile_frame(task, pos, f), task.grid,
+                           task.frames, min_iou=task.min_iou, unreadable=(InputError,))
+    try:
+        return write_part(task.out, task.part, stitched, stitched.left_out)
+    except TileChangedError as exc:
+        raise InputError(f"a tile changed while part {task.part} was stitched ({exc}): run "
+                         "the stitch stage again", path=task.wf.annotated_dir(
+                             task.part, Position(0, 0)).parent) from exc
 
 
 def _part_inputs(task: _PartTask) -> list[Path]:
@@ -246,7 +237,7 @@ def stitch_movies(
     only the last frame linked so far and the per-cell lineage records are kept,
     so memory does not grow with the movie or with parts an executor finishes
     ahead. The result is the same as stitching each part with
-    :func:`stitch_tile_movies` and linking the whole movie with :func:`link_parts`
+    :func:`stitch_tiles` and linking the whole movie with :func:`link_parts`
     and :func:`lineage_from_labels`.
 
     Parameters
@@ -254,7 +245,7 @@ def stitch_movies(
     wf : WorkingFolder
         Holds the logs and the movies.
     min_iou : float
-        Passed to :func:`stitch_tile_movies`.
+        Passed to :func:`stitch_tiles`.
     link_iou : float
         ``min_iou`` of :func:`link_parts`.
     executor : Executor, optional

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fastremap
 import numpy as np
 from numpy.typing import NDArray
 
@@ -131,7 +132,7 @@ class LineageBuilder:
         self.known.update(parents)
         for frame in movie:
             t = self.count
-            labels = np.unique(frame)
+            labels = np.asarray(fastremap.unique(frame))  # sorted, hashed
             labels = labels[labels != 0]
             starters = []
             for label in labels.tolist():
@@ -151,8 +152,12 @@ class LineageBuilder:
 
     def _divisions(self, t: int, before_frame: NDArray[Any], enders: NDArray[Any],
                    after_frame: NDArray[Any], starters: list[int]) -> None:
-        before = np.where(np.isin(before_frame, enders), before_frame, 0)
-        after = np.where(np.isin(after_frame, starters), after_frame, 0)
+        # Only pixels of an ender or a starter count: elsewhere both are background, so
+        # the areas and overlaps of the cells over these pixels are those over the frame.
+        in_before, in_after = np.isin(before_frame, enders), np.isin(after_frame, starters)
+        where = np.flatnonzero(in_before | in_after)
+        before = np.where(in_before.ravel()[where], before_frame.ravel()[where], 0)
+        after = np.where(in_after.ravel()[where], after_frame.ravel()[where], 0)
         ua, ia = compact_ids(before)
         ub, ib = compact_ids(after)
         found = dividing_cells(overlap(ia, ib, ua.size, ub.size),

@@ -12,12 +12,14 @@ merged into physical cells by union-find in order of decreasing IoU
 that would put two different ids *of the same tile* into one cell is refused and
 reported as a :class:`StitchConflict` (the cells stay separate). Each frame pixel
 then takes the cell of the tile whose core owns it (:meth:`TileGrid.core_window`).
+:func:`match_tiles` reads the tiles twice, a frame at a time (once to match, once to
+make the frames), so no part is ever held whole.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +28,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..geometry import Position, TileGrid
-from ..match import OwnerUnionFind, assign, compact_ids, overlap
+from ..match import OverlapSum, OwnerUnionFind, assign
 from .common import check_labels
 
 __all__ = [
-    "StitchConflict", "StitchReport", "TileStitch", "match_tiles", "stitch_tile_movies",
+    "StitchConflict", "StitchReport", "TileChangedError", "TileReader", "TileStitch", "match_tiles",
     "stitch_tiles",
 ]
 
@@ -178,49 +180,64 @@ def stitch_tiles(
             raise ValueError(f"missing tile x={pos.x}, y={pos.y} is outside the "
                              f"{grid.num_x}x{grid.num_y} grid")
     absent = set(missing)
-    return stitch_tile_movies(((pos, tiles[:, pos.y, pos.x]) for pos in grid.positions
-                               if pos not in absent), grid, tiles.shape[0], min_iou=min_iou)
-
-
-def stitch_tile_movies(
-    movies: Iterable[tuple[Position, NDArray[Any]]],
-    grid: TileGrid,
-    frames: int,
-    *,
-    min_iou: float = 0.3,
-) -> tuple[NDArray[np.int32], StitchReport]:
-    """:func:`stitch_tiles` for tiles given one at a time, as ``(position, movie)``.
-
-    Each movie is one tile's ``(frames, th, tw)`` labels (non-negative integers;
-    checked by the caller), in :attr:`TileGrid.positions` order; positions not given
-    are missing. :func:`match_tiles` does the work; this stacks its frames.
-    """
-    stitched = match_tiles(movies, grid, frames, min_iou=min_iou)
-    labels = np.empty((frames, *grid.frame_shape), dtype=np.int32)  # ids < cells
+    stitched = match_tiles(lambda pos, t: tiles[t, pos.y, pos.x], grid, tiles.shape[0],
+                           min_iou=min_iou, tiles=[p for p in grid.positions if p not in absent])
+    labels = np.empty(stitched.shape, dtype=np.int32)  # ids < cells
     for t, frame in enumerate(stitched.frames()):
         labels[t] = frame
     return labels, stitched.report
 
 
+#: Reads frame ``t`` of the tile at a position: a ``grid.tile_shape`` array of
+#: non-negative integer labels (a new array, or a view of one that does not change).
+TileReader = Callable[[Position, int], NDArray[Any]]
+
+
+class TileChangedError(ValueError):
+    """A tile frame read for the stitched frames holds labels it lacked when matched."""
+
+
 def match_tiles(
-    movies: Iterable[tuple[Position, NDArray[Any]]],
+    read: TileReader,
     grid: TileGrid,
     frames: int,
     *,
     min_iou: float = 0.3,
+    tiles: Collection[Position] | None = None,
+    unreadable: tuple[type[Exception], ...] = (),
 ) -> TileStitch:
     """The cells of the tiles of one part matched into physical cells; frames on demand.
 
-    Takes the tiles as :func:`stitch_tile_movies` does. Only each tile's compact
-    labels are kept (the smallest unsigned integer per pixel that holds them), not
-    the tiles themselves; :meth:`TileStitch.frames` makes the stitched frames one at
-    a time.
+    Every frame of every tile is read twice, one frame at a time: here, for the
+    labels each tile holds and the overlap of neighbouring tiles on the pixels they
+    share (summed over the part's frames, :class:`~cellcrowd.match.OverlapSum`), and
+    again by :meth:`TileStitch.frames`. Neither pass holds more than one frame of
+    each tile, so memory does not grow with the part's length.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(position, t)``: frame ``t`` of a tile (:data:`TileReader`).
+    grid, frames, min_iou
+        As for :func:`stitch_tiles`; ``frames`` is the part's length.
+    tiles : collection of Position, optional
+        The tiles to stitch (default: every position); the others are missing.
+    unreadable : tuple of exception types
+        A tile whose reading raises one of these while matching is left out, as if
+        missing; :attr:`TileStitch.left_out` says why.
+
+    Raises
+    ------
+    ValueError
+        ``min_iou`` is outside (0, 1], or a frame does not fit the grid or holds
+        negative labels. TypeError: a frame does not hold integers.
     """
     if not 0 < min_iou <= 1:
         raise ValueError(f"min_iou must be in (0, 1], got {min_iou!r}")
-    nodes = _Nodes(movies)
-    absent = set(grid.positions) - set(nodes.present)
-    edges, seen_shared, matched = _tile_matches(grid, nodes, min_iou)
+    wanted = set(grid.positions if tiles is None else tiles)
+    scan = _Scan(read, grid, frames, [p for p in grid.positions if p in wanted], unreadable)
+    nodes = _Nodes(scan.labels)
+    edges, seen_shared, matched = _tile_matches(scan.sums, nodes, min_iou)
     cells = OwnerUnionFind(nodes.tile_of)
     conflicts = []
     for e, clash in cells.join_all(*_edge_arrays(edges)):
@@ -229,18 +246,96 @@ def match_tiles(
         (pc, lc), (_, ld) = nodes.describe(clash[0]), nodes.describe(clash[1])
         conflicts.append(StitchConflict(pa, la, pb, lb, iou, pc, (lc, ld)))
         logger.warning("stitching: %s", conflicts[-1])
-    luts, present = _tile_luts(grid, nodes, cells.groups() + 1)
+    luts, present = _tile_luts(nodes, cells.groups() + 1, scan.core_labels)
     report = StitchReport(
         cells=present,
         matches=len(edges) - len(conflicts),
         unmatched=len(seen_shared - matched),
         conflicts=tuple(conflicts),
-        missing=tuple(pos for pos in grid.positions if pos in absent),
+        missing=tuple(pos for pos in grid.positions if pos not in luts),
     )
-    return TileStitch(grid, frames, nodes, luts, report)
+    left_out = tuple((pos, scan.left_out[pos]) for pos in grid.positions if pos in scan.left_out)
+    return TileStitch(grid, frames, read, nodes, luts, report, left_out)
 
 
-def _tile_luts(grid: TileGrid, nodes: _Nodes, groups: NDArray[np.int64]
+def _checked_frame(frame: NDArray[Any], grid: TileGrid, pos: Position, t: int
+                   ) -> NDArray[Any]:
+    frame = np.asarray(frame)
+    where = f"frame {t} of tile x={pos.x}, y={pos.y}"
+    if frame.dtype.kind not in "ui":
+        raise TypeError(f"{where} must hold integer labels, got dtype {frame.dtype}")
+    if frame.shape != grid.tile_shape:
+        raise ValueError(f"{where} has shape {frame.shape}, expected {grid.tile_shape}")
+    if frame.size and frame.dtype.kind == "i" and int(frame.min()) < 0:
+        raise ValueError(f"{where} holds negative labels (min {frame.min()}); 0 is background")
+    return frame
+
+
+def _distinct(values: NDArray[Any]) -> NDArray[Any]:
+    """The sorted distinct values of an integer array (hashed: no sort over the pixels)."""
+    return np.asarray(fastremap.unique(values))
+
+
+_Window = tuple[slice, slice]
+
+
+def _neighbours(grid: TileGrid, tiles: Sequence[Position]
+                ) -> dict[tuple[Position, Position], tuple[_Window, _Window]]:
+    """Every pair of neighbouring tiles (in the order of ``tiles``) and the windows of
+    the pixels they share inside each of the two."""
+    pairs: dict[tuple[Position, Position], tuple[_Window, _Window]] = {}
+    for i, pa in enumerate(tiles):
+        for pb in tiles[i + 1:]:
+            window = (_shared_window(grid, pa, pb)
+                      if abs(pa.x - pb.x) <= 1 and abs(pa.y - pb.y) <= 1 else None)
+            if window is not None:
+                pairs[pa, pb] = window
+    return pairs
+
+
+class _Scan:
+    """The pass over every frame that matching needs: each tile's labels (in all of it
+    and in its core) and the overlap sums of neighbouring tiles, a frame at a time."""
+
+    def __init__(self, read: TileReader, grid: TileGrid, frames: int,
+                 tiles: Sequence[Position], unreadable: tuple[type[Exception], ...]) -> None:
+        self.left_out: dict[Position, str] = {}
+        self._ids: dict[Position, list[NDArray[Any]]] = {pos: [] for pos in tiles}
+        self._core: dict[Position, list[NDArray[Any]]] = {pos: [] for pos in tiles}
+        windows = _neighbours(grid, tiles)
+        self.sums = {pair: OverlapSum() for pair in windows}
+        cores = {pos: grid.core_window(pos)[1] for pos in tiles}
+        for t in range(frames):
+            current: dict[Position, NDArray[Any]] = {}
+            for pos in [p for p in tiles if p not in self.left_out]:
+                try:
+                    frame = _checked_frame(read(pos, t), grid, pos, t)
+                except unreadable as exc:
+                    self._leave_out(pos, str(exc))
+                    continue
+                current[pos] = frame
+                self._ids[pos].append(_distinct(frame))
+                self._core[pos].append(_distinct(frame[cores[pos]]))
+            for (pa, pb), (in_a, in_b) in windows.items():
+                if pa in current and pb in current:
+                    self.sums[pa, pb].add(current[pa][in_a], current[pb][in_b])
+        #: The sorted distinct labels of every tile read (0 first, always).
+        none = np.zeros(0, dtype=np.int64)
+        self.labels = {pos: np.union1d([0], np.concatenate([none, *ids])).astype(np.int64)
+                       for pos, ids in self._ids.items()}
+        #: The labels on pixels each tile owns (0 among them or not).
+        self.core_labels = {pos: np.unique(np.concatenate([none, *ids]))
+                            for pos, ids in self._core.items()}
+
+    def _leave_out(self, pos: Position, reason: str) -> None:
+        self.left_out[pos] = reason
+        del self._ids[pos], self._core[pos]
+        for pair in [pair for pair in self.sums if pos in pair]:
+            del self.sums[pair]
+
+
+def _tile_luts(nodes: _Nodes, groups: NDArray[np.int64],
+               core_labels: dict[Position, NDArray[Any]]
                ) -> tuple[dict[Position, NDArray[np.int64]], int]:
     """Per tile, its compact labels -> physical cell (``group + 1``, 0 for the background),
     and how many physical cells own pixels in the stitched frames."""
@@ -250,9 +345,7 @@ def _tile_luts(grid: TileGrid, nodes: _Nodes, groups: NDArray[np.int64]
         lut = groups[nodes.offset[pos]:nodes.offset[pos] + nodes.labels[pos].size]
         lut[0] = 0  # background stays background
         luts[pos] = lut
-        _, (ty, tx) = grid.core_window(pos)
-        core = nodes.index[pos][:, ty, tx]
-        appear[lut[np.bincount(core.ravel(), minlength=lut.size) > 0]] = True
+        appear[lut[np.searchsorted(nodes.labels[pos], core_labels[pos])]] = True
     appear[0] = False
     return luts, int(np.count_nonzero(appear))
 
@@ -266,10 +359,13 @@ class TileStitch:
     ``fastremap.renumber`` numbers the whole part.
     """
 
-    def __init__(self, grid: TileGrid, frames: int, nodes: _Nodes,
-                 luts: dict[Position, NDArray[np.int64]], report: StitchReport) -> None:
+    def __init__(self, grid: TileGrid, frames: int, read: TileReader, nodes: _Nodes,
+                 luts: dict[Position, NDArray[np.int64]], report: StitchReport,
+                 left_out: tuple[tuple[Position, str], ...]) -> None:
         self.grid, self.length, self.report = grid, frames, report
-        self._nodes, self._luts = nodes, luts
+        #: Tiles left out because reading them failed, and why.
+        self.left_out = left_out
+        self._read, self._nodes, self._luts = read, nodes, luts
         self._cores = {pos: grid.core_window(pos) for pos in luts}  # frame, tile windows
         self._groups = max((int(lut.max(initial=0)) for lut in luts.values()), default=0) + 1
         #: The frames' dtype: uint16 when the ids fit, else int32.
@@ -282,16 +378,26 @@ class TileStitch:
         return (self.length, *self.grid.frame_shape)
 
     def frames(self) -> Iterator[NDArray[Any]]:
-        """The stitched frames (:attr:`dtype`), one at a time, numbered ``1..report.cells``."""
+        """The stitched frames (:attr:`dtype`), one at a time, numbered ``1..report.cells``.
+
+        Reads every tile again, a frame at a time.
+
+        Raises
+        ------
+        TileChangedError
+            A tile frame holds labels it did not hold when the tiles were matched.
+        """
         numbers = np.zeros(self._groups, dtype=np.int64)  # group -> cell id; 0 = not seen
         seen = 0
         kind = np.int32 if self._groups <= np.iinfo(np.int32).max else np.int64
-        luts = {pos: lut.astype(kind) for pos, lut in self._luts.items()}
+        maps = {pos: _LabelMap(self._nodes.labels[pos], lut.astype(kind))
+                for pos, lut in self._luts.items()}
         for t in range(self.length):
             groups = np.zeros(self.grid.frame_shape, dtype=kind)  # 4 bytes a pixel
-            for pos, lut in luts.items():
+            for pos, lut in maps.items():
                 (fy, fx), (ty, tx) = self._cores[pos]
-                groups[fy, fx] = lut[self._nodes.index[pos][t, ty, tx]]
+                tile = _checked_frame(self._read(pos, t), self.grid, pos, t)[ty, tx]
+                groups[fy, fx] = lut(tile, f"frame {t} of tile x={pos.x}, y={pos.y}")
             local, remap = fastremap.renumber(groups, preserve_zero=True, in_place=True)
             order = np.zeros(int(max(remap.values(), default=0)) + 1, dtype=np.int64)
             order[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(
@@ -300,6 +406,39 @@ class TileStitch:
             numbers[order[new]] = np.arange(seen + 1, seen + 1 + new.size)
             seen += new.size
             yield numbers[order].astype(self.dtype)[local]
+
+
+class _LabelMap:
+    """A tile's labels -> values: a table indexed by label when the labels are small,
+    else a search in the sorted labels; labels outside ``labels`` raise TileChangedError."""
+
+    #: Largest label a table is made for (4 bytes an entry: 4 MiB).
+    TABLE = 1 << 20
+
+    def __init__(self, labels: NDArray[np.int64], values: NDArray[Any]) -> None:
+        self.labels, self.values = labels, values
+        self.table: NDArray[Any] | None = None
+        if int(labels[-1]) < self.TABLE:
+            self.table = np.full(int(labels[-1]) + 1, -1, dtype=values.dtype)
+            self.table[labels] = values
+
+    def __call__(self, tile: NDArray[Any], where: str) -> NDArray[Any]:
+        top = int(self.labels[-1])
+        if tile.size and int(tile.max()) > top:
+            raise TileChangedError(f"{where} holds label {tile.max()}, beyond the {top} it "
+                                   "held when the tiles were matched")
+        out: NDArray[Any]
+        if self.table is not None:
+            out = self.table[tile]
+            changed = bool(np.any(out < 0))
+        else:
+            index = np.searchsorted(self.labels, tile)
+            out = self.values[index]
+            changed = bool(np.any(self.labels[index] != tile))
+        if changed:
+            raise TileChangedError(f"{where} holds labels it did not hold when the tiles "
+                                   "were matched")
+        return out
 
 
 def _edge_arrays(edges: list[tuple[float, int, int]]
@@ -313,17 +452,12 @@ def _edge_arrays(edges: list[tuple[float, int, int]]
 class _Nodes:
     """Every (tile, label) of a part as one node number; node ``offset[pos]`` is background."""
 
-    def __init__(self, movies: Iterable[tuple[Position, NDArray[Any]]]) -> None:
-        self.present: list[Position] = []
-        self.labels: dict[Position, NDArray[np.int64]] = {}
-        self.index: dict[Position, NDArray[np.integer[Any]]] = {}
+    def __init__(self, labels: dict[Position, NDArray[np.int64]]) -> None:
+        self.present = list(labels)
+        self.labels = labels
         self.offset: dict[Position, int] = {}
         self.count = 0
-        for pos, movie in movies:
-            self.present.append(pos)
-            self.labels[pos], index = compact_ids(movie)
-            small = np.min_scalar_type(self.labels[pos].size - 1)  # uint16 below 65536 labels
-            self.index[pos] = index.astype(small, copy=False)
+        for pos in self.present:
             self.offset[pos] = self.count
             self.count += self.labels[pos].size
         self.tile_of = np.zeros(self.count, dtype=np.intp)
@@ -336,8 +470,8 @@ class _Nodes:
         return pos, int(self.labels[pos][node - self.offset[pos]])
 
 
-def _tile_matches(grid: TileGrid, nodes: _Nodes, min_iou: float
-                  ) -> tuple[list[tuple[float, int, int]], set[int], set[int]]:
+def _tile_matches(sums: dict[tuple[Position, Position], OverlapSum], nodes: _Nodes,
+                  min_iou: float) -> tuple[list[tuple[float, int, int]], set[int], set[int]]:
     """Hungarian matches between every pair of neighbouring tiles, as node pairs.
 
     Also returns the nodes seen on shared pixels and the nodes matched there.
@@ -345,20 +479,13 @@ def _tile_matches(grid: TileGrid, nodes: _Nodes, min_iou: float
     edges: list[tuple[float, int, int]] = []
     seen: set[int] = set()
     matched: set[int] = set()
-    for i, pa in enumerate(nodes.present):
-        for pb in nodes.present[i + 1:]:
-            window = (_shared_window(grid, pa, pb)
-                      if abs(pa.x - pb.x) <= 1 and abs(pa.y - pb.y) <= 1 else None)
-            if window is None:
-                continue
-            (sya, sxa), (syb, sxb) = window
-            oa, ob = nodes.offset[pa], nodes.offset[pb]
-            ov = overlap(nodes.index[pa][:, sya, sxa], nodes.index[pb][:, syb, sxb],
-                         nodes.labels[pa].size, nodes.labels[pb].size)
-            seen.update((np.flatnonzero(ov.area_a[1:]) + 1 + oa).tolist())
-            seen.update((np.flatnonzero(ov.area_b[1:]) + 1 + ob).tolist())
-            rows, cols, scores = assign(ov.a, ov.b, ov.iou, min_iou, split=False)
-            for a, b, score in zip(rows.tolist(), cols.tolist(), scores.tolist(), strict=True):
-                edges.append((score, a + oa, b + ob))
-                matched.update((a + oa, b + ob))
+    for (pa, pb), summed in sums.items():
+        oa, ob = nodes.offset[pa], nodes.offset[pb]
+        ov = summed.table(nodes.labels[pa], nodes.labels[pb])
+        seen.update((np.flatnonzero(ov.area_a[1:]) + 1 + oa).tolist())
+        seen.update((np.flatnonzero(ov.area_b[1:]) + 1 + ob).tolist())
+        rows, cols, scores = assign(ov.a, ov.b, ov.iou, min_iou, split=False)
+        for a, b, score in zip(rows.tolist(), cols.tolist(), scores.tolist(), strict=True):
+            edges.append((score, a + oa, b + ob))
+            matched.update((a + oa, b + ob))
     return edges, seen, matched
