@@ -96,6 +96,18 @@ class Bench:
         reset(job)
         return statistics.median(times)
 
+    def interleaved(self, job: Job, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+        """The median time of each of ``fns``, run in turn in every round (not all runs of
+        one, then all of the next): the machine's drift during the section (page cache,
+        disk writeback, other load) falls on all of them alike, not on the ratios."""
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for _ in range(self.args.repeats):
+            for name, fn in fns.items():
+                reset(job)
+                times[name].append(timed(fn))
+        reset(job)
+        return {name: statistics.median(t) for name, t in times.items()}
+
     def add(self, *cells: str) -> None:
         self.rows.append(Row(*cells))
         note(" | ".join(cells))  # as it comes, in case the run is stopped
@@ -140,13 +152,14 @@ def section_harvest(b: Bench) -> None:
     what = f"{n} montages, {shape[0]}^2 x {frames}"
     note(f"harvest: {what}")
     base = b.median(job, lambda: harvest.baseline(job), b.args.baseline_repeats)
-    floor = b.median(job, lambda: harvest.io_floor(job))
-    results = {"library, serial": b.median(job, lambda: harvest.ours_library(job))}
     with local(2) as ex:
-        results["library, 2 local workers"] = b.median(job, lambda: harvest.ours_library(job, ex))
-        results["cellcrowd run, 2 local workers"] = b.median(job,
-                                                             lambda: harvest.ours_run(job, ex))
-    results["cellcrowd run, serial"] = b.median(job, lambda: harvest.ours_run(job))
+        results = b.interleaved(job, {
+            "floor": lambda: harvest.io_floor(job),
+            "library, serial": lambda: harvest.ours_library(job),
+            "library, 2 local workers": lambda: harvest.ours_library(job, ex),
+            "cellcrowd run, 2 local workers": lambda: harvest.ours_run(job, ex),
+            "cellcrowd run, serial": lambda: harvest.ours_run(job)})
+    floor = results.pop("floor")
     b.add("1 harvest", f"baseline (original style), {what}", f"{base:.2f} s", "1", "")
     b.add("1 harvest", "I/O floor (1 thread, zlib level 1)", f"{floor:.2f} s",
           f"{floor / base:.3f} of baseline")
@@ -183,11 +196,13 @@ def section_workers(b: Bench) -> None:
     shape, frames = b.sizes[1]
     job = b.job(shape, frames)
     note("workers: cellcrowd run on 1 and 2 local workers, dask 1 and 2 workers")
-    times = {}
+    times: dict[tuple[str, int], float] = {}
     for kind, make in (("local", local), ("dask", dask)):
-        for workers in (1, 2):
-            with make(workers) as ex:
-                times[kind, workers] = b.median(job, lambda ex=ex: harvest.ours_run(job, ex))
+        with make(1) as one, make(2) as two:  # 1 and 2 workers in turn, round by round
+            runs: dict[str, Callable[[], object]] = {
+                "1": lambda: harvest.ours_run(job, one), "2": lambda: harvest.ours_run(job, two)}
+            found = b.interleaved(job, runs)
+        times[kind, 1], times[kind, 2] = found["1"], found["2"]
     for kind, target in (("local", 1.7), ("dask", 1.6)):
         one, two = times[kind, 1], times[kind, 2]
         b.add("4 workers", f"cellcrowd run, {kind}: 1 worker / 2 workers",
