@@ -8,6 +8,11 @@ puts in place is hashed right away, by the process that wrote it (while it is in
 page cache), and its hash is remembered: :func:`cellcrowd.executor.run_tasks` brings
 the hashes of files its workers wrote back to the process that started the tasks
 (:func:`remember`), so the pipeline does not read every output again to record it.
+:func:`known` lists the digests a process holds, and ``remember(found, check=True)``
+takes back those of another process (an earlier run) whose files still have the same
+identity: a file is hashed again when its inode, size, modification or change time
+differ (a write, a rename onto it, a copy, ``touch``), as ``git`` and ``make`` judge
+files by what ``stat`` says; content changed with none of these changing is not seen.
 
 :func:`resolve_path` is :meth:`pathlib.Path.resolve` that resolves each folder once
 per cache it is given (the file's own name is still checked for a symbolic link).
@@ -23,7 +28,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["FileDigest", "hashing", "hashing_writes", "note_written", "remember",
+__all__ = ["FileDigest", "hashing", "hashing_writes", "known", "note_written", "remember",
            "resolve_path", "resolved_text", "sha256_file", "size_and_sha256"]
 
 #: ``((resolved path, inode, size, mtime_ns, ctime_ns), sha256)`` of one file version.
@@ -140,7 +145,27 @@ def note_written(path: Path) -> None:
             found.append(entry)
 
 
-def remember(found: Iterable[FileDigest]) -> None:
-    """Remember digests another process computed (see :func:`hashing_writes`)."""
+def remember(found: Iterable[FileDigest], *, check: bool = False) -> int:
+    """Remember digests another process computed (see :func:`hashing_writes`); returns
+    how many.
+
+    With ``check``, only those whose file is still there with the same identity (for
+    digests an earlier run kept: :func:`known`).
+    """
+    count = 0
     for key, sha in found:
+        if check:
+            try:
+                if _identity(key[0], os.stat(key[0])) != key:
+                    continue
+            except OSError:
+                continue
         _keep(key, sha)
+        count += 1
+    return count
+
+
+def known() -> list[FileDigest]:
+    """Every digest this process holds (to keep for the next run: :func:`remember`)."""
+    with _LOCK:
+        return list(_KNOWN.items())

@@ -22,7 +22,7 @@ The defaults follow the original notebook, so existing folders keep working::
       trk/{id}.trk     ctc/01/t000.tif, ctc/01_GT/TRA/man_track000.tif, man_track.txt
       zarr/{id}.ome.zarr, zarr/{id}.geff, zarr/{id}_part{N}.geff, zarr/{kind}_location.json
       qc/index.html, qc/{montage}_overlay.png, qc/thumbs/{montage}.png, qc/units.csv,
-      qc/workers.csv    .cellcrowd/manifest.json
+      qc/workers.csv    .cellcrowd/manifest.json, .cellcrowd/hashes.json
 
 Parts are numbered from 0 (``part0`` holds montage 0, ``part1`` montage 1), as in the
 original notebook, so its ``direc_name = .../movies/part1`` cell reads montage 1.
@@ -484,6 +484,12 @@ class WorkingFolder:
     @property
     def manifest(self) -> Path:
         return self.state / "manifest.json"
+
+    @property
+    def hash_cache(self) -> Path:
+        """The SHA-256 of the files the last run read and wrote, by file identity:
+        ``.cellcrowd/hashes.json`` (:mod:`cellcrowd.hashes`)."""
+        return self.state / "hashes.json"
 
     @property
     def watch_state(self) -> Path:

@@ -224,6 +224,8 @@ def run(
             runs += [_run_reported(stage, shared) for stage in table.stages]
         finally:
             services.close()
+            with contextlib.suppress(OSError):  # (a cache: the next run hashes again)
+                shared.manifest.keep_hashes()
     return RunSummary(config.base, tuple(runs))
 
 

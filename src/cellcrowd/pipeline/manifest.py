@@ -6,6 +6,11 @@ it reads, the sizes and SHA-256 of the other files it reads, the configuration
 values that matter to it, the cellcrowd version) and its outputs (paths, sizes,
 SHA-256). :func:`judge` decides whether a stage must run; :func:`remove_stale` and
 :func:`remove_temporary_files` clean up after earlier runs.
+
+Beside it, ``wf.hash_cache`` keeps the SHA-256 of every file hashed, by file identity
+(:func:`cellcrowd.hashes.known`), written whenever a stage ends: the next process
+(``cellcrowd status``, a resumed run) takes those whose files are unchanged instead of
+reading every file again.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from .. import __version__
 from ..config import Config
 from ..errors import UnsafePathError
 from ..files import TMP_MARK, atomic_write_text, remove_file
-from ..hashes import resolved_text, size_and_sha256
+from ..hashes import FileDigest, known, remember, resolved_text, size_and_sha256
 from ..layout import WorkingFolder
 from .stage import SkippedUnit, Stage
 
@@ -116,6 +121,29 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+_HASHES_VERSION = 1
+
+
+def _load_hashes(path: Path) -> None:
+    """Remember the hashes an earlier run kept in ``path`` whose files are unchanged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as exc:
+        logger.warning("%s is unreadable (%s): files will be hashed again", path, exc)
+        return
+    if not isinstance(data, dict) or data.get("version") != _HASHES_VERSION:
+        return
+    found: list[FileDigest] = []
+    for item in data.get("files", []) if isinstance(data.get("files"), list) else []:
+        if (isinstance(item, list) and len(item) == 6 and isinstance(item[0], str)
+                and all(type(v) is int for v in item[1:5]) and isinstance(item[5], str)
+                and len(item[5]) == 64):
+            found.append(((item[0], item[1], item[2], item[3], item[4]), item[5]))
+    remember(found, check=True)
+
+
 class Manifest:
     """The folder's manifest, read once; :meth:`set` writes it back atomically."""
 
@@ -134,6 +162,8 @@ class Manifest:
                 else:
                     logger.warning("%s is from another cellcrowd version: every stage "
                                    "will be redone", self.path)
+        self.base, self.hash_cache = wf.base, wf.hash_cache
+        _load_hashes(self.hash_cache)
 
     def entry(self, stage: str) -> dict[str, Any] | None:
         """The stage's entry (None: never recorded)."""
@@ -144,6 +174,20 @@ class Manifest:
         """Replace the stage's entry and write the manifest."""
         self.data["stages"][stage] = entry
         atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        if entry.get("state") != "running":  # a stage ended: its files' hashes are known
+            self.keep_hashes()
+
+    def keep_hashes(self) -> None:
+        """Keep the hashes of the files in the working folder and of the recorded inputs
+        outside it (not those of other folders this process hashed)."""
+        root = resolved_text(self.base).rstrip("/") + "/"
+        outside = {rel for entry in self.data["stages"].values() if isinstance(entry, dict)
+                   for rel in (entry.get("inputs") or {}).get("files", {})
+                   if os.path.isabs(rel)}
+        files = sorted([*key, sha] for key, sha in known()
+                       if key[0].startswith(root) or key[0] in outside)
+        atomic_write_text(self.hash_cache, json.dumps(
+            {"version": _HASHES_VERSION, "files": files}, separators=(",", ":")) + "\n")
 
     def outputs_digest(self, stage: str) -> str | None:
         """The digest of the stage's recorded outputs (None unless it is done)."""
