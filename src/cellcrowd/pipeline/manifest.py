@@ -27,7 +27,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config
 from ..errors import UnsafePathError
-from ..files import TMP_MARK, atomic_write_text, remove_file
+from ..files import TMP_MARK, atomic_write_text, deferred_sync, remove_file
 from ..hashes import FileDigest, known, remember, resolved_text, size_and_sha256
 from ..layout import WorkingFolder
 from .stage import SkippedUnit, Stage
@@ -131,7 +131,7 @@ def _load_hashes(path: Path) -> None:
     except FileNotFoundError:
         return
     except (OSError, ValueError) as exc:
-        logger.warning("%s is unreadable (%s): files will be hashed again", path, exc)
+        logger.info("%s is unreadable (%s): files will be hashed again", path, exc)
         return
     if not isinstance(data, dict) or data.get("version") != _HASHES_VERSION:
         return
@@ -186,8 +186,9 @@ class Manifest:
                    if os.path.isabs(rel)}
         files = sorted([*key, sha] for key, sha in known()
                        if key[0].startswith(root) or key[0] in outside)
-        atomic_write_text(self.hash_cache, json.dumps(
-            {"version": _HASHES_VERSION, "files": files}, separators=(",", ":")) + "\n")
+        with deferred_sync():  # a cache: not worth a sync (a torn one is ignored)
+            atomic_write_text(self.hash_cache, json.dumps(
+                {"version": _HASHES_VERSION, "files": files}, separators=(",", ":")) + "\n")
 
     def outputs_digest(self, stage: str) -> str | None:
         """The digest of the stage's recorded outputs (None unless it is done)."""

@@ -276,6 +276,13 @@ def _distinct(values: NDArray[Any]) -> NDArray[Any]:
     return np.asarray(fastremap.unique(values))
 
 
+def _union(parts: list[NDArray[Any]]) -> NDArray[np.int64]:
+    """The sorted distinct values of ``parts`` (each cast on its own: no float detour)."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate([part.astype(np.int64, copy=False) for part in parts]))
+
+
 _Window = tuple[slice, slice]
 
 
@@ -320,12 +327,10 @@ class _Scan:
                 if pa in current and pb in current:
                     self.sums[pa, pb].add(current[pa][in_a], current[pb][in_b])
         #: The sorted distinct labels of every tile read (0 first, always).
-        none = np.zeros(0, dtype=np.int64)
-        self.labels = {pos: np.union1d([0], np.concatenate([none, *ids])).astype(np.int64)
+        self.labels = {pos: _union([np.zeros(1, np.int64), *ids])
                        for pos, ids in self._ids.items()}
         #: The labels on pixels each tile owns (0 among them or not).
-        self.core_labels = {pos: np.unique(np.concatenate([none, *ids]))
-                            for pos, ids in self._core.items()}
+        self.core_labels = {pos: _union(ids) for pos, ids in self._core.items()}
 
     def _leave_out(self, pos: Position, reason: str) -> None:
         self.left_out[pos] = reason
