@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import find_boundaries
@@ -96,7 +98,11 @@ def stretch_to_uint8(
         raise ValueError(f"percentiles must rise within 0..100, got {percentiles!r}")
     if image.size == 0:
         return np.zeros(image.shape, dtype=np.uint8)
-    low, high = (float(v) for v in np.percentile(image.astype(np.float64), [low_p, high_p]))
+    # integers of up to 32 bits as they are (numpy interpolates them in float64 exactly as
+    # it does their float64 copy; no 8-byte copy of the image)
+    exact = image.dtype.kind in "ui" and image.dtype.itemsize <= 4
+    values: NDArray[Any] = image if exact else image.astype(np.float64)
+    low, high = (float(v) for v in np.percentile(values, [low_p, high_p]))
     if high <= low:
         high = low + 1.0
     out = np.empty(image.shape, dtype=np.uint8)
@@ -206,8 +212,10 @@ def _row_blocks(shape: tuple[int, ...]) -> list[slice]:
     return [slice(r, r + step) for r in range(0, shape[0], step)]
 
 
-def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]) -> NDArray[np.int64]:
-    """Each annotation pixel's id replaced by the cleaned id its annotation id overlaps most.
+def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]
+              ) -> NDArray[np.integer[Any]]:
+    """Each annotation pixel's id replaced by the cleaned id its annotation id overlaps most
+    (in the labels' integer type).
 
     Annotation ids overlapping no cleaned cell become 0; ties go to the smaller cleaned id.
 
@@ -216,12 +224,14 @@ def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]) -> N
     >>> match_ids(np.array([[5, 5, 6]]), np.array([[2, 0, 0]])).tolist()
     [[2, 2, 0]]
     """
-    ann = annotation.astype(np.int64)
-    table = overlap(ann, labels.astype(np.int64))
-    lookup = np.zeros(table.area_a.size, dtype=np.int64)
+    ints = [a if a.dtype.kind in "ui" else a.astype(np.int64) for a in (annotation, labels)]
+    annotation, labels = ints  # (integers as they are: no whole-image int64 copies)
+    table = overlap(annotation, labels)
+    lookup = np.zeros(table.area_a.size, dtype=labels.dtype if labels.dtype.kind in "ui"
+                      else np.int64)
     first, best = best_partners(table)
     lookup[first] = best
-    out: NDArray[np.int64] = lookup[ann]
+    out: NDArray[np.integer[Any]] = lookup[annotation]
     return out
 
 
