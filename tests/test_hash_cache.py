@@ -11,38 +11,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cellcrowd import hashes
 from cellcrowd.config import Config, load_config
-from cellcrowd.pipeline import Context, Stage, StageOutput, StageTable
+from cellcrowd.pipeline import StageTable
 from cellcrowd.pipeline import engine as pipeline_engine
 from cellcrowd.pipeline.folderstatus import status
-from cellcrowd.pipeline.stage import OpenFolder
+from helpers import toy_table
 
 
 def _table() -> StageTable:
-    """One stage: ``in/*.txt`` -> ``out/*.txt`` upper-cased, one unit per file."""
-
-    def body(ctx: Context) -> StageOutput:
-        outputs = []
-        for src in sorted((ctx.wf.base / "in").glob("*.txt")):
-            dst = ctx.wf.base / "out" / src.name
-            key = ctx.units.file_digest([src])
-            if not ctx.units.fresh(src.name, key, [dst]):
-                dst.parent.mkdir(exist_ok=True)
-                dst.write_text(src.read_text().upper())
-                ctx.units.done(src.name, key, [dst])
-            outputs.append(dst)
-        return StageOutput(outputs)
-
-    def files(wf: Any, config: Config) -> list[Path]:
-        return sorted((wf.base / "in").glob("*.txt"))
-
-    stage = Stage("upper", (), body, files=files)
-    return StageTable((stage,), lambda config: OpenFolder(config.working_folder()))
+    return toy_table([])
 
 
 def _folder(base: Path) -> Config:

@@ -22,13 +22,12 @@ from cellcrowd.config import Config, load_config
 from cellcrowd.errors import InputError
 from cellcrowd.files import read_image, write_image
 from cellcrowd.layout import parse_montage_name
-from cellcrowd.pipeline import Context, Stage, StageOutput, StageTable, run
+from cellcrowd.pipeline import Context, StageOutput, StageTable, run
 from cellcrowd.pipeline import engine as pipeline_engine
 from cellcrowd.pipeline.manifest import record
-from cellcrowd.pipeline.stage import OpenFolder
 from cellcrowd.pipeline.units import UnitRecords
 from cellcrowd.sim.demo import Example, ExampleSettings, emulated_job, make_example, save_config
-from helpers import file_hashes
+from helpers import file_hashes, toy_table
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
                            row_length=5)
@@ -80,30 +79,6 @@ def test_records_fresh_after_done_and_stale_on_any_change(tmp_path: Path) -> Non
 # -- a toy stage through the engine ----------------------------------------------------
 
 
-def _toy_table(calls: list[str]) -> StageTable:
-    """One stage: ``in/*.txt`` -> ``out/*.txt`` upper-cased, one unit per file."""
-
-    def body(ctx: Context) -> StageOutput:
-        outputs = []
-        for src in sorted((ctx.wf.base / "in").glob("*.txt")):
-            dst = ctx.wf.base / "out" / src.name
-            key = ctx.units.file_digest([src])
-            if not ctx.units.fresh(src.name, key, [dst]):
-                calls.append(src.name)
-                dst.parent.mkdir(exist_ok=True)
-                dst.write_text(src.read_text().upper() + "!" * ctx.config.clean.min_size)
-                ctx.units.done(src.name, key, [dst])
-            outputs.append(dst)
-        return StageOutput(outputs)
-
-    def files(wf: Any, config: Config) -> list[Path]:
-        return sorted((wf.base / "in").glob("*.txt"))
-
-    stage = Stage("upper", (), body, settings=lambda c: {"bangs": c.clean.min_size},
-                  files=files)
-    return StageTable((stage,), lambda config: OpenFolder(config.working_folder()))
-
-
 def test_a_stage_redoes_only_the_units_that_changed(tmp_path: Path) -> None:
     base = tmp_path / "work"
     (base / "in").mkdir(parents=True)
@@ -112,7 +87,7 @@ def test_a_stage_redoes_only_the_units_that_changed(tmp_path: Path) -> None:
     (base / "cellcrowd.toml").write_text("job_id = 1\nidentifier = 'toy'\n")
     cfg = load_config(base / "cellcrowd.toml")
     calls: list[str] = []
-    table = _toy_table(calls)
+    table = toy_table(calls)
 
     def once(config: Config = cfg, force: tuple[str, ...] = ()) -> dict[str, int]:
         calls.clear()
@@ -148,7 +123,7 @@ def test_a_failed_stage_records_no_new_unit(tmp_path: Path) -> None:
     (base / "cellcrowd.toml").write_text("job_id = 1\nidentifier = 'toy'\n")
     cfg = load_config(base / "cellcrowd.toml")
     calls: list[str] = []
-    table = _toy_table(calls)
+    table = toy_table(calls)
     pipeline_engine.run(cfg, table)
     committed = json.loads(cfg.working_folder().manifest.read_text())["stages"]["upper"]
     (base / "in" / "a.txt").write_text("A new")
