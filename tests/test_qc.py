@@ -524,6 +524,21 @@ def test_stretch_is_monotonic_and_saturates() -> None:
     assert (stretch_to_uint8(np.full((3, 3), 7)) == 0).all()  # flat images do not divide by 0
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32])
+def test_integer_images_stretch_as_their_float_copies(dtype: type) -> None:
+    """Integers are not copied to float64 for the percentiles: the stretch is the same."""
+    rng = np.random.default_rng(7)
+    top = min(int(np.iinfo(dtype).max), 2**31 - 1)
+    for _ in range(20):
+        shape = tuple(int(v) for v in rng.integers(1, 60, 2))
+        image = rng.integers(0, top, shape, endpoint=True).astype(dtype)
+        low = float(rng.uniform(0, 50))
+        percentiles = (low, float(rng.uniform(low + 0.1, 100)))
+        np.testing.assert_array_equal(
+            stretch_to_uint8(image, percentiles=percentiles),
+            stretch_to_uint8(image.astype(np.float64), percentiles=percentiles))
+
+
 def test_overlays_do_not_modify_inputs_and_cycle_the_palette() -> None:
     image = np.arange(36, dtype=np.uint16).reshape(6, 6)
     labels = np.zeros((6, 6), np.int32)
