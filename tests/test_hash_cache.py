@@ -62,10 +62,16 @@ def test_a_new_process_hashes_no_unchanged_file(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hashed: list[str]) -> None:
     cfg = _folder(tmp_path / "work")
     pipeline_engine.run(cfg, _table())
+    cache = cfg.working_folder().hash_cache
+    written = cache.stat()
     _new_process(monkeypatch)
     hashed.clear()
     assert _state(cfg) == ("done", "up to date")
     assert hashed == []
+    pipeline_engine.run(cfg, _table())  # up to date: the cache is not written again
+    assert hashed == []
+    assert (cache.stat().st_ino, cache.stat().st_mtime_ns) == (written.st_ino,
+                                                               written.st_mtime_ns)
     cfg.working_folder().hash_cache.unlink()  # without the cache: every file read again
     _new_process(monkeypatch)
     assert _state(cfg) == ("done", "up to date")

@@ -27,9 +27,10 @@ SETTINGS = ExampleSettings(frames=10, shape=(64, 64), cells=4, divisions=1, mont
                            row_length=5)
 KEY = "oserror-key-7d1e5a90c3"
 
-#: Bookkeeping and the QC report; the config names its own folder.
+#: Bookkeeping (the hash cache names each folder's own paths) and the QC report; the config
+#: names its own folder.
 SKIP: dict[str, Any] = {"skip_folders": {"qc"},
-                        "skip_names": {"manifest.json", "lock", "cellcrowd.toml"}}
+                        "skip_names": {"manifest.json", "hashes.json", "lock", "cellcrowd.toml"}}
 
 
 @pytest.fixture(scope="module")

@@ -124,17 +124,19 @@ def digest(data: Any) -> str:
 _HASHES_VERSION = 1
 
 
-def _load_hashes(path: Path) -> None:
-    """Remember the hashes an earlier run kept in ``path`` whose files are unchanged."""
+def _load_hashes(path: Path) -> str:
+    """Remember the hashes an earlier run kept in ``path`` whose files are unchanged;
+    return the file's text ("" when there is none)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text)
     except FileNotFoundError:
-        return
+        return ""
     except (OSError, ValueError) as exc:
         logger.info("%s is unreadable (%s): files will be hashed again", path, exc)
-        return
+        return ""
     if not isinstance(data, dict) or data.get("version") != _HASHES_VERSION:
-        return
+        return text
     found: list[FileDigest] = []
     for item in data.get("files", []) if isinstance(data.get("files"), list) else []:
         if (isinstance(item, list) and len(item) == 6 and isinstance(item[0], str)
@@ -142,6 +144,7 @@ def _load_hashes(path: Path) -> None:
                 and len(item[5]) == 64):
             found.append(((item[0], item[1], item[2], item[3], item[4]), item[5]))
     remember(found, check=True)
+    return text
 
 
 class Manifest:
@@ -163,7 +166,7 @@ class Manifest:
                     logger.warning("%s is from another cellcrowd version: every stage "
                                    "will be redone", self.path)
         self.base, self.hash_cache = wf.base, wf.hash_cache
-        _load_hashes(self.hash_cache)
+        self._kept = _load_hashes(self.hash_cache)  # (not written again unchanged)
 
     def entry(self, stage: str) -> dict[str, Any] | None:
         """The stage's entry (None: never recorded)."""
@@ -173,9 +176,16 @@ class Manifest:
     def set(self, stage: str, entry: dict[str, Any]) -> None:
         """Replace the stage's entry and write the manifest."""
         self.data["stages"][stage] = entry
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
-        if entry.get("state") != "running":  # a stage ended: its files' hashes are known
-            self.keep_hashes()
+        # compact (the C encoder: a fifth of the time of an indented one on a large folder)
+        text = json.dumps(self.data, sort_keys=True, separators=(",", ":")) + "\n"
+        if entry.get("state") == "running":
+            # not synced: lost in a crash, the stage's entry says "done" with the outputs
+            # it recorded, which the next run finds changed (``intact``) and redoes
+            with deferred_sync():
+                atomic_write_text(self.path, text)
+            return
+        atomic_write_text(self.path, text)
+        self.keep_hashes()  # a stage ended: its files' hashes are known
 
     def keep_hashes(self) -> None:
         """Keep the hashes of the files in the working folder and of the recorded inputs
@@ -186,9 +196,12 @@ class Manifest:
                    if os.path.isabs(rel)}
         files = sorted([*key, sha] for key, sha in known()
                        if key[0].startswith(root) or key[0] in outside)
-        with deferred_sync():  # a cache: not worth a sync (a torn one is ignored)
-            atomic_write_text(self.hash_cache, json.dumps(
-                {"version": _HASHES_VERSION, "files": files}, separators=(",", ":")) + "\n")
+        text = json.dumps({"version": _HASHES_VERSION, "files": files},
+                          separators=(",", ":")) + "\n"
+        if text != self._kept:
+            with deferred_sync():  # a cache: not worth a sync (a torn one is ignored)
+                atomic_write_text(self.hash_cache, text)
+            self._kept = text
 
     def outputs_digest(self, stage: str) -> str | None:
         """The digest of the stage's recorded outputs (None unless it is done)."""
