@@ -62,7 +62,15 @@ from .lineage import (
     read_lineage,
 )
 from .link import AmbiguousLink, LinkReport, PartLinker, link_parts
-from .tiles import StitchConflict, StitchReport, TileStitch, match_tiles, stitch_tiles
+from .tiles import (
+    StitchConflict,
+    StitchReport,
+    TileChangedError,
+    TileReader,
+    TileStitch,
+    match_tiles,
+    stitch_tiles,
+)
 
 __all__ = [
     "MAX_CELLS",
@@ -74,6 +82,8 @@ __all__ = [
     "StitchConflict",
     "StitchMoviesResult",
     "StitchReport",
+    "TileChangedError",
+    "TileReader",
     "TileStitch",
     "add_frame_labels",
     "frames_per_label",
