@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..layout import WorkingFolder
-from .cells import CellTable, cell_table
+from .cells import CellNodes, CellTable, cell_table
 from .omezarr import LABELS_NAME
 from .zarrstore import ExportTarget, require
 
@@ -83,7 +83,9 @@ def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]
     """A cell's consecutive appearances, and a dividing cell's last node to each daughter's
     first, sorted by the first node (each node is the source of one kind only)."""
     order = np.lexsort((t, label))  # every cell's nodes in time order, cell after cell
-    same = label[order][1:] == label[order][:-1]
+    cell = label[order]
+    same = cell[1:] == cell[:-1]
+    del cell
     src, dst = [order[:-1][same]], [order[1:][same]]
     starts = np.flatnonzero(np.r_[True, ~same])
     ends = np.r_[starts[1:], order.size] - 1
@@ -95,8 +97,11 @@ def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]
     if pairs:
         src.append(np.array([p[0] for p in pairs], dtype=np.int64))
         dst.append(np.array([p[1] for p in pairs], dtype=np.int64))
-    edges = np.stack([np.concatenate(src), np.concatenate(dst)], axis=1).astype(np.int64)
-    return edges[np.argsort(edges[:, 0], kind="stable")].astype(np.uint64)
+    edges = np.stack([np.concatenate(src), np.concatenate(dst)], axis=1).astype(
+        np.int64, copy=False)
+    del src, dst
+    # node numbers are never negative: the uint64 view holds the same numbers
+    return edges[np.argsort(edges[:, 0], kind="stable")].view(np.uint64)
 
 
 def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> GraphArrays:
@@ -110,20 +115,20 @@ def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> G
     [[0, 1], [0, 2]]
     """
     n = table.nodes
-    rows = (np.arange(len(n)) if frames is None
-            else np.flatnonzero(np.isin(n.t, np.fromiter(frames, np.int64))))
-    label, t = n.label[rows], n.t[rows]
+    if frames is not None:  # (the whole movie: the table's own columns, not copies)
+        rows = np.flatnonzero(np.isin(n.t, np.fromiter(frames, np.int64)))
+        n = CellNodes(n.label[rows], n.t[rows], n.y[rows], n.x[rows], n.area[rows])
+    label, t = n.label, n.t
     props: dict[str, Prop] = {}
-    if rows.size:
-        columns: dict[str, NDArray[Any]] = {"t": t, "y": n.y[rows], "x": n.x[rows],
-                                            "area": n.area[rows], "seg_id": label,
-                                            "track_id": label}
+    if len(n):
+        columns: dict[str, NDArray[Any]] = {"t": t, "y": n.y, "x": n.x, "area": n.area,
+                                            "seg_id": label, "track_id": label}
         props = {k: {"values": v, "missing": None} for k, v in columns.items()}
         for key, values in (("support", table.support), ("agreement", table.agreement)):
             if (prop := _per_label(values, label)) is not None:
                 props[key] = prop
-    edges = (_edges(table, label, t) if rows.size else np.zeros((0, 2), np.uint64))
-    return GraphArrays(np.arange(rows.size, dtype=np.uint64), props, edges)
+    edges = (_edges(table, label, t) if len(n) else np.zeros((0, 2), np.uint64))
+    return GraphArrays(np.arange(len(n), dtype=np.uint64), props, edges)
 
 
 def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> Any:
