@@ -91,7 +91,7 @@ class Bench:
     def median(self, job: Job, fn: Callable[[], object], repeats: int | None = None) -> float:
         times = []
         for _ in range(repeats or self.args.repeats):
-            reset(job)
+            settle(job)
             times.append(timed(fn))
         reset(job)
         return statistics.median(times)
@@ -103,7 +103,7 @@ class Bench:
         times: dict[str, list[float]] = {name: [] for name in fns}
         for _ in range(self.args.repeats):
             for name, fn in fns.items():
-                reset(job)
+                settle(job)
                 times[name].append(timed(fn))
         reset(job)
         return {name: statistics.median(t) for name, t in times.items()}
@@ -111,6 +111,14 @@ class Bench:
     def add(self, *cells: str) -> None:
         self.rows.append(Row(*cells))
         note(" | ".join(cells))  # as it comes, in case the run is stopped
+
+
+def settle(job: Job) -> None:
+    """Before a timed run: the harvest's outputs removed and everything written so far on
+    disk (``os.sync``, untimed), so that no run pays for the writeback of the one before
+    (the baseline and the floor never sync; cellcrowd syncs once per stage)."""
+    reset(job)
+    os.sync()
 
 
 def note(text: str) -> None:
