@@ -16,7 +16,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ class CellNodes:
         at a time: the rows are held about once, not twice)."""
         if not parts:
             return cls.of([])
-        columns = [[getattr(p, name) for p in parts] for name in ("label", "t", "y", "x", "area")]
+        columns = [[getattr(p, f.name) for p in parts] for f in fields(cls)]
         parts.clear()
         joined = []
         for column in columns:

@@ -227,8 +227,7 @@ def match_ids(annotation: NDArray[np.generic], labels: NDArray[np.generic]
     ints = [a if a.dtype.kind in "ui" else a.astype(np.int64) for a in (annotation, labels)]
     annotation, labels = ints  # (integers as they are: no whole-image int64 copies)
     table = overlap(annotation, labels)
-    lookup = np.zeros(table.area_a.size, dtype=labels.dtype if labels.dtype.kind in "ui"
-                      else np.int64)
+    lookup = np.zeros(table.area_a.size, dtype=labels.dtype)
     first, best = best_partners(table)
     lookup[first] = best
     out: NDArray[np.integer[Any]] = lookup[annotation]

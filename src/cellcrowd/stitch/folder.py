@@ -81,8 +81,7 @@ def _stitch_part(task: _PartTask) -> StitchedPart:
         return write_part(task.out, task.part, stitched, stitched.left_out)
     except TileChangedError as exc:
         raise InputError(f"a tile changed while part {task.part} was stitched ({exc}): run "
-                         "the stitch stage again", path=task.wf.annotated_dir(
-                             task.part, Position(0, 0)).parent) from exc
+                         "the stitch stage again", path=task.wf.part_dir(task.part)) from exc
 
 
 def _part_inputs(task: _PartTask) -> list[Path]:
