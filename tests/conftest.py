@@ -2,12 +2,16 @@
 
 Test modules run with ``--import-mode=importlib``, so they get these through fixtures
 (``api_key``, ``job_factory``, ``small_job``, ``emulator``, ``sleeps``/``fake_sleep``,
-``folder_hashes``).
+``folder_hashes``, ``chromium``/``browse``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +92,35 @@ def sleeps() -> list[float]:
 @pytest.fixture
 def fake_sleep(sleeps: list[float]) -> Callable[[float], None]:
     return sleeps.append
+
+
+#: Headless Chromium with nothing that reaches the network.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium; installed with apt-get on CI when missing, else the test skips."""
+    found = shutil.which("chromium")
+    if found is None and os.environ.get("CI"):
+        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+            subprocess.run(cmd, check=True, timeout=900, capture_output=True)
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium; CI installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def browse(chromium: str) -> Callable[..., str]:
+    """``browse(profile_dir, *args)``: run headless Chromium (e.g. ``"--dump-dom", url``)
+    with its profile in ``profile_dir``; its standard output."""
+
+    def run(tmp: Path, *args: str) -> str:
+        out = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}",
+                              *args], capture_output=True, text=True, timeout=180, check=True)
+        return out.stdout
+
+    return run

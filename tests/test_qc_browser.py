@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
-import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -37,23 +35,6 @@ from cellcrowd.sim.synthetic import paint_annotation, synthetic_movie, write_mov
 JOB = 77
 FRAMES, LENGTH = 500, 2  # 2x2 positions x 250 montages = 1,000 units
 WORKERS = ("w01", "w02", "w03", "w04", "w05")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync")
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium; installed with apt-get on CI when missing, else the test skips."""
-    found = shutil.which("chromium")
-    if found is None and os.environ.get("CI"):
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            subprocess.run(cmd, check=True, timeout=900, capture_output=True)
-        found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium; CI installs it)")
-    return found
-
-
 @dataclass(frozen=True)
 class Job:
     wf: WorkingFolder
@@ -164,10 +145,6 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     return Job(wf, names, broken, failed, empty, crowded, agreements, stats)
 
 
-def _run(chromium: str, tmp: Path, *args: str) -> str:
-    out = subprocess.run([chromium, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
-                         capture_output=True, text=True, timeout=180, check=True)
-    return out.stdout
 
 
 class _Dom(HTMLParser):
@@ -202,13 +179,13 @@ class _Dom(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def page(job: Job, chromium: str, tmp_path_factory: pytest.TempPathFactory) -> _Dom:
+def page(job: Job, browse: Callable[..., str], tmp_path_factory: pytest.TempPathFactory) -> _Dom:
     files = write_qc(collect_qc(job.wf, job_id=JOB))
     url = files.index.resolve().as_uri()
     tmp = tmp_path_factory.mktemp("chromium")
-    dom = _Dom(_run(chromium, tmp, "--dump-dom", url))
+    dom = _Dom(browse(tmp, "--dump-dom", url))
     shot = files.index.with_name("top.png")
-    _run(chromium, tmp, f"--screenshot={shot}", "--window-size=1280,1600", url)
+    browse(tmp, f"--screenshot={shot}", "--window-size=1280,1600", url)
     return dom
 
 
@@ -265,7 +242,8 @@ def test_screenshot_of_the_top_of_the_page(job: Job, page: _Dom) -> None:
     assert grey.std() > 10  # text and plots, not a blank page
 
 
-def test_the_filter_shows_the_units_of_one_kind(job: Job, page: _Dom, chromium: str,
+def test_the_filter_shows_the_units_of_one_kind(job: Job, page: _Dom,
+                                                 browse: Callable[..., str],
                                                  tmp_path: Path) -> None:
     # A copy of the page that picks "broken" in the filter, as a person would.
     pick = ('<script>var k = document.getElementById("unit-kind"); k.value = "broken"; '
@@ -274,7 +252,7 @@ def test_the_filter_shows_the_units_of_one_kind(job: Job, page: _Dom, chromium: 
     copy.write_text(job.wf.qc_index.read_text(encoding="utf-8").replace("</body>", pick),
                     encoding="utf-8")
     try:
-        dom = _Dom(_run(chromium, tmp_path, "--dump-dom", copy.resolve().as_uri()))
+        dom = _Dom(browse(tmp_path, "--dump-dom", copy.resolve().as_uri()))
     finally:
         copy.unlink()
     assert {u for u, _, hidden in dom.units if not hidden} == job.broken

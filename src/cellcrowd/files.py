@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import io
 import itertools
 import os
 import re
@@ -44,9 +43,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from . import hashes
+from .codec import encode_png, encode_tiff
 from .errors import InputError, UnsafePathError
 from .hashes import sha256_file
-from .labelcheck import fits_uint16
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -404,24 +403,6 @@ def _check_pixels(shape: tuple[int, ...], max_pixels: int, path: Path) -> None:
                          "pixels, refusing to decode it (a decompression bomb?)", path=path)
 
 
-def _encode_png(array: NDArray[np.generic]) -> bytes:
-    if array.dtype == np.bool_:
-        array = array.astype(np.uint8)
-    if array.ndim == 2 and array.dtype not in (np.uint8, np.uint16):
-        if not fits_uint16(array):
-            raise ValueError(
-                f"values from {array.min()} to {array.max()} do not fit a 16-bit PNG; "
-                "write a TIFF instead"
-            )
-        array = array.astype(np.uint16)
-    if array.ndim == 3 and array.dtype != np.uint8:
-        raise ValueError(f"colour PNGs must be uint8, got {array.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG",
-                                                      compress_level=_settings.png_level)
-    return buf.getvalue()
-
-
 def write_image(path: str | Path, array: NDArray[np.generic]) -> Path:
     """Write ``array`` atomically as PNG (uint8/uint16, grey or colour) or TIFF (any dtype).
 
@@ -429,15 +410,12 @@ def write_image(path: str | Path, array: NDArray[np.generic]) -> Path:
     raise ``ValueError`` rather than wrapping.
     """
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        buf = io.BytesIO()
-        level = _settings.tiff_level
-        tifffile.imwrite(buf, np.ascontiguousarray(array),
-                         compression="zlib" if level else None,
-                         compressionargs={"level": level} if level else None)
-        return atomic_write_bytes(path, buf.getvalue())
-    if path.suffix.lower() == ".png":
-        return atomic_write_bytes(path, _encode_png(array))
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return atomic_write_bytes(path, encode_tiff(array, _settings.tiff_level,
+                                                    _settings.codec))
+    if suffix == ".png":
+        return atomic_write_bytes(path, encode_png(array, _settings.png_level, _settings.codec))
     raise ValueError(f"cannot write {path.name}: use a .png, .tif or .tiff name")
 
 
@@ -462,16 +440,18 @@ class WriteSettings:
         Deflate level (0-9) of compressed ``.npz`` members; 1 is fast and within
         a few percent of the default level's size on label and raw movies.
     png_level : int
-        Pillow ``compress_level`` (0-9) of PNG files.
+        Deflate level (0-9) of PNG files (Pillow's ``compress_level`` under zlib).
     tiff_level : int
         Deflate level (0-9) of TIFF files; 0 writes them uncompressed.
     gzip_level : int
         Gzip level (0-9) of ``.trk`` files.
     codec : {"auto", "zlib", "isal"}
-        Deflate implementation of ``.npz`` members: ``"isal"`` is python-isal
-        (``pip install 'cellcrowd[fast]'``), several times faster than zlib at
-        the same level and read by every zlib; ``"auto"`` uses it when installed.
-        Its levels are 0-3: levels above 3 use zlib.
+        Deflate implementation of ``.npz`` members, PNG and TIFF files: ``"isal"``
+        is python-isal (``pip install 'cellcrowd[fast]'``), several times faster
+        than zlib at the same level and read by every zlib, with cellcrowd's own
+        PNG and TIFF encoders (:mod:`cellcrowd.deflate`); ``"zlib"`` is zlib with
+        Pillow's and tifffile's encoders; ``"auto"`` is isal when installed. Its
+        levels are 0-3: levels above 3 use zlib.
     """
 
     durable: bool = True

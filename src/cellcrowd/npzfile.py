@@ -14,31 +14,16 @@ from typing import IO, Any
 
 import numpy as np
 
+from .codec import isal_for
 from .files import atomic_path, write_settings
 
 __all__ = ["read_npy_frames", "read_npy_header", "write_npz"]
 
 
-def _isal_zlib() -> Any | None:
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        return None
-    return isal_zlib
-
-
 def _deflater(level: int) -> Any | None:
     """A raw-deflate compressor for a zip member, or None for zipfile's own zlib."""
-    codec = write_settings().codec
-    if codec == "zlib" or level > 3:
-        return None
-    isal = _isal_zlib()
-    if isal is None:
-        if codec == "isal":
-            raise ImportError("python-isal is not installed: pip install 'cellcrowd[fast]', "
-                              "or use the codec 'zlib'")
-        return None
-    return isal.compressobj(level, isal.DEFLATED, -15)
+    isal = isal_for(write_settings().codec, level)
+    return None if isal is None else isal.compressobj(level, isal.DEFLATED, -15)
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
