@@ -1,14 +1,21 @@
-"""The same harvest on a dask.distributed cluster gives the same bytes as on local processes."""
+"""The same harvest on a dask.distributed cluster gives the same bytes as on local processes;
+the dask executor sends tasks in batches and keeps the workers' heap while they run."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from cellcrowd.config import load_config
-from cellcrowd.executor import DaskExecutor, LocalExecutor
+from cellcrowd.executor import DaskExecutor, LocalExecutor, batch_size
+from cellcrowd.heap import RESTORE_AFTER
 from cellcrowd.pipeline import STAGES, run
 from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example, save_config
 from helpers import file_hashes
@@ -56,3 +63,61 @@ def test_dask_cluster_and_local_processes_write_identicalfile_hashes(tmp_path: P
     assert len(expected) > 100
     assert file_hashes(tmp_path / "dask") == expected
     assert file_hashes(tmp_path / "scheduler") == expected
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as made:
+        made.wait_for_workers(2, timeout=120)
+        yield made
+
+
+def _square_unless_17(x: int) -> int:
+    if x == 17:
+        raise ValueError(f"task {x} is bad")
+    return x * x
+
+
+def test_tasks_go_in_batches_and_an_error_comes_in_its_place(client: Any) -> None:
+    executor = DaskExecutor(client=client)
+    taken: list[int] = []
+    with distributed.get_task_stream(client) as stream, \
+            pytest.raises(ValueError, match="task 17 is bad"):
+        taken.extend(executor.map(_square_unless_17, range(64)))
+    assert taken == [x * x for x in range(17)]  # every result before the bad task, in order
+    assert list(executor.map(abs, range(-64, 0))) == list(range(64, 0, -1))
+    size = batch_size(64, 2)
+    assert size == 4
+    # 64 tasks, 4 to a batch: 16 batches for the first map (or fewer: those after the
+    # error may be cancelled before they start)
+    assert 0 < len(stream.data) <= 64 // size
+    assert [batch_size(n, 2) for n in (1, 15, 16, 31, 32, 1000)] == [1, 1, 1, 1, 2, 62]
+
+
+def _faults_of_big_arrays(_: int) -> int:
+    import resource
+
+    import numpy as np
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(50):
+        a = np.ones(1 << 20, np.uint8)
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_cellcrowd_tasks_keep_the_workers_heap(client: Any) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc settings only")
+    trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trim.values()) == {"65536"}  # distributed's default for its workers
+    pages = 50 * (1 << 20) // 4096
+    time.sleep(RESTORE_AFTER + 0.5)  # no cellcrowd task lately (an earlier test's)
+    plain = client.submit(_faults_of_big_arrays, 0, pure=False).result()
+    assert plain >= 0.9 * pages
+    ours = list(DaskExecutor(client=client).map(_faults_of_big_arrays, range(8)))
+    assert min(ours[1:]) < 0.05 * pages  # the first touches the kept heap once
+    time.sleep(RESTORE_AFTER + 0.5)
+    assert client.submit(_faults_of_big_arrays, 1, pure=False).result() >= 0.9 * pages

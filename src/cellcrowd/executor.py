@@ -22,6 +22,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from . import hashes
 from .files import WriteSettings, call_with_settings, write_settings
+from .heap import kept_heap
 
 __all__ = [
     "DaskExecutor", "Executor", "LocalExecutor", "in_order", "make_executor", "owned_executor",
@@ -133,20 +134,60 @@ class DaskExecutor(_Closes):
         self.client = client if client is not None else Client(scheduler)
 
     def map(self, fn: Callable[[T], R], tasks: Iterable[T]) -> Iterator[R]:
+        """Results in task order; the tasks go to the workers in batches (see
+        :func:`batch_size`), each task's result or error kept apart."""
         client = self.client
 
-        def result(fut: Any) -> R:
-            value: R = fut.result()
+        def result(fut: Any) -> list[tuple[bool, Any]]:
+            value: list[tuple[bool, Any]] = fut.result()
             fut.release()
             return value
 
+        task_list = list(tasks)
         threads = sum(client.nthreads().values()) or 1
-        yield from in_order(lambda task: client.submit(fn, task, pure=False), result,
-                            lambda fut: fut.cancel(), list(tasks), 2 * threads)
+        size = batch_size(len(task_list), threads)
+        batches = [task_list[i:i + size] for i in range(0, len(task_list), size)]
+        for outcomes in in_order(
+                lambda batch: client.submit(_run_batch, fn, batch, pure=False), result,
+                lambda fut: fut.cancel(), batches, 2 * threads):
+            for ok, value in outcomes:
+                if not ok:
+                    raise value
+                yield value
 
     def close(self) -> None:
         if self._own:
             self.client.close()
+
+
+#: Batches per worker thread in a dask map: enough that a slow batch at the end keeps
+#: one worker busy only briefly, few enough that the scheduler's work per task (a few
+#: milliseconds of the client's process on each) is shared by several tasks.
+BATCHES_PER_THREAD = 8
+
+
+def batch_size(tasks: int, threads: int) -> int:
+    """Tasks per batch sent to a dask worker: :data:`BATCHES_PER_THREAD` batches a
+    worker thread, or one task a batch when there are fewer tasks than that.
+
+    >>> batch_size(96, 2), batch_size(6, 2), batch_size(1000, 16)
+    (6, 1, 7)
+    """
+    return max(1, tasks // (threads * BATCHES_PER_THREAD))
+
+
+def _run_batch(fn: Callable[[T], R], batch: list[T]) -> list[tuple[bool, Any]]:
+    """``fn`` over ``batch`` in a dask worker: ``(True, result)`` or ``(False, error)``
+    per task, with freed memory kept for reuse while it runs
+    (:func:`cellcrowd.heap.kept_heap`)."""
+    outcomes: list[tuple[bool, Any]] = []
+    with kept_heap():
+        for task in batch:
+            try:
+                outcomes.append((True, fn(task)))
+            except Exception as exc:  # raised by the consumer, in its task's place
+                outcomes.append((False, exc))
+    return outcomes
 
 
 def in_order(submit: Callable[[T], Any], result: Callable[[Any], R],
