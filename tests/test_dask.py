@@ -74,19 +74,25 @@ def client() -> Iterator[Any]:
         yield made
 
 
-def _square_unless_17(x: int) -> int:
+def _square_unless_17(task: tuple[Path, int]) -> int:
+    folder, x = task
+    (folder / str(x)).touch()  # it ran
     if x == 17:
         raise ValueError(f"task {x} is bad")
     return x * x
 
 
-def test_tasks_go_in_batches_and_an_error_comes_in_its_place(client: Any) -> None:
+def test_tasks_go_in_batches_and_an_error_comes_in_its_place(client: Any,
+                                                              tmp_path: Path) -> None:
     executor = DaskExecutor(client=client)
     taken: list[int] = []
     with distributed.get_task_stream(client) as stream, \
             pytest.raises(ValueError, match="task 17 is bad"):
-        taken.extend(executor.map(_square_unless_17, range(64)))
+        taken.extend(executor.map(_square_unless_17, [(tmp_path, x) for x in range(64)]))
     assert taken == [x * x for x in range(17)]  # every result before the bad task, in order
+    ran = {int(p.name) for p in tmp_path.iterdir()}
+    assert set(range(18)) <= ran
+    assert not ran & {18, 19}  # its batch (16-19) stopped at the error
     assert list(executor.map(abs, range(-64, 0))) == list(range(64, 0, -1))
     size = batch_size(64, 2)
     assert size == 4

@@ -177,16 +177,18 @@ def batch_size(tasks: int, threads: int) -> int:
 
 
 def _run_batch(fn: Callable[[T], R], batch: list[T]) -> list[tuple[bool, Any]]:
-    """``fn`` over ``batch`` in a dask worker: ``(True, result)`` or ``(False, error)``
-    per task, with freed memory kept for reuse while it runs
-    (:func:`cellcrowd.heap.kept_heap`)."""
+    """``fn`` over ``batch`` in a dask worker, with freed memory kept for reuse while it
+    runs (:func:`cellcrowd.heap.kept_heap`): ``(True, result)`` per task, up to the
+    first that raises, ``(False, error)`` (the consumer raises it in its task's place;
+    the tasks after it would not be taken)."""
     outcomes: list[tuple[bool, Any]] = []
     with kept_heap():
         for task in batch:
             try:
                 outcomes.append((True, fn(task)))
-            except Exception as exc:  # raised by the consumer, in its task's place
+            except Exception as exc:
                 outcomes.append((False, exc))
+                break
     return outcomes
 
 

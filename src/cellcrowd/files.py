@@ -449,7 +449,7 @@ class WriteSettings:
         Deflate implementation of ``.npz`` members, PNG and TIFF files: ``"isal"``
         is python-isal (``pip install 'cellcrowd[fast]'``), several times faster
         than zlib at the same level and read by every zlib, with cellcrowd's own
-        PNG and TIFF encoders (:mod:`cellcrowd.deflate`); ``"zlib"`` is zlib with
+        PNG and TIFF encoders (:mod:`cellcrowd.codec`); ``"zlib"`` is zlib with
         Pillow's and tifffile's encoders; ``"auto"`` is isal when installed. Its
         levels are 0-3: levels above 3 use zlib.
     """
