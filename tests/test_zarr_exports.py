@@ -120,6 +120,25 @@ def test_a_cell_table_without_nodes_differs_only_in_its_nodes(
     assert dataclasses.replace(light, nodes=full.nodes) == full
 
 
+def test_the_geffs_table_drops_only_the_lineages_frame_lists(
+        demo: tuple[Path, WorkingFolder]) -> None:
+    """Without frame lists (what the GEFF stage reads) the graph is the same."""
+    _, wf = demo
+    full, lean = cell_table(wf), cell_table(wf, frames=False)
+    assert any(len(e["frames"]) > 1 for e in full.lineage.values())
+    assert lean.lineage == {label: {k: v for k, v in entry.items() if k != "frames"}
+                            for label, entry in full.lineage.items()}
+    assert dataclasses.replace(lean, lineage=full.lineage, nodes=full.nodes) == full
+    for column in dataclasses.fields(full.nodes):
+        np.testing.assert_array_equal(getattr(lean.nodes, column.name),
+                                      getattr(full.nodes, column.name))
+    for frames in [None, *full.part_frames.values()]:
+        a, b = lineage_arrays(full, frames), lineage_arrays(lean, frames)
+        assert b.edges > 0
+        np.testing.assert_array_equal(a.edge_ids, b.edge_ids)
+        np.testing.assert_array_equal(a.node_ids, b.node_ids)
+
+
 # traccuracy's matcher notes that it computes the predicted boxes itself.
 @pytest.mark.filterwarnings("ignore:'res_boxes' and/or 'res_labels':UserWarning")
 def test_geff_validates_and_gives_tra_1_against_the_ctc_export(

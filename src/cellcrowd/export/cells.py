@@ -212,12 +212,15 @@ class _Provenance:
                 target[label] = round(float(np.mean(got)), 6) if got else None
 
 
-def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True) -> CellTable:
+def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True,
+               frames: bool = True) -> CellTable:
     """Read the stitched movie once, frame by frame, into a :class:`CellTable`
     (``job``: the job's geometry when the caller has it, else read from the logs).
 
     With ``nodes=False`` the table's :attr:`~CellTable.nodes` stay empty: measuring every
     cell in every frame takes time and 40 bytes a cell-frame, which only the GEFF needs.
+    With ``frames=False`` the lineage is read without each cell's frame list (an entry
+    per cell-frame too), which only :meth:`CellTable.properties` needs.
 
     Raises
     ------
@@ -229,7 +232,7 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True)
     if not paths:
         raise InputError("no stitched frames: run the stitch stage first",
                          path=wf.stitched_frame("annotated", 0).parent)
-    lineage = read_lineage(wf.stitched_lineage)
+    lineage = read_lineage(wf.stitched_lineage, frames=frames)
     provenance = _Provenance(wf, job)
     stats: list[CellNodes] = []
     shape: tuple[int, int] | None = None

@@ -190,7 +190,7 @@ def export_geff(wf: WorkingFolder, target: ExportTarget | None = None, *,
         The stitched movie or its lineage is missing.
     """
     target = target or ExportTarget(str(wf.zarr_exports))
-    table = table or cell_table(wf)
+    table = table or cell_table(wf, frames=False)
     jobs: list[tuple[str, Collection[int] | None]] = [(wf.geff_name(), None)]
     if parts:
         jobs += [(wf.geff_name(part), frames) for part, frames in table.part_frames.items()]

@@ -206,11 +206,22 @@ def _build_lineage(frames: dict[int, list[int]], parents: dict[int, int]) -> Lin
     return lineage
 
 
-def read_lineage(path: str | Path) -> Lineage:
-    """Read a lineage JSON file (``{"<label>": {...}}``) with integer keys."""
+def _without_frames(entry: dict[str, Any]) -> dict[str, Any]:
+    entry.pop("frames", None)
+    return entry
+
+
+def read_lineage(path: str | Path, *, frames: bool = True) -> Lineage:
+    """Read a lineage JSON file (``{"<label>": {...}}``) with integer keys.
+
+    With ``frames=False`` each cell's ``"frames"`` list is dropped as it is parsed: the
+    lists hold an entry per cell per frame, as many as a long movie has cell-frames,
+    and what needs only parents and daughters need not hold them.
+    """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"),
+                          object_hook=None if frames else _without_frames)
     except FileNotFoundError:
         raise InputError("lineage not found: run the stitch stage first", path=path) from None
     except json.JSONDecodeError as exc:
