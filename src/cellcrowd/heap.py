@@ -37,8 +37,9 @@ logger = logging.getLogger(__name__)
 KEPT_BYTES = 32 * 1024 * 1024
 #: ``mallopt`` parameters (glibc's ``malloc.h``).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-#: glibc's default mmap threshold, fixed once the trim threshold is set.
-_MMAP_DEFAULT = 128 * 1024
+#: glibc's default mmap and trim thresholds (the mmap one stays fixed once the trim
+#: threshold is set).
+_GLIBC_DEFAULT = 128 * 1024
 
 #: Seconds with no task running before the worker's own settings are back: tasks one
 #: after the other (a stage) keep the heap; a worker left idle gives its memory back.
@@ -68,7 +69,7 @@ def _worker_trim() -> int:
     try:
         return int(os.environ["MALLOC_TRIM_THRESHOLD_"])
     except (KeyError, ValueError):
-        return _MMAP_DEFAULT
+        return _GLIBC_DEFAULT
 
 
 class _Kept:
@@ -104,7 +105,7 @@ class _Kept:
             if self.running or not self.kept:
                 return
             libc.mallopt(_M_TRIM_THRESHOLD, _worker_trim())
-            libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_DEFAULT)
+            libc.mallopt(_M_MMAP_THRESHOLD, _GLIBC_DEFAULT)
             libc.malloc_trim(0)
             self.kept = False
             self.timer = None
