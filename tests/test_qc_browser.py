@@ -145,8 +145,6 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Job:
     return Job(wf, names, broken, failed, empty, crowded, agreements, stats)
 
 
-
-
 class _Dom(HTMLParser):
     """Unit rows (data-unit, data-kinds, hidden), section ids, svg ids and polylines."""
 
