@@ -51,6 +51,8 @@ PNG_CASES: dict[str, np.ndarray] = {
     "rgba": RNG.integers(0, 256, size=(12, 5, 4), dtype=np.uint8),
     "one-pixel": np.array([[65535]], np.uint16),
     "one-column": RNG.integers(0, 256, size=(50, 1), dtype=np.uint8),
+    "big-endian": RNG.integers(0, 65536, size=(20, 30)).astype(">u2"),
+    "not-contiguous": RNG.integers(0, 256, size=(30, 20, 3), dtype=np.uint8)[::2, ::-1],
 }
 
 
@@ -123,6 +125,8 @@ def test_levels_above_isals_are_zlibs() -> None:
 
 TIFF_CASES: dict[str, np.ndarray] = {
     "raw16": RNG.integers(0, 65536, size=(47, 83), dtype=np.uint16),
+    "big-endian": RNG.integers(0, 65536, size=(20, 30)).astype(">u2"),
+    "not-contiguous": np.asfortranarray(RNG.normal(size=(19, 23))),
     "several-strips": RNG.integers(0, 4000, size=(700, 300), dtype=np.uint16),  # 420 KB
     "float32": RNG.normal(100, 20, size=(31, 64)).astype(np.float32),
     "int32": RNG.integers(-(2**31), 2**31 - 1, size=(9, 13), dtype=np.int32),
@@ -189,8 +193,8 @@ cases.forEach(function (c) {
 
 def _as_rgba(array: np.ndarray) -> np.ndarray:
     """What a browser draws: 8 bits per channel (16-bit samples rounded), RGBA."""
-    if array.dtype == np.uint16:
-        array = np.round(array / 257).astype(np.uint8)
+    if array.dtype.itemsize == 2:  # either byte order
+        array = np.round(array.astype(np.uint16) / 257).astype(np.uint8)
     if array.ndim == 2:
         array = array[..., None]
     grey = array.shape[2] <= 2

@@ -137,7 +137,7 @@ def _png_sub(array: NDArray[Any], level: int, isal: Any) -> bytes:
 def _tiff_strips(array: NDArray[Any], level: int, isal: Any) -> bytes:
     """A TIFF of the 2-D ``array`` in tifffile's strips, each deflated by
     ``isal.compress`` at ``level``."""
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))  # as tifffile
     height = array.shape[0]
     per_strip = min(max(_STRIP_BYTES // (array.nbytes // height), 1), height)
     strips = (isal.compress(array[start:start + per_strip], level)
