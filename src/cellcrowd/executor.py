@@ -167,8 +167,8 @@ BATCHES_PER_THREAD = 8
 
 
 def batch_size(tasks: int, threads: int) -> int:
-    """Tasks per batch sent to a dask worker: :data:`BATCHES_PER_THREAD` batches a
-    worker thread, or one task a batch when there are fewer tasks than that.
+    """Tasks per batch sent to a dask worker: about :data:`BATCHES_PER_THREAD` batches a
+    worker thread, and at least one task a batch (fewer tasks than twice that: one each).
 
     >>> batch_size(96, 2), batch_size(6, 2), batch_size(1000, 16)
     (6, 1, 7)
