@@ -60,6 +60,10 @@ class CellNodes:
                    np.asarray(y, np.float64), np.asarray(x, np.float64),
                    np.asarray(area, np.int64))
 
+    def take(self, rows: NDArray[np.intp]) -> CellNodes:
+        """The rows at ``rows``, in that order."""
+        return CellNodes(*(getattr(self, f.name)[rows] for f in fields(self)))
+
     @classmethod
     def concat(cls, parts: list[CellNodes]) -> CellNodes:
         """The rows of ``parts``, one after another; empties ``parts`` as it goes (a column

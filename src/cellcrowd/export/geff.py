@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..layout import WorkingFolder
-from .cells import CellNodes, CellTable, cell_table
+from .cells import CellTable, cell_table
 from .omezarr import LABELS_NAME
 from .zarrstore import ExportTarget, require
 
@@ -117,7 +117,7 @@ def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> G
     n = table.nodes
     if frames is not None:  # (the whole movie: the table's own columns, not copies)
         rows = np.flatnonzero(np.isin(n.t, np.fromiter(frames, np.int64)))
-        n = CellNodes(n.label[rows], n.t[rows], n.y[rows], n.x[rows], n.area[rows])
+        n = n.take(rows)
     label, t = n.label, n.t
     props: dict[str, Prop] = {}
     if len(n):
