@@ -8,7 +8,14 @@ import tifffile
 from PIL import Image
 
 from cellcrowd.errors import InputError
-from cellcrowd.files import atomic_path, list_images, read_image, write_image
+from cellcrowd.files import (
+    atomic_path,
+    atomic_write_bytes,
+    list_images,
+    read_image,
+    use_write_settings,
+    write_image,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +68,52 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         interrupted_write()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_bytes_writes_everything_when_the_os_writes_a_little_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_write = os.write
+    sizes: list[int] = []
+
+    def short_write(fd: int, data: bytes | memoryview) -> int:
+        sizes.append(real_write(fd, bytes(data[:7])))  # at most 7 bytes a call
+        return sizes[-1]
+
+    data = bytes(range(256)) * 3
+    monkeypatch.setattr(os, "write", short_write)
+    atomic_write_bytes(tmp_path / "out.bin", data)
+    monkeypatch.undo()
+    assert (tmp_path / "out.bin").read_bytes() == data
+    assert len(sizes) == -(-len(data) // 7)
+
+
+def test_atomic_write_bytes_failing_sync_closes_once_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    target = tmp_path / "out.bin"
+    target.write_bytes(b"old")
+    real_close = os.close
+    closed: list[int] = []
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    def counting_close(fd: int) -> None:
+        closed.append(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    monkeypatch.setattr(os, "close", counting_close)
+    with use_write_settings(durable=True), pytest.raises(OSError, match="I/O error"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert len(closed) == len(set(closed)) == 1  # closed once: no second close of a reused fd
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 

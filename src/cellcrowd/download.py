@@ -13,11 +13,12 @@ Montages whose judgments all reported a broken link are skipped and listed
 (:func:`cellcrowd.appen.report.still_broken`).
 
 How a file is fetched
-    The body is streamed into a temporary file in the target folder, checked to be
-    complete (``Content-Length``), of the montage size when the JSON logs tell it (else
+    The body is read into memory (at most ``max_bytes``), checked to be complete
+    (``Content-Length``), of the montage size when the JSON logs tell it (else
     non-empty, at most ``MAX_SIDE`` pixels a side and ``max_pixels`` pixels in all) *from
     its header, before anything is decoded* (a decompression bomb is a failed unit, never
-    a crash), to be a PNG that decodes (``verify`` and ``load``), then renamed into place.
+    a crash), to be a PNG that decodes (``verify`` and ``load``), and only then written
+    (a temporary file beside the target, renamed into place).
     429, 5xx, connection errors and truncated bodies are retried by
     :meth:`AppenClient.send` (capped backoff, ``Retry-After``). A PNG that arrives
     complete (closing ``IEND`` chunk) but does not decode is fetched once more, then
@@ -64,7 +65,6 @@ from .errors import (
     UnsafePathError,
 )
 from .files import (
-    atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     check_inside,
@@ -377,9 +377,9 @@ def _fetch_one(client: AppenClient, j: Judgment, target: Path, limits: _Limits,
     what = f"annotation of {j.montage} (unit {j.unit_id}, judgment {j.judgment_id})"
     for attempt in (1, 2):
         try:
-            with atomic_path(target) as tmp:
-                data = client.send("GET", url, what=what,
-                                   handle=lambda r: _save_png(r, tmp, limits, what))
+            data = client.send("GET", url, what=what,
+                               handle=lambda r: _receive_png(r, limits, what))
+            atomic_write_bytes(target, data)
             if copy_to is not None:
                 _write_if_changed(copy_to, data)
             return "downloaded"
@@ -406,18 +406,17 @@ def _failure(client: AppenClient, j: Judgment, url: str, reason: str) -> Downloa
                            client.redact(reason))
 
 
-def _save_png(response: httpx.Response, tmp: Path, limits: _Limits, what: str) -> bytes:
-    """Stream the body into ``tmp``, check it (:func:`_verify_png`), return its bytes."""
+def _receive_png(response: httpx.Response, limits: _Limits, what: str) -> bytes:
+    """The body (at most ``limits.max_bytes``), checked (:func:`_verify_png`): written to
+    its file only once it is whole and decodes."""
     received = 0
-    chunks: list[bytes] = []  # kept to check the image without reading the file back
-    with open(tmp, "wb") as out:
-        for chunk in response.iter_bytes(1 << 16):
-            received += len(chunk)
-            if received > limits.max_bytes:
-                raise DownloadError(f"{what} is larger than {limits.max_bytes} bytes",
-                                    url=str(response.request.url))
-            out.write(chunk)
-            chunks.append(chunk)
+    chunks: list[bytes] = []
+    for chunk in response.iter_bytes(1 << 16):
+        received += len(chunk)
+        if received > limits.max_bytes:
+            raise DownloadError(f"{what} is larger than {limits.max_bytes} bytes",
+                                url=str(response.request.url))
+        chunks.append(chunk)
     check_complete(response, received)
     data = b"".join(chunks)
     _verify_png(data, limits, what, str(response.request.url))

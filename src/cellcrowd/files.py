@@ -252,16 +252,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     and a web server hosting montages can read it. Inside
     :func:`cellcrowd.hashes.hashing_writes` the file is hashed once in place.
     """
+    # on Windows another open of the file must be possible: it is closed while in use
+    with _atomic_file(path, keep_open=os.name != "nt") as (_, tmp):
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_file(path: str | Path, *, keep_open: bool) -> Iterator[tuple[int, Path]]:
+    """:func:`atomic_path`, yielding the temporary file's descriptor (open for writing;
+    -1 unless ``keep_open``) with its path."""
     path = check_inside(path)
     fd, tmp = _open_temporary(path)
     done = False
     try:
-        if os.name == "nt":  # pragma: no cover - another open of the file must be possible
+        if not keep_open:
             os.close(fd)
             fd = -1
-        yield tmp
-        _finish(fd, tmp)
-        fd = -1
+        yield fd, tmp
+        open_fd, fd = fd, -1  # _finish closes it, also when it raises
+        _finish(open_fd, tmp)
         os.replace(tmp, path)
         done = True
     finally:
@@ -291,9 +300,12 @@ def _finish(fd: int, tmp: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically (through the temporary file's descriptor: no
+    second open)."""
+    with _atomic_file(path, keep_open=True) as (fd, _):
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
     return Path(path)
 
 
