@@ -32,8 +32,7 @@ import re
 import shutil
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from . import hashes
 from .codec import encode_png, encode_tiff
 from .errors import InputError, UnsafePathError
 from .hashes import sha256_file
+from .syncing import sync_paths
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -526,45 +526,6 @@ def deferred_sync() -> Iterator[None]:
     """
     with use_write_settings(durable=False):
         yield
-
-
-def _fsync(path: Path, flags: int) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_paths(paths: Iterable[str | Path]) -> int:
-    """Sync ``paths`` (files or folders) and the folders holding them to disk.
-
-    Missing paths are ignored. Folders cannot be synced on Windows; there only
-    files are. Returns how many files and folders were synced. The syncs run on a
-    few threads (the file system commits them together: much faster than one by one).
-    """
-    files: set[Path] = set()
-    folders: set[Path] = set()
-    for p in map(Path, paths):
-        if p.is_dir():
-            folders.add(p)
-        elif p.is_file():
-            files.add(p)
-            folders.add(p.parent)
-    _fsync_all(sorted(files))
-    if os.name != "nt":
-        _fsync_all(sorted(folders))
-    return len(files) + (len(folders) if os.name != "nt" else 0)
-
-
-def _fsync_all(paths: list[Path]) -> None:
-    if len(paths) < 4:
-        for path in paths:
-            _fsync(path, os.O_RDONLY)
-        return
-    with ThreadPoolExecutor(min(16, len(paths)), thread_name_prefix="cellcrowd-sync") as pool:
-        for _ in pool.map(_fsync, paths, itertools.repeat(os.O_RDONLY)):
-            pass
 
 
 # -- .npz -------------------------------------------------------------------------------------

@@ -1,0 +1,105 @@
+"""sync_paths: few files fsynced one by one, many with one syncfs per file system."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cellcrowd import syncing
+from cellcrowd.syncing import sync_paths
+
+REAL_SYNCFS = syncing._syncfs()
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="syncfs is Linux's")
+
+
+def _files(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"f{i}.bin" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_bytes(bytes([i % 256]) * 100)
+    return paths
+
+
+def _recording(calls: list[tuple[str, int]]) -> Callable[[int], int]:
+    """The real syncfs, recording the folder and file system of each call."""
+    real = REAL_SYNCFS
+    assert real is not None
+
+    def syncfs(fd: int) -> int:
+        calls.append((os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_dev))
+        return real(fd)
+
+    return syncfs
+
+
+@linux
+@pytest.mark.parametrize("count", [3, 4, 10])
+def test_from_the_threshold_one_syncfs_per_file_system_and_no_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    paths = _files(tmp_path / "a", count // 2) + _files(tmp_path / "b" / "c", count - count // 2)
+    calls: list[tuple[str, int]] = []
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(syncing, "SYNCFS_FROM", 4)
+    monkeypatch.setattr(syncing, "_syncfs", lambda: _recording(calls))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    assert sync_paths([*paths, tmp_path / "missing.bin"]) == count + 2  # files and 2 folders
+    if count >= 4:
+        assert fsynced == []
+        assert len(calls) == 1
+        folder, device = calls[0]
+        assert Path(folder) in {(tmp_path / "a").resolve(), (tmp_path / "b" / "c").resolve()}
+        assert device == tmp_path.stat().st_dev
+    else:
+        assert calls == []
+        assert len(fsynced) == count + 2
+
+
+@linux
+def test_syncfs_once_per_file_system(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = Path("/dev/shm")
+    if not other.is_dir() or other.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(syncing, "SYNCFS_FROM", 2)
+    monkeypatch.setattr(syncing, "_syncfs", lambda: _recording(calls))
+    with tempfile.TemporaryDirectory(dir=other) as shm:
+        sync_paths(_files(tmp_path / "x", 3) + _files(tmp_path / "y", 3) + _files(Path(shm), 3))
+    assert sorted(device for _, device in calls) == sorted(
+        [tmp_path.stat().st_dev, other.stat().st_dev])
+
+
+@linux
+def test_a_failing_syncfs_raises_naming_the_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _files(tmp_path / "out", 5)
+
+    def failing(fd: int) -> int:
+        ctypes.set_errno(errno.EIO)
+        return -1
+
+    monkeypatch.setattr(syncing, "SYNCFS_FROM", 2)
+    monkeypatch.setattr(syncing, "_syncfs", lambda: failing)
+    with pytest.raises(OSError, match="out") as caught:
+        sync_paths(paths)
+    assert caught.value.errno == errno.EIO
+
+
+def test_without_syncfs_every_file_and_folder_is_fsynced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _files(tmp_path / "a", 6)
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(syncing, "SYNCFS_FROM", 2)
+    monkeypatch.setattr(syncing, "_syncfs", lambda: None)
+    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    expected = 6 + (1 if os.name != "nt" else 0)
+    assert sync_paths(paths) == expected
+    assert len(fsynced) == expected
