@@ -103,3 +103,42 @@ def test_without_syncfs_every_file_and_folder_is_fsynced(
     expected = 6 + (1 if os.name != "nt" else 0)
     assert sync_paths(paths) == expected
     assert len(fsynced) == expected
+
+
+@linux
+def test_other_file_systems_get_an_fsync_per_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the threshold too: a FUSE or network file system may not sync on syncfs."""
+    paths = _files(tmp_path / "a", 6)
+    dev = tmp_path.stat().st_dev
+    calls: list[tuple[str, int]] = []
+    fsynced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(syncing, "SYNCFS_FROM", 2)
+    monkeypatch.setattr(syncing, "_syncfs", lambda: _recording(calls))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    for kind in ("fuse.sshfs", "nfs4", None):
+        monkeypatch.setattr(syncing, "_file_system_types", lambda kind=kind: (
+            {} if kind is None else {(os.major(dev), os.minor(dev)): kind}))
+        fsynced.clear()
+        assert sync_paths(paths) == 7
+        assert calls == []
+        assert len(fsynced) == 7
+    monkeypatch.setattr(syncing, "_file_system_types",
+                        lambda: {(os.major(dev), os.minor(dev)): "xfs"})
+    fsynced.clear()
+    sync_paths(paths)
+    assert len(calls) == 1
+    assert fsynced == []
+
+
+def test_mountinfo_types_by_device() -> None:
+    text = (
+        "22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+        "27 1 254:0 / / rw,relatime shared:1 master:2 - ext4 /dev/vda rw,discard\n"
+        "40 27 0:45 / /mnt/x rw,nosuid - fuse.sshfs me@host:/data rw,user_id=0\n"
+        "garbage line\n"
+        "41 27 x:y / /bad rw - ext4 /dev/bad rw\n"
+    )
+    assert syncing.parse_mountinfo(text) == {
+        (0, 21): "proc", (254, 0): "ext4", (0, 45): "fuse.sshfs"}
