@@ -127,3 +127,41 @@ def test_a_cache_names_only_its_own_folders_files(tmp_path: Path) -> None:
         paths = [item[0] for item in kept]
         assert sum(Path(p).parent.name in ("in", "out") for p in paths) == 8
         assert not [p for p in paths if str(tmp_path / other) in p]
+
+
+def test_a_process_running_again_keeps_only_the_files_still_there(tmp_path: Path) -> None:
+    """A forced run replaces every output: the old files' digests are forgotten, not kept
+    (in memory and in the cache) run after run."""
+    cfg = _folder(tmp_path / "work")
+    root = hashes.resolved_text(tmp_path / "work")
+    counts = []
+    for _ in range(3):
+        pipeline_engine.run(cfg, _table(), force=["upper"])
+        kept = json.loads(cfg.working_folder().hash_cache.read_text())["files"]
+        held = [key for key, _ in hashes.known() if key[0].startswith(root)]
+        counts.append((len(kept), len(held)))
+        for path, ino, size, mtime, ctime, _sha in kept:  # each names the file as it is now
+            st = os.stat(path)
+            assert (ino, size, mtime, ctime) == (st.st_ino, st.st_size, st.st_mtime_ns,
+                                                 st.st_ctime_ns)
+    assert counts[0] == counts[1] == counts[2]
+    assert counts[0][0] == 8  # 4 inputs and 4 outputs
+
+
+def test_forget_stale_drops_removed_and_changed_files_only(tmp_path: Path) -> None:
+    files = {name: tmp_path / f"{name}.txt" for name in ("kept", "removed", "changed")}
+    for path in files.values():
+        path.write_text("x")
+        hashes.size_and_sha256(path)
+    other = tmp_path.parent / f"{tmp_path.name}-other.txt"
+    other.write_text("y")
+    hashes.size_and_sha256(other)
+    files["removed"].unlink()
+    files["changed"].write_text("xx")
+    root = hashes.resolved_text(tmp_path) + os.sep
+    assert hashes.forget_stale(lambda p: p.startswith(root)) == 2
+    held = {Path(key[0]).name for key, _ in hashes.known()}
+    assert "kept.txt" in held
+    assert not {"removed.txt", "changed.txt"} & held
+    assert other.name in held  # not selected: left alone even if it were stale
+    other.unlink()

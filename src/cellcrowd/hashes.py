@@ -25,11 +25,11 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["FileDigest", "hashing", "hashing_writes", "known", "note_written", "remember",
-           "resolve_path", "resolved_text", "sha256_file", "size_and_sha256"]
+__all__ = ["FileDigest", "forget_stale", "hashing", "hashing_writes", "known", "note_written",
+           "remember", "resolve_path", "resolved_text", "sha256_file", "size_and_sha256"]
 
 #: ``((resolved path, inode, size, mtime_ns, ctime_ns), sha256)`` of one file version.
 FileDigest = tuple[tuple[str, int, int, int, int], str]
@@ -163,6 +163,30 @@ def remember(found: Iterable[FileDigest], *, check: bool = False) -> int:
         _keep(key, sha)
         count += 1
     return count
+
+
+def forget_stale(keep: Callable[[str], bool]) -> int:
+    """Forget the digests of files ``keep(path)`` selects that are gone or changed since
+    (``stat``: another inode, size or time); returns how many were forgotten.
+
+    A long-lived process (a notebook running the harvest again and again) would
+    otherwise hold, and keep in the folder's cache, a digest of every file it ever wrote
+    there: a forced run replaces every output with new files.
+    """
+    with _LOCK:
+        chosen = [key for key in _KNOWN if keep(key[0])]
+    stale = []
+    for key in chosen:
+        try:
+            if _identity(key[0], os.stat(key[0])) == key:
+                continue
+        except OSError:
+            pass
+        stale.append(key)
+    with _LOCK:
+        for key in stale:
+            _KNOWN.pop(key, None)
+    return len(stale)
 
 
 def known() -> list[FileDigest]:

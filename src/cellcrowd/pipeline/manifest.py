@@ -28,7 +28,7 @@ from .. import __version__
 from ..config import Config
 from ..errors import UnsafePathError
 from ..files import TMP_MARK, atomic_write_text, deferred_sync, remove_file
-from ..hashes import FileDigest, known, remember, resolved_text, size_and_sha256
+from ..hashes import FileDigest, forget_stale, known, remember, resolved_text, size_and_sha256
 from ..layout import WorkingFolder
 from .stage import SkippedUnit, Stage
 
@@ -194,8 +194,12 @@ class Manifest:
         outside = {rel for entry in self.data["stages"].values() if isinstance(entry, dict)
                    for rel in (entry.get("inputs") or {}).get("files", {})
                    if os.path.isabs(rel)}
-        files = sorted([*key, sha] for key, sha in known()
-                       if key[0].startswith(root) or key[0] in outside)
+
+        def ours(path: str) -> bool:
+            return path.startswith(root) or path in outside
+
+        forget_stale(ours)  # files replaced or removed since they were hashed
+        files = sorted([*key, sha] for key, sha in known() if ours(key[0]))
         text = json.dumps({"version": _HASHES_VERSION, "files": files},
                           separators=(",", ":")) + "\n"
         if text != self._kept:
