@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import itertools
 import logging
 import multiprocessing
 import os
@@ -137,15 +136,10 @@ def local(workers: int) -> Iterator[Executor]:
 
 
 @contextlib.contextmanager
-def dask(workers: int, profile: bool = True) -> Iterator[Executor]:
-    """A new LocalCluster; ``profile=False``: its workers without dask's statistical
-    profiler (the README's advice for workers that fill every core)."""
-    import dask as dask_config
+def dask(workers: int) -> Iterator[Executor]:
     from distributed import Client, LocalCluster
 
-    settings = {} if profile else {"distributed.worker.profile.enabled": False}
-    with (dask_config.config.set(settings),
-          LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+    with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                        dashboard_address=":0") as cluster, Client(cluster) as client):
         client.wait_for_workers(workers, timeout=120)
         yield DaskExecutor(client=client)
@@ -219,20 +213,18 @@ def section_workers(b: Bench) -> None:
             "1": lambda: harvest.ours_run(job, one), "2": lambda: harvest.ours_run(job, two)}
         found = b.interleaved(job, runs)
     times["local", 1], times["local", 2] = found["1"], found["2"]
-    kinds = {"dask": True, "dask, worker profiler off": False}
-    dask_runs: dict[tuple[str, int], list[float]] = {}
+    dask_runs: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(b.args.repeats):
-        for (kind, profile), workers in itertools.product(kinds.items(), (1, 2)):
-            with dask(workers, profile) as ex:
+        for workers in (1, 2):
+            with dask(workers) as ex:
                 settle(job)
                 harvest.ours_run(job, ex)  # the workers import and compile cellcrowd
                 settle(job)
-                dask_runs.setdefault((kind, workers), []).append(
-                    timed(lambda ex=ex: harvest.ours_run(job, ex)))
+                dask_runs[workers].append(timed(lambda ex=ex: harvest.ours_run(job, ex)))
     reset(job)
-    for key, seconds in dask_runs.items():
-        times[key] = statistics.median(seconds)
-    for kind, target in (("local", 1.7), *((kind, 1.6) for kind in kinds)):
+    for workers, seconds in dask_runs.items():
+        times["dask", workers] = statistics.median(seconds)
+    for kind, target in (("local", 1.7), ("dask", 1.6)):
         one, two = times[kind, 1], times[kind, 2]
         b.add("4 workers", f"cellcrowd run, {kind}: 1 worker / 2 workers",
               f"{one:.2f} s / {two:.2f} s", f"{one / two:.2f}x", verdict(one / two, target, True))

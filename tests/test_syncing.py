@@ -39,17 +39,25 @@ def _recording(calls: list[tuple[str, int]]) -> Callable[[int], int]:
     return syncfs
 
 
-@linux
-@pytest.mark.parametrize("count", [3, 4, 10])
-def test_from_the_threshold_one_syncfs_per_file_system_and_no_fsync(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
-    paths = _files(tmp_path / "a", count // 2) + _files(tmp_path / "b" / "c", count - count // 2)
+@pytest.fixture
+def spied(monkeypatch: pytest.MonkeyPatch) -> tuple[list[tuple[str, int]], list[int]]:
+    """``(syncfs calls, fsynced descriptors)`` from now on (the real calls still made)."""
     calls: list[tuple[str, int]] = []
     fsynced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(syncing, "SYNCFS_FROM", 4)
     monkeypatch.setattr(syncing, "_syncfs", lambda: _recording(calls))
     monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
+    return calls, fsynced
+
+
+@linux
+@pytest.mark.parametrize("count", [3, 4, 10])
+def test_from_the_threshold_one_syncfs_per_file_system_and_no_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, count: int,
+        spied: tuple[list[tuple[str, int]], list[int]]) -> None:
+    paths = _files(tmp_path / "a", count // 2) + _files(tmp_path / "b" / "c", count - count // 2)
+    calls, fsynced = spied
+    monkeypatch.setattr(syncing, "SYNCFS_FROM", 4)
     assert sync_paths([*paths, tmp_path / "missing.bin"]) == count + 2  # files and 2 folders
     if count >= 4:
         assert fsynced == []
@@ -93,13 +101,12 @@ def test_a_failing_syncfs_raises_naming_the_folder(
 
 
 def test_without_syncfs_every_file_and_folder_is_fsynced(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        spied: tuple[list[tuple[str, int]], list[int]]) -> None:
     paths = _files(tmp_path / "a", 6)
-    fsynced: list[int] = []
-    real_fsync = os.fsync
+    _, fsynced = spied
     monkeypatch.setattr(syncing, "SYNCFS_FROM", 2)
     monkeypatch.setattr(syncing, "_syncfs", lambda: None)
-    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
     expected = 6 + (1 if os.name != "nt" else 0)
     assert sync_paths(paths) == expected
     assert len(fsynced) == expected
@@ -107,16 +114,13 @@ def test_without_syncfs_every_file_and_folder_is_fsynced(
 
 @linux
 def test_other_file_systems_get_an_fsync_per_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        spied: tuple[list[tuple[str, int]], list[int]]) -> None:
     """Above the threshold too: a FUSE or network file system may not sync on syncfs."""
     paths = _files(tmp_path / "a", 6)
     dev = tmp_path.stat().st_dev
-    calls: list[tuple[str, int]] = []
-    fsynced: list[int] = []
-    real_fsync = os.fsync
+    calls, fsynced = spied
     monkeypatch.setattr(syncing, "SYNCFS_FROM", 2)
-    monkeypatch.setattr(syncing, "_syncfs", lambda: _recording(calls))
-    monkeypatch.setattr(os, "fsync", lambda fd: fsynced.append(fd) or real_fsync(fd))
     for kind in ("fuse.sshfs", "nfs4", None):
         monkeypatch.setattr(syncing, "_file_system_types", lambda kind=kind: (
             {} if kind is None else {(os.major(dev), os.minor(dev)): kind}))
