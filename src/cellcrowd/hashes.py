@@ -154,19 +154,23 @@ def remember(found: Iterable[FileDigest], *, check: bool = False) -> int:
     """
     count = 0
     for key, sha in found:
-        if check:
-            try:
-                if _identity(key[0], os.stat(key[0])) != key:
-                    continue
-            except OSError:
-                continue
+        if check and not _unchanged(key):
+            continue
         _keep(key, sha)
         count += 1
     return count
 
 
-def forget_stale(keep: Callable[[str], bool]) -> int:
-    """Forget the digests of files ``keep(path)`` selects that are gone or changed since
+def _unchanged(key: tuple[str, int, int, int, int]) -> bool:
+    """The file named by ``key`` is still there with that identity."""
+    try:
+        return _identity(key[0], os.stat(key[0])) == key
+    except OSError:
+        return False
+
+
+def forget_stale(select: Callable[[str], bool]) -> int:
+    """Forget the digests of files ``select(path)`` picks that are gone or changed since
     (``stat``: another inode, size or time); returns how many were forgotten.
 
     A long-lived process (a notebook running the harvest again and again) would
@@ -174,15 +178,8 @@ def forget_stale(keep: Callable[[str], bool]) -> int:
     there: a forced run replaces every output with new files.
     """
     with _LOCK:
-        chosen = [key for key in _KNOWN if keep(key[0])]
-    stale = []
-    for key in chosen:
-        try:
-            if _identity(key[0], os.stat(key[0])) == key:
-                continue
-        except OSError:
-            pass
-        stale.append(key)
+        chosen = [key for key in _KNOWN if select(key[0])]
+    stale = [key for key in chosen if not _unchanged(key)]
     with _LOCK:
         for key in stale:
             _KNOWN.pop(key, None)
