@@ -278,6 +278,39 @@ def test_geff_from_arrays_is_the_files_geff_writes_from_a_graph(
             shutil.rmtree(want)
 
 
+
+def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arrays of many chunks (ours and geff's chunk size made tiny), the last one partial:
+    the same files as ``geff.core_io.write_arrays`` given the whole arrays."""
+    require("geff")
+    from geff.core_io import _base_write, write_arrays
+    from geff_spec.utils import create_or_update_metadata, update_metadata_axes
+
+    from cellcrowd.export import geff as ours
+
+    monkeypatch.setattr(ours, "CHUNK_BYTES", 40)
+    monkeypatch.setattr(_base_write, "_TARGET_CHUNK_BYTES", 40)
+    table = _random_table(np.random.default_rng(7))
+    arrays = lineage_arrays(table)
+    assert arrays.nodes > 8
+    assert arrays.edges > 4
+    assert "support" in arrays.node_props
+    write_geff(str(tmp_path / "ours.geff"), arrays, "../x.ome.zarr")
+    edges = json.loads((tmp_path / "ours.geff" / "edges" / "ids" / ".zarray").read_text())
+    assert (edges["chunks"], edges["shape"]) == ([2, 2], [arrays.edges, 2])
+    metadata = update_metadata_axes(
+        create_or_update_metadata(metadata=None, is_directed=True), *ours.AXES,
+        None, None, None)
+    want = str(tmp_path / "want.geff")
+    write_arrays(want, arrays.node_ids, dict(arrays.node_props),  # type: ignore[arg-type]
+                 arrays.edge_ids, {}, metadata, zarr_format=2)
+    _finish_metadata(want, "../x.ome.zarr")
+    chunk_files = list((tmp_path / "ours.geff" / "nodes" / "props" / "x" / "values").glob("*"))
+    assert len(chunk_files) > 3
+    assert file_hashes(tmp_path / "ours.geff", skip_folders=()) == file_hashes(
+        Path(want), skip_folders=())
+
 def test_ctc_export_is_valid_for_py_ctcmetrics(demo: tuple[Path, WorkingFolder]) -> None:
     from ctc_metrics.metrics import valid
     from ctc_metrics.utils.filesystem import parse_masks, read_tracking_file

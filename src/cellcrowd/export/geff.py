@@ -23,7 +23,7 @@ movie's graph stays small. The files are those ``geff.write`` makes of the same
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ Prop = dict[str, NDArray[Any] | None]
 
 @dataclass(frozen=True)
 class GraphArrays:
-    """The lineage graph as GEFF arrays: node ids ``0..n-1`` (``uint64``), node
+    """The lineage graph as GEFF arrays: ``nodes`` nodes with ids ``0..nodes-1``, node
     properties (``{"values", "missing"}``) and edges (``(E, 2)``, ``uint64``).
 
     Nodes are the table's rows (only the frames asked for) in order; edges are sorted by
@@ -53,13 +53,14 @@ class GraphArrays:
     ``geff.write`` makes of the same ``networkx.DiGraph`` (:func:`lineage_graph`).
     """
 
-    node_ids: NDArray[np.uint64]
+    nodes: int
     node_props: dict[str, Prop]
     edge_ids: NDArray[np.uint64]
 
     @property
-    def nodes(self) -> int:
-        return int(self.node_ids.size)
+    def node_ids(self) -> NDArray[np.uint64]:
+        """The node ids, made when asked (the writer writes them a chunk at a time)."""
+        return np.arange(self.nodes, dtype=np.uint64)
 
     @property
     def edges(self) -> int:
@@ -81,27 +82,33 @@ def _per_label(values: dict[int, float | None], labels: NDArray[np.int64]) -> Pr
 def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]
            ) -> NDArray[np.uint64]:
     """A cell's consecutive appearances, and a dividing cell's last node to each daughter's
-    first, sorted by the first node (each node is the source of one kind only)."""
+    first, sorted by the first node (a node is the source of one kind only: a cell's last
+    node has no next appearance), built in place of the sorted array: the temporaries are
+    a few bytes a node, not copies of the edges."""
     order = np.lexsort((t, label))  # every cell's nodes in time order, cell after cell
-    cell = label[order]
-    same = cell[1:] == cell[:-1]
-    del cell
-    src, dst = [order[:-1][same]], [order[1:][same]]
+    same = label[order[1:]] == label[order[:-1]]
+    # each node's next appearance (-1: none), in the smallest integer that holds a node
+    nxt: NDArray[np.signedinteger[Any]] = np.full(
+        label.size, -1, dtype=np.int32 if label.size < 2**31 else np.int64)
+    nxt[order[:-1][same]] = order[1:][same]
     starts = np.flatnonzero(np.r_[True, ~same])
     ends = np.r_[starts[1:], order.size] - 1
     first = dict(zip(label[order[starts]].tolist(), order[starts].tolist(), strict=True))
     last = dict(zip(label[order[ends]].tolist(), order[ends].tolist(), strict=True))
-    pairs = [(last[lab], first[int(d)]) for lab in last
-             for d in dict.fromkeys(table.lineage.get(lab, {}).get("daughters") or [])
-             if int(d) in first]
-    if pairs:
-        src.append(np.array([p[0] for p in pairs], dtype=np.int64))
-        dst.append(np.array([p[1] for p in pairs], dtype=np.int64))
-    edges = np.stack([np.concatenate(src), np.concatenate(dst)], axis=1).astype(
-        np.int64, copy=False)
-    del src, dst
-    # node numbers are never negative: the uint64 view holds the same numbers
-    return edges[np.argsort(edges[:, 0], kind="stable")].view(np.uint64)
+    del order, same, starts, ends
+    pairs = sorted(((last[lab], first[int(d)]) for lab in last
+                    for d in dict.fromkeys(table.lineage.get(lab, {}).get("daughters") or [])
+                    if int(d) in first), key=lambda pair: pair[0])  # (stable)
+    src = np.flatnonzero(nxt >= 0)
+    edges = np.empty((src.size + len(pairs), 2), dtype=np.uint64)
+    # a division's edges go after the appearances whose source comes before theirs
+    at = np.searchsorted(src, [p[0] for p in pairs]) + np.arange(len(pairs))
+    edges[at] = np.array(pairs, dtype=np.uint64).reshape(-1, 2)
+    rest = np.ones(edges.shape[0], dtype=bool)
+    rest[at] = False
+    edges[rest, 0] = src
+    edges[rest, 1] = nxt[src]
+    return edges
 
 
 def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> GraphArrays:
@@ -128,7 +135,7 @@ def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> G
             if (prop := _per_label(values, label)) is not None:
                 props[key] = prop
     edges = (_edges(table, label, t) if len(n) else np.zeros((0, 2), np.uint64))
-    return GraphArrays(np.arange(len(n), dtype=np.uint64), props, edges)
+    return GraphArrays(len(n), props, edges)
 
 
 def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> Any:
@@ -146,19 +153,91 @@ def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> An
     return graph
 
 
-def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
-    """Write the lineage ``arrays`` as GEFF into a zarr store, pointing at the OME-Zarr at
-    ``omezarr_path`` (relative to the GEFF group, e.g. ``../exp.ome.zarr``)."""
-    require("geff")
-    from geff.core_io import write_arrays
-    from geff_spec.utils import create_or_update_metadata, update_metadata_axes
+#: ``geff``'s chunks: along the first axis only, a power of two rows of about 8 MiB.
+CHUNK_BYTES = 8 * 1024 * 1024
 
+#: The axes: node properties ``t``, ``y``, ``x`` (names, units, types).
+AXES = (["t", "y", "x"], ["frame", "pixel", "pixel"], ["time", "space", "space"])
+
+
+def _chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
+    """Rows in a chunk of an array of ``shape``: ``geff``'s rule.
+
+    >>> _chunk_rows((10**7, 2), 8), _chunk_rows((100,), 8)
+    (524288, 100)
+    """
+    rows = CHUNK_BYTES // max(int(np.prod(shape[1:])) * itemsize, 1)
+    return max(1, min(shape[0], 1 << (rows.bit_length() - 1)))
+
+
+def _write_array(group: Any, path: str, shape: tuple[int, ...], dtype: Any,
+                 block: Callable[[int, int], NDArray[Any]]) -> None:
+    """An array of ``shape`` written a chunk at a time (``block(start, stop)``: its rows),
+    in ``geff``'s chunks: the files ``geff`` writes from the whole array, while only one
+    chunk is copied and encoded at a time."""
+    if shape[0] == 0:
+        group[path] = np.empty(shape, dtype=dtype)
+        return
+    rows = _chunk_rows(shape, np.dtype(dtype).itemsize)
+    array = group.create_array(path, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]))
+    for start in range(0, shape[0], rows):
+        stop = min(start + rows, shape[0])
+        array[start:stop] = block(start, stop)
+
+
+def _rows_of(values: NDArray[Any]) -> Callable[[int, int], NDArray[Any]]:
+    return lambda start, stop: values[start:stop]
+
+
+def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
+    """Write the lineage ``arrays`` as GEFF into a zarr store (format 2), pointing at the
+    OME-Zarr at ``omezarr_path`` (relative to the GEFF group, e.g. ``../exp.ome.zarr``).
+
+    The files are those ``geff.core_io.write_arrays`` makes of the same arrays (test), but
+    each array is written a chunk at a time: ``geff`` hands zarr whole arrays, which zarr
+    copies and encodes all at once (about 60 bytes a node at the peak, for the ids and
+    edges). The node ids are made a chunk at a time. ``geff`` validates the result.
+    """
+    geff = require("geff")
+    from geff.core_io import check_for_geff, delete_geff
+    from geff_spec.utils import (
+        add_or_update_props_metadata,
+        compute_and_add_axis_min_max,
+        create_or_update_metadata,
+        create_props_metadata,
+        update_metadata_axes,
+    )
+    zarr = require("zarr")
+
+    if check_for_geff(store):
+        delete_geff(store, zarr_format=2)
+    root = zarr.open_group(store, mode="a", zarr_format=2)
+    _write_array(root, "nodes/ids", (arrays.nodes,), np.uint64,
+                 lambda start, stop: np.arange(start, stop, dtype=np.uint64))
+    _write_array(root, "edges/ids", arrays.edge_ids.shape, np.uint64,
+                 _rows_of(arrays.edge_ids))
+    props = dict(arrays.node_props)
+    if not arrays.nodes:  # geff gives an empty graph its axes as empty properties
+        props = {name: {"values": np.empty(0, np.float64), "missing": None}
+                 for name in AXES[0]} | props
+    group = root.require_group("nodes/props")
+    for name, prop in props.items():
+        values, missing = prop["values"], prop["missing"]
+        assert values is not None
+        sub = group.create_group(name)
+        _write_array(sub, "values", values.shape, values.dtype, _rows_of(values))
+        if missing is not None:
+            _write_array(sub, "missing", missing.shape, missing.dtype, _rows_of(missing))
+    root.require_group("edges/props")
     metadata = update_metadata_axes(
-        create_or_update_metadata(metadata=None, is_directed=True), ["t", "y", "x"],
-        ["frame", "pixel", "pixel"], ["time", "space", "space"], None, None, None)
-    props: Any = dict(arrays.node_props)  # geff's PropDictNpArray: the same two keys
-    write_arrays(store, arrays.node_ids, props, arrays.edge_ids, {}, metadata, zarr_format=2,
-                 overwrite=True)
+        create_or_update_metadata(metadata=None, is_directed=True), *AXES,
+        None, None, None)
+    metadata = add_or_update_props_metadata(
+        metadata, [create_props_metadata(name, prop) for name, prop in props.items()],
+        "node")
+    metadata = add_or_update_props_metadata(metadata, [], "edge")
+    compute_and_add_axis_min_max(metadata, props).write(store)
+    geff.validate_structure(store)
     _finish_metadata(store, omezarr_path)
 
 
