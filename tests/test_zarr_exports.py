@@ -289,13 +289,16 @@ def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
 
     from cellcrowd.export import geff as ours
 
-    monkeypatch.setattr(ours, "CHUNK_BYTES", 40)
-    monkeypatch.setattr(_base_write, "_TARGET_CHUNK_BYTES", 40)
     table = _random_table(np.random.default_rng(7))
     arrays = lineage_arrays(table)
+    props, edge_ids = arrays.node_props, arrays.edge_ids  # made whole, in one block
     assert arrays.nodes > 8
-    assert arrays.edges > 4
-    assert "support" in arrays.node_props
+    assert len(arrays.divisions) > 1
+    assert props["support"]["missing"] is not None
+    # ours made in blocks of 3 nodes, written in chunks of 5 values, 2 edges, 40 flags
+    monkeypatch.setattr(ours, "BLOCK_NODES", 3)
+    monkeypatch.setattr(ours, "CHUNK_BYTES", 40)
+    monkeypatch.setattr(_base_write, "_TARGET_CHUNK_BYTES", 40)
     write_geff(str(tmp_path / "ours.geff"), arrays, "../x.ome.zarr")
     edges = json.loads((tmp_path / "ours.geff" / "edges" / "ids" / ".zarray").read_text())
     assert (edges["chunks"], edges["shape"]) == ([2, 2], [arrays.edges, 2])
@@ -303,8 +306,8 @@ def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
         create_or_update_metadata(metadata=None, is_directed=True), *ours.AXES,
         None, None, None)
     want = str(tmp_path / "want.geff")
-    write_arrays(want, arrays.node_ids, dict(arrays.node_props),  # type: ignore[arg-type]
-                 arrays.edge_ids, {}, metadata, zarr_format=2)
+    write_arrays(want, np.arange(arrays.nodes, dtype=np.uint64), props,  # type: ignore[arg-type]
+                 edge_ids, {}, metadata, zarr_format=2)
     _finish_metadata(want, "../x.ome.zarr")
     chunk_files = list((tmp_path / "ours.geff" / "nodes" / "props" / "x" / "values").glob("*"))
     assert len(chunk_files) > 3

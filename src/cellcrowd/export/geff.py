@@ -13,17 +13,17 @@ daughter's first. ``related_objects`` point at the OME-Zarr's level-0 arrays
 (relative to the GEFF group): the labels (``node_prop`` = ``seg_id``) and the
 image. The geff library validates the structure before writing.
 
-The graph is built as arrays (:func:`lineage_arrays`, written with
-``geff.core_io.write_arrays``), not as a graph object: under 100 bytes a node
-rather than the kilobyte a ``networkx`` node with its attributes takes, so a long
-movie's graph stays small. The files are those ``geff.write`` makes of the same
+The graph is built as arrays (:func:`lineage_arrays`), not as a graph object: about 25
+bytes a node beyond the cell table rather than the kilobyte a ``networkx`` node with its
+attributes takes, and written a chunk at a time (:func:`write_geff`), so a long movie's
+graph stays small. The files are those ``geff.write`` makes of the same
 ``networkx.DiGraph`` (:func:`lineage_graph`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +42,42 @@ logger = logging.getLogger(__name__)
 #: A GEFF property: its values and, when some elements lack it, which (else None).
 Prop = dict[str, NDArray[Any] | None]
 
+#: Nodes per block when the per-node arrays are made a piece at a time.
+BLOCK_NODES = 1 << 16
+
+
+@dataclass(frozen=True)
+class PerLabel:
+    """A value per cell (``support``, ``agreement``), looked up for each node by its label:
+    ``labels`` sorted, ``values`` (0 where ``known`` is False)."""
+
+    labels: NDArray[np.int64]
+    values: NDArray[np.float64]
+    known: NDArray[np.bool_]
+
+    @classmethod
+    def of(cls, values: dict[int, float | None]) -> PerLabel:
+        labels = np.array(sorted(values), dtype=np.int64)
+        got = [values[int(lab)] for lab in labels.tolist()]
+        return cls(labels, np.array([0.0 if v is None else v for v in got], dtype=np.float64),
+                   np.array([v is not None for v in got], dtype=bool))
+
+    def rows(self, label: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+        """The nodes' values and which nodes lack one (a label without an entry too)."""
+        if not self.labels.size:
+            return np.zeros(label.size), np.ones(label.size, dtype=bool)
+        at = np.minimum(np.searchsorted(self.labels, label), self.labels.size - 1)
+        known = (self.labels[at] == label) & self.known[at]
+        return np.where(known, self.values[at], 0.0), ~known
+
 
 @dataclass(frozen=True)
 class GraphArrays:
-    """The lineage graph as GEFF arrays: ``nodes`` nodes with ids ``0..nodes-1``, node
-    properties (``{"values", "missing"}``) and edges (``(E, 2)``, ``uint64``).
+    """The lineage graph as GEFF arrays, kept small: ``nodes`` nodes with ids
+    ``0..nodes-1``; node properties as the table's ``columns`` and ``per_label`` values;
+    edges as each node's next appearance (``next_node``, -1: none) and the divisions'
+    edges (``(k, 2)``, sorted by their first node). The writer makes the GEFF's arrays
+    from them a piece at a time; ``node_props`` and ``edge_ids`` are the arrays whole.
 
     Nodes are the table's rows (only the frames asked for) in order; edges are sorted by
     their first node, a division's in the order of the lineage's daughters: the arrays
@@ -54,40 +85,88 @@ class GraphArrays:
     """
 
     nodes: int
-    node_props: dict[str, Prop]
-    edge_ids: NDArray[np.uint64]
+    columns: dict[str, NDArray[Any]]
+    per_label: dict[str, PerLabel]
+    next_node: NDArray[np.signedinteger[Any]]
+    divisions: NDArray[np.uint64]
 
     @property
     def node_ids(self) -> NDArray[np.uint64]:
-        """The node ids, made when asked (the writer writes them a chunk at a time)."""
         return np.arange(self.nodes, dtype=np.uint64)
 
     @property
     def edges(self) -> int:
-        return int(self.edge_ids.shape[0])
+        return int(np.count_nonzero(self.next_node >= 0)) + len(self.divisions)
+
+    @property
+    def edge_ids(self) -> NDArray[np.uint64]:
+        """The ``(E, 2)`` edges, sorted by their first node."""
+        return np.concatenate([np.zeros((0, 2), np.uint64), *self.edge_blocks()])
+
+    def edge_blocks(self) -> Iterator[NDArray[np.uint64]]:
+        """The edges, a block of nodes' at a time (a node is the source of one kind only: a
+        cell's last node has no next appearance)."""
+        first = self.divisions[:, 0]
+        for start in range(0, self.nodes, BLOCK_NODES):
+            stop = min(start + BLOCK_NODES, self.nodes)
+            src = start + np.flatnonzero(self.next_node[start:stop] >= 0)
+            lo, hi = np.searchsorted(first, [start, stop])
+            block = np.empty((src.size + hi - lo, 2), dtype=np.uint64)
+            # a division's edges go after the appearances whose source comes before theirs
+            at = np.searchsorted(src, first[lo:hi]) + np.arange(hi - lo)
+            block[at] = self.divisions[lo:hi]
+            rest = np.ones(block.shape[0], dtype=bool)
+            rest[at] = False
+            block[rest, 0] = src
+            block[rest, 1] = self.next_node[src]
+            yield block
+
+    def prop_names(self) -> list[str]:
+        """The node properties, in the order written; a per-label one only when some node
+        has a value."""
+        return [*self.columns, *(k for k, v in self.per_label.items()
+                                 if any(not m.all() for m in self._missing(v)))]
+
+    def prop_blocks(self, name: str) -> Iterator[tuple[NDArray[Any], NDArray[np.bool_] | None]]:
+        """A property's values (and missing flags, for a per-label one), a block at a time."""
+        if name in self.columns:
+            values = self.columns[name]
+            yield from ((values[i:i + BLOCK_NODES], None)
+                        for i in range(0, self.nodes, BLOCK_NODES))
+        else:
+            yield from self._rows(self.per_label[name])
+
+    def lacking(self, name: str) -> bool:
+        """Whether some node lacks the property (then it has a ``missing`` array)."""
+        return name in self.per_label and any(
+            m.any() for m in self._missing(self.per_label[name]))
+
+    def _rows(self, per: PerLabel) -> Iterator[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
+        label = self.columns["seg_id"]
+        return (per.rows(label[i:i + BLOCK_NODES]) for i in range(0, self.nodes, BLOCK_NODES))
+
+    def _missing(self, per: PerLabel) -> Iterator[NDArray[np.bool_]]:
+        return (missing for _, missing in self._rows(per))
+
+    @property
+    def node_props(self) -> dict[str, Prop]:
+        """Every node property's ``values`` and ``missing`` (None: no node lacks it), whole."""
+        props: dict[str, Prop] = {}
+        for name in self.prop_names():
+            blocks = list(self.prop_blocks(name))
+            missing = [m for _, m in blocks if m is not None]
+            props[name] = {
+                "values": np.concatenate([v for v, _ in blocks]),
+                "missing": np.concatenate(missing) if self.lacking(name) else None}
+        return props
 
 
-def _per_label(values: dict[int, float | None], labels: NDArray[np.int64]) -> Prop | None:
-    """A per-label value for every node (looked up once per label): None when no node
-    has one."""
-    cells, node_cell = np.unique(labels, return_inverse=True)
-    got = [values.get(int(lab)) for lab in cells.tolist()]
-    missing = np.array([v is None for v in got], dtype=bool)[node_cell]
-    if missing.all():
-        return None
-    found = np.array([0.0 if v is None else v for v in got], dtype=np.float64)
-    return {"values": found[node_cell], "missing": missing if missing.any() else None}
-
-
-def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]
-           ) -> NDArray[np.uint64]:
-    """A cell's consecutive appearances, and a dividing cell's last node to each daughter's
-    first, sorted by the first node (a node is the source of one kind only: a cell's last
-    node has no next appearance), built in place of the sorted array: the temporaries are
-    a few bytes a node, not copies of the edges."""
+def _next_nodes(label: NDArray[np.int64], t: NDArray[np.int64]
+                ) -> tuple[NDArray[np.signedinteger[Any]], dict[int, int], dict[int, int]]:
+    """Each node's next appearance of its cell (-1: none), in the smallest integer that
+    holds a node, and each cell's first and last node."""
     order = np.lexsort((t, label))  # every cell's nodes in time order, cell after cell
     same = label[order[1:]] == label[order[:-1]]
-    # each node's next appearance (-1: none), in the smallest integer that holds a node
     nxt: NDArray[np.signedinteger[Any]] = np.full(
         label.size, -1, dtype=np.int32 if label.size < 2**31 else np.int64)
     nxt[order[:-1][same]] = order[1:][same]
@@ -95,20 +174,17 @@ def _edges(table: CellTable, label: NDArray[np.int64], t: NDArray[np.int64]
     ends = np.r_[starts[1:], order.size] - 1
     first = dict(zip(label[order[starts]].tolist(), order[starts].tolist(), strict=True))
     last = dict(zip(label[order[ends]].tolist(), order[ends].tolist(), strict=True))
-    del order, same, starts, ends
+    return nxt, first, last
+
+
+def _divisions(table: CellTable, first: dict[int, int], last: dict[int, int]
+               ) -> NDArray[np.uint64]:
+    """A dividing cell's last node to each daughter's first, sorted by the first node (a
+    division's in the order of its daughters)."""
     pairs = sorted(((last[lab], first[int(d)]) for lab in last
                     for d in dict.fromkeys(table.lineage.get(lab, {}).get("daughters") or [])
                     if int(d) in first), key=lambda pair: pair[0])  # (stable)
-    src = np.flatnonzero(nxt >= 0)
-    edges = np.empty((src.size + len(pairs), 2), dtype=np.uint64)
-    # a division's edges go after the appearances whose source comes before theirs
-    at = np.searchsorted(src, [p[0] for p in pairs]) + np.arange(len(pairs))
-    edges[at] = np.array(pairs, dtype=np.uint64).reshape(-1, 2)
-    rest = np.ones(edges.shape[0], dtype=bool)
-    rest[at] = False
-    edges[rest, 0] = src
-    edges[rest, 1] = nxt[src]
-    return edges
+    return np.array(pairs, dtype=np.uint64).reshape(-1, 2)
 
 
 def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> GraphArrays:
@@ -125,17 +201,15 @@ def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> G
     if frames is not None:  # (the whole movie: the table's own columns, not copies)
         rows = np.flatnonzero(np.isin(n.t, np.fromiter(frames, np.int64)))
         n = n.take(rows)
+    if not len(n):
+        return GraphArrays(0, {}, {}, np.zeros(0, np.int32), np.zeros((0, 2), np.uint64))
     label, t = n.label, n.t
-    props: dict[str, Prop] = {}
-    if len(n):
-        columns: dict[str, NDArray[Any]] = {"t": t, "y": n.y, "x": n.x, "area": n.area,
-                                            "seg_id": label, "track_id": label}
-        props = {k: {"values": v, "missing": None} for k, v in columns.items()}
-        for key, values in (("support", table.support), ("agreement", table.agreement)):
-            if (prop := _per_label(values, label)) is not None:
-                props[key] = prop
-    edges = (_edges(table, label, t) if len(n) else np.zeros((0, 2), np.uint64))
-    return GraphArrays(len(n), props, edges)
+    columns: dict[str, NDArray[Any]] = {"t": t, "y": n.y, "x": n.x, "area": n.area,
+                                        "seg_id": label, "track_id": label}
+    per_label = {key: PerLabel.of(values) for key, values in
+                 (("support", table.support), ("agreement", table.agreement))}
+    nxt, first, last = _next_nodes(label, t)
+    return GraphArrays(len(n), columns, per_label, nxt, _divisions(table, first, last))
 
 
 def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> Any:
@@ -171,32 +245,37 @@ def _chunk_rows(shape: tuple[int, ...], itemsize: int) -> int:
 
 
 def _write_array(group: Any, path: str, shape: tuple[int, ...], dtype: Any,
-                 block: Callable[[int, int], NDArray[Any]]) -> None:
-    """An array of ``shape`` written a chunk at a time (``block(start, stop)``: its rows),
-    in ``geff``'s chunks: the files ``geff`` writes from the whole array, while only one
-    chunk is copied and encoded at a time."""
+                 blocks: Iterable[NDArray[Any]]) -> None:
+    """An array of ``shape`` written from consecutive ``blocks`` of its rows, in ``geff``'s
+    chunks: the files ``geff`` writes from the whole array, while one chunk at a time is
+    copied and encoded."""
     if shape[0] == 0:
         group[path] = np.empty(shape, dtype=dtype)
         return
     rows = _chunk_rows(shape, np.dtype(dtype).itemsize)
     array = group.create_array(path, shape=shape, dtype=dtype, chunks=(rows, *shape[1:]))
-    for start in range(0, shape[0], rows):
-        stop = min(start + rows, shape[0])
-        array[start:stop] = block(start, stop)
-
-
-def _rows_of(values: NDArray[Any]) -> Callable[[int, int], NDArray[Any]]:
-    return lambda start, stop: values[start:stop]
+    chunk = np.empty((rows, *shape[1:]), dtype=dtype)
+    written = filled = 0
+    for block in blocks:
+        while len(block):
+            take = min(rows - filled, len(block))
+            chunk[filled:filled + take] = block[:take]
+            filled, block = filled + take, block[take:]
+            if filled == rows or written + filled == shape[0]:
+                array[written:written + filled] = chunk[:filled]
+                written, filled = written + filled, 0
+    if written != shape[0]:
+        raise RuntimeError(f"GEFF array {path}: {written} rows written, {shape[0]} expected")
 
 
 def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
     """Write the lineage ``arrays`` as GEFF into a zarr store (format 2), pointing at the
     OME-Zarr at ``omezarr_path`` (relative to the GEFF group, e.g. ``../exp.ome.zarr``).
 
-    The files are those ``geff.core_io.write_arrays`` makes of the same arrays (test), but
-    each array is written a chunk at a time: ``geff`` hands zarr whole arrays, which zarr
-    copies and encodes all at once (about 60 bytes a node at the peak, for the ids and
-    edges). The node ids are made a chunk at a time. ``geff`` validates the result.
+    The files are those ``geff.core_io.write_arrays`` makes of the same arrays whole
+    (test), but the node ids, edges and per-cell values are made a block at a time and
+    each array is written a chunk at a time (``geff`` hands zarr whole arrays, which zarr
+    copies and encodes all at once). ``geff`` validates the result.
     """
     geff = require("geff")
     from geff.core_io import check_for_geff, delete_geff
@@ -212,31 +291,31 @@ def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
     if check_for_geff(store):
         delete_geff(store, zarr_format=2)
     root = zarr.open_group(store, mode="a", zarr_format=2)
-    _write_array(root, "nodes/ids", (arrays.nodes,), np.uint64,
-                 lambda start, stop: np.arange(start, stop, dtype=np.uint64))
-    _write_array(root, "edges/ids", arrays.edge_ids.shape, np.uint64,
-                 _rows_of(arrays.edge_ids))
-    props = dict(arrays.node_props)
-    if not arrays.nodes:  # geff gives an empty graph its axes as empty properties
-        props = {name: {"values": np.empty(0, np.float64), "missing": None}
-                 for name in AXES[0]} | props
+    n = arrays.nodes
+    _write_array(root, "nodes/ids", (n,), np.uint64, (
+        np.arange(i, min(i + BLOCK_NODES, n), dtype=np.uint64)
+        for i in range(0, n, BLOCK_NODES)))
+    _write_array(root, "edges/ids", (arrays.edges, 2), np.uint64, arrays.edge_blocks())
     group = root.require_group("nodes/props")
-    for name, prop in props.items():
-        values, missing = prop["values"], prop["missing"]
-        assert values is not None
+    dtypes: dict[str, Any] = {name: np.float64 for name in AXES[0]} if not n else {}
+    for name in arrays.prop_names():
+        dtypes[name] = arrays.columns[name].dtype if name in arrays.columns else np.float64
+    for name, dtype in dtypes.items():  # (an empty graph gets its axes, as geff gives it)
         sub = group.create_group(name)
-        _write_array(sub, "values", values.shape, values.dtype, _rows_of(values))
-        if missing is not None:
-            _write_array(sub, "missing", missing.shape, missing.dtype, _rows_of(missing))
+        _write_array(sub, "values", (n,), dtype, (v for v, _ in arrays.prop_blocks(name)))
+        if arrays.lacking(name):
+            _write_array(sub, "missing", (n,), np.bool_,
+                         (m for _, m in arrays.prop_blocks(name) if m is not None))
     root.require_group("edges/props")
     metadata = update_metadata_axes(
-        create_or_update_metadata(metadata=None, is_directed=True), *AXES,
-        None, None, None)
-    metadata = add_or_update_props_metadata(
-        metadata, [create_props_metadata(name, prop) for name, prop in props.items()],
-        "node")
+        create_or_update_metadata(metadata=None, is_directed=True), *AXES, None, None, None)
+    metadata = add_or_update_props_metadata(metadata, [
+        create_props_metadata(name, {"values": np.empty(0, dtype), "missing": None})
+        for name, dtype in dtypes.items()], "node")
     metadata = add_or_update_props_metadata(metadata, [], "edge")
-    compute_and_add_axis_min_max(metadata, props).write(store)
+    axes = {name: {"values": arrays.columns.get(name, np.empty(0)), "missing": None}
+            for name in AXES[0]}
+    compute_and_add_axis_min_max(metadata, axes).write(store)
     geff.validate_structure(store)
     _finish_metadata(store, omezarr_path)
 
