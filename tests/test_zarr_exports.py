@@ -299,7 +299,7 @@ def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
     monkeypatch.setattr(ours, "BLOCK_NODES", 3)
     monkeypatch.setattr(ours, "CHUNK_BYTES", 40)
     monkeypatch.setattr(_base_write, "_TARGET_CHUNK_BYTES", 40)
-    write_geff(str(tmp_path / "ours.geff"), arrays, "../x.ome.zarr")
+    write_geff(str(tmp_path / "ours.geff"), lineage_arrays(table), "../x.ome.zarr")
     edges = json.loads((tmp_path / "ours.geff" / "edges" / "ids" / ".zarray").read_text())
     assert (edges["chunks"], edges["shape"]) == ([2, 2], [arrays.edges, 2])
     metadata = update_metadata_axes(

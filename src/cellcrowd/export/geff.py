@@ -164,16 +164,22 @@ class GraphArrays:
 def _next_nodes(label: NDArray[np.int64], t: NDArray[np.int64]
                 ) -> tuple[NDArray[np.signedinteger[Any]], dict[int, int], dict[int, int]]:
     """Each node's next appearance of its cell (-1: none), in the smallest integer that
-    holds a node, and each cell's first and last node."""
+    holds a node, and each cell's first and last node; beyond the nodes' order, the
+    temporaries are a block's."""
     order = np.lexsort((t, label))  # every cell's nodes in time order, cell after cell
-    same = label[order[1:]] == label[order[:-1]]
     nxt: NDArray[np.signedinteger[Any]] = np.full(
         label.size, -1, dtype=np.int32 if label.size < 2**31 else np.int64)
-    nxt[order[:-1][same]] = order[1:][same]
-    starts = np.flatnonzero(np.r_[True, ~same])
-    ends = np.r_[starts[1:], order.size] - 1
-    first = dict(zip(label[order[starts]].tolist(), order[starts].tolist(), strict=True))
-    last = dict(zip(label[order[ends]].tolist(), order[ends].tolist(), strict=True))
+    starts = [np.zeros(1, dtype=np.int64)]  # where each cell's nodes begin in ``order``
+    for i in range(0, label.size - 1, BLOCK_NODES):
+        after = order[i + 1:i + 1 + BLOCK_NODES]
+        here = order[i:i + after.size]
+        same = label[here] == label[after]
+        nxt[here[same]] = after[same]
+        starts.append(i + 1 + np.flatnonzero(~same))
+    first_at = np.concatenate(starts)
+    last_at = np.r_[first_at[1:], order.size] - 1
+    first = dict(zip(label[order[first_at]].tolist(), order[first_at].tolist(), strict=True))
+    last = dict(zip(label[order[last_at]].tolist(), order[last_at].tolist(), strict=True))
     return nxt, first, last
 
 
