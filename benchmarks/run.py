@@ -380,14 +380,14 @@ def section_memory(b: Bench) -> None:
             ratio = (peak - overhead) / part_bytes
             peaks.setdefault(stage, []).append(peak)
             b.add("3 memory", f"{shape[0]}^2 x {frames}: {stage}",
-                  f"{seconds:.1f} s, peak {peak / 1e9:.2f} GB",
+                  f"{seconds:.1f} s, peak {peak / 1e9:.3f} GB",
                   f"(peak - overhead) = {ratio:.2f} x part", verdict(ratio, 1.5, False))
     for stage, measured_peaks in peaks.items():  # memory independent of the movie's length
         if len(measured_peaks) < 2:
             continue
         short, long = measured_peaks[0], measured_peaks[-1]
         b.add("3 memory", f"{stage}: peak at {lengths[-1]} frames / at {lengths[0]}",
-              f"{long / 1e9:.2f} GB / {short / 1e9:.2f} GB", f"{long / short:.2f}",
+              f"{long / 1e9:.3f} GB / {short / 1e9:.3f} GB", f"{long / short:.3f}",
               verdict(long / short, 1.1, False))
 
 
