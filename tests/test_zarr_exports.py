@@ -278,7 +278,6 @@ def test_geff_from_arrays_is_the_files_geff_writes_from_a_graph(
             shutil.rmtree(want)
 
 
-
 def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Arrays of many chunks (ours and geff's chunk size made tiny), the last one partial:
@@ -313,6 +312,7 @@ def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
     assert len(chunk_files) > 3
     assert file_hashes(tmp_path / "ours.geff", skip_folders=()) == file_hashes(
         Path(want), skip_folders=())
+
 
 def test_ctc_export_is_valid_for_py_ctcmetrics(demo: tuple[Path, WorkingFolder]) -> None:
     from ctc_metrics.metrics import valid
