@@ -70,14 +70,20 @@ class PerLabel:
         known = (self.labels[at] == label) & self.known[at]
         return np.where(known, self.values[at], 0.0), ~known
 
+    def blocks(self, label: NDArray[np.int64]
+               ) -> Iterator[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
+        """:meth:`rows` of the nodes ``label`` names, a block of nodes at a time."""
+        return (self.rows(label[i:i + BLOCK_NODES]) for i in range(0, label.size, BLOCK_NODES))
+
 
 @dataclass(frozen=True)
 class GraphArrays:
     """The lineage graph as GEFF arrays, kept small: ``nodes`` nodes with ids
-    ``0..nodes-1``; node properties as the table's ``columns`` and ``per_label`` values;
-    edges as each node's next appearance (``next_node``, -1: none) and the divisions'
-    edges (``(k, 2)``, sorted by their first node). The writer makes the GEFF's arrays
-    from them a piece at a time; ``node_props`` and ``edge_ids`` are the arrays whole.
+    ``0..nodes-1``; node properties as the table's ``columns`` and ``per_label`` values
+    (only those some node has; ``lacking``: those some node lacks); edges as each node's
+    next appearance (``next_node``, -1: none) and the divisions' edges (``(k, 2)``, sorted
+    by their first node). The writer makes the GEFF's arrays from them a piece at a time;
+    ``node_props`` and ``edge_ids`` are the arrays whole.
 
     Nodes are the table's rows (only the frames asked for) in order; edges are sorted by
     their first node, a division's in the order of the lineage's daughters: the arrays
@@ -89,6 +95,7 @@ class GraphArrays:
     per_label: dict[str, PerLabel]
     next_node: NDArray[np.signedinteger[Any]]
     divisions: NDArray[np.uint64]
+    lacking: frozenset[str] = frozenset()
 
     @property
     def node_ids(self) -> NDArray[np.uint64]:
@@ -121,11 +128,10 @@ class GraphArrays:
             block[rest, 1] = self.next_node[src]
             yield block
 
+    @property
     def prop_names(self) -> list[str]:
-        """The node properties, in the order written; a per-label one only when some node
-        has a value."""
-        return [*self.columns, *(k for k, v in self.per_label.items()
-                                 if any(not m.all() for m in self._missing(v)))]
+        """The node properties, in the order written."""
+        return [*self.columns, *self.per_label]
 
     def prop_blocks(self, name: str) -> Iterator[tuple[NDArray[Any], NDArray[np.bool_] | None]]:
         """A property's values (and missing flags, for a per-label one), a block at a time."""
@@ -134,30 +140,17 @@ class GraphArrays:
             yield from ((values[i:i + BLOCK_NODES], None)
                         for i in range(0, self.nodes, BLOCK_NODES))
         else:
-            yield from self._rows(self.per_label[name])
-
-    def lacking(self, name: str) -> bool:
-        """Whether some node lacks the property (then it has a ``missing`` array)."""
-        return name in self.per_label and any(
-            m.any() for m in self._missing(self.per_label[name]))
-
-    def _rows(self, per: PerLabel) -> Iterator[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
-        label = self.columns["seg_id"]
-        return (per.rows(label[i:i + BLOCK_NODES]) for i in range(0, self.nodes, BLOCK_NODES))
-
-    def _missing(self, per: PerLabel) -> Iterator[NDArray[np.bool_]]:
-        return (missing for _, missing in self._rows(per))
+            yield from self.per_label[name].blocks(self.columns["seg_id"])
 
     @property
     def node_props(self) -> dict[str, Prop]:
         """Every node property's ``values`` and ``missing`` (None: no node lacks it), whole."""
         props: dict[str, Prop] = {}
-        for name in self.prop_names():
+        for name in self.prop_names:
             blocks = list(self.prop_blocks(name))
-            missing = [m for _, m in blocks if m is not None]
-            props[name] = {
-                "values": np.concatenate([v for v, _ in blocks]),
-                "missing": np.concatenate(missing) if self.lacking(name) else None}
+            props[name] = {"values": np.concatenate([v for v, _ in blocks]),
+                           "missing": (np.concatenate([m for _, m in blocks])
+                                       if name in self.lacking else None)}
         return props
 
 
@@ -212,10 +205,18 @@ def lineage_arrays(table: CellTable, frames: Collection[int] | None = None) -> G
     label, t = n.label, n.t
     columns: dict[str, NDArray[Any]] = {"t": t, "y": n.y, "x": n.x, "area": n.area,
                                         "seg_id": label, "track_id": label}
-    per_label = {key: PerLabel.of(values) for key, values in
-                 (("support", table.support), ("agreement", table.agreement))}
+    per_label: dict[str, PerLabel] = {}
+    lacking = set()
+    for key, values in (("support", table.support), ("agreement", table.agreement)):
+        per = PerLabel.of(values)
+        missing = [(m.all(), m.any()) for _, m in per.blocks(label)]
+        if not all(none for none, _ in missing):  # some node has one
+            per_label[key] = per
+            if any(some for _, some in missing):
+                lacking.add(key)
     nxt, first, last = _next_nodes(label, t)
-    return GraphArrays(len(n), columns, per_label, nxt, _divisions(table, first, last))
+    return GraphArrays(len(n), columns, per_label, nxt, _divisions(table, first, last),
+                       frozenset(lacking))
 
 
 def lineage_graph(table: CellTable, frames: Collection[int] | None = None) -> Any:
@@ -304,12 +305,12 @@ def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
     _write_array(root, "edges/ids", (arrays.edges, 2), np.uint64, arrays.edge_blocks())
     group = root.require_group("nodes/props")
     dtypes: dict[str, Any] = {name: np.float64 for name in AXES[0]} if not n else {}
-    for name in arrays.prop_names():
+    for name in arrays.prop_names:
         dtypes[name] = arrays.columns[name].dtype if name in arrays.columns else np.float64
     for name, dtype in dtypes.items():  # (an empty graph gets its axes, as geff gives it)
         sub = group.create_group(name)
         _write_array(sub, "values", (n,), dtype, (v for v, _ in arrays.prop_blocks(name)))
-        if arrays.lacking(name):
+        if name in arrays.lacking:
             _write_array(sub, "missing", (n,), np.bool_,
                          (m for _, m in arrays.prop_blocks(name) if m is not None))
     root.require_group("edges/props")
