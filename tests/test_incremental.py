@@ -49,17 +49,20 @@ def test_records_fresh_after_done_and_stale_on_any_change(tmp_path: Path) -> Non
     out.write_text("ONE")
     first = UnitRecords(None, "salt", tmp_path)
     key = {"src": first.file_digest([src])}
+    assert not first.recorded("a")
     assert not first.fresh("a", key, [out])  # never recorded
     first.done("a", key, [out], data={"cells": 3})
     entry = _committed(first, tmp_path)
     assert first.counts == {"redone": 1, "reused": 0}
 
     again = UnitRecords(entry, "salt", tmp_path)
+    assert again.recorded("a") and not again.recorded("b")
     assert again.fresh("a", key, [out])
     assert again.data("a") == {"cells": 3}
     assert again.counts == {"redone": 0, "reused": 1}
     assert again.records() == entry["units"]  # a fresh unit is carried over
 
+    assert not UnitRecords(entry, "salt", tmp_path, forced=True).recorded("a")
     assert not UnitRecords(entry, "salt", tmp_path, forced=True).fresh("a", key, [out])
     assert not UnitRecords(entry, "other settings", tmp_path).fresh("a", key, [out])
     assert not UnitRecords(entry, "salt", tmp_path).fresh("a", key, [out, src])

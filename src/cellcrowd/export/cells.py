@@ -30,7 +30,9 @@ from ..layout import MontageKey, WorkingFolder, montage_name
 from ..match import overlap
 from ..stitch import Lineage, read_lineage
 
-__all__ = ["CellNodes", "CellTable", "cell_table", "cell_values", "stitched_frame_paths"]
+__all__ = [
+    "CellNodes", "CellTable", "cell_table", "cell_values", "narrow", "stitched_frame_paths",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +42,15 @@ class CellNodes:
     """Every cell in every frame, as columns: label, frame, centroid (pixels), area (pixels).
 
     One row per cell and frame, frame by frame, labels ascending inside a frame. Columns,
-    not objects: 40 bytes a row, so a long movie's table stays small.
+    not objects, and the integer columns in the smallest unsigned type that holds them
+    (:func:`narrow`): about 26 bytes a row, so a long movie's table stays small.
     """
 
-    label: NDArray[np.int64]
-    t: NDArray[np.int64]
+    label: NDArray[np.integer[Any]]
+    t: NDArray[np.integer[Any]]
     y: NDArray[np.float64]
     x: NDArray[np.float64]
-    area: NDArray[np.int64]
+    area: NDArray[np.integer[Any]]
 
     def __len__(self) -> int:
         return int(self.label.size)
@@ -115,6 +118,18 @@ def stitched_frame_paths(wf: WorkingFolder, kind: str) -> list[Path]:
     return list_images(folder) if folder.is_dir() else []
 
 
+def narrow(values: NDArray[np.integer[Any]]) -> NDArray[np.integer[Any]]:
+    """Non-negative integers in the smallest unsigned type that holds the largest, up to
+    uint32 (beyond: int64, which compares with other integers exactly).
+
+    >>> narrow(np.array([3, 70000])).dtype, narrow(np.array([], np.int64)).dtype
+    (dtype('uint32'), dtype('uint8'))
+    """
+    top = int(values.max()) if values.size else 0
+    dtype = np.min_scalar_type(top) if top < 2**32 else np.dtype(np.int64)
+    return values.astype(dtype, copy=False)
+
+
 def _frame_stats(frame: NDArray[Any], t: int) -> CellNodes:
     flat = frame.ravel().astype(np.int64)
     ys, xs = np.indices(frame.shape)
@@ -122,9 +137,9 @@ def _frame_stats(frame: NDArray[Any], t: int) -> CellNodes:
     sy = np.bincount(flat, weights=ys.ravel())
     sx = np.bincount(flat, weights=xs.ravel())
     labels = np.flatnonzero(area[1:]) + 1
-    return CellNodes(labels.astype(np.int64), np.full(labels.size, t, np.int64),
+    return CellNodes(narrow(labels), np.full(labels.size, t, np.min_scalar_type(t)),
                      sy[labels] / area[labels], sx[labels] / area[labels],
-                     area[labels].astype(np.int64))
+                     narrow(area[labels]))
 
 
 def _read_report(wf: WorkingFolder, montage: str) -> dict[str, Any] | None:
@@ -222,7 +237,7 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True,
     (``job``: the job's geometry when the caller has it, else read from the logs).
 
     With ``nodes=False`` the table's :attr:`~CellTable.nodes` stay empty: measuring every
-    cell in every frame takes time and 40 bytes a cell-frame, which only the GEFF needs.
+    cell in every frame takes time and about 26 bytes a cell-frame, which only the GEFF needs.
     With ``frames=False`` the lineage is read without each cell's frame list (an entry
     per cell-frame too), which only :meth:`CellTable.properties` needs.
 

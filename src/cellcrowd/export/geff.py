@@ -62,7 +62,8 @@ class PerLabel:
         return cls(labels, np.array([0.0 if v is None else v for v in got], dtype=np.float64),
                    np.array([v is not None for v in got], dtype=bool))
 
-    def rows(self, label: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    def rows(self, label: NDArray[np.integer[Any]]
+             ) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
         """The nodes' values and which nodes lack one (a label without an entry too)."""
         if not self.labels.size:
             return np.zeros(label.size), np.ones(label.size, dtype=bool)
@@ -70,7 +71,7 @@ class PerLabel:
         known = (self.labels[at] == label) & self.known[at]
         return np.where(known, self.values[at], 0.0), ~known
 
-    def blocks(self, label: NDArray[np.int64]
+    def blocks(self, label: NDArray[np.integer[Any]]
                ) -> Iterator[tuple[NDArray[np.float64], NDArray[np.bool_]]]:
         """:meth:`rows` of the nodes ``label`` names, a block of nodes at a time."""
         return (self.rows(label[i:i + BLOCK_NODES]) for i in range(0, label.size, BLOCK_NODES))
@@ -133,11 +134,20 @@ class GraphArrays:
         """The node properties, in the order written."""
         return [*self.columns, *self.per_label]
 
+    def prop_dtype(self, name: str) -> np.dtype[Any]:
+        """The type a property is written in: a column's integers as int64 (the table
+        keeps them narrower), anything else as it is (a per-label value: float64)."""
+        if name not in self.columns:
+            return np.dtype(np.float64)
+        dtype = self.columns[name].dtype
+        return np.dtype(np.int64) if dtype.kind in "iu" else dtype
+
     def prop_blocks(self, name: str) -> Iterator[tuple[NDArray[Any], NDArray[np.bool_] | None]]:
-        """A property's values (and missing flags, for a per-label one), a block at a time."""
+        """A property's values in :meth:`prop_dtype` (and missing flags, for a per-label
+        one), a block at a time."""
         if name in self.columns:
-            values = self.columns[name]
-            yield from ((values[i:i + BLOCK_NODES], None)
+            values, dtype = self.columns[name], self.prop_dtype(name)
+            yield from ((values[i:i + BLOCK_NODES].astype(dtype, copy=False), None)
                         for i in range(0, self.nodes, BLOCK_NODES))
         else:
             yield from self.per_label[name].blocks(self.columns["seg_id"])
@@ -154,7 +164,7 @@ class GraphArrays:
         return props
 
 
-def _next_nodes(label: NDArray[np.int64], t: NDArray[np.int64]
+def _next_nodes(label: NDArray[np.integer[Any]], t: NDArray[np.integer[Any]]
                 ) -> tuple[NDArray[np.signedinteger[Any]], dict[int, int], dict[int, int]]:
     """Each node's next appearance of its cell (-1: none), in the smallest integer that
     holds a node, and each cell's first and last node; beyond the nodes' order, the
@@ -306,7 +316,7 @@ def write_geff(store: Any, arrays: GraphArrays, omezarr_path: str) -> None:
     group = root.require_group("nodes/props")
     dtypes: dict[str, Any] = {name: np.float64 for name in AXES[0]} if not n else {}
     for name in arrays.prop_names:
-        dtypes[name] = arrays.columns[name].dtype if name in arrays.columns else np.float64
+        dtypes[name] = arrays.prop_dtype(name)
     for name, dtype in dtypes.items():  # (an empty graph gets its axes, as geff gives it)
         sub = group.create_group(name)
         _write_array(sub, "values", (n,), dtype, (v for v, _ in arrays.prop_blocks(name)))

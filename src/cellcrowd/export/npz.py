@@ -61,7 +61,7 @@ atomically. Read them with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ __all__ = [
     "PartResult",
     "TrainingArrays",
     "build_training_arrays",
+    "iter_parts_npz",
     "load_npz",
     "load_part",
     "position_dirs",
@@ -217,12 +218,27 @@ def write_parts_npz_each(
     ``parts`` defaults to every ``movies/part{N}`` folder; ``kw`` goes to
     :func:`write_part_npz`; ``job`` is read once (from the logs unless given). A part
     that cannot be written is reported in its :class:`PartResult`, never fatal for
-    the others. Results are in part order.
+    the others. Results are in part order (:func:`iter_parts_npz`: each as it comes).
     """
+    return list(iter_parts_npz(wf, parts, executor=executor, progress=progress, job=job,
+                               **kw))
+
+
+def iter_parts_npz(
+    wf: WorkingFolder,
+    parts: Iterable[int] | None = None,
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+    job: Job | None = None,
+    **kw: Any,
+) -> Iterator[PartResult]:
+    """:func:`write_parts_npz_each`, each part's result as soon as it and the parts before
+    it are written (the caller can work while the later parts are)."""
     chosen = sorted(parts) if parts is not None else part_folder_numbers(wf)
     offsets = _frame_offsets(wf, chosen, job)
     tasks = [_PartTask(wf, part, offsets[part], kw) for part in chosen]
-    return list(run_tasks(_write_part_task, tasks, executor=executor, progress=progress))
+    return run_tasks(_write_part_task, tasks, executor=executor, progress=progress)
 
 
 def write_parts_npz(

@@ -55,6 +55,9 @@ class Units(Protocol):
     def file_digest(self, paths: Sequence[Path]) -> str:
         """A digest of the files' names, sizes and SHA-256 (for a unit's key)."""
 
+    def recorded(self, unit: str) -> bool:
+        """True when the last run recorded ``unit`` (only then can it be fresh)."""
+
     def fresh(self, unit: str, key: Any, outputs: Sequence[Path] | None = None) -> bool:
         """True when the last run recorded ``unit`` with ``key`` and its outputs are intact."""
 
@@ -70,6 +73,9 @@ class NoUnits:
 
     def file_digest(self, paths: Sequence[Path]) -> str:
         return ""
+
+    def recorded(self, unit: str) -> bool:
+        return False
 
     def fresh(self, unit: str, key: Any, outputs: Sequence[Path] | None = None) -> bool:
         return False

@@ -77,6 +77,11 @@ class UnitRecords:
         """
         return digest(record([Path(p) for p in paths], self._base))
 
+    def recorded(self, unit: str) -> bool:
+        """True when the last committed run recorded ``unit`` (and the stage is not
+        forced): only then can it be :meth:`fresh`, so only then is its key needed first."""
+        return isinstance(self._old.get(unit), Mapping)
+
     def fresh(self, unit: str, key: Any, outputs: Sequence[Path] | None = None) -> bool:
         """True when ``unit`` was recorded with ``key`` and its outputs are intact.
 
