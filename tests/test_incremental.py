@@ -56,7 +56,8 @@ def test_records_fresh_after_done_and_stale_on_any_change(tmp_path: Path) -> Non
     assert first.counts == {"redone": 1, "reused": 0}
 
     again = UnitRecords(entry, "salt", tmp_path)
-    assert again.recorded("a") and not again.recorded("b")
+    assert again.recorded("a")
+    assert not again.recorded("b")
     assert again.fresh("a", key, [out])
     assert again.data("a") == {"cells": 3}
     assert again.counts == {"redone": 0, "reused": 1}
