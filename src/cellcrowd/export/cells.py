@@ -122,8 +122,8 @@ def narrow(values: NDArray[np.integer[Any]]) -> NDArray[np.integer[Any]]:
     """Non-negative integers in the smallest unsigned type that holds the largest, up to
     uint32 (beyond: int64, which compares with other integers exactly).
 
-    >>> narrow(np.array([3, 70000])).dtype, narrow(np.array([], np.int64)).dtype
-    (dtype('uint32'), dtype('uint8'))
+    >>> [narrow(np.array(v, np.int64)).dtype.name for v in ([3, 70000], [], [2**40])]
+    ['uint32', 'uint8', 'int64']
     """
     top = int(values.max()) if values.size else 0
     dtype = np.min_scalar_type(top) if top < 2**32 else np.dtype(np.int64)
