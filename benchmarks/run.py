@@ -19,7 +19,8 @@ the end. Sections (see benchmarks/README.md):
 3. ``memory`` (``--memory`` only): peak RSS (the process and its workers) and time per
    stage of ``cellcrowd run`` with every output on, 2048^2 x 200 and x 400 frames;
 4. ``workers``: ``cellcrowd run`` on 1 vs 2 local workers and on a dask LocalCluster of
-   1 vs 2 workers;
+   1 vs 2 workers, and the CPU the 2-worker dask runs spent in the tasks and in dask's
+   own event loops (the workers' and the calling process's);
 5. ``downloads``: 400 annotations at 50 ms latency, concurrent vs one at a time
    (bench_download.py's emulator);
 6. ``prepare``: ``prepare`` against its own I/O floor.
@@ -41,6 +42,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -145,6 +147,34 @@ def dask(workers: int) -> Iterator[Executor]:
         yield DaskExecutor(client=client)
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads so far, by kind: ``tasks`` (a dask worker's
+    task threads), ``loop`` (dask's event loop: a worker's main thread, the calling
+    process's ``IO loop``) and ``other``."""
+    import threading
+
+    import psutil
+
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    worker = any("Dask-Default-Threads" in name for name in names.values())
+    cpu = {"tasks": 0.0, "loop": 0.0, "other": 0.0}
+    for th in psutil.Process().threads():
+        name = names.get(th.id, "")
+        kind = ("tasks" if "Dask-Default-Threads" in name else "loop"
+                if name == "IO loop" or (worker and name == "MainThread") else "other")
+        cpu[kind] += th.user_time + th.system_time
+    return cpu
+
+
+def dask_cpu(client: Any) -> dict[str, float]:
+    """:func:`thread_cpu` summed over the dask workers and the calling process."""
+    total = {"tasks": 0.0, "loop": 0.0, "other": 0.0}
+    for cpu in [*client.run(thread_cpu).values(), thread_cpu()]:
+        for kind, seconds in cpu.items():
+            total[kind] += seconds
+    return total
+
+
 def verdict(ratio: float, limit: float, at_least: bool) -> str:
     met = ratio >= limit if at_least else ratio <= limit
     return f"{'>=' if at_least else '<='} {limit:g}: {'met' if met else 'MISSED'}"
@@ -214,19 +244,28 @@ def section_workers(b: Bench) -> None:
         found = b.interleaved(job, runs)
     times["local", 1], times["local", 2] = found["1"], found["2"]
     dask_runs: dict[int, list[float]] = {1: [], 2: []}
+    spent: list[dict[str, float]] = []  # CPU by kind in each 2-worker run
     for _ in range(b.args.repeats):
         for workers in (1, 2):
             with dask(workers) as ex:
                 settle(job)
                 harvest.ours_run(job, ex)  # the workers import and compile cellcrowd
+                before = dask_cpu(ex.client)
                 dask_runs[workers].append(
                     b.median(job, lambda ex=ex: harvest.ours_run(job, ex), repeats=1))
+                if workers == 2:
+                    after = dask_cpu(ex.client)
+                    spent.append({k: after[k] - before[k] for k in after})
     for workers, seconds in dask_runs.items():
         times["dask", workers] = statistics.median(seconds)
     for kind, target in (("local", 1.7), ("dask", 1.6)):
         one, two = times[kind, 1], times[kind, 2]
         b.add("4 workers", f"cellcrowd run, {kind}: 1 worker / 2 workers",
               f"{one:.2f} s / {two:.2f} s", f"{one / two:.2f}x", verdict(one / two, target, True))
+    cpu = {k: statistics.median(run[k] for run in spent) for k in ("tasks", "loop")}
+    b.add("4 workers", "dask, 2 workers: CPU of the tasks / of dask's event loops",
+          f"{cpu['tasks']:.2f} s / {cpu['loop']:.2f} s",
+          f"loops: {cpu['loop'] / (2 * times['dask', 2]):.0%} of 2 cores' time")
 
 
 def section_downloads(b: Bench) -> None:
