@@ -305,7 +305,7 @@ def test_geff_written_a_chunk_at_a_time_is_what_geff_writes_whole(
         create_or_update_metadata(metadata=None, is_directed=True), *ours.AXES,
         None, None, None)
     want = str(tmp_path / "want.geff")
-    write_arrays(want, np.arange(arrays.nodes, dtype=np.uint64), props,  # type: ignore[arg-type]
+    write_arrays(want, arrays.node_ids, props,  # type: ignore[arg-type]
                  edge_ids, {}, metadata, zarr_format=2)
     _finish_metadata(want, "../x.ome.zarr")
     chunk_files = list((tmp_path / "ours.geff" / "nodes" / "props" / "x" / "values").glob("*"))
