@@ -138,11 +138,17 @@ def local(workers: int) -> Iterator[Executor]:
 
 
 @contextlib.contextmanager
-def dask(workers: int) -> Iterator[Executor]:
+def dask(workers: int, scratch: Path) -> Iterator[Executor]:
+    """A ``LocalCluster`` of ``workers`` one-thread worker processes, its scheduler's and
+    workers' scratch space in ``scratch`` (by default dask makes ``dask-scratch-space`` in
+    the system's temporary folder and leaves it there)."""
+    import dask
     from distributed import Client, LocalCluster
 
-    with (LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                       dashboard_address=":0") as cluster, Client(cluster) as client):
+    with (dask.config.set({"temporary-directory": str(scratch)}),
+          LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                       dashboard_address=":0") as cluster,
+          Client(cluster) as client):
         client.wait_for_workers(workers, timeout=120)
         yield DaskExecutor(client=client)
 
@@ -247,7 +253,7 @@ def section_workers(b: Bench) -> None:
     spent: list[dict[str, float]] = []  # CPU by kind in each 2-worker run
     for _ in range(b.args.repeats):
         for workers in (1, 2):
-            with dask(workers) as ex:
+            with dask(workers, b.tmp / "dask") as ex:
                 settle(job)
                 harvest.ours_run(job, ex)  # the workers import and compile cellcrowd
                 before = dask_cpu(ex.client)

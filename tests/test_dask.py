@@ -20,6 +20,7 @@ from cellcrowd.pipeline import STAGES, run
 from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example, save_config
 from helpers import file_hashes
 
+dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
 SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, montage_len=5,
@@ -45,8 +46,9 @@ def test_dask_cluster_and_local_processes_write_identicalfile_hashes(tmp_path: P
         finally:
             local.close()
 
-        with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                      dashboard_address=":0") as cluster, \
+        with dask.config.set({"temporary-directory": str(tmp_path / "scratch")}), \
+                distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                         dashboard_address=":0") as cluster, \
                 distributed.Client(cluster) as client:
             executor = DaskExecutor(client=client)
             with distributed.get_task_stream(client) as tasks:
@@ -66,9 +68,11 @@ def test_dask_cluster_and_local_processes_write_identicalfile_hashes(tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[Any]:
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
-                                  dashboard_address=":0") as cluster, \
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    scratch = tmp_path_factory.mktemp("dask")  # not dask's own, in the system's temp folder
+    with dask.config.set({"temporary-directory": str(scratch)}), \
+            distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                     dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as made:
         made.wait_for_workers(2, timeout=120)
         yield made
