@@ -29,7 +29,7 @@ SETTINGS = ExampleSettings(frames=20, shape=(96, 96), cells=6, divisions=1, mont
 
 
 @pytest.mark.slow
-def test_dask_cluster_and_local_processes_write_identicalfile_hashes(tmp_path: Path) -> None:
+def test_dask_cluster_and_local_processes_write_identical_file_hashes(tmp_path: Path) -> None:
     example = make_example(tmp_path / "prepared", SETTINGS)
     with emulated_job(example, api_key="dask-key") as (_, served):
         configs = {}
