@@ -1,5 +1,6 @@
 """The same harvest on a dask.distributed cluster gives the same bytes as on local processes;
-the dask executor sends tasks in batches and keeps the workers' heap while they run."""
+the dask executor sends tasks in batches, keeps the workers' heap while they run and
+confines their writes to the sender's folders."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from typing import Any
 import pytest
 
 from cellcrowd.config import load_config
-from cellcrowd.executor import DaskExecutor, LocalExecutor, batch_size
+from cellcrowd.errors import UnsafePathError
+from cellcrowd.executor import DaskExecutor, LocalExecutor, batch_size, run_tasks
+from cellcrowd.files import atomic_write_text, confine
 from cellcrowd.heap import RESTORE_AFTER
 from cellcrowd.pipeline import STAGES, run
 from cellcrowd.sim.demo import ExampleSettings, emulated_job, make_example, save_config
@@ -131,3 +134,22 @@ def test_cellcrowd_tasks_keep_the_workers_heap(client: Any) -> None:
     assert min(ours[1:]) < 0.05 * pages  # the first touches the kept heap once
     time.sleep(RESTORE_AFTER + 0.5)
     assert client.submit(_faults_of_big_arrays, 1, pure=False).result() >= 0.9 * pages
+
+
+def _write(path: Path) -> str:
+    return atomic_write_text(path, "x").name
+
+
+def test_tasks_on_dask_workers_are_confined_to_the_senders_folder(client: Any,
+                                                                    tmp_path: Path) -> None:
+    mine, outside = tmp_path / "mine", tmp_path / "outside"
+    mine.mkdir()
+    outside.mkdir()
+    executor = DaskExecutor(client=client)
+    with confine(mine):
+        assert list(run_tasks(_write, [mine / "a", mine / "b"], executor=executor)) == ["a", "b"]
+        with pytest.raises(UnsafePathError, match="outside the working folder"):
+            list(run_tasks(_write, [outside / "c"], executor=executor))
+    assert list(outside.iterdir()) == []
+    # the workers keep no folder of their own once the tasks are done
+    assert list(run_tasks(_write, [outside / "d"], executor=executor)) == ["d"]

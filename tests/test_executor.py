@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cellcrowd.executor import LocalExecutor, in_order, make_executor
+from cellcrowd.errors import UnsafePathError
+from cellcrowd.executor import LocalExecutor, in_order, make_executor, run_tasks
+from cellcrowd.files import atomic_write_text, confine
 
 
 def _square(x: int) -> int:
@@ -40,6 +42,38 @@ def test_a_with_block_closes_the_pool() -> None:
     for pid in pids:  # the workers are gone, not just forgotten
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _write(path: Path) -> str:
+    return atomic_write_text(path, "x").name
+
+
+@pytest.mark.parametrize("start", ["inline", "before", "during another job"])
+def test_tasks_are_confined_to_the_senders_folders(tmp_path: Path, start: str) -> None:
+    """Wherever a task runs, it may write in the folders its sender confined writes to,
+    and nowhere else: also in a worker started before any job (nothing confined then) or
+    forked during another job (that job's folder confined then)."""
+    other, mine, outside = (tmp_path / n for n in ("other", "mine", "outside"))
+    for folder in (other, mine, outside):
+        folder.mkdir()
+    with LocalExecutor(1 if start == "inline" else 2) as ex:
+        if start == "before":
+            assert list(ex.map(_square, [1, 2])) == [1, 4]  # the pool starts here
+        if start == "during another job":
+            with confine(other):
+                assert list(run_tasks(_write, [other / "a", other / "b"], executor=ex)) == [
+                    "a", "b"]
+        with confine(mine):
+            assert list(run_tasks(_write, [mine / "c", mine / "d"], executor=ex)) == ["c", "d"]
+            for refused in (outside, other):
+                with pytest.raises(UnsafePathError, match="outside the working folder"):
+                    list(run_tasks(_write, [refused / "e", refused / "f"], executor=ex))
+        # A task sent from outside any job is not confined (library use).
+        assert list(run_tasks(_write, [outside / "g", outside / "h"], executor=ex)) == [
+            "g", "h"]
+    assert sorted(p.name for p in mine.iterdir()) == ["c", "d"]
+    assert sorted(p.name for p in outside.iterdir()) == ["g", "h"]
+    assert "e" not in {p.name for p in other.iterdir()}
 
 
 def test_a_slow_consumer_holds_few_results(tmp_path: Path) -> None:

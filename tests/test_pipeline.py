@@ -516,6 +516,25 @@ def test_full_movie_npz_and_executor(cfg: Config) -> None:
     assert not wf.npz_stitched_movie.exists()  # the stitch stage writes that one
 
 
+def test_one_executor_serves_runs_in_two_folders(
+        job: tuple[Any, Config], example: Example, tmp_path: Path) -> None:
+    """The pool starts during the first run, inside its folder's confinement; the second
+    run's tasks still write in the second folder (their own confinement comes with them)."""
+    first, second = (_copy(example, tmp_path / name, job[1]) for name in ("first", "second"))
+    for c in (first, second):
+        _label_with_truth(c)
+    with LocalExecutor(2) as ex:
+        runs = [run(c, from_stage="movies", until_stage="npz", executor=ex)
+                for c in (first, second)]
+    for summary in runs:
+        assert [st.name for st in summary.stages if st.status == "ran"] == ["movies", "npz"]
+        assert [u for st in summary.stages for u in st.skipped] == []
+    made = [file_hashes(c.base, skip_names={"cellcrowd.toml"}) for c in (first, second)]
+    assert any(name.startswith("movies/") for name in made[1])
+    assert any(name.endswith(".npz") for name in made[1])
+    assert made[0] == made[1]
+
+
 def test_outputs_config_validation() -> None:
     assert OutputsConfig(trk=False, ctc=False, stitched=False).stitched is False
 

@@ -18,10 +18,17 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar
 
 from . import hashes
-from .files import WriteSettings, call_with_settings, write_settings
+from .files import (
+    WriteSettings,
+    call_with_settings,
+    confined_roots,
+    forget_confinement,
+    write_settings,
+)
 from .heap import kept_heap
 
 __all__ = [
@@ -59,8 +66,11 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
 
 
 def _init_worker(parent: int) -> None:
-    """Worker initializer: Ctrl-C is the parent's to handle (no traceback per worker)."""
+    """Worker initializer: Ctrl-C is the parent's to handle (no traceback per worker); the
+    folders the parent confined writes to when it forked this worker are dropped (each
+    task brings its own, see :func:`run_tasks`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forget_confinement()
     _exit_with_parent(parent)
 
 
@@ -227,7 +237,9 @@ def run_tasks(
 
     ``progress`` is called with 1 after each result, for progress bars. Tasks
     run under this process's :func:`cellcrowd.files.write_settings` (deflate
-    levels, deferred syncing), wherever the executor runs them; inside
+    levels, deferred syncing) and confined to its confined folders
+    (:func:`cellcrowd.files.confine`: a run's working folder), wherever the executor
+    runs them (a worker started before or during another job included); inside
     :func:`cellcrowd.hashes.hashing_writes` the files they write are hashed where
     they are written and the hashes come back with the results.
 
@@ -235,25 +247,26 @@ def run_tasks(
     >>> list(run_tasks(abs, [-1, -2], progress=ticks.append)), ticks
     ([1, 2], [1, 1])
     """
+    roots = confined_roots()
     if executor is None:
         results: Iterator[R] = map(fn, tasks)
     elif hashes.hashing():
         results = _remembered(executor.map(
-            functools.partial(_call_hashing, write_settings(), fn), tasks))
+            functools.partial(_call_hashing, write_settings(), fn, roots=roots), tasks))
     else:
-        results = executor.map(functools.partial(call_with_settings, write_settings(), fn),
-                               tasks)
+        results = executor.map(
+            functools.partial(call_with_settings, write_settings(), fn, roots=roots), tasks)
     for result in results:
         if progress is not None:
             progress(1)
         yield result
 
 
-def _call_hashing(settings: WriteSettings, fn: Callable[[T], R], task: T
-                  ) -> tuple[R, list[hashes.FileDigest]]:
-    """``fn(task)`` under ``settings``, with the digests of the files it wrote."""
+def _call_hashing(settings: WriteSettings, fn: Callable[[T], R], task: T, *,
+                  roots: tuple[Path, ...] = ()) -> tuple[R, list[hashes.FileDigest]]:
+    """:func:`cellcrowd.files.call_with_settings`, with the digests of the files it wrote."""
     with hashes.hashing_writes() as found:
-        return call_with_settings(settings, fn, task), found
+        return call_with_settings(settings, fn, task, roots=roots), found
 
 
 def _remembered(results: Iterator[tuple[R, list[hashes.FileDigest]]]) -> Iterator[R]:

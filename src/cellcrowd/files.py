@@ -59,8 +59,10 @@ __all__ = [
     "call_with_settings",
     "check_inside",
     "confine",
+    "confined_roots",
     "deferred_sync",
     "describe_os_error",
+    "forget_confinement",
     "image_header",
     "list_images",
     "natural_key",
@@ -102,6 +104,24 @@ def confine(root: str | Path) -> Iterator[Path]:
     finally:
         with _ROOTS_LOCK:
             _ROOTS.remove(resolved)
+
+
+def confined_roots() -> tuple[Path, ...]:
+    """The folders writes are confined to now (:func:`confine`), resolved, innermost last:
+    what a task run elsewhere carries (:func:`call_with_settings`)."""
+    with _ROOTS_LOCK:
+        return tuple(_ROOTS)
+
+
+def forget_confinement() -> None:
+    """Drop every confined folder of this process: for the initializer of a worker
+    process forked while its parent ran a job (it would keep that job's folder for
+    good); its tasks bring the folders of the job that sends them. Call it before any
+    other thread of the process writes: the lock is made anew too (a fork copies it as
+    it was, possibly held by one of the parent's threads)."""
+    global _ROOTS_LOCK
+    _ROOTS_LOCK = threading.Lock()
+    _ROOTS.clear()
 
 
 def check_inside(path: str | Path, root: str | Path | None = None, *,
@@ -511,9 +531,14 @@ def use_write_settings(settings: WriteSettings | None = None,
         _settings = old
 
 
-def call_with_settings(settings: WriteSettings, fn: Callable[[T], R], task: T) -> R:
-    """``fn(task)`` under ``settings``: how executors carry the settings to their workers."""
-    with use_write_settings(settings):
+def call_with_settings(settings: WriteSettings, fn: Callable[[T], R], task: T, *,
+                       roots: tuple[Path, ...] = ()) -> R:
+    """``fn(task)`` under ``settings``, its writes confined to ``roots`` (the sender's
+    :func:`confined_roots`; none: not confined): how executors carry both to their
+    workers."""
+    with use_write_settings(settings), contextlib.ExitStack() as confined:
+        for root in roots:
+            confined.enter_context(confine(root))
         return fn(task)
 
 
