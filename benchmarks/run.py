@@ -145,6 +145,8 @@ def dask(workers: int, scratch: Path) -> Iterator[Executor]:
     import dask
     from distributed import Client, LocalCluster
 
+    # distributed sets its loggers' levels from its configuration when first imported
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     with (dask.config.set({"temporary-directory": str(scratch)}),
           LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                        dashboard_address=":0") as cluster,
