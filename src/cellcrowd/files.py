@@ -533,9 +533,9 @@ def use_write_settings(settings: WriteSettings | None = None,
 
 def call_with_settings(settings: WriteSettings, fn: Callable[[T], R], task: T, *,
                        roots: tuple[Path, ...] = ()) -> R:
-    """``fn(task)`` under ``settings``, its writes confined to ``roots`` (the sender's
-    :func:`confined_roots`; none: not confined): how executors carry both to their
-    workers."""
+    """``fn(task)`` under ``settings``, with ``roots`` (the sender's :func:`confined_roots`)
+    added to this process's confined folders while it runs (a worker has none of its own:
+    :func:`forget_confinement`): how executors carry both to their workers."""
     with use_write_settings(settings), contextlib.ExitStack() as confined:
         for root in roots:
             confined.enter_context(confine(root))
