@@ -475,8 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.repeats = args.repeats or (1 if args.quick else 3)
     chosen = args.only or [s for s in SECTIONS if s != "memory" or args.memory]
     logging.basicConfig(level=logging.ERROR)
-    for name in ("distributed", "cellcrowd"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("cellcrowd").setLevel(logging.ERROR)  # distributed's: in dask()
     start, load_before = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cellcrowd-bench-") as tmp:
         bench = Bench(args, Path(tmp))
