@@ -34,7 +34,7 @@ from PIL import Image
 
 from .labelcheck import fits_uint16
 
-__all__ = ["ISAL_MAX_LEVEL", "encode_png", "encode_tiff", "isal_for"]
+__all__ = ["ISAL_MAX_LEVEL", "encode_png", "encode_tiff", "installed_isal", "isal_for"]
 
 #: python-isal's levels are 0-3; higher levels are zlib's.
 ISAL_MAX_LEVEL = 3
@@ -46,7 +46,8 @@ _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
 _STRIP_BYTES = 262144
 
 
-def _isal_zlib() -> Any | None:
+def installed_isal() -> Any | None:
+    """python-isal's ``isal_zlib`` module, or None when it is not installed."""
     try:
         from isal import isal_zlib
     except ImportError:
@@ -64,7 +65,7 @@ def isal_for(codec: str, level: int) -> Any | None:
     """
     if codec == "zlib" or level > ISAL_MAX_LEVEL:
         return None
-    isal = _isal_zlib()
+    isal = installed_isal()
     if isal is None and codec == "isal":
         raise ImportError("python-isal is not installed: pip install 'cellcrowd[fast]', "
                           "or use the codec 'zlib'")

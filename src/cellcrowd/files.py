@@ -32,6 +32,7 @@ import re
 import shutil
 import threading
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ from PIL import Image
 from . import hashes
 from .codec import encode_png, encode_tiff
 from .errors import InputError, UnsafePathError
+from .fastread import decode_png, decode_tiff
 from .hashes import sha256_file
 from .syncing import sync_paths
 
@@ -83,6 +85,8 @@ TMP_MARK = ".cellcrowd-tmp-"
 _O_BINARY = getattr(os, "O_BINARY", 0)
 #: Largest image plane :func:`read_image` decodes (the header is checked first).
 MAX_PIXELS = 1 << 27
+#: Largest file :func:`read_image` reads whole for :mod:`cellcrowd.fastread`.
+FAST_READ_BYTES = 64 << 20
 #: The folders writes are confined to (innermost last); empty: no confinement.
 _ROOTS: list[Path] = []
 _ROOTS_LOCK = threading.Lock()
@@ -393,16 +397,25 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> NDArray[np.
 
     The size is checked from the header first: an image of more than ``max_pixels``
     pixels per plane (a decompression bomb, or not what cellcrowd writes) is refused
-    before anything is decoded. The file is opened once.
+    before anything is decoded. The file is opened once. Plain PNGs and TIFFs (what
+    cellcrowd writes) are decoded by :mod:`cellcrowd.fastread`, the others by Pillow
+    and tifffile.
     """
     path = Path(path)
+    tiff = path.suffix.lower() in (".tif", ".tiff")
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                _check_pixels(tuple(int(n) for n in series.shape), max_pixels, path)
-                return np.asarray(series.asarray())
         with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size <= FAST_READ_BYTES:
+                data = fh.read()
+                fast = (decode_tiff if tiff else decode_png)(data, max_pixels)
+                if fast is not None:
+                    return fast
+                fh.seek(0)
+            if tiff:
+                with tifffile.TiffFile(fh) as tif:
+                    series = tif.series[0]
+                    _check_pixels(tuple(int(n) for n in series.shape), max_pixels, path)
+                    return np.asarray(series.asarray())
             header = _png_header(fh.read(29))
             _check_pixels(header[0] if header is not None else image_header(path)[0],
                           max_pixels, path)
@@ -419,8 +432,8 @@ def read_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> NDArray[np.
         raise InputError("image not found", path=path) from None
     except InputError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError,
-            Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, KeyError, zlib.error,
+            RuntimeError, Image.DecompressionBombError) as exc:  # RuntimeError: imagecodecs'
         raise InputError(
             f"cannot read this image ({exc}); it may be truncated or not an image: "
             "delete it and download or regenerate it",
