@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,6 +59,7 @@ __all__ = [
     "MoviesResult",
     "check_raw_frames",
     "montages_to_movies",
+    "raw_and_montages_to_movies",
     "raw_to_movies",
     "read_label_montage",
     "read_movie_geometry",
@@ -296,6 +297,20 @@ def montages_to_movies(
         A name in ``skip`` is not a montage name, or ``movies/`` holds parts numbered
         from 1 (see :func:`refuse_old_parts`).
     """
+    plan = _plan_montages(wf, skip, job)
+    return plan.finish(_run_only(plan.tasks, only, executor, progress))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A movies function's tasks, and what makes its result from theirs (in task order)."""
+
+    tasks: Sequence[_AnnotatedTask | _RawTask]
+    finish: Callable[[list[ItemResult]], MoviesResult]
+
+
+def _plan_montages(wf: WorkingFolder, skip: Collection[str], job: Job | None) -> _Plan:
+    """:func:`montages_to_movies`'s tasks and result."""
     movie = read_movie_geometry(wf, job=job)
     wf = movie.wf
     refuse_old_parts(wf, movie.count)
@@ -326,34 +341,44 @@ def montages_to_movies(
             items.append(ItemResult(path.name, (), (
                 f"x={triple[0]}, y={triple[1]}, montage {triple[2]} is outside the logged "
                 f"{movie.grid.num_x}x{movie.grid.num_y} grid of {movie.count} montages")))
-    for key, item in zip(task_keys, _run_only(_montage_to_frames, tasks, only, executor,
-                                              progress), strict=True):
-        items.append(item)
-        if item.error is not None:
-            logger.error("montage %s failed: %s", item.name, item.error)
-            missing.append(MissingMontage(item.name, key.part, key.position,
-                                          f"failed: {item.error}"))
-    result = MoviesResult(wf, "annotated", tuple(items), tuple(missing))
-    for part, misses in sorted(result.missing_by_part().items()):
-        logger.warning("part %d: %d of %d montages have no annotated frames (%s)", part,
-                       len(misses), len(movie.grid), ", ".join(m.montage for m in misses))
-    logger.info("wrote %d annotated frames from %d montages", result.files_written,
-                len(tasks))
-    return result
+
+    def finish(results: list[ItemResult]) -> MoviesResult:
+        for key, item in zip(task_keys, results, strict=True):
+            items.append(item)
+            if item.error is not None:
+                logger.error("montage %s failed: %s", item.name, item.error)
+                missing.append(MissingMontage(item.name, key.part, key.position,
+                                              f"failed: {item.error}"))
+        result = MoviesResult(wf, "annotated", tuple(items), tuple(missing))
+        for part, misses in sorted(result.missing_by_part().items()):
+            logger.warning("part %d: %d of %d montages have no annotated frames (%s)", part,
+                           len(misses), len(movie.grid), ", ".join(m.montage for m in misses))
+        logger.info("wrote %d annotated frames from %d montages", result.files_written,
+                    len(tasks))
+        return result
+
+    return _Plan(tasks, finish)
 
 
-def _run_only(fn: Callable[[Any], ItemResult], tasks: Sequence[_AnnotatedTask | _RawTask],
-              only: Only | None, executor: Executor | None,
+def _run_only(tasks: Sequence[_AnnotatedTask | _RawTask],
+              only: Only | Sequence[Only | None] | None, executor: Executor | None,
               progress: Callable[[int], None] | None) -> list[ItemResult]:
-    """``run_tasks`` over the tasks ``only`` keeps; the others' targets as written."""
-    def keep(t: _AnnotatedTask | _RawTask) -> bool:
-        return only is None or only(_name(t), t.source, _targets(t))
-
-    kept = [keep(t) for t in tasks]
-    done = iter(run_tasks(fn, [t for t, k in zip(tasks, kept, strict=True) if k],
+    """:func:`_movie_task` over the tasks ``only`` keeps (one ``only``, or one per task);
+    the others' targets as written."""
+    onlys = only if isinstance(only, Sequence) else [only] * len(tasks)
+    kept = [o is None or o(_name(t), t.source, _targets(t))
+            for t, o in zip(tasks, onlys, strict=True)]
+    done = iter(run_tasks(_movie_task, [t for t, k in zip(tasks, kept, strict=True) if k],
                           executor=executor, progress=progress))
     return [next(done) if k else ItemResult(_name(t), _targets(t))
             for t, k in zip(tasks, kept, strict=True)]
+
+
+def _movie_task(task: _AnnotatedTask | _RawTask) -> ItemResult:
+    """One montage cut into frames, or one raw frame into tiles."""
+    if isinstance(task, _AnnotatedTask):
+        return _montage_to_frames(task)
+    return _raw_frame_to_tiles(task)
 
 
 def _name(task: _AnnotatedTask | _RawTask) -> str:
@@ -458,6 +483,12 @@ def raw_to_movies(
         The raw folder is missing, empty, or holds fewer frames than the logs say, or
         ``movies/`` holds parts numbered from 1 (see :func:`refuse_old_parts`).
     """
+    plan = _plan_raw(wf, job)
+    return plan.finish(_run_only(plan.tasks, only, executor, progress))
+
+
+def _plan_raw(wf: WorkingFolder, job: Job | None) -> _Plan:
+    """:func:`raw_to_movies`'s tasks and result."""
     movie = read_movie_geometry(wf, job=job)
     wf = movie.wf
     refuse_old_parts(wf, movie.count)
@@ -480,9 +511,32 @@ def raw_to_movies(
         part, f = part_of_montage(t // length), t % length
         tasks.append(_RawTask(source, movie.grid, tuple(
             (pos, wf.raw_tile_frame(part, pos, f)) for pos in movie.grid.positions)))
-    items = tuple(_run_only(_raw_frame_to_tiles, tasks, only, executor, progress))
-    result = MoviesResult(wf, "raw", items)
-    for error in result.errors:
-        logger.error("raw frame failed: %s", error)
-    logger.info("wrote %d raw tiles from %d frames", result.files_written, len(tasks))
-    return result
+
+    def finish(items: list[ItemResult]) -> MoviesResult:
+        result = MoviesResult(wf, "raw", tuple(items))
+        for error in result.errors:
+            logger.error("raw frame failed: %s", error)
+        logger.info("wrote %d raw tiles from %d frames", result.files_written, len(tasks))
+        return result
+
+    return _Plan(tasks, finish)
+
+
+def raw_and_montages_to_movies(
+    wf: WorkingFolder,
+    *,
+    executor: Executor | None = None,
+    progress: Callable[[int], None] | None = None,
+    job: Job | None = None,
+    only_raw: Only | None = None,
+    only_labels: Only | None = None,
+) -> tuple[MoviesResult, MoviesResult]:
+    """:func:`raw_to_movies` and :func:`montages_to_movies` (no montage skipped) as one
+    map of tasks: no worker waits between the two. Returns ``(raw, annotated)``, as each
+    function returns them; ``only_raw`` and ``only_labels`` are their ``only``.
+    """
+    raw, labels = _plan_raw(wf, job), _plan_montages(wf, (), job)
+    tasks = [*raw.tasks, *labels.tasks]  # the longer raw tasks first: a short tail
+    onlys = [only_raw] * len(raw.tasks) + [only_labels] * len(labels.tasks)
+    items = _run_only(tasks, onlys, executor, progress)
+    return raw.finish(items[:len(raw.tasks)]), labels.finish(items[len(raw.tasks):])

@@ -1,6 +1,7 @@
 """The ``movies`` stage: label montages and raw frames -> ``movies/partN/x_XX_y_YY/...``.
 
-Library: :func:`cellcrowd.movies.montages_to_movies`, :func:`cellcrowd.movies.raw_to_movies`.
+Library: :func:`cellcrowd.movies.montages_to_movies`, :func:`cellcrowd.movies.raw_to_movies`
+(together, in one map: :func:`cellcrowd.movies.raw_and_montages_to_movies`).
 
 Incremental per unit (``ctx.units``, :mod:`cellcrowd.pipeline.units`): a label montage
 (unit ``labels:<montage>``) is cut again only when its labels file, the logs or its
@@ -76,17 +77,16 @@ class _Units:
 def _run(ctx: Context) -> StageOutput:
     """Cut the raw frames and the clean label montages into per-part movies."""
     from ..layout import position_name
-    from ..movies import montages_to_movies, raw_to_movies
+    from ..movies import raw_and_montages_to_movies
 
     wf, job = ctx.wf, ctx.job
     labels = len(list(wf.labels.glob("*_labels.png"))) if wf.labels.is_dir() else 0
     ctx.set_total(labels + len(job.raw_paths))
     raw_units, label_units = _Units(ctx, "raw"), _Units(ctx, "labels")
-    raw_result = raw_to_movies(wf, executor=ctx.executor, progress=ctx.item_done, job=job,
-                               only=raw_units)
+    raw_result, annotated = raw_and_montages_to_movies(
+        wf, executor=ctx.executor, progress=ctx.item_done, job=job, only_raw=raw_units,
+        only_labels=label_units)
     raw_units.record(raw_result.items)
-    annotated = montages_to_movies(wf, executor=ctx.executor, progress=ctx.item_done,
-                                   job=job, only=label_units)
     label_units.record(annotated.items)
     outputs = [f for item in annotated.items + raw_result.items for f in item.files]
     skipped = [SkippedUnit("movies", f"part{m.part} {position_name(m.position, wf.padding)}",
