@@ -21,7 +21,12 @@ from cellcrowd.layout import (
     part_of_montage,
 )
 from cellcrowd.logs import ChopperLog, MontageLog, read_montage_log, write_log
-from cellcrowd.movies import montages_to_movies, raw_to_movies, read_label_montage
+from cellcrowd.movies import (
+    montages_to_movies,
+    raw_and_montages_to_movies,
+    raw_to_movies,
+    read_label_montage,
+)
 from cellcrowd.prepare import PrepareResult, prepare
 
 FRAMES, SHAPE, LENGTH = 10, (30, 40), 4  # 3 parts: 4 + 4 + 2 frames
@@ -123,6 +128,51 @@ def test_montages_to_movies_executor(tmp_path: Path) -> None:
     pos = Position(1, 1)
     np.testing.assert_array_equal(_frames(result.wf.annotated_dir(part_of_montage(2), pos)),
                                   _expected(truth, prep.grid, pos, part_of_montage(2)))
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_map_gives_what_the_two_functions_give(tmp_path: Path, workers: int) -> None:
+    """raw_and_montages_to_movies: the same files and results as raw_to_movies then
+    montages_to_movies, ``only`` asked once per item of each kind, a bad montage kept."""
+    results, trees, asked = [], [], []
+    for way in ("two", "one"):
+        _, _, prep = _setup(tmp_path / way)
+        wf = prep.wf
+        write_image(wf.label_path(wf.montage_name(MontageKey("exp", 0, 0, 1))),
+                    np.zeros((7, 7), np.uint16))  # does not fit: an error, not fatal
+        seen: list[str] = []
+
+        def only(name: str, source: Path, targets: tuple[Path, ...],
+                 seen: list[str] = seen) -> bool:
+            seen.append(name)
+            return not name.endswith(("montage_02", "img3.tif"))  # as if written already
+
+        progress: list[int] = []
+        with LocalExecutor(workers) as ex:
+            if way == "two":
+                got = (raw_to_movies(wf, executor=ex, only=only, progress=progress.append),
+                       montages_to_movies(wf, executor=ex, only=only,
+                                          progress=progress.append))
+            else:
+                got = raw_and_montages_to_movies(wf, executor=ex, only_raw=only,
+                                                 only_labels=only, progress=progress.append)
+        here = str(tmp_path / way)  # named in error messages
+        results.append([(r.kind, [(i.name, [f.relative_to(here) for f in i.files],
+                                   (i.error or "").replace(here, "")) for i in r.items],
+                         [(m.montage, m.reason.replace(here, "")) for m in r.missing])
+                        for r in got])
+        trees.append(_tree(wf.movies))
+        asked.append((sorted(seen), sum(progress)))
+    assert results[0] == results[1]
+    assert trees[0] == trees[1]
+    assert asked[0] == asked[1]
+    assert len(asked[0][0]) == FRAMES + 12  # every raw frame and montage asked once
+    assert any(error for _, items, _ in results[0] for *_, error in items)
 
 
 def test_skip_names_must_be_montage_names(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -65,6 +66,44 @@ def test_write_npz_with_isal_is_plain_deflate(tmp_path: Path) -> None:
         assert zf.testzip() is None
     with np.load(path) as got:
         np.testing.assert_array_equal(got["X"], arrays["X"])
+
+
+def test_isal_crc_gives_the_bytes_zipfile_gives(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_npz computes the members' CRC-32 with python-isal instead of letting zipfile
+    do it with zlib: the file is byte for byte what zipfile writes with the same deflate."""
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    from cellcrowd import npzfile
+
+    crcs: list[int] = []
+    monkeypatch.setattr(npzfile._IsalMember, "__init__", _counting(
+        npzfile._IsalMember.__init__, crcs))
+    arrays = {"X": np.random.default_rng(3).normal(size=(5, 300, 301)).astype(np.float32),
+              "y": np.arange(10**6, dtype=np.int32).reshape(1000, 1000) // 7,
+              "empty": np.zeros((0, 4))}
+    with use_write_settings(codec="isal"):
+        path = write_npz(tmp_path / "a.npz", arrays, level=1)
+    reference = tmp_path / "ref.npz"
+    with zipfile.ZipFile(reference, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1,
+                         allowZip64=True) as zf:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o600 << 16
+            with zf.open(info, "w", force_zip64=True) as member:
+                member._compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+                np.lib.format.write_array(member, array, allow_pickle=False)
+    assert len(crcs) == len(arrays)  # every member went through python-isal's CRC
+    assert path.read_bytes() == reference.read_bytes()
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+
+
+def _counting(init: Any, calls: list[int]) -> Any:
+    def counted(self: Any, *args: Any) -> None:
+        calls.append(1)
+        init(self, *args)
+    return counted
 
 
 def test_write_npz_is_reproducible_and_stored_when_uncompressed(tmp_path: Path) -> None:

@@ -20,10 +20,41 @@ from .files import atomic_path, write_settings
 __all__ = ["read_npy_frames", "read_npy_header", "write_npz"]
 
 
-def _deflater(level: int) -> Any | None:
-    """A raw-deflate compressor for a zip member, or None for zipfile's own zlib."""
-    isal = isal_for(write_settings().codec, level)
-    return None if isal is None else isal.compressobj(level, isal.DEFLATED, -15)
+#: What :class:`_IsalMember` sets on zipfile's member writer (``zipfile._ZipWriteFile``,
+#: CPython 3.11-3.14): without all of them, zipfile writes the member itself.
+_MEMBER_STATE = ("_compressor", "_crc", "_file_size", "_compress_size", "_fileobj")
+
+
+class _IsalMember:
+    """A zip member written through python-isal: deflate and CRC-32 both.
+
+    zipfile's member writer computes the CRC-32 with zlib (2.8 GB/s here against 17
+    GB/s for python-isal's: 0.2 s of the benchmark's 1024^2 harvest). This does what
+    its ``write`` does, with python-isal, and leaves the closing (flush, sizes, CRC in the
+    headers) to it: the files are the same bytes.
+    """
+
+    def __init__(self, member: Any, isal: Any, level: int) -> None:
+        self._member, self._crc32 = member, isal.crc32
+        member._compressor = isal.compressobj(level, isal.DEFLATED, -15)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        member = self._member
+        member._file_size += view.nbytes
+        member._crc = self._crc32(view, member._crc)
+        out = member._compressor.compress(view)
+        member._compress_size += len(out)
+        member._fileobj.write(out)
+        return view.nbytes
+
+
+def _writer(member: Any, compressed: bool, level: int) -> Any:
+    """``member``, or a :class:`_IsalMember` over it when python-isal compresses."""
+    isal = isal_for(write_settings().codec, level) if compressed else None
+    if isal is None or not all(hasattr(member, a) for a in _MEMBER_STATE):
+        return member
+    return _IsalMember(member, isal, level)
 
 
 def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
@@ -37,13 +68,11 @@ def _write_member(zf: zipfile.ZipFile, name: str, value: Any, compressed: bool,
     write_npy: Any = getattr(value, "write_npy", None)  # a streamed array writes itself
     array = None if callable(write_npy) else np.asanyarray(value)
     with zf.open(info, "w", force_zip64=True) as member:
-        deflater = _deflater(level) if compressed else None
-        if deflater is not None and hasattr(member, "_compressor"):
-            member._compressor = deflater
+        out = _writer(member, compressed, level)
         if array is None:
-            write_npy(member)
+            write_npy(out)
         else:
-            np.lib.format.write_array(member, array, allow_pickle=False)
+            np.lib.format.write_array(out, array, allow_pickle=False)
 
 
 def write_npz(path: str | Path, arrays: Mapping[str, Any], *, compressed: bool = True,
