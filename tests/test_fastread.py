@@ -49,16 +49,22 @@ def _same(fast: np.ndarray | None, reference: np.ndarray) -> None:
     np.testing.assert_array_equal(fast, reference)
 
 
-PNG_ARRAYS: dict[str, np.ndarray] = {
-    "labels16": _labels((61, 97)).astype(np.uint16),
-    "grey16-extremes": RNG.choice(np.array([0, 1, 255, 256, 65535], np.uint16), size=(23, 31)),
-    "grey8": RNG.integers(0, 256, size=(40, 33), dtype=np.uint8),
-    "grey-alpha": RNG.integers(0, 256, size=(9, 14, 2), dtype=np.uint8),
-    "rgb": RNG.integers(0, 256, size=(17, 29, 3), dtype=np.uint8),
-    "rgba": RNG.integers(0, 256, size=(12, 5, 4), dtype=np.uint8),
-    "one-pixel": np.array([[65535]], np.uint16),
-    "one-column": RNG.integers(0, 256, size=(50, 1), dtype=np.uint8),
-}
+def _png_arrays() -> dict[str, np.ndarray]:
+    """Every form fastread decodes: 16-bit grey labels and extremes, 8-bit with 1-4
+    channels, from one pixel to one column to many rows."""
+    arrays = {"labels16": _labels((61, 97)).astype(np.uint16),
+              "uint16-extremes": RNG.choice(np.array([0, 1, 255, 256, 65535], np.uint16),
+                                            size=(23, 31)),
+              "uint16-one-pixel": np.array([[65535]], np.uint16)}
+    for channels, (rows, cols) in ((1, (40, 33)), (1, (50, 1)), (2, (9, 14)), (3, (17, 29)),
+                                   (4, (12, 5))):
+        size = (rows, cols) if channels == 1 else (rows, cols, channels)
+        arrays[f"uint8-{rows}x{cols}x{channels}"] = RNG.integers(0, 256, size=size,
+                                                                  dtype=np.uint8)
+    return arrays
+
+
+PNG_ARRAYS = _png_arrays()
 
 
 @pytest.mark.parametrize("name", sorted(PNG_ARRAYS))
