@@ -34,12 +34,14 @@ from PIL import Image
 
 from .labelcheck import fits_uint16
 
-__all__ = ["ISAL_MAX_LEVEL", "encode_png", "encode_tiff", "installed_isal", "isal_for"]
+__all__ = ["ISAL_MAX_LEVEL", "PNG_SIGNATURE", "encode_png", "encode_tiff", "installed_isal",
+           "isal_for"]
 
 #: python-isal's levels are 0-3; higher levels are zlib's.
 ISAL_MAX_LEVEL = 3
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: The eight bytes every PNG file starts with.
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: PNG colour type by samples per pixel: grey, grey + alpha, RGB, RGBA.
 _COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
 #: tifffile's strip size for compressed images (``rowsperstrip = 262144 // rowsize``).
@@ -131,7 +133,7 @@ def _png_sub(array: NDArray[Any], level: int, isal: Any) -> bytes:
     np.subtract(rows[:, step:], rows[:, :-step], out=filtered[:, step + 1:])
     header = struct.pack(">IIBBBBB", width, height, 8 * array.dtype.itemsize,
                          _COLOUR_TYPE[samples], 0, 0, 0)
-    return b"".join((_PNG_SIGNATURE, _chunk(b"IHDR", header),
+    return b"".join((PNG_SIGNATURE, _chunk(b"IHDR", header),
                      _chunk(b"IDAT", isal.compress(filtered, level)), _chunk(b"IEND", b"")))
 
 

@@ -56,6 +56,7 @@ from PIL import Image
 
 from .appen.client import AppenClient, RetryableError, api_url_from_env, check_complete, get_api_key
 from .appen.report import Judgment, still_broken
+from .codec import PNG_SIGNATURE
 from .errors import (
     AuthenticationError,
     ConfigError,
@@ -93,7 +94,6 @@ logger = logging.getLogger(__name__)
 MAX_SIDE = 30_000
 #: Default largest accepted annotation, in pixels, when the montage size is unknown.
 MAX_PIXELS = 50_000_000
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 _FAILURE_COLUMNS = ("montage", "unit", "judgment", "url", "reason")
 
@@ -431,7 +431,7 @@ def _verify_png(data: bytes, limits: _Limits, what: str, url: str) -> None:
     """
     head = data[:32]
     complete = data[-len(_IEND):] == _IEND
-    if not head.startswith(_PNG_SIGNATURE):
+    if not head.startswith(PNG_SIGNATURE):
         raise DownloadError(f"{what} is not a PNG (starts {head[:16]!r})", url=url)
     problem = _size_problem(_png_size(head), limits)
     if problem:
@@ -483,7 +483,7 @@ def _quick_check(path: Path, limits: _Limits) -> str | None:
             tail = fh.read()
     except OSError as exc:
         return f"unreadable ({exc})"
-    if not head.startswith(_PNG_SIGNATURE):
+    if not head.startswith(PNG_SIGNATURE):
         return "not a PNG"
     if tail != _IEND:
         return "no closing IEND chunk (cut short)"

@@ -26,16 +26,16 @@ from __future__ import annotations
 import json
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .codec import installed_isal
+from .codec import PNG_SIGNATURE, installed_isal
 
 __all__ = ["decode_png", "decode_tiff"]
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: (bit depth, colour type) -> samples per pixel, for the PNGs decoded here (Pillow
 #: reads 16-bit colour as 8-bit: those are left to it).
 _PNG_FORMS = {(8, 0): 1, (8, 4): 2, (8, 2): 3, (8, 6): 4, (16, 0): 1}
@@ -48,12 +48,18 @@ _TIFF_REFUSED = {320, 322, 323, 324, 325, 330, 338, 34665}
 _TIFF_KINDS = {1: "u", 2: "i", 3: "f"}
 
 
-def _inflate(data: bytes, size: int) -> bytes | None:
-    """``data`` (a zlib stream) inflated, when it holds exactly ``size`` bytes."""
+def _inflate(data: bytes, size: int, head: int = 0,
+             check: Callable[[bytes], bool] | None = None) -> bytes | None:
+    """``data`` (a zlib stream) inflated, when it holds exactly ``size`` bytes; with
+    ``check``, its first ``head`` bytes first, and the rest only if ``check`` passes them."""
     isal = installed_isal()
     inflater = isal.decompressobj() if isal is not None else zlib.decompressobj()
     try:
-        out = inflater.decompress(data, size)
+        out = inflater.decompress(data, head if check is not None and 0 < head < size else size)
+        if check is not None and len(out) < size:
+            if len(out) != head or not check(out):
+                return None
+            out += inflater.decompress(inflater.unconsumed_tail, size - head)
     except Exception:  # isal and zlib raise errors of their own: the slow path reports it
         return None
     if len(out) != size or not inflater.eof or inflater.unconsumed_tail:
@@ -63,7 +69,7 @@ def _inflate(data: bytes, size: int) -> bytes | None:
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
     """``(type, body)`` of each chunk, or None when one is cut short or its CRC is wrong."""
-    chunks, pos = [], len(_PNG_SIGNATURE)
+    chunks, pos = [], len(PNG_SIGNATURE)
     while pos < len(data):
         if pos + 12 > len(data):
             return None
@@ -84,7 +90,7 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
 def decode_png(data: bytes, max_pixels: int) -> NDArray[Any] | None:
     """The image in the PNG bytes ``data``, or None when it is not in the plain form
     described above (or has more than ``max_pixels`` pixels)."""
-    if not data.startswith(_PNG_SIGNATURE):
+    if not data.startswith(PNG_SIGNATURE):
         return None
     chunks = _png_chunks(data)
     if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
@@ -97,16 +103,23 @@ def decode_png(data: bytes, max_pixels: int) -> NDArray[Any] | None:
             or any(kind not in (b"IDAT", b"IEND") for kind, _ in chunks[1:])):
         return None
     step = samples * depth // 8  # bytes per pixel
-    raw = _inflate(b"".join(body for kind, body in chunks if kind == b"IDAT"),
-                   height * (1 + width * step))
+    row = 1 + width * step  # the filter byte, then the row's bytes
+
+    def plain(rows: bytes) -> bool:  # every row filtered "None" (0) or "Sub" (1)
+        return max(rows[::row]) <= 1
+
+    # the first rows' filters, before the rest is inflated: most writers' PNGs (other
+    # filters) are left to Pillow after an eighth of the work
+    raw = _inflate(b"".join(body for kind, body in chunks if kind == b"IDAT"), height * row,
+                   min(height, max(16, height // 8)) * row, plain)
     if raw is None:
         return None
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * step)
+    rows = np.frombuffer(raw, np.uint8).reshape(height, row)
     filters = rows[:, 0]
     pixels = rows[:, 1:].reshape(height, width, step)
     if (filters == 1).all():  # Sub: each byte is the difference to the pixel's left
         out = np.cumsum(pixels, axis=1, dtype=np.uint8)
-    elif (filters <= 1).all():
+    elif (filters <= 1).all():  # None (0) and Sub rows mixed
         out = pixels.copy()
         out[filters == 1] = np.cumsum(pixels[filters == 1], axis=1, dtype=np.uint8)
     else:

@@ -43,7 +43,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from . import hashes
-from .codec import encode_png, encode_tiff
+from .codec import PNG_SIGNATURE, encode_png, encode_tiff
 from .errors import InputError, UnsafePathError
 from .fastread import decode_png, decode_tiff
 from .hashes import sha256_file
@@ -371,7 +371,7 @@ _PNG_BANDS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> bands (3, palette: ask P
 
 def _png_header(head: bytes) -> tuple[tuple[int, ...], str] | None:
     """Shape and dtype from a PNG's IHDR chunk as :func:`read_image` returns them."""
-    if not head.startswith(b"\x89PNG\r\n\x1a\n") or head[12:16] != b"IHDR" or len(head) < 26:
+    if not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR" or len(head) < 26:
         return None
     width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     depth, colour = head[24], head[25]

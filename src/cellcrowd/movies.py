@@ -298,7 +298,7 @@ def montages_to_movies(
         from 1 (see :func:`refuse_old_parts`).
     """
     plan = _plan_montages(wf, skip, job)
-    return plan.finish(_run_only(plan.tasks, only, executor, progress))
+    return plan.finish(_run_only(plan.tasks, [only] * len(plan.tasks), executor, progress))
 
 
 @dataclass(frozen=True)
@@ -360,12 +360,11 @@ def _plan_montages(wf: WorkingFolder, skip: Collection[str], job: Job | None) ->
     return _Plan(tasks, finish)
 
 
-def _run_only(tasks: Sequence[_AnnotatedTask | _RawTask],
-              only: Only | Sequence[Only | None] | None, executor: Executor | None,
-              progress: Callable[[int], None] | None) -> list[ItemResult]:
-    """:func:`_movie_task` over the tasks ``only`` keeps (one ``only``, or one per task);
-    the others' targets as written."""
-    onlys = only if isinstance(only, Sequence) else [only] * len(tasks)
+def _run_only(tasks: Sequence[_AnnotatedTask | _RawTask], onlys: Sequence[Only | None],
+              executor: Executor | None, progress: Callable[[int], None] | None
+              ) -> list[ItemResult]:
+    """:func:`_movie_task` over the tasks their ``only`` (one per task) keeps; the others'
+    targets as written."""
     kept = [o is None or o(_name(t), t.source, _targets(t))
             for t, o in zip(tasks, onlys, strict=True)]
     done = iter(run_tasks(_movie_task, [t for t, k in zip(tasks, kept, strict=True) if k],
@@ -484,7 +483,7 @@ def raw_to_movies(
         ``movies/`` holds parts numbered from 1 (see :func:`refuse_old_parts`).
     """
     plan = _plan_raw(wf, job)
-    return plan.finish(_run_only(plan.tasks, only, executor, progress))
+    return plan.finish(_run_only(plan.tasks, [only] * len(plan.tasks), executor, progress))
 
 
 def _plan_raw(wf: WorkingFolder, job: Job | None) -> _Plan:
