@@ -14,10 +14,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from cellcrowd import heap
+from cellcrowd.heap import RESTORE_AFTER
 
 GLIBC = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "malloc_trim")
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="glibc's malloc settings only")
@@ -80,3 +82,37 @@ def test_nothing_changes_without_the_trim_setting_or_with_a_chosen_mmap_threshol
     assert heap._libc() is None
     chosen = _faults({"MALLOC_TRIM_THRESHOLD_": "65536", "MALLOC_MMAP_THRESHOLD_": "131072"})
     assert chosen["kept"] >= 0.9 * PAGES  # their setting holds inside the block too
+
+
+_PINS: list[object] = []
+
+
+def _fragment(_: int) -> int:
+    """Leave about 190 MiB of freed blocks in this worker's heap under a live one: glibc
+    cannot give them back by shrinking the heap from its top."""
+    import numpy as np
+
+    blocks = [np.ones(64 * 1024, np.uint8) for _ in range(3000)]  # under the mmap threshold
+    _PINS.append(np.ones(64 * 1024, np.uint8))  # above them all, kept
+    del blocks
+    return os.getpid()
+
+
+@needs_glibc
+def test_a_local_worker_gives_its_freed_memory_back_once_idle() -> None:
+    import psutil
+
+    from cellcrowd.executor import LocalExecutor
+
+    with LocalExecutor(2) as ex:
+        pids = set(ex.map(_fragment, range(2)))
+        busy = {pid: psutil.Process(pid).memory_info().rss for pid in pids}
+        idle = busy
+        deadline = time.monotonic() + RESTORE_AFTER + 10
+        while time.monotonic() < deadline:  # bounded: the trim comes RESTORE_AFTER s after
+            time.sleep(0.2)
+            idle = {pid: psutil.Process(pid).memory_info().rss for pid in pids}
+            if all(busy[pid] - idle[pid] > 150e6 for pid in pids):
+                break
+    for pid in pids:
+        assert busy[pid] - idle[pid] > 150e6, (busy, idle)  # the freed 190 MiB went back

@@ -29,7 +29,7 @@ from .files import (
     forget_confinement,
     write_settings,
 )
-from .heap import kept_heap
+from .heap import given_back_when_idle, kept_heap
 
 __all__ = [
     "DaskExecutor", "Executor", "LocalExecutor", "in_order", "make_executor", "owned_executor",
@@ -74,6 +74,13 @@ def _init_worker(parent: int) -> None:
     _exit_with_parent(parent)
 
 
+def _idle_trimmed_call(fn: Callable[[T], R], task: T) -> R:
+    """``fn(task)`` in a pool worker, which gives its freed memory back once it has been
+    idle a second (:func:`cellcrowd.heap.given_back_when_idle`)."""
+    with given_back_when_idle():
+        return fn(task)
+
+
 class _Closes:
     """``with executor:`` closes it at the end of the block."""
 
@@ -112,8 +119,9 @@ class LocalExecutor(_Closes):
                 max_workers=self.workers, initializer=_init_worker, initargs=(os.getpid(),)
             )
         pool = self._pool
-        yield from in_order(lambda task: pool.submit(fn, task), lambda fut: fut.result(),
-                            lambda fut: fut.cancel(), task_list, 2 * self.workers)
+        yield from in_order(lambda task: pool.submit(_idle_trimmed_call, fn, task),
+                            lambda fut: fut.result(), lambda fut: fut.cancel(), task_list,
+                            2 * self.workers)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the pool's workers (empty before the first parallel map)."""

@@ -122,10 +122,12 @@ Window = tuple[slice, slice]
 
 
 class _Edges(NamedTuple):
-    data: NDArray[np.bool_]  # where the image's data lies
-    frame_edge: NDArray[np.bool_]  # the frame's border
-    image_edge: NDArray[np.bool_]  # the image's border inside the frame
-    everywhere: bool  # data fills the frame (no padding)
+    """Flat pixel indices (into the frame's ``ravel()``): a few thousand at most, so
+    looking up the pixels there costs next to nothing against a pass over the frame."""
+
+    padding: NDArray[np.intp]  # where the image's data does not lie
+    frame_edge: NDArray[np.intp]  # the frame's border
+    image_edge: NDArray[np.intp]  # the image's border inside the frame
 
 
 def _edges(shape: tuple[int, int], window: Window | None) -> _Edges:
@@ -143,8 +145,8 @@ def _edges_of(shape: tuple[int, int], window: tuple[tuple[int | None, ...], ...]
     frame_edge = np.zeros(shape, dtype=bool)
     frame_edge[[0, -1], :] = frame_edge[:, [0, -1]] = True
     inner = ndimage.binary_erosion(data, border_value=1)  # data pixels next to padding
-    edges = _Edges(data, frame_edge, data & ~inner, bool(data.all()))
-    for array in edges[:3]:
+    edges = _Edges(*(np.flatnonzero(mask) for mask in (~data, frame_edge, data & ~inner)))
+    for array in edges:
         array.flags.writeable = False
     return edges
 
@@ -175,18 +177,22 @@ def _drop_specks(
     comps: NDArray[np.intp] = np.asarray(
         _skimage_label(labels, background=0, connectivity=2)  # type: ignore[no-untyped-call]
     )
-    count = int(comps.max()) if comps.size else 0
-    if count == 0:
-        return labels, 0, 0, 0
     flat = comps.ravel()
-    sizes = np.bincount(flat, minlength=count + 1)
+    # Most of a frame is background: count and look up only the cells' pixels (a
+    # bincount over every pixel adds to one counter most of the time, and is slow).
+    painted = np.flatnonzero(labels.ravel() != 0)  # the same pixels as ``flat != 0``
+    if painted.size == 0:
+        return labels, 0, 0, 0
+    part_of = np.take(flat, painted)
+    count = int(part_of.max())
+    sizes = np.bincount(part_of, minlength=count + 1)
+    sizes[0] = flat.size - painted.size
     cell = np.zeros(count + 1, dtype=np.int64)
-    cell[flat] = labels.ravel()
+    cell[part_of] = np.take(labels.ravel(), painted)
     edges = _edges(labels.shape, window)
-    on_frame = np.bincount(flat[edges.frame_edge.ravel()], minlength=count + 1) > 0
-    on_image = np.bincount(flat[edges.image_edge.ravel()], minlength=count + 1) > 0
-    in_data = (sizes if edges.everywhere
-               else np.bincount(flat[edges.data.ravel()], minlength=count + 1))
+    on_frame = np.bincount(np.take(flat, edges.frame_edge), minlength=count + 1) > 0
+    on_image = np.bincount(np.take(flat, edges.image_edge), minlength=count + 1) > 0
+    in_data = sizes - np.bincount(np.take(flat, edges.padding), minlength=count + 1)
     # The largest part of each cell with image data (ties: the first in raster order);
     # a part lying only in the padding never is: the cell is not in this frame.
     order = np.lexsort((np.arange(1, count + 1), -sizes[1:], in_data[1:] == 0, cell[1:])) + 1
@@ -202,7 +208,10 @@ def _drop_specks(
             keep[piece] = _seen_nearby(boxes[piece - 1], int(cell[piece]), neighbours)
     keep[0] = True
     dropped = ~keep
-    out = labels if keep.all() else np.where(keep[comps], labels, 0).astype(np.int32)
+    out = labels
+    if not keep.all():
+        out = labels.astype(np.int32)  # a copy
+        out.ravel()[painted[np.take(dropped, part_of)]] = 0
     cells = np.unique(cell[1:][keep[1:]]).size  # the ids left (parts, not pixels)
     return out, int(dropped.sum()), int(sizes[dropped].sum()), cells
 
@@ -215,20 +224,29 @@ def _fill_holes(
     Returns the labels (``labels`` itself when nothing is filled), the holes and
     pixels filled.
     """
-    regions, count = ndimage.label(labels == 0)  # 4-connectivity
+    regions = np.empty(labels.shape, dtype=np.intp)  # indices for np.take, uncast
+    count = ndimage.label(labels == 0, output=regions)  # 4-connectivity
     if count == 0:
         return labels, 0, 0
     flat_regions = regions.ravel()
-    sizes = np.bincount(flat_regions, minlength=count + 1)
-    small = sizes < max_hole  # the candidates: small, and not touching the frame's edge
-    small[0] = False
-    small[_border(regions)] = False
-    if not small.any():
+    # The candidates are small and do not touch the frame's edge: measure only the
+    # pixels of regions off the edge (the large background region is on it).
+    outer = np.zeros(count + 1, dtype=bool)
+    outer[0] = True  # the cells' pixels
+    outer[_border(regions)] = True
+    inside = np.flatnonzero(np.take(outer, flat_regions) == 0)
+    if inside.size == 0:
         return labels, 0, 0
+    inside_region = np.take(flat_regions, inside)
+    sizes = np.bincount(inside_region, minlength=count + 1)
+    small = (sizes < max_hole) & ~outer
     # No candidate pixel is on the frame's edge: its 4-neighbours are at -1, +1,
     # -cols and +cols in the flat frame. Every (region, cell) pair of neighbours:
-    pixels = np.flatnonzero(small[flat_regions])
-    reg = flat_regions[pixels]
+    candidate = np.take(small, inside_region)
+    pixels = inside[candidate]
+    reg = inside_region[candidate]
+    if pixels.size == 0:
+        return labels, 0, 0
     flat_labels = labels.ravel()
     pairs = []
     for step in (-1, 1, -labels.shape[1], labels.shape[1]):
