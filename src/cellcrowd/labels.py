@@ -234,7 +234,7 @@ def _fill_holes(
     outer = np.zeros(count + 1, dtype=bool)
     outer[0] = True  # the cells' pixels
     outer[_border(regions)] = True
-    inside = np.flatnonzero(np.take(outer, flat_regions) == 0)
+    inside = np.flatnonzero(~np.take(outer, flat_regions))
     if inside.size == 0:
         return labels, 0, 0
     inside_region = np.take(flat_regions, inside)
