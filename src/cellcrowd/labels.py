@@ -235,8 +235,6 @@ def _fill_holes(
     outer[0] = True  # the cells' pixels
     outer[_border(regions)] = True
     inside = np.flatnonzero(~np.take(outer, flat_regions))
-    if inside.size == 0:
-        return labels, 0, 0
     inside_region = np.take(flat_regions, inside)
     sizes = np.bincount(inside_region, minlength=count + 1)
     small = (sizes < max_hole) & ~outer
