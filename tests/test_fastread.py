@@ -53,6 +53,7 @@ def _png_arrays() -> dict[str, np.ndarray]:
     """Every form fastread decodes: 16-bit grey labels and extremes, 8-bit with 1-4
     channels, from one pixel to one column to many rows."""
     arrays = {"labels16": _labels((61, 97)).astype(np.uint16),
+              "labels16-below-256": _labels((37, 55), top=256).astype(np.uint16),
               "uint16-extremes": RNG.choice(np.array([0, 1, 255, 256, 65535], np.uint16),
                                             size=(23, 31)),
               "uint16-one-pixel": np.array([[65535]], np.uint16)}

@@ -46,6 +46,8 @@ def test_decode_equals_the_sorting_reference(dtype: type, channels: int) -> None
         got = decode_annotation(image)
         assert got.dtype == np.int32
         np.testing.assert_array_equal(got, sorted_decode(image))
+        flipped = image[:, ::-1]  # not contiguous: RGBA is not read as one word per pixel
+        np.testing.assert_array_equal(decode_annotation(flipped), sorted_decode(flipped))
 
 
 def test_decode_red_only_and_blank_images() -> None:

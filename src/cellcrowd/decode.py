@@ -97,27 +97,49 @@ def decode_annotation(
             f"RGB(A), got shape {image.shape}"
         )
     _check_colour_dtype(image)
-    alpha = image[..., -1] if image.shape[2] in (2, 4) else None
-    if image.shape[2] == 2:
-        ids = image[..., 0].astype(np.int32)
-        return np.where(alpha != 0, ids, 0).astype(np.int32) if alpha is not None else ids
-    packed, painted = _pack_colours(image, alpha)
-    if encoding == "auto":
-        green_blue = (image[..., 1] != 0) | (image[..., 2] != 0)
-        encoding = "red" if not np.any(green_blue & painted) else "rgb"
+    if image.dtype == np.uint8 and image.shape[2] == 4 and image.flags.c_contiguous:
+        return _decode_rgba8(image, encoding)
+    return _decode_colours(image, encoding)
+
+
+def _decode_rgba8(image: NDArray[np.generic], encoding: Encoding) -> NDArray[np.int32]:
+    """A C-contiguous uint8 RGBA image decoded through its distinct pixels: each pixel's
+    four bytes read as one word, the words numbered by a hash (``fastremap.renumber``),
+    the few distinct words decoded as a one-row image and looked up (two passes)."""
+    index, numbers = fastremap.renumber(image.view(np.uint32)[..., 0], preserve_zero=False,
+                                        in_place=False)
+    words = np.fromiter(numbers.keys(), np.uint32, count=len(numbers))
+    ids = _decode_colours(words.view(np.uint8).reshape(1, -1, 4), encoding)[0]
+    lut = np.zeros(len(numbers) + 1, np.int32)
+    lut[np.fromiter(numbers.values(), np.int64, count=len(numbers))] = ids
+    out: NDArray[np.int32] = np.take(lut, index)
+    return out
+
+
+def _decode_colours(image: NDArray[np.generic], encoding: Encoding) -> NDArray[np.int32]:
+    """:func:`decode_annotation` of a checked ``(H, W, 2|3|4)`` colour image."""
+    if image.shape[2] == 2:  # grey ids and alpha
+        grey: NDArray[np.int32] = np.where(image[..., 1] != 0, image[..., 0], 0).astype(np.int32)
+        return grey
+    alpha = image[..., 3] if image.shape[2] == 4 else None
+    packed = _pack_colours(image, alpha)
+    shift = 8 * image.dtype.itemsize
+    if encoding == "auto":  # green or blue on a painted pixel?
+        green_blue = packed & packed.dtype.type((1 << 2 * shift) - 1)
+        encoding = "red" if not green_blue.any() else "rgb"
         logger.debug("annotation colours decoded as %r", encoding)
     if encoding == "red":
-        red = image[..., 0].astype(np.int32)
-        return red if alpha is None else np.where(alpha != 0, red, 0).astype(np.int32)
-    out = np.zeros(image.shape[:2], dtype=np.int32)
-    out[painted] = rank_ids(packed[painted], keep_zero=False)[0]
-    return out
+        red: NDArray[np.int32] = (packed >> packed.dtype.type(2 * shift)).astype(np.int32)
+        return red
+    # the packed colours are 0 exactly where nothing is painted: 0 stays 0
+    ids: NDArray[np.int32] = rank_ids(packed)[0].view(np.int32)  # ids < 2**31
+    return ids
 
 
 def _pack_colours(
     image: NDArray[np.generic], alpha: NDArray[np.generic] | None
-) -> tuple[NDArray[np.unsignedinteger], NDArray[np.bool_]]:
-    """``R·2^2s + G·2^s + B`` per pixel (``s`` the channel's bits) and the painted mask."""
+) -> NDArray[np.unsignedinteger]:
+    """``R·2^2s + G·2^s + B`` per pixel (``s`` the channel's bits), 0 where alpha is 0."""
     shift = 8 * image.dtype.itemsize
     wide = np.uint32 if image.dtype == np.uint8 else np.uint64
     packed: NDArray[Any] = image[..., 0].astype(wide)
@@ -126,10 +148,9 @@ def _pack_colours(
     green <<= wide(shift)
     packed |= green
     packed |= image[..., 2]
-    painted = packed != 0
     if alpha is not None:
-        painted &= alpha != 0
-    return packed, painted
+        np.copyto(packed, 0, where=alpha == 0)
+    return packed
 
 
 def rank_ids(
@@ -163,5 +184,5 @@ def rank_ids(
                         count=len(mapping))
     lut = np.zeros(len(mapping) + 1, dtype=np.uint32)
     lut[order] = np.arange(1, len(mapping) + 1)
-    ids: NDArray[np.uint32] = lut[renumbered]
+    ids: NDArray[np.uint32] = np.take(lut, renumbered)  # faster than lut[renumbered]
     return ids, len(mapping)

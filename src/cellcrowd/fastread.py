@@ -118,6 +118,8 @@ def decode_png(data: bytes, max_pixels: int) -> NDArray[Any] | None:
     filters = rows[:, 0]
     pixels = rows[:, 1:].reshape(height, width, step)
     if (filters == 1).all():  # Sub: each byte is the difference to the pixel's left
+        if depth == 16 and not pixels[..., 0].any():  # high bytes all 0 (ids below 256)
+            return np.cumsum(pixels[..., 1], axis=1, dtype=np.uint8).astype(np.uint16)
         out = np.cumsum(pixels, axis=1, dtype=np.uint8)
     elif (filters <= 1).all():  # None (0) and Sub rows mixed
         out = pixels.copy()
