@@ -760,3 +760,24 @@ def test_a_tile_frame_that_changes_between_the_passes_is_an_error(
     tiles[1, 0, 0, 10:20, 10:20] = absent  # a label the tile did not hold
     with pytest.raises(TileChangedError, match="frame 1 of tile x=0, y=0"):
         list(stitched.frames())
+
+
+def test_read_lineage_shares_each_frame_number_between_cells(tmp_path: Path) -> None:
+    """Frame numbers above 256 (new objects for every parsed int in Python) are read
+    once per value: a long movie's lineage is not 28 bytes more per cell and frame."""
+    rng = np.random.default_rng(5)
+    lineage = {str(label): {"label": label, "frames": sorted(rng.choice(900, 40, replace=False)
+                                                              .tolist()),
+                            "daughters": [], "capped": False, "parent": None,
+                            "frame_div": None}
+               for label in range(1, 30)}
+    path = tmp_path / "lineage.json"
+    path.write_text(json.dumps(lineage, indent=1))
+    read = read_lineage(path)
+    assert read == {int(k): v for k, v in lineage.items()}
+    by_value: dict[int, int] = {}
+    for entry in read.values():
+        for t in entry["frames"]:
+            assert by_value.setdefault(t, id(t)) == id(t)
+    assert max(by_value) > 256
+    assert len(by_value) < sum(len(e["frames"]) for e in read.values())
