@@ -155,6 +155,20 @@ def test_speck_of_same_id_across_gap_is_removed_but_big_part_kept() -> None:
     assert (out[20:24, 2:6] == 2).all()
 
 
+def test_a_frame_in_any_memory_order_cleans_the_same() -> None:
+    """Cleaning looks pixels up by their row-major index: a column-major or strided frame
+    must get the answer its C-ordered copy gets (a speck dropped, a hole filled)."""
+    frame = two_cells()
+    square(frame, 1, 20, 20, 3, 3)  # a speck of cell 1
+    frame[8, 8] = 0  # a one-pixel hole inside cell 1 (rows and columns 5-14)
+    expected = clean_labels(frame)
+    assert not expected[20:23, 20:23].any()
+    assert expected[8, 8] == 1
+    for variant in (np.asfortranarray(frame), np.ascontiguousarray(frame.T).T,
+                    np.pad(frame, ((0, 0), (0, 1)))[:, :-1]):
+        np.testing.assert_array_equal(clean_labels(variant), expected)
+
+
 @pytest.mark.parametrize(("hole", "filled"), [(50, True), (63, True), (64, False), (80, False)],
                          ids=["50px", "63px", "64px", "80px"])
 def test_holes_under_max_hole_are_filled_completely(hole: int, filled: bool) -> None:

@@ -269,8 +269,9 @@ def _clean_frame(
     labels: NDArray[np.generic], min_size: int, max_hole: int, window: Window | None = None,
     neighbours: Sequence[NDArray[np.generic]] | None = None,
 ) -> tuple[NDArray[np.int32], CleanStats]:
-    kept, specks, removed, cells = _drop_specks(labels.astype(np.int32), min_size, window,
-                                                neighbours)
+    # C order: both steps look pixels up by their index in the row-major ravel()
+    kept, specks, removed, cells = _drop_specks(labels.astype(np.int32, order="C"), min_size,
+                                                window, neighbours)
     filled, holes, pixels = _fill_holes(kept, max_hole)  # fills with kept cells only
     return filled, CleanStats(cells, specks, removed, holes, pixels)
 
