@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import zipfile
@@ -207,22 +208,51 @@ def test_image_levels_change_bytes_not_pixels(tmp_path: Path) -> None:
     assert sizes[0, ".png"] > sizes[9, ".png"]
 
 
-def test_trk_gzip_level_is_a_setting(tmp_path: Path) -> None:
+def _trk_at(path: Path, **settings: Any) -> Path:
     rng = np.random.default_rng(2)
     tracked = np.zeros((3, 20, 20), np.int32)
     tracked[:, 2:8, 2:8] = 1
     raw = rng.integers(0, 255, size=(3, 20, 20)).astype(np.uint16)
     lineage = {1: {"label": 1, "frames": [0, 1, 2], "daughters": [], "parent": None,
                    "capped": False, "frame_div": None}}
-    paths = []
-    for level in (1, 9):
-        with use_write_settings(gzip_level=level):
-            paths.append(write_trk(tmp_path / f"{level}.trk", raw, tracked, lineage))
-    for path in paths:
-        data = read_trk(path)
-        np.testing.assert_array_equal(data.tracked[..., 0], tracked)
-        np.testing.assert_array_equal(data.raw[..., 0], raw)
-    assert paths[0].read_bytes() != paths[1].read_bytes()
+    with use_write_settings(**settings):
+        write_trk(path, raw, tracked, lineage)
+    data = read_trk(path)
+    np.testing.assert_array_equal(data.tracked[..., 0], tracked)
+    np.testing.assert_array_equal(data.raw[..., 0], raw)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["zlib", "isal"])
+def test_trk_gzip_level_and_codec_are_settings(tmp_path: Path, codec: str) -> None:
+    import gzip
+    import tarfile
+
+    if codec == "isal":
+        pytest.importorskip("isal")
+    made = {level: _trk_at(tmp_path / f"{level}.trk", codec=codec, gzip_level=level)
+            for level in (0, 1, 3, 9)}
+    for level, path in made.items():
+        data = path.read_bytes()
+        # plain gzip: no file name (flags 0), time 0; the standard library reads it whole
+        assert data[:4] == b"\x1f\x8b\x08\x00", level  # deflate, no flags (no name)
+        assert data[4:8] == bytes(4), level
+        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+            assert tar.getnames() == ["lineage.json", "raw.npy", "tracked.npy"]
+        assert _trk_at(tmp_path / "again.trk", codec=codec,
+                       gzip_level=level).read_bytes() == data  # reproducible
+    assert len({path.read_bytes() for path in made.values()}) == len(made)
+
+
+def test_trk_is_compressed_by_isal_up_to_its_level_3(tmp_path: Path) -> None:
+    pytest.importorskip("isal")
+    for level in (1, 3, 4):
+        by = {codec: _trk_at(tmp_path / f"{codec}{level}.trk", codec=codec, gzip_level=level)
+              for codec in ("zlib", "isal", "auto")}
+        assert by["auto"].read_bytes() == by["isal"].read_bytes()
+        # python-isal's deflate at levels 0-3, zlib's above
+        assert (by["isal"].read_bytes() == by["zlib"].read_bytes()) == (level > 3), level
+    assert WriteSettings().gzip_level == 3
 
 
 @pytest.mark.parametrize("dtype", ["<i4", "<u2", "<f4", ">f8", "|u1"])

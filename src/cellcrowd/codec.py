@@ -1,4 +1,5 @@
-"""Encoding PNG and TIFF images, and which deflate does it (zlib or python-isal).
+"""Encoding PNG and TIFF images and gzip streams, and which deflate does it (zlib or
+python-isal).
 
 :class:`cellcrowd.files.WriteSettings` names a deflate ``codec``: ``"zlib"``, ``"isal"``
 or ``"auto"`` (python-isal when installed). :func:`isal_for` is the one place that
@@ -14,6 +15,8 @@ are encoded here instead of by Pillow's and tifffile's zlib:
 - TIFF: 2-D images cut into tifffile's strips (about 256 KiB each), each strip
   deflated here and handed to tifffile as encoded data (other shapes are tifffile's
   to encode).
+- gzip (the ``.trk`` and ``.trks`` tars): python-isal's ``igzip`` writer instead of
+  the standard library's (:func:`gzip_writer`).
 
 Either file decodes to the same array as under zlib (Pillow, tifffile, browsers); the
 bytes differ, as any two deflate implementations' do. Under zlib the files are
@@ -22,10 +25,11 @@ Pillow's and tifffile's, byte for byte.
 
 from __future__ import annotations
 
+import gzip
 import io
 import struct
 import zlib
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
@@ -34,8 +38,8 @@ from PIL import Image
 
 from .labelcheck import fits_uint16
 
-__all__ = ["ISAL_MAX_LEVEL", "PNG_SIGNATURE", "encode_png", "encode_tiff", "installed_isal",
-           "isal_for"]
+__all__ = ["ISAL_MAX_LEVEL", "PNG_SIGNATURE", "encode_png", "encode_tiff", "gzip_writer",
+           "installed_isal", "isal_for"]
 
 #: python-isal's levels are 0-3; higher levels are zlib's.
 ISAL_MAX_LEVEL = 3
@@ -72,6 +76,18 @@ def isal_for(codec: str, level: int) -> Any | None:
         raise ImportError("python-isal is not installed: pip install 'cellcrowd[fast]', "
                           "or use the codec 'zlib'")
     return isal
+
+
+def gzip_writer(fileobj: BinaryIO, level: int, codec: str) -> gzip.GzipFile:
+    """A gzip stream written to ``fileobj`` at ``level``: python-isal's ``igzip`` when
+    ``codec`` uses it at that level (:func:`isal_for`), else the standard library's. No
+    file name and time 0 in the header, so equal data give equal bytes."""
+    if isal_for(codec, level) is not None:
+        from isal import igzip
+
+        return igzip.GzipFile(  # type: ignore[no-untyped-call]
+            filename="", fileobj=fileobj, mode="wb", mtime=0, compresslevel=level)
+    return gzip.GzipFile(filename="", fileobj=fileobj, mode="wb", mtime=0, compresslevel=level)
 
 
 def encode_png(array: NDArray[Any], level: int, codec: str) -> bytes:

@@ -25,7 +25,6 @@ gzip headers), so identical inputs give identical bytes.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from ..codec import gzip_writer
 from ..errors import InputError, LineageError
 from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
@@ -249,11 +249,11 @@ def _npy(array: NDArray[Any]) -> NpyReader:
 def _write_tar(path: Path, members: list[tuple[str, bytes | NpyReader]],
                check: Callable[[], None] | None = None) -> Path:
     """Write the gzip tar; ``check`` runs after the last member, before the file is kept."""
+    settings = write_settings()
     with (
         atomic_path(path) as tmp,
         open(tmp, "wb") as fh,
-        gzip.GzipFile(filename="", fileobj=fh, mode="wb", mtime=0,
-                      compresslevel=write_settings().gzip_level) as gz,
+        gzip_writer(fh, settings.gzip_level, settings.codec) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for name, data in members:
