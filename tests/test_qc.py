@@ -734,6 +734,11 @@ def test_thumbnail_is_the_block_mean_and_never_enlarged() -> None:
     assert small.shape == (37 // step, 90 // step, 3)
     block = rgb[step:2 * step, 2 * step:3 * step].reshape(-1, 3).mean(axis=0)
     np.testing.assert_array_equal(small[1, 2], np.rint(block).astype(np.uint8))
+    h, w = small.shape[0] * step, small.shape[1] * step
+    means = rgb[:h, :w].astype(np.float64).reshape(h // step, step, w // step, step, 3)
+    np.testing.assert_array_equal(small, np.rint(means.mean(axis=(1, 3))).astype(np.uint8))
+    white = np.full((500, 640, 3), 255, np.uint8)  # the largest sums: no overflow
+    assert (thumbnail(white, 5) == 255).all()
     np.testing.assert_array_equal(thumbnail(rgb, 500), rgb)
 
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,9 @@ def collect_qc(
     broken = broken_links(wf, job_id) if job_id is not None else None
     failures = read_csv(wf.failures_csv(job_id)) if job_id is not None else None
     montages = montage_problems(wf, montages, manifest, job_id, broken, failures)
-    parts = tuple(_part_qc(wf, part, job, manifest) for part in _part_numbers(job))
+    movie_files = _files_per_folder(manifest.outputs("movies"))
+    parts = tuple(_part_qc(wf, part, job, manifest, movie_files)
+                  for part in _part_numbers(job))
     stitched = _stitched_qc(wf, manifest.outputs("stitch"))
     stages, missing = assess(wf, (job is not None, logs_problem), manifest, montages, parts,
                              stitched, job_id, broken, failures)
@@ -323,14 +326,22 @@ def _part_numbers(job: Job | None) -> list[int]:
     return list(job.parts) if job is not None and job.has_grid else []
 
 
-def _frames(folder: Path, recorded: set[Path] | None) -> int:
+def _files_per_folder(recorded: Set[Path] | None) -> Counter[Path] | None:
+    """How many of a stage's recorded files each folder holds (None: no record)."""
+    return None if recorded is None else Counter(path.parent for path in recorded)
+
+
+def _frames(folder: Path, recorded: Mapping[Path, int] | None) -> int:
+    """The frames in ``folder``: as recorded per folder, or (no record) on disk."""
     if recorded is not None:
-        return sum(1 for p in recorded if p.parent == folder)
+        return recorded.get(folder, 0)
     return len(list_images(folder)) if folder.is_dir() else 0
 
 
-def _part_qc(wf: WorkingFolder, part: int, job: Job | None, manifest: Manifest) -> PartQc:
-    recorded = manifest.outputs("movies")
+def _part_qc(wf: WorkingFolder, part: int, job: Job | None, manifest: Manifest,
+             recorded: Mapping[Path, int] | None) -> PartQc:
+    """The part's positions, frames and npz; ``recorded``: the movies stage's files per
+    folder (:func:`_files_per_folder`)."""
     expected: list[Position] = list(job.positions) if job is not None and job.has_grid else []
     names = {pos: position_name(pos, wf.padding) for pos in expected}
     annotated, raw, frames = [], [], []
@@ -357,7 +368,7 @@ def _part_qc(wf: WorkingFolder, part: int, job: Job | None, manifest: Manifest) 
     )
 
 
-def _stitched_qc(wf: WorkingFolder, recorded: set[Path] | None) -> StitchedQc | None:
+def _stitched_qc(wf: WorkingFolder, recorded: Set[Path] | None) -> StitchedQc | None:
     folder = wf.stitched_frame("annotated", 0).parent
     if recorded is not None:
         paths = sorted((p for p in recorded if p.parent == folder), key=natural_key)

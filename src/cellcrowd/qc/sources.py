@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
 
@@ -83,20 +83,28 @@ class Manifest:
         # The qc stage's own entry says "running" while this report is being made.
         self.stages: dict[str, dict[str, Any]] = {
             str(k): v for k, v in (stages or {}).items() if isinstance(v, dict) and k != "qc"}
+        self._outputs: dict[str, frozenset[Path] | None] = {}
 
     def done(self, stage: str) -> bool:
         """The stage finished (its outputs are recorded)."""
         return self.stages.get(stage, {}).get("state") == "done"
 
-    def outputs(self, stage: str) -> set[Path] | None:
+    def outputs(self, stage: str) -> frozenset[Path] | None:
         """The files a finished stage wrote: none when it failed or is running, None when
-        the manifest does not know the stage (then the files themselves are looked at)."""
+        the manifest does not know the stage (then the files themselves are looked at).
+        Made once per stage (the movies stage records tens of thousands of files)."""
+        if stage not in self._outputs:
+            self._outputs[stage] = self._recorded(stage)
+        return self._outputs[stage]
+
+    def _recorded(self, stage: str) -> frozenset[Path] | None:
         if stage not in self.stages:
             return None
         if not self.done(stage):
-            return set()
+            return frozenset()
         recorded = self.stages[stage].get("outputs", {})
-        return {self._abs(rel) for rel in recorded} if isinstance(recorded, Mapping) else None
+        return (frozenset(self._abs(rel) for rel in recorded) if isinstance(recorded, Mapping)
+                else None)
 
     def counts(self, stage: str) -> dict[str, Any]:
         """The counts a stage recorded ({} when none)."""
@@ -123,7 +131,7 @@ class Manifest:
         return path if path.is_absolute() else self.base / path
 
 
-def present(path: Path, recorded: set[Path] | None) -> Path | None:
+def present(path: Path, recorded: Set[Path] | None) -> Path | None:
     """``path`` when its stage recorded it (or, without a record, when it exists)."""
     if recorded is not None:
         return path if path in recorded else None
