@@ -389,6 +389,34 @@ def test_images_drawn_on_worker_processes_are_the_same_files(harvest: Harvest,
     assert files[1] == files[2]
 
 
+def test_numbers_read_on_worker_processes_are_the_numbers_read_here(
+        harvest: Harvest, tmp_path: Path) -> None:
+    """collect_qc's reads (each montage's labels, each stitched frame) on a pool give the
+    same summary as here, a broken montage and a broken stitched frame included."""
+    base = tmp_path / "copy"
+    shutil.copytree(harvest.wf.base, base)
+    wf = WorkingFolder(base, "exp")
+    broken = wf.montage_name(MontageKey("exp", 0, 0, 0))
+    wf.label_path(broken).write_bytes(b"not a png")
+    wf.stitched_frame("annotated", 2).write_bytes(b"not a png either")
+    here = collect_qc(wf, job_id=JOB)
+    with LocalExecutor(2) as executor:
+        pooled = collect_qc(wf, job_id=JOB, executor=executor)
+        assert len(executor.worker_pids()) == 2
+    assert pooled.montages == here.montages
+    assert pooled.stitched == here.stitched
+    errors = {m.name: m.error for m in here.montages if m.error}
+    assert list(errors) == [broken]
+    assert "cannot read this image" in errors[broken]
+    assert here.stitched is not None
+    assert here.stitched.error is not None
+    assert here.stitched.cells_per_frame == tuple(
+        _distinct(frame) for frame in harvest.labels[:2])  # the frames before the broken one
+    assert here.stitched.cells == _distinct(harvest.labels[:2])
+    assert [m.cells for m in here.montages if m.name != broken] == [
+        m.cells for m in collect_qc(harvest.wf, job_id=JOB).montages if m.name != broken]
+
+
 # -- partial and broken folders -----------------------------------------------------------------
 
 

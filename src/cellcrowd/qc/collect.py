@@ -25,12 +25,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError
+from ..executor import Executor, run_tasks
 from ..files import list_images, natural_key, read_image
 from ..geometry import Position
 from ..job import Job
 from ..labelcheck import check_label_image
 from ..labels import CleanStats
 from ..layout import MontageKey, WorkingFolder, position_name
+from ..logs import MontageLog
 from .assess import assess, broken_links, montage_problems
 from .model import ExportLink, MontageQc, PartQc, QcSummary, StitchedQc, WorkerQc
 from .overlay import cells_per_frame
@@ -60,6 +62,7 @@ def collect_qc(
     job_id: int | None = None,
     max_overlays: int | None = None,
     job: Job | None = None,
+    executor: Executor | None = None,
 ) -> QcSummary:
     """Gather the numbers of the QC report of a working folder.
 
@@ -82,6 +85,9 @@ def collect_qc(
         annotation. Every unit gets a thumbnail either way.
     job : Job, optional
         The job, when already loaded for ``wf`` (else its logs are read once here).
+    executor : Executor, optional
+        Reads the montages' cleaned labels and the stitched label frames, one task
+        each (default: here, one after the other).
 
     Returns
     -------
@@ -104,14 +110,14 @@ def collect_qc(
     summary_stats, run = _split_summary(summary)
     stats = {**_clean_stats_file(wf), **summary_stats}
     reports = {m: _consensus(wf, m) for m in (wf.montage_name(k) for k in _keys(job))}
-    montages = _montages(wf, job, manifest, stats, reports)
+    montages = _montages(wf, job, manifest, stats, reports, executor)
     broken = broken_links(wf, job_id) if job_id is not None else None
     failures = read_csv(wf.failures_csv(job_id)) if job_id is not None else None
     montages = montage_problems(wf, montages, manifest, job_id, broken, failures)
     movie_files = _files_per_folder(manifest.outputs("movies"))
     parts = tuple(_part_qc(wf, part, job, manifest, movie_files)
                   for part in _part_numbers(job))
-    stitched = _stitched_qc(wf, manifest.outputs("stitch"))
+    stitched = _stitched_qc(wf, manifest.outputs("stitch"), executor)
     stages, missing = assess(wf, (job is not None, logs_problem), manifest, montages, parts,
                              stitched, job_id, broken, failures)
     with_images = [m.name for m in montages if m.labels or m.annotation]
@@ -154,29 +160,38 @@ def _keys(job: Job | None) -> list[MontageKey]:
 
 def _montages(wf: WorkingFolder, job: Job | None, manifest: Manifest,
               stats: Mapping[str, tuple[int | None, int | None]],
-              reports: Mapping[str, _UnitReport]) -> tuple[MontageQc, ...]:
+              reports: Mapping[str, _UnitReport], executor: Executor | None
+              ) -> tuple[MontageQc, ...]:
+    if job is None:  # no montage is known
+        return ()
     annotations = manifest.outputs("fetch")
     labels = manifest.outputs("clean")
-    out = []
+    tasks = []
     for key in _keys(job):
         name = wf.montage_name(key)
-        label_path = present(wf.label_path(name), labels)
+        removed, filled = stats.get(name, (None, None))
+        report = reports.get(name, _UnitReport())
         base = MontageQc(
             name=name, part=key.part, position=position_name(key.position, wf.padding),
             montage=key.montage,
             raw_path=present(wf.montage_path(key), None),
             annotation_path=present(wf.annotation_path(name), annotations),
-            labels_path=label_path,
+            labels_path=present(wf.label_path(name), labels),
+            pixels_removed=removed, pixels_filled=filled, judgments=report.judgments,
+            agreement=report.agreement, low_support_cells=report.low_support,
         )
-        removed, filled = stats.get(name, (None, None))
-        report = reports.get(name, _UnitReport())
-        out.append(replace(_with_label_numbers(base, job), pixels_removed=removed,
-                           pixels_filled=filled, judgments=report.judgments,
-                           agreement=report.agreement, low_support_cells=report.low_support))
-    return tuple(out)
+        tasks.append((base, job.montage, job.frames_in(key.montage)))
+    out = tuple(run_tasks(_with_label_numbers, tasks, executor=executor))
+    for m in out:
+        if m.error is not None:
+            logger.warning("QC: %s", m.error)
+    return out
 
 
-def _with_label_numbers(m: MontageQc, job: Job | None) -> MontageQc:
+def _with_label_numbers(task: tuple[MontageQc, MontageLog, int]) -> MontageQc:
+    """The montage with its cells, in all and in each of its ``real`` frames, from its
+    cleaned labels (a task: reads the labels)."""
+    m, log, real = task
     if m.labels_path is None:
         return m
     path = m.labels_path
@@ -185,13 +200,9 @@ def _with_label_numbers(m: MontageQc, job: Job | None) -> MontageQc:
         check_label_image(image, what="cleaned labels", path=path, max_id=None)
         ids = np.unique(image)
         cells = int(ids.size - (1 if ids.size and ids[0] == 0 else 0))
-        if job is None:
-            return replace(m, cells=cells)
-        layout = job.layout_for_montage(image.shape, source=str(path))
-        real = job.frames_in(m.montage)
+        layout = log.layout_for_montage(image.shape, source=str(path))
         per_frame = cells_per_frame(layout.read(image, source=str(path))[:real])
     except (InputError, OSError) as exc:
-        logger.warning("QC: %s", exc)
         return replace(m, error=str(exc))
     return replace(m, cells=cells, min_cells_per_frame=int(per_frame.min()),
                    max_cells_per_frame=int(per_frame.max()),
@@ -368,7 +379,8 @@ def _part_qc(wf: WorkingFolder, part: int, job: Job | None, manifest: Manifest,
     )
 
 
-def _stitched_qc(wf: WorkingFolder, recorded: Set[Path] | None) -> StitchedQc | None:
+def _stitched_qc(wf: WorkingFolder, recorded: Set[Path] | None, executor: Executor | None
+                 ) -> StitchedQc | None:
     folder = wf.stitched_frame("annotated", 0).parent
     if recorded is not None:
         paths = sorted((p for p in recorded if p.parent == folder), key=natural_key)
@@ -377,22 +389,33 @@ def _stitched_qc(wf: WorkingFolder, recorded: Set[Path] | None) -> StitchedQc | 
     if not paths:
         return None
     per_frame: list[int] = []
-    seen: NDArray[np.int64] = np.zeros(0, dtype=np.int64)
-    try:
-        for path in paths:
-            ids = np.unique(read_image(path))
-            ids = ids[ids != 0].astype(np.int64)
-            per_frame.append(int(ids.size))
-            seen = np.union1d(seen, ids)
-    except InputError as exc:
-        logger.warning("QC: %s", exc)
-        return StitchedQc(tuple(per_frame), int(seen.size), None, str(exc))
+    seen: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
+    for ids in run_tasks(_frame_ids, paths, executor=executor):
+        if isinstance(ids, str):  # frames up to the first one that cannot be read
+            logger.warning("QC: %s", ids)
+            return StitchedQc(tuple(per_frame), _distinct(seen), None, ids)
+        per_frame.append(int(ids.size))
+        seen.append(ids)
     divisions = None
     lineage = _read_json(wf.stitched_lineage)
     if isinstance(lineage, dict):
         divisions = sum(1 for entry in lineage.values()
                         if isinstance(entry, dict) and entry.get("daughters"))
-    return StitchedQc(tuple(per_frame), int(seen.size), divisions)
+    return StitchedQc(tuple(per_frame), _distinct(seen), divisions)
+
+
+def _frame_ids(path: Path) -> NDArray[np.int64] | str:
+    """The ids in a stitched label frame but 0, or why it cannot be read (a task)."""
+    try:
+        ids = np.unique(read_image(path))
+    except InputError as exc:
+        return str(exc)
+    out: NDArray[np.int64] = ids[ids != 0].astype(np.int64)
+    return out
+
+
+def _distinct(ids: Sequence[NDArray[np.int64]]) -> int:
+    return int(np.unique(np.concatenate(ids)).size)
 
 
 #: How to load each kind of export file the page links (None: a link without a snippet).

@@ -57,7 +57,8 @@ def _run(ctx: Context) -> StageOutput:
         if value is not None:
             summary[label] = value
     job = ctx.known_job
-    qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id, job=job)
+    qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id, job=job,
+                    executor=ctx.executor)
     files = write_qc(qc, executor=ctx.executor)
     totals = qc.totals()
     counts = {"montages": totals["montages"], "labels": totals["labels"],
