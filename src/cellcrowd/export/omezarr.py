@@ -9,7 +9,7 @@ reader or napari's ``napari-ome-zarr`` plugin)::
         s0, s1, …             pyramid levels (nearest neighbour)
 
 Every level is chunked by frame (one chunk = one frame, all channels), and the
-movie is written frame by frame: frames are read lazily (a dask array of one
+movie is written two frames at a time: frames are read lazily (a dask array of one
 delayed read per frame), so memory does not grow with the movie's length. Level
 ``s0`` of the labels is the stitched labels exactly. A grey raw movie has one
 channel; an RGB one has three. ``image-label`` metadata carries a colour per
@@ -43,6 +43,11 @@ logger = logging.getLogger(__name__)
 LABELS_NAME = "tracks"
 _MIN_LEVEL_SIZE = 32
 _MAX_LEVELS = 5
+#: Frames written at once. Most of the time goes to skimage's resize of the raw pyramid
+#: and zarr's compression, which release the GIL: two threads write the 2048^2 x 200
+#: benchmark movie in 131 s instead of 192 s one frame at a time, for about 65 MB more
+#: a thread at 2048^2 (the resize's float copies), whatever the movie's length.
+_THREADS = 2
 
 
 def label_colour(label: int) -> list[int]:
@@ -121,8 +126,9 @@ def write_omezarr(store: Any, raw_paths: list[Path], label_paths: list[Path],
     factors = _scale_factors(table.shape)
     group = zarr.open_group(store, mode="w", zarr_format=3)
     present = sorted(table.lineage)
-    # One frame at a time: the synchronous scheduler computes one chunk (frame) after another.
-    with require("dask").config.set(scheduler="synchronous"):
+    # A few frames at a time: each of dask's threads computes one chunk (a frame) after
+    # another, pyramid included.
+    with require("dask").config.set(scheduler="threads", num_workers=_THREADS):
         writer.write_image(raw, group, scale_factors=factors, axes="tcyx",
                            storage_options={"chunks": first.shape}, name="raw movie")
         writer.write_labels(
