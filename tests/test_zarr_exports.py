@@ -24,6 +24,7 @@ import pytest
 from cellcrowd.cli import main
 from cellcrowd.config import load_config
 from cellcrowd.errors import CellcrowdError, ConfigError, InputError
+from cellcrowd.executor import LocalExecutor
 from cellcrowd.export.cells import CellNodes, CellTable, cell_table, cell_values
 from cellcrowd.export.ctc import read_ctc
 from cellcrowd.export.geff import (
@@ -35,6 +36,7 @@ from cellcrowd.export.geff import (
 )
 from cellcrowd.export.omezarr import LABELS_NAME, export_omezarr, label_colour
 from cellcrowd.export.zarrstore import ExportTarget, require
+from cellcrowd.files import write_image
 from cellcrowd.layout import WorkingFolder
 from cellcrowd.pipeline import working_folder
 from cellcrowd.sim.demo import ExampleSettings, run_demo
@@ -118,6 +120,28 @@ def test_a_cell_table_without_nodes_differs_only_in_its_nodes(
     assert len(full.nodes) > 0
     assert len(light.nodes) == 0
     assert dataclasses.replace(light, nodes=full.nodes) == full
+
+
+def test_a_cell_table_read_on_worker_processes_is_the_one_read_here(
+        demo: tuple[Path, WorkingFolder], tmp_path: Path) -> None:
+    """The frames after the first go to the executor; the table is the same, and a frame
+    of another size is still named."""
+    _, wf = demo
+    here = cell_table(wf)
+    with LocalExecutor(2) as executor:
+        pooled = cell_table(wf, executor=executor)
+        assert len(executor.worker_pids()) == 2
+        assert len(here.nodes) > 0
+        assert here.montages
+        for column in dataclasses.fields(CellNodes):
+            np.testing.assert_array_equal(getattr(pooled.nodes, column.name),
+                                          getattr(here.nodes, column.name))
+        assert dataclasses.replace(pooled, nodes=here.nodes) == here
+        copy = WorkingFolder(tmp_path / "copy", wf.identifier)
+        shutil.copytree(wf.base, copy.base)
+        write_image(copy.stitched_frame("annotated", 3), np.zeros((5, 5), np.uint16))
+        with pytest.raises(InputError, match=r"frame 3 is \(5, 5\)"):
+            cell_table(copy, executor=executor)
 
 
 def test_the_geffs_table_drops_only_the_lineages_frame_lists(

@@ -12,18 +12,20 @@ gives is ``None``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InputError
+from ..executor import Executor, run_tasks
 from ..files import list_images, read_image
 from ..job import Job
 from ..layout import MontageKey, WorkingFolder, montage_name
@@ -174,6 +176,37 @@ def cell_values(report: dict[str, Any] | None, cell: int) -> tuple[float | None,
             float(agreement) if isinstance(agreement, int | float) else None)
 
 
+@dataclass(frozen=True)
+class _Tiles:
+    """Where the montage tiles of each stitched frame are (sent with each frame's task)."""
+
+    wf: WorkingFolder
+    movie: Job
+    starts: tuple[int, ...]
+
+    def pairs(self, frame: NDArray[Any], t: int) -> list[tuple[int, str, int]]:
+        """(stitched cell, montage, montage cell) of every overlap in frame ``t``."""
+        m = int(np.searchsorted(self.starts, t, side="right")) - 1
+        if m >= self.movie.count:
+            return []
+        grid = self.movie.grid
+        out: list[tuple[int, str, int]] = []
+        for pos in grid.positions:
+            key = MontageKey(self.wf.identifier, pos.x, pos.y, m)
+            path = self.wf.annotated_frame(key.part, pos, t - self.starts[m])
+            if not path.is_file():
+                continue
+            (fy, fx), (ty, tx) = grid.frame_window(pos)
+            tile = read_image(path)[ty, tx].astype(np.int64)
+            window = frame[fy, fx]
+            both = (tile > 0) & (window > 0)
+            name = montage_name(key, self.wf.padding)
+            found = overlap(window[both], tile[both])  # each (stitched, montage) cell pair
+            out += [(lab, name, cell)
+                    for lab, cell in zip(found.a.tolist(), found.b.tolist(), strict=True)]
+        return out
+
+
 class _Provenance:
     """Which montage cells overlap each stitched cell."""
 
@@ -193,27 +226,12 @@ class _Provenance:
             for m in range(self.movie.count):
                 starts.append(starts[-1] + self.movie.frames_in(m))
         self.starts = starts
+        self.tiles = (_Tiles(self.wf, self.movie, tuple(starts)) if self.movie is not None
+                      else None)
 
-    def add(self, frame: NDArray[Any], t: int) -> None:
-        if self.movie is None:
-            return
-        m = int(np.searchsorted(self.starts, t, side="right")) - 1
-        if m >= self.movie.count:
-            return
-        grid = self.movie.grid
-        for pos in grid.positions:
-            key = MontageKey(self.wf.identifier, pos.x, pos.y, m)
-            path = self.wf.annotated_frame(key.part, pos, t - self.starts[m])
-            if not path.is_file():
-                continue
-            (fy, fx), (ty, tx) = grid.frame_window(pos)
-            tile = read_image(path)[ty, tx].astype(np.int64)
-            window = frame[fy, fx]
-            both = (tile > 0) & (window > 0)
-            name = montage_name(key, self.wf.padding)
-            pairs = overlap(window[both], tile[both])  # each (stitched, montage) cell pair
-            for lab, cell in zip(pairs.a.tolist(), pairs.b.tolist(), strict=True):
-                self.sources[lab].add((name, cell))
+    def add(self, pairs: list[tuple[int, str, int]]) -> None:
+        for lab, name, cell in pairs:
+            self.sources[lab].add((name, cell))
 
     def finish(self, table: CellTable) -> None:
         if self.movie is not None:
@@ -232,10 +250,29 @@ class _Provenance:
                 target[label] = round(float(np.mean(got)), 6) if got else None
 
 
+class _Frame(NamedTuple):
+    shape: tuple[int, ...]
+    nodes: CellNodes | None
+    pairs: list[tuple[int, str, int]]
+
+
+def _read_frame(task: tuple[Path, int, tuple[int, int] | None, bool, _Tiles | None]
+                ) -> _Frame:
+    """Stitched frame ``t``: its shape, its cells (``nodes``) and the montage cells they
+    overlap (a task; nothing but the shape when it is not ``expected``)."""
+    path, t, expected, nodes, tiles = task
+    frame = read_image(path)
+    if expected is not None and frame.shape != expected:
+        return _Frame(frame.shape, None, [])
+    return _Frame(frame.shape, _frame_stats(frame, t) if nodes else None,
+                  tiles.pairs(frame, t) if tiles is not None else [])
+
+
 def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True,
-               frames: bool = True) -> CellTable:
+               frames: bool = True, executor: Executor | None = None) -> CellTable:
     """Read the stitched movie once, frame by frame, into a :class:`CellTable`
-    (``job``: the job's geometry when the caller has it, else read from the logs).
+    (``job``: the job's geometry when the caller has it, else read from the logs;
+    ``executor``: reads the frames after the first, one task each, default here).
 
     With ``nodes=False`` the table's :attr:`~CellTable.nodes` stay empty: measuring every
     cell in every frame takes time and about 22 bytes a cell-frame, which only the GEFF needs.
@@ -255,19 +292,17 @@ def cell_table(wf: WorkingFolder, *, job: Job | None = None, nodes: bool = True,
     lineage = read_lineage(wf.stitched_lineage, frames=frames)
     provenance = _Provenance(wf, job)
     stats: list[CellNodes] = []
-    shape: tuple[int, int] | None = None
-    for t, path in enumerate(paths):
-        frame = read_image(path)
-        if shape is None:
-            shape = (int(frame.shape[0]), int(frame.shape[1]))
-        elif frame.shape != shape:
-            raise InputError(f"frame {t} is {frame.shape}, the first frame {shape}: run the "
-                             "stitch stage again", path=path)
-        if nodes:
-            stats.append(_frame_stats(frame, t))
-        provenance.add(frame, t)
-    if shape is None:
-        raise InputError("no stitched frames to export: run the stitch stage first")
+    first = _read_frame((paths[0], 0, None, nodes, provenance.tiles))
+    shape = (int(first.shape[0]), int(first.shape[1]))
+    rest = [(path, t, shape, nodes, provenance.tiles) for t, path in enumerate(paths) if t]
+    for t, read in enumerate(itertools.chain([first], run_tasks(_read_frame, rest,
+                                                                  executor=executor))):
+        if t and read.shape != shape:
+            raise InputError(f"frame {t} is {read.shape}, the first frame {shape}: run the "
+                             "stitch stage again", path=paths[t])
+        if read.nodes is not None:
+            stats.append(read.nodes)
+        provenance.add(read.pairs)
     table = CellTable(len(paths), shape, CellNodes.concat(stats), lineage)
     provenance.finish(table)
     return table

@@ -23,7 +23,8 @@ def _run(ctx: Context) -> StageOutput:
     from ..export.geff import export_geff
 
     target = export_target(ctx.config, ctx.wf)
-    table = cell_table(ctx.wf, job=ctx.known_job, frames=False)  # edges need no frame lists
+    table = cell_table(ctx.wf, job=ctx.known_job, frames=False,  # edges need no frame lists
+                       executor=ctx.executor)
     parts = ctx.config.outputs.geff_parts
     export_geff(ctx.wf, target, parts=parts, table=table)
     names = [ctx.wf.geff_name()] + [ctx.wf.geff_name(p) for p in table.part_frames if parts]

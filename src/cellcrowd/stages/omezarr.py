@@ -22,7 +22,8 @@ def _run(ctx: Context) -> StageOutput:
     from ..export.omezarr import export_omezarr
 
     target = export_target(ctx.config, ctx.wf)
-    table = cell_table(ctx.wf, job=ctx.known_job, nodes=False)  # (only the GEFF needs them)
+    table = cell_table(ctx.wf, job=ctx.known_job, nodes=False,  # (only the GEFF needs them)
+                       executor=ctx.executor)
     export_omezarr(ctx.wf, target, table=table)
     return stage_output(target, ctx.wf, "omezarr", [ctx.wf.omezarr_name],
                         {"frames": table.frames, "tracks": len(table.lineage)})
