@@ -120,8 +120,14 @@ def test_the_report_is_parsed_once_per_run(
 
 
 def test_full_run_writes_every_output_and_a_rerun_does_nothing(
-    job: tuple[Any, Config], cfg: Config, example: Example
+    job: tuple[Any, Config], cfg: Config, example: Example, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from cellcrowd.qc import sources
+
+    def read_again(path: Path) -> None:
+        raise AssertionError(f"the qc stage read {path} again: the run holds its entries")
+
+    monkeypatch.setattr(sources, "_read_entries", read_again)
     server, _ = job
     progress = Recorder()
     summary = run(cfg, progress=progress)
@@ -574,3 +580,47 @@ def test_stage_files_are_synced_once_before_the_manifest_records_them(
     names, state = synced[0]
     assert state == "running"  # synced before the manifest says done
     assert names == {p.name for p in summary.stage("movies").outputs}
+
+
+def test_stage_entries_write_what_json_writes_and_parse_each_entry_afresh() -> None:
+    from cellcrowd.pipeline.manifest import StageEntries
+
+    rng = np.random.default_rng(5)
+
+    def entry(n: int) -> dict[str, Any]:
+        files = {f"movies/p{i}/é{i}.png": [int(rng.integers(1 << 40)), f"{i:064x}"]
+                 for i in range(n)}
+        return {"state": "done", "outputs": files, "counts": {"files": n, "z": 1},
+                "inputs": {"files": {"/elsewhere/log.json": [3, "ab"], "rel.txt": [1, "c"]}},
+                "units": {"u": {"key": "k", "outputs": sorted(files)}}, "skipped": [],
+                "outputs_digest": "d" * 64, "retry": None}
+
+    data = {"version": 1, "zeta": [1.5, None], "stages": {"movies": entry(50), "a\"b": 7,
+                                                           "clean": entry(3)}}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
+    entries = StageEntries.parse(text)
+    assert entries.text() == text
+    assert entries.entry("movies") == data["stages"]["movies"]  # type: ignore[index]
+    assert entries.entry("movies") is not entries.entry("movies")  # a fresh copy each time
+    assert entries.head("movies") == {"state": "done", "counts": {"files": 50, "z": 1},
+                                      "skipped": [], "outputs_digest": "d" * 64,
+                                      "retry": None}
+    assert entries.field("movies", "outputs") == data["stages"]["movies"]["outputs"]  # type: ignore[index]
+    assert entries.field("movies", "counts") == {"files": 50, "z": 1}
+    assert entries.field("movies", "nothing") is None
+    assert entries.head("a\"b") is None
+    assert entries.entry("a\"b") == 7
+    assert entries.entry("npz") is None
+    assert entries.head("npz") is None
+    assert entries.outside_inputs() == {"/elsewhere/log.json"}
+    data["stages"]["npz"] = npz = entry(1)  # type: ignore[index]
+    entries.put("npz", npz)
+    entries.put("clean", {"state": "running"})
+    data["stages"]["clean"] = {"state": "running"}  # type: ignore[index]
+    assert entries.text() == json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
+    assert entries.names() == ["a\"b", "clean", "movies", "npz"]  # as read, then new
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        StageEntries.parse("[1]")
+    empty = {"version": 1, "stages": {}}
+    assert StageEntries(empty).text() == json.dumps(empty, sort_keys=True,
+                                                    separators=(",", ":")) + "\n"

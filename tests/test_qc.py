@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 import shutil
 from dataclasses import dataclass
@@ -705,6 +706,26 @@ def test_the_manifest_says_which_outputs_a_stage_wrote(harvest: Harvest, tmp_pat
     assert f'np.load("npz/{npz.name}")' in str(link.snippet)
     write_qc_report(wf, qc=qc)
     assert f"../npz/{npz.name}" in _page(wf).links
+
+
+def test_entries_the_caller_holds_are_used_instead_of_the_file(
+        harvest: Harvest, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from cellcrowd.pipeline.manifest import StageEntries
+
+    wf = _copy(harvest, tmp_path)
+    labelled = sorted(p for p in wf.labels.glob("*_labels.png"))
+    held = labelled[1::2]
+    wf.manifest.parent.mkdir(parents=True, exist_ok=True)
+    wf.manifest.write_text("{not json", encoding="utf-8")  # never read: the entries are given
+    entries = StageEntries({"version": 1, "stages": {
+        "clean": {"state": "done", "outputs": {p.relative_to(wf.base).as_posix(): [0, ""]
+                                               for p in held}},
+        "qc": {"state": "running"}}})
+    with caplog.at_level(logging.WARNING, logger="cellcrowd.qc"):
+        qc = collect_qc(wf, recorded=entries)
+    assert {m.labels_path for m in qc.montages if m.labels} == set(held)
+    assert [(r.name, r.state) for r in qc.runs] == [("clean", "done")]
+    assert "manifest" not in caplog.text
 
 
 def test_trk_and_ctc_come_from_the_manifest(harvest: Harvest, tmp_path: Path) -> None:

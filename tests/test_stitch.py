@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import shutil
 import weakref
@@ -781,3 +782,30 @@ def test_read_lineage_shares_each_frame_number_between_cells(tmp_path: Path) -> 
             assert by_value.setdefault(t, id(t)) == id(t)
     assert max(by_value) > 256
     assert len(by_value) < sum(len(e["frames"]) for e in read.values())
+
+
+def test_frame_presence_gives_each_labels_frames_as_a_list_per_label_would() -> None:
+    from cellcrowd.stitch import FramePresence
+
+    rng = np.random.default_rng(11)
+    movie = rng.integers(0, 9, size=(60, 3, 4))  # labels come and go: gaps of every length
+    movie[rng.random(60) < 0.2] = 0  # and empty frames
+    lists: dict[int, list[int]] = {}
+    present = FramePresence()
+    for t, frame in enumerate(movie):
+        for label in sorted({int(v) for v in frame.ravel()} - {0}):
+            lists.setdefault(label, []).append(t)
+        present.add(t, frame)
+    assert dict(present.items()) == lists
+    assert list(present) == list(lists)  # first seen first
+    assert len(present) == len(lists)
+    for label, frames in lists.items():
+        runs = present.runs(label)
+        assert [t for a, b in runs for t in range(a, b + 1)] == frames
+        assert all(b + 1 < a2 for (_, b), (a2, _) in itertools.pairwise(runs))
+    assert 0 not in present
+    assert 99 not in present
+    with pytest.raises(KeyError):
+        present[99]
+    with pytest.raises(ValueError, match="frame 59 comes after frame 59"):
+        present.add(59, movie[0])

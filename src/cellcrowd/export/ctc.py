@@ -36,7 +36,7 @@ from ..errors import InputError, LineageError
 from ..files import atomic_write_text, read_image, remove_file, write_image
 from ..labelcheck import UINT16_MAX
 from ..layout import WorkingFolder
-from ..stitch import Lineage, add_frame_labels, frames_per_label
+from ..stitch import FramePresence, Lineage, frames_per_label
 from .frames import StitchedFrames
 from .trk import _check_lineage, _int_keys, _movie, _raw
 
@@ -132,7 +132,7 @@ def ctc_tracks(tracked: NDArray[Any], lineage: Mapping[Any, Any]
 _Relabel = dict[int, list[tuple[int, int]]]  # frame -> [(label in the movie, CTC label)]
 
 
-def _tracks(present: dict[int, list[int]], lineage: Lineage
+def _tracks(present: Mapping[int, list[int]], lineage: Lineage
             ) -> tuple[list[CTCTrack], _Relabel]:
     """The track table (sorted) and, per frame, the labels a later run renames."""
     _check_lineage(present, lineage, strict=False)
@@ -303,9 +303,9 @@ def validate_ctc(folder: str | Path, *, sequence: str = "01") -> dict[int, CTCTr
     return tracks
 
 
-def _mask_labels(mask_paths: list[Path], raw_paths: list[Path]) -> dict[int, list[int]]:
+def _mask_labels(mask_paths: list[Path], raw_paths: list[Path]) -> FramePresence:
     """Read masks and raw frames one at a time; the frames of every mask label."""
-    present: dict[int, list[int]] = {}
+    present = FramePresence()
     first: tuple[int, ...] | None = None
     for t, (mask_path, raw_path) in enumerate(zip(mask_paths, raw_paths, strict=True)):
         mask = read_image(mask_path)
@@ -315,14 +315,14 @@ def _mask_labels(mask_paths: list[Path], raw_paths: list[Path]) -> dict[int, lis
                 mask.size and int(mask.max()) > UINT16_MAX):
             raise LineageError(f"masks must be 2-D 16-bit labels of one size, got {mask.shape} "
                                f"{mask.dtype}", path=mask_path, rule="16-bit labels")
-        add_frame_labels(present, t, mask)
+        present.add(t, mask)
     return present
 
 
-def _check_tracks(present: dict[int, list[int]], tracks: dict[int, CTCTrack],
-                  txt: Path) -> None:
+def _check_tracks(present: FramePresence, tracks: dict[int, CTCTrack], txt: Path) -> None:
     """The track table against the frames of every mask label (see :func:`validate_ctc`)."""
-    for label, frames in sorted(present.items()):
+    for label in sorted(present):
+        frames = present[label]
         track = tracks.get(label)
         if track is None:
             raise LineageError(f"label {label} (frames {frames[0]}–{frames[-1]}) is in the "
@@ -375,9 +375,9 @@ def export_ctc(wf: WorkingFolder, *, sequence: str = "01") -> Path:
     movie = StitchedFrames(wf, raw_needed_for="a CTC sequence")
     if movie.raw is None:  # StitchedFrames raised already; for the type checker
         raise InputError("no stitched raw frames", path=wf.stitched)
-    present: dict[int, list[int]] = {}
+    present = FramePresence()
     for t, frame in enumerate(movie.labels):
-        add_frame_labels(present, t, frame)
+        present.add(t, frame)
     tracks, relabel = _tracks(present, _int_keys(movie.lineage))
     _write_frames(wf.ctc, sequence, len(movie), zip(movie.raw, movie.labels, strict=True),
                   tracks, relabel)

@@ -40,7 +40,7 @@ from ..codec import gzip_writer
 from ..errors import InputError, LineageError
 from ..files import atomic_path, write_settings
 from ..layout import WorkingFolder
-from ..stitch import Lineage, add_frame_labels, frames_per_label
+from ..stitch import FramePresence, Lineage, frames_per_label
 from .frames import StitchedFrames
 from .npzstream import NpyReader
 
@@ -100,7 +100,7 @@ def _fail(label: int, message: str, rule: str) -> LineageError:
 
 
 def _check_entry(label: int, entry: dict[str, Any], lineage: Lineage,
-                 present: dict[int, list[int]], strict: bool) -> None:
+                 present: Mapping[int, list[int]], strict: bool) -> None:
     missing = [k for k in LINEAGE_KEYS if k not in entry]
     if missing:
         raise _fail(label, f"has no {', '.join(missing)}; every entry needs "
@@ -189,7 +189,7 @@ def validate_lineage(tracked: NDArray[Any], lineage: Mapping[Any, Any], *,
     _check_lineage(frames_per_label(movie), _int_keys(lineage), strict=strict)
 
 
-def _check_lineage(present: dict[int, list[int]], lineage: Lineage, *,
+def _check_lineage(present: Mapping[int, list[int]], lineage: Lineage, *,
                   strict: bool = True) -> None:
     """:func:`validate_lineage` from the frames of each label (``frames_per_label``).
 
@@ -229,17 +229,24 @@ def _raw(raw: NDArray[Any], shape: tuple[int, ...]) -> NDArray[Any]:
 # -- writing ----------------------------------------------------------------------------
 
 
-def _json_lineage(lineage: Lineage) -> dict[str, Any]:
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple, np.ndarray)):
-            return [plain(v) for v in value]
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        if isinstance(value, (int, np.integer)):
-            return int(value)
-        return value
+def _by_label(lineage: Lineage) -> dict[str, Any]:
+    """The lineage as the file holds it: labels as text keys, in order (entries shared)."""
+    return {str(k): lineage[k] for k in sorted(lineage)}
 
-    return {str(k): {key: plain(v) for key, v in lineage[k].items()} for k in sorted(lineage)}
+
+def _plain(value: Any) -> Any:
+    """A numpy value of a lineage as Python's (``json.dumps``'s ``default``)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a lineage value of type {type(value).__name__} cannot be written")
+
+
+def _json(document: Any) -> bytes:
+    """A lineage file's bytes; numpy values converted as they are written, not copied
+    first (the frame lists are as long as the movie)."""
+    return json.dumps(document, indent=1, default=_plain).encode()
 
 
 def _npy(array: NDArray[Any]) -> NpyReader:
@@ -256,7 +263,8 @@ def _write_tar(path: Path, members: list[tuple[str, bytes | NpyReader]],
         gzip_writer(fh, settings.gzip_level, settings.codec) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        for name, data in members:
+        while members:  # each member let go once written (the lineage's text can be MBs)
+            name, data = members.pop(0)
             info = tarfile.TarInfo(name)
             reader: io.RawIOBase | io.BytesIO = (io.BytesIO(data) if isinstance(data, bytes)
                                                  else data)
@@ -300,7 +308,7 @@ def write_trk(path: str | Path, raw: NDArray[Any], tracked: NDArray[Any],
     raw4 = _raw(raw, movie.shape)
     validate_lineage(movie, lineage)
     members: list[tuple[str, bytes | NpyReader]] = [
-        ("lineage.json", json.dumps(_json_lineage(_int_keys(lineage)), indent=1).encode()),
+        ("lineage.json", _json(_by_label(_int_keys(lineage)))),
         ("raw.npy", _npy(raw4)),
         ("tracked.npy", _npy(_int32(movie)[..., None])),
     ]
@@ -352,8 +360,7 @@ def write_trks(path: str | Path, raws: Sequence[NDArray[Any]],
         raw_out[i, :r.shape[0]] = r
         tracked_out[i, :m.shape[0], ..., 0] = _int32(m)
     members: list[tuple[str, bytes | NpyReader]] = [
-        ("lineages.json",
-         json.dumps([_json_lineage(_int_keys(lin)) for lin in lineages], indent=1).encode()),
+        ("lineages.json", _json([_by_label(_int_keys(lin)) for lin in lineages])),
         ("raw.npy", _npy(raw_out)),
         ("tracked.npy", _npy(tracked_out)),
     ]
@@ -450,17 +457,17 @@ def export_trk(wf: WorkingFolder) -> Path:
     if raw is None:  # StitchedFrames raised already; for the type checker
         raise InputError("no stitched raw frames", path=wf.stitched)
     lineage = _int_keys(movie.lineage)
-    present: dict[int, list[int]] = {}
+    present = FramePresence()
 
     def tracked() -> Iterator[NDArray[np.int32]]:
         for t, frame in enumerate(movie.labels):
-            add_frame_labels(present, t, frame)
+            present.add(t, frame)
             yield frame
 
     frames, (rows, cols) = len(movie), movie.labels.shape
     raw_shape = (frames, rows, cols, raw.shape[2] if len(raw.shape) == 3 else 1)
     members: list[tuple[str, bytes | NpyReader]] = [
-        ("lineage.json", json.dumps(_json_lineage(lineage), indent=1).encode()),
+        ("lineage.json", _json(_by_label(lineage))),
         ("raw.npy", NpyReader(raw_shape, raw.dtype, iter(raw))),
         ("tracked.npy", NpyReader((frames, rows, cols, 1), np.dtype(np.int32), tracked())),
     ]

@@ -311,7 +311,7 @@ def _context(name: str, r: _Run, units: UnitRecords) -> Context:
             watcher.advanced(name, n)
 
     return Context(r.config, r.wf, r.services.executor, r.services.key, set_total, item_done,
-                   r.manifest.counts, r.opened, units)
+                   r.manifest.counts, r.opened, units, r.manifest.stages)
 
 
 def _call(stage: Stage, ctx: Context, manifest: Manifest, entry: dict[str, Any] | None,

@@ -20,14 +20,14 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
 from ..config import Config
 from ..errors import UnsafePathError
-from ..files import TMP_MARK, atomic_write_text, deferred_sync, remove_file
+from ..files import TMP_MARK, atomic_write_pieces, deferred_sync, remove_file
 from ..hashes import FileDigest, forget_stale, known, remember, resolved_text, size_and_sha256
 from ..layout import WorkingFolder
 from .stage import SkippedUnit, Stage
@@ -124,9 +124,27 @@ def digest(data: Any) -> str:
 _HASHES_VERSION = 1
 
 
+def _text_digest(pieces: Iterable[str]) -> str:
+    """What :class:`Manifest` keeps of the hash cache's text, to know it unchanged (the
+    text itself grows with the job)."""
+    digest = hashlib.sha256()
+    for piece in pieces:
+        digest.update(piece.encode("utf-8"))
+    return digest.hexdigest()
+
+
+def _hash_cache_pieces(files: Sequence[FileDigest]) -> Iterator[str]:
+    """The hash cache's text, ``{"version":1,"files":[[path, inode, size, mtime_ns,
+    ctime_ns, sha256], ...]}`` compact, in pieces."""
+    yield f'{{"version":{_HASHES_VERSION},"files":['
+    for k, (key, sha) in enumerate(files):
+        yield ("," if k else "") + json.dumps([*key, sha], separators=(",", ":"))
+    yield "]}\n"
+
+
 def _load_hashes(path: Path) -> str:
     """Remember the hashes an earlier run kept in ``path`` whose files are unchanged;
-    return the file's text ("" when there is none)."""
+    return the file's :func:`_text_digest` ("" when there is none)."""
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text)
@@ -136,7 +154,7 @@ def _load_hashes(path: Path) -> str:
         logger.info("%s is unreadable (%s): files will be hashed again", path, exc)
         return ""
     if not isinstance(data, dict) or data.get("version") != _HASHES_VERSION:
-        return text
+        return _text_digest([text])
     found: list[FileDigest] = []
     for item in data.get("files", []) if isinstance(data.get("files"), list) else []:
         if (isinstance(item, list) and len(item) == 6 and isinstance(item[0], str)
@@ -144,7 +162,124 @@ def _load_hashes(path: Path) -> str:
                 and len(item[5]) == 64):
             found.append(((item[0], item[1], item[2], item[3], item[4]), item[5]))
     remember(found, check=True)
-    return text
+    return _text_digest([text])
+
+
+def _compact(value: Any) -> str:
+    """``value`` as the manifest writes it: compact, keys sorted (``json``'s C encoder: a
+    fifth of the time of an indented one on a large folder)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+#: The parts of a stage's entry that grow with the job (a path per file, a record per
+#: unit): kept as text, parsed only when :meth:`StageEntries.entry` is asked.
+_BULKY = ("inputs", "outputs", "units")
+
+
+def _object_pieces(fields: Mapping[str, str]) -> Iterator[str]:
+    """A JSON object from its fields' texts, keys sorted (as ``_compact`` writes it)."""
+    if not fields:
+        yield "{}"
+        return
+    for k, key in enumerate(sorted(fields)):
+        yield f"{',' if k else '{'}{json.dumps(key)}:"
+        yield fields[key]
+    yield "}"
+
+
+class StageEntries:
+    """A manifest's stage entries, their bulky fields kept as compact JSON text.
+
+    The movies stage alone records tens of thousands of files: parsed, a manifest takes
+    about 2.6 times its size, and a process that holds it for a whole run (the engine,
+    the QC) would grow with the movie's length. An entry's ``inputs``, ``outputs`` and
+    ``units`` are kept as text and parsed when asked for (:meth:`entry`, :meth:`field`:
+    a fresh copy each time); its other fields stay parsed (:meth:`head`). :meth:`text`
+    gives the same bytes as ``json.dumps`` of the whole manifest, keys sorted, compact.
+    """
+
+    def __init__(self, data: Mapping[str, Any] | None = None) -> None:
+        data = dict(data or {"version": MANIFEST_VERSION})
+        stages = data.pop("stages", None)
+        self.top: dict[str, Any] = data
+        self._bulky: dict[str, dict[str, str]] = {}  # stage -> bulky field -> its text
+        self._heads: dict[str, Any] = {}  # stage -> the other fields (or a non-object entry)
+        self._outside: dict[str, frozenset[str]] = {}
+        for name, entry in (stages.items() if isinstance(stages, Mapping) else ()):
+            self.put(str(name), entry)
+
+    @classmethod
+    def parse(cls, text: str) -> StageEntries:
+        """The entries of a manifest's text; ``ValueError`` when it is not a JSON object."""
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        return cls(data)
+
+    def names(self) -> list[str]:
+        """The recorded stages, in the order they were first recorded."""
+        return list(self._heads)
+
+    def entry(self, name: str) -> Any:
+        """The stage's whole entry, parsed afresh (None when it is not recorded)."""
+        if name not in self._heads:
+            return None
+        return json.loads("".join(self._entry_pieces(name)))
+
+    def field(self, name: str, key: str) -> Any:
+        """One field of the stage's entry, parsed afresh (None when it has none)."""
+        head = self.head(name)
+        if head is None:
+            return None
+        text = self._bulky[name].get(key)
+        return json.loads(text) if text is not None else json.loads(_compact(head.get(key)))
+
+    def head(self, name: str) -> dict[str, Any] | None:
+        """The entry's small fields (None when the entry is not a JSON object)."""
+        head = self._heads.get(name)
+        return head if isinstance(head, dict) else None
+
+    def put(self, name: str, entry: Any) -> None:
+        """Replace the stage's entry."""
+        if isinstance(entry, Mapping):
+            self._bulky[name] = {k: _compact(entry[k]) for k in _BULKY if k in entry}
+            self._heads[name] = {k: v for k, v in entry.items() if k not in _BULKY}
+        else:
+            self._bulky[name], self._heads[name] = {}, entry
+        inputs = entry.get("inputs") if isinstance(entry, Mapping) else None
+        files = inputs.get("files") if isinstance(inputs, Mapping) else None
+        self._outside[name] = frozenset(
+            rel for rel in (files if isinstance(files, Mapping) else ())
+            if isinstance(rel, str) and os.path.isabs(rel))
+
+    def outside_inputs(self) -> set[str]:
+        """The input files the entries record outside the working folder (absolute)."""
+        return set().union(*self._outside.values())
+
+    def text(self) -> str:
+        """The whole manifest as JSON (what ``_compact`` gives for it), with a newline."""
+        return "".join(self.pieces())
+
+    def pieces(self) -> Iterator[str]:
+        """:meth:`text` in pieces (to write it without holding it whole)."""
+        fields = {k: _compact(v) for k, v in self.top.items()}
+        fields["stages"] = ""
+        for k, key in enumerate(sorted(fields)):
+            yield f"{',' if k else '{'}{json.dumps(key)}:{fields[key]}"
+            if key == "stages":
+                for n, name in enumerate(sorted(self._heads)):
+                    yield f"{',' if n else '{'}{json.dumps(name)}:"
+                    yield from self._entry_pieces(name)
+                yield "}" if self._heads else "{}"
+        yield "}\n"
+
+    def _entry_pieces(self, name: str) -> Iterator[str]:
+        head = self._heads[name]
+        if not isinstance(head, dict):
+            yield _compact(head)
+            return
+        yield from _object_pieces({**{k: _compact(v) for k, v in head.items()},
+                                   **self._bulky[name]})
 
 
 class Manifest:
@@ -152,16 +287,16 @@ class Manifest:
 
     def __init__(self, wf: WorkingFolder) -> None:
         self.path = wf.manifest
-        self.data: dict[str, Any] = {"version": MANIFEST_VERSION, "stages": {}}
+        self.stages = StageEntries()
         if self.path.exists():
             try:
-                loaded = json.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+                loaded = StageEntries.parse(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
                 logger.warning("%s is unreadable (%s): every stage will be redone",
                                self.path, exc)
             else:
-                if isinstance(loaded, dict) and loaded.get("version") == MANIFEST_VERSION:
-                    self.data = loaded
+                if loaded.top.get("version") == MANIFEST_VERSION:
+                    self.stages = loaded
                 else:
                     logger.warning("%s is from another cellcrowd version: every stage "
                                    "will be redone", self.path)
@@ -169,54 +304,49 @@ class Manifest:
         self._kept = _load_hashes(self.hash_cache)  # (not written again unchanged)
 
     def entry(self, stage: str) -> dict[str, Any] | None:
-        """The stage's entry (None: never recorded)."""
-        value = self.data["stages"].get(stage)
+        """The stage's entry (None: never recorded), parsed afresh."""
+        value = self.stages.entry(stage) if self.stages.head(stage) is not None else None
         return value if isinstance(value, dict) else None
 
     def set(self, stage: str, entry: dict[str, Any]) -> None:
         """Replace the stage's entry and write the manifest."""
-        self.data["stages"][stage] = entry
-        # compact (the C encoder: a fifth of the time of an indented one on a large folder)
-        text = json.dumps(self.data, sort_keys=True, separators=(",", ":")) + "\n"
+        self.stages.put(stage, entry)
         if entry.get("state") == "running":
             # not synced: lost in a crash, the stage's entry says "done" with the outputs
             # it recorded, which the next run finds changed (``intact``) and redoes
             with deferred_sync():
-                atomic_write_text(self.path, text)
+                atomic_write_pieces(self.path, self.stages.pieces())
             return
-        atomic_write_text(self.path, text)
+        atomic_write_pieces(self.path, self.stages.pieces())
         self.keep_hashes()  # a stage ended: its files' hashes are known
 
     def keep_hashes(self) -> None:
         """Keep the hashes of the files in the working folder and of the recorded inputs
         outside it (not those of other folders this process hashed)."""
         root = resolved_text(self.base).rstrip("/") + "/"
-        outside = {rel for entry in self.data["stages"].values() if isinstance(entry, dict)
-                   for rel in (entry.get("inputs") or {}).get("files", {})
-                   if os.path.isabs(rel)}
+        outside = self.stages.outside_inputs()
 
         def ours(path: str) -> bool:
             return path.startswith(root) or path in outside
 
         forget_stale(ours)  # files replaced or removed since they were hashed
-        files = sorted([*key, sha] for key, sha in known() if ours(key[0]))
-        text = json.dumps({"version": _HASHES_VERSION, "files": files},
-                          separators=(",", ":")) + "\n"
-        if text != self._kept:
+        files = sorted(item for item in known() if ours(item[0][0]))
+        kept = _text_digest(_hash_cache_pieces(files))
+        if kept != self._kept:
             with deferred_sync():  # a cache: not worth a sync (a torn one is ignored)
-                atomic_write_text(self.hash_cache, text)
-            self._kept = text
+                atomic_write_pieces(self.hash_cache, _hash_cache_pieces(files))
+            self._kept = kept
 
     def outputs_digest(self, stage: str) -> str | None:
         """The digest of the stage's recorded outputs (None unless it is done)."""
-        entry = self.entry(stage)
-        if entry is None or entry.get("state") != "done":
+        head = self.stages.head(stage)
+        if head is None or head.get("state") != "done":
             return None
-        return str(entry.get("outputs_digest"))
+        return str(head.get("outputs_digest"))
 
     def counts(self, stage: str) -> dict[str, int]:
         """The counts the stage recorded ({} if none)."""
-        return dict((self.entry(stage) or {}).get("counts", {}))
+        return dict((self.stages.head(stage) or {}).get("counts", {}))
 
 
 def stage_inputs(stage: Stage, wf: WorkingFolder, config: Config, manifest: Manifest

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config
 from ..errors import CellcrowdError, LogError
 from ..executor import Executor
 from ..job import Job
 from ..layout import WorkingFolder
+
+if TYPE_CHECKING:
+    from .manifest import StageEntries
 
 __all__ = ["Context", "OpenFolder", "SkippedUnit", "Stage", "StageOutput", "StageTable", "Units"]
 
@@ -131,6 +134,9 @@ class Context:
     units : Units
         The stage's per-unit records: which units of work are still fresh from the
         last run (:mod:`cellcrowd.pipeline.units`); nothing is fresh by default.
+    recorded : StageEntries, optional
+        The manifest's stage entries as the run holds them (to read, not to change):
+        a stage that reports on the others (qc) need not read the manifest again.
     """
 
     config: Config
@@ -142,6 +148,7 @@ class Context:
     counts_of: Callable[[str], Mapping[str, int]] = _no_counts
     folder: OpenFolder | None = None
     units: Units = field(default_factory=NoUnits)
+    recorded: StageEntries | None = None
 
     @property
     def job(self) -> Job:

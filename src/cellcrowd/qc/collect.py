@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections import Counter
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from ..labelcheck import check_label_image
 from ..labels import CleanStats
 from ..layout import MontageKey, WorkingFolder, position_name
 from ..logs import MontageLog
+from ..pipeline.manifest import StageEntries
 from .assess import assess, broken_links, montage_problems
 from .model import ExportLink, MontageQc, PartQc, QcSummary, StitchedQc, WorkerQc
 from .overlay import cells_per_frame
@@ -63,6 +63,7 @@ def collect_qc(
     max_overlays: int | None = None,
     job: Job | None = None,
     executor: Executor | None = None,
+    recorded: StageEntries | None = None,
 ) -> QcSummary:
     """Gather the numbers of the QC report of a working folder.
 
@@ -88,6 +89,9 @@ def collect_qc(
     executor : Executor, optional
         Reads the montages' cleaned labels and the stitched label frames, one task
         each (default: here, one after the other).
+    recorded : StageEntries, optional
+        The manifest's stage entries, when the caller holds them (the pipeline's
+        ``ctx.recorded``); else ``.cellcrowd/manifest.json`` is read.
 
     Returns
     -------
@@ -106,7 +110,7 @@ def collect_qc(
         raise ValueError(f"max_overlays must be 0 or more, got {max_overlays!r}")
     job, logs_problem = load_job(wf, job)
     wf = job.wf if job is not None else wf
-    manifest = Manifest(wf)
+    manifest = Manifest(wf, recorded)
     summary_stats, run = _split_summary(summary)
     stats = {**_clean_stats_file(wf), **summary_stats}
     reports = {m: _consensus(wf, m) for m in (wf.montage_name(k) for k in _keys(job))}
@@ -114,7 +118,7 @@ def collect_qc(
     broken = broken_links(wf, job_id) if job_id is not None else None
     failures = read_csv(wf.failures_csv(job_id)) if job_id is not None else None
     montages = montage_problems(wf, montages, manifest, job_id, broken, failures)
-    movie_files = _files_per_folder(manifest.outputs("movies"))
+    movie_files = manifest.files_per_folder("movies")
     parts = tuple(_part_qc(wf, part, job, manifest, movie_files)
                   for part in _part_numbers(job))
     stitched = _stitched_qc(wf, manifest.outputs("stitch"), executor)
@@ -337,11 +341,6 @@ def _part_numbers(job: Job | None) -> list[int]:
     return list(job.parts) if job is not None and job.has_grid else []
 
 
-def _files_per_folder(recorded: Set[Path] | None) -> Counter[Path] | None:
-    """How many of a stage's recorded files each folder holds (None: no record)."""
-    return None if recorded is None else Counter(path.parent for path in recorded)
-
-
 def _frames(folder: Path, recorded: Mapping[Path, int] | None) -> int:
     """The frames in ``folder``: as recorded per folder, or (no record) on disk."""
     if recorded is not None:
@@ -352,7 +351,7 @@ def _frames(folder: Path, recorded: Mapping[Path, int] | None) -> int:
 def _part_qc(wf: WorkingFolder, part: int, job: Job | None, manifest: Manifest,
              recorded: Mapping[Path, int] | None) -> PartQc:
     """The part's positions, frames and npz; ``recorded``: the movies stage's files per
-    folder (:func:`_files_per_folder`)."""
+    folder (:meth:`Manifest.files_per_folder`)."""
     expected: list[Position] = list(job.positions) if job is not None and job.has_grid else []
     names = {pos: position_name(pos, wf.padding) for pos in expected}
     annotated, raw, frames = [], [], []
@@ -389,19 +388,19 @@ def _stitched_qc(wf: WorkingFolder, recorded: Set[Path] | None, executor: Execut
     if not paths:
         return None
     per_frame: list[int] = []
-    seen: list[NDArray[np.int64]] = [np.zeros(0, dtype=np.int64)]
+    seen = np.zeros(0, dtype=np.int64)  # the ids so far (not a list per frame: that grows)
     for ids in run_tasks(_frame_ids, paths, executor=executor):
         if isinstance(ids, str):  # frames up to the first one that cannot be read
             logger.warning("QC: %s", ids)
-            return StitchedQc(tuple(per_frame), _distinct(seen), None, ids)
+            return StitchedQc(tuple(per_frame), int(seen.size), None, ids)
         per_frame.append(int(ids.size))
-        seen.append(ids)
+        seen = np.union1d(seen, ids)
     divisions = None
     lineage = _read_json(wf.stitched_lineage)
     if isinstance(lineage, dict):
         divisions = sum(1 for entry in lineage.values()
                         if isinstance(entry, dict) and entry.get("daughters"))
-    return StitchedQc(tuple(per_frame), _distinct(seen), divisions)
+    return StitchedQc(tuple(per_frame), int(seen.size), divisions)
 
 
 def _frame_ids(path: Path) -> NDArray[np.int64] | str:
@@ -412,10 +411,6 @@ def _frame_ids(path: Path) -> NDArray[np.int64] | str:
         return str(exc)
     out: NDArray[np.int64] = ids[ids != 0].astype(np.int64)
     return out
-
-
-def _distinct(ids: Sequence[NDArray[np.int64]]) -> int:
-    return int(np.unique(np.concatenate(ids)).size)
 
 
 #: How to load each kind of export file the page links (None: a link without a snippet).

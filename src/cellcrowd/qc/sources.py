@@ -14,7 +14,9 @@ import csv
 import io
 import json
 import logging
+import posixpath
 import zipfile
+from collections import Counter
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from ..errors import InputError, redact
 from ..job import Job
 from ..layout import WorkingFolder
 from ..npzfile import read_npy_header
+from ..pipeline.manifest import StageEntries
 from .model import CsvTable, StageRunQc
 
 __all__ = [
@@ -55,6 +58,17 @@ def load_job(wf: WorkingFolder, job: Job | None = None) -> tuple[Job | None, str
     return job, None if job.grid_error is None else str(job.grid_error)
 
 
+def _read_entries(path: Path) -> StageEntries:
+    """The manifest's stage entries (none when it is absent or unreadable: logged)."""
+    if not path.is_file():
+        return StageEntries()
+    try:
+        return StageEntries.parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        logger.warning("QC: cannot read %s (%s): its numbers are shown as —", path, exc)
+        return StageEntries()
+
+
 def read_json(path: Path) -> Any:
     """The JSON in ``path``, or None when it is absent or unreadable (logged)."""
     if not path.is_file():
@@ -74,15 +88,20 @@ def number(value: object) -> float | None:
 
 
 class Manifest:
-    """The stages' records in ``.cellcrowd/manifest.json`` (empty when there is none)."""
+    """The stages' records in ``.cellcrowd/manifest.json`` (empty when there is none).
 
-    def __init__(self, wf: WorkingFolder) -> None:
+    Each stage's list of files is parsed when it is asked for (:class:`StageEntries`):
+    the movies stage records tens of thousands of files. ``recorded``: the entries, when
+    the caller holds them (the pipeline does), instead of reading the file again.
+    """
+
+    def __init__(self, wf: WorkingFolder, recorded: StageEntries | None = None) -> None:
         self.base = wf.base
-        data = read_json(wf.manifest)
-        stages = data.get("stages") if isinstance(data, dict) else None
+        self._entries = recorded if recorded is not None else _read_entries(wf.manifest)
         # The qc stage's own entry says "running" while this report is being made.
         self.stages: dict[str, dict[str, Any]] = {
-            str(k): v for k, v in (stages or {}).items() if isinstance(v, dict) and k != "qc"}
+            name: head for name in sorted(self._entries.names())  # the file's order
+            if name != "qc" and (head := self._entries.head(name)) is not None}
         self._outputs: dict[str, frozenset[Path] | None] = {}
 
     def done(self, stage: str) -> bool:
@@ -92,17 +111,30 @@ class Manifest:
     def outputs(self, stage: str) -> frozenset[Path] | None:
         """The files a finished stage wrote: none when it failed or is running, None when
         the manifest does not know the stage (then the files themselves are looked at).
-        Made once per stage (the movies stage records tens of thousands of files)."""
+        Made once per stage."""
         if stage not in self._outputs:
             self._outputs[stage] = self._recorded(stage)
         return self._outputs[stage]
+
+    def files_per_folder(self, stage: str) -> Counter[Path] | None:
+        """How many of a stage's recorded files each folder holds (None: no record), for
+        a stage of many files (no path is made per file: :meth:`outputs` does)."""
+        if stage not in self.stages:
+            return None
+        recorded = self._entries.field(stage, "outputs") if self.done(stage) else {}
+        if not isinstance(recorded, Mapping):
+            return None
+        folders = Counter(posixpath.dirname(rel) for rel in recorded)
+        return Counter({self._abs(folder): n for folder, n in folders.items()})
 
     def _recorded(self, stage: str) -> frozenset[Path] | None:
         if stage not in self.stages:
             return None
         if not self.done(stage):
             return frozenset()
-        recorded = self.stages[stage].get("outputs", {})
+        recorded = self._entries.field(stage, "outputs")
+        if recorded is None:
+            recorded = {}
         return (frozenset(self._abs(rel) for rel in recorded) if isinstance(recorded, Mapping)
                 else None)
 

@@ -58,7 +58,7 @@ def _run(ctx: Context) -> StageOutput:
             summary[label] = value
     job = ctx.known_job
     qc = collect_qc(ctx.wf, summary=summary or None, job_id=cfg.job_id, job=job,
-                    executor=ctx.executor)
+                    executor=ctx.executor, recorded=ctx.recorded)
     files = write_qc(qc, executor=ctx.executor)
     totals = qc.totals()
     counts = {"montages": totals["montages"], "labels": totals["labels"],

@@ -55,8 +55,8 @@ from __future__ import annotations
 from .common import Lineage
 from .folder import MAX_CELLS, StitchMoviesResult, read_stitched, stitch_movies
 from .lineage import (
+    FramePresence,
     LineageBuilder,
-    add_frame_labels,
     frames_per_label,
     lineage_from_labels,
     read_lineage,
@@ -75,6 +75,7 @@ from .tiles import (
 __all__ = [
     "MAX_CELLS",
     "AmbiguousLink",
+    "FramePresence",
     "Lineage",
     "LineageBuilder",
     "LinkReport",
@@ -85,7 +86,6 @@ __all__ = [
     "TileChangedError",
     "TileReader",
     "TileStitch",
-    "add_frame_labels",
     "frames_per_label",
     "lineage_from_labels",
     "link_parts",
