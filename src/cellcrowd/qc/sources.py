@@ -121,7 +121,7 @@ class Manifest:
         a stage of many files (no path is made per file: :meth:`outputs` does)."""
         if stage not in self.stages:
             return None
-        recorded = self._entries.field(stage, "outputs") if self.done(stage) else {}
+        recorded = (self._entries.field(stage, "outputs") or {}) if self.done(stage) else {}
         if not isinstance(recorded, Mapping):
             return None
         folders = Counter(posixpath.dirname(rel) for rel in recorded)
