@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ from cellcrowd.errors import InputError
 from cellcrowd.files import (
     atomic_path,
     atomic_write_bytes,
-    atomic_write_pieces,
     list_images,
     read_image,
     use_write_settings,
@@ -209,20 +207,3 @@ def test_files_written_on_workers_are_hashed_there(tmp_path: Path,
         assert reads == [str(path)]
     finally:
         executor.close()
-
-
-@pytest.mark.parametrize("block", [1, 7, 1 << 20])
-def test_atomic_write_pieces_writes_the_joined_text(tmp_path: Path, block: int) -> None:
-    pieces = ["", "ab", "é" * 5, "", "漢字", "x" * 30, "\n"]
-    path = atomic_write_pieces(tmp_path / "out.json", iter(pieces), block=block)
-    assert path.read_bytes() == "".join(pieces).encode("utf-8")
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
-
-    def broken() -> Iterator[str]:
-        yield "half"
-        raise RuntimeError("stopped")
-
-    with pytest.raises(RuntimeError, match="stopped"):
-        atomic_write_pieces(path, broken(), block=block)
-    assert path.read_bytes() == "".join(pieces).encode("utf-8")  # the old file is kept
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

@@ -624,3 +624,22 @@ def test_stage_entries_write_what_json_writes_and_parse_each_entry_afresh() -> N
     empty = {"version": 1, "stages": {}}
     assert StageEntries(empty).text() == json.dumps(empty, sort_keys=True,
                                                     separators=(",", ":")) + "\n"
+
+
+def test_a_manifest_text_made_in_pieces_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    from cellcrowd.pipeline.manifest import _write_pieces
+
+    pieces = ["", "ab", "é" * 5, "", "漢字", "x" * 30, "\n"]
+    path = tmp_path / "out.json"
+    _write_pieces(path, iter(pieces))
+    assert path.read_bytes() == "".join(pieces).encode("utf-8")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+
+    def broken() -> Iterator[str]:
+        yield "half"
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError, match="stopped"):
+        _write_pieces(path, broken())
+    assert path.read_bytes() == "".join(pieces).encode("utf-8")  # the old file is kept
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]

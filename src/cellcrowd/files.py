@@ -33,7 +33,7 @@ import shutil
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -57,7 +57,6 @@ __all__ = [
     "WriteSettings",
     "atomic_path",
     "atomic_write_bytes",
-    "atomic_write_pieces",
     "atomic_write_text",
     "call_with_settings",
     "check_inside",
@@ -328,36 +327,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (through the temporary file's descriptor: no
     second open)."""
     with _atomic_file(path, keep_open=True) as (fd, _):
-        _write_all(fd, data)
+        view = memoryview(data)
+        while view:  # os.write may write less than asked
+            view = view[os.write(fd, view):]
     return Path(path)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:  # os.write may write less than asked
-        view = view[os.write(fd, view):]
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_pieces(path: str | Path, pieces: Iterable[str], block: int = 1 << 20
-                        ) -> Path:
-    """Write the concatenated ``pieces`` (UTF-8) to ``path`` atomically, about ``block``
-    characters at a time: a text made as it is written is never held whole."""
-    with _atomic_file(path, keep_open=True) as (fd, _):
-        buffer: list[str] = []
-        size = 0
-        for piece in pieces:
-            buffer.append(piece)
-            size += len(piece)
-            if size >= block:
-                _write_all(fd, "".join(buffer).encode("utf-8"))
-                buffer, size = [], 0
-        _write_all(fd, "".join(buffer).encode("utf-8"))
-    return Path(path)
 
 
 def image_header(path: str | Path) -> tuple[tuple[int, ...], str]:

@@ -27,7 +27,7 @@ from typing import Any
 from .. import __version__
 from ..config import Config
 from ..errors import UnsafePathError
-from ..files import TMP_MARK, atomic_write_pieces, deferred_sync, remove_file
+from ..files import TMP_MARK, atomic_path, deferred_sync, remove_file
 from ..hashes import FileDigest, forget_stale, known, remember, resolved_text, size_and_sha256
 from ..layout import WorkingFolder
 from .stage import SkippedUnit, Stage
@@ -163,6 +163,12 @@ def _load_hashes(path: Path) -> str:
             found.append(((item[0], item[1], item[2], item[3], item[4]), item[5]))
     remember(found, check=True)
     return _text_digest([text])
+
+
+def _write_pieces(path: Path, pieces: Iterable[str]) -> None:
+    """Write a text made as it is written (never held whole) to ``path`` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        fh.writelines(pieces)
 
 
 def _compact(value: Any) -> str:
@@ -315,9 +321,9 @@ class Manifest:
             # not synced: lost in a crash, the stage's entry says "done" with the outputs
             # it recorded, which the next run finds changed (``intact``) and redoes
             with deferred_sync():
-                atomic_write_pieces(self.path, self.stages.pieces())
+                _write_pieces(self.path, self.stages.pieces())
             return
-        atomic_write_pieces(self.path, self.stages.pieces())
+        _write_pieces(self.path, self.stages.pieces())
         self.keep_hashes()  # a stage ended: its files' hashes are known
 
     def keep_hashes(self) -> None:
@@ -334,7 +340,7 @@ class Manifest:
         kept = _text_digest(_hash_cache_pieces(files))
         if kept != self._kept:
             with deferred_sync():  # a cache: not worth a sync (a torn one is ignored)
-                atomic_write_pieces(self.hash_cache, _hash_cache_pieces(files))
+                _write_pieces(self.hash_cache, _hash_cache_pieces(files))
             self._kept = kept
 
     def outputs_digest(self, stage: str) -> str | None:
